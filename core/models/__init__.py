@@ -1,0 +1,1 @@
+"""Network definitions of the scenario models (no weights here: see ``weights/``)."""
