@@ -1,0 +1,151 @@
+"""Run a scenario on an image and write its outputs: the one code path of CLI and app."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from core import __version__
+from core.cells import CELL_COLUMNS
+from core.io import ImageData
+from core.overlay import draw_cells
+from core.registry import Scenario, get_scenario, runner_class
+from core.results import AnalysisResult
+from core.scenarios.base import Progress, ScenarioModel, pick_device
+
+
+def load_model(key: str, device: str | None = None) -> ScenarioModel:
+    """Load a registered scenario's model on ``device`` (CUDA when available if None).
+
+    Raises
+    ------
+    UnknownScenarioError, WeightsError, InputError
+    """
+    scenario = get_scenario(key)
+    return runner_class(scenario).from_registry(scenario, pick_device(device))
+
+
+def analyze(
+    image: ImageData,
+    key: str,
+    model: ScenarioModel | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Analyse one image with one scenario.
+
+    Parameters
+    ----------
+    image : ImageData
+        (H, W, 3) uint8 RGB with its mpp (None allowed: pixel counts only).
+    key : str
+        Scenario key, e.g. ``"cd3-ihc"``.
+    model : ScenarioModel, optional
+        An already loaded model of that scenario (the app caches one per key and device).
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or None (automatic); ignored when ``model`` is given.
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    AnalysisResult
+        Cells in image pixels and µm; ``summary`` with counts per class, and densities
+        in cells/mm² of the analysed area (the whole image) when mpp is known.
+
+    Raises
+    ------
+    UnknownScenarioError, WeightsError, InputError
+    """
+    scenario = get_scenario(key)
+    model = model or load_model(key, device)
+    start = time.perf_counter()
+    cells, masks, denoised, notes = model.analyze(image, progress)
+    runtime_s = time.perf_counter() - start
+    warnings = list(image.notes) + list(notes)
+    summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings)
+    return AnalysisResult(key, image, cells, summary, masks, denoised, warnings)
+
+
+def build_summary(
+    image: ImageData, scenario: Scenario, cells: pd.DataFrame, runtime_s: float, device: str, warnings: list[str]
+) -> dict:
+    """JSON-ready summary: counts and densities per class, run metadata."""
+    h, w = image.shape
+    area_mm2 = None if image.mpp is None else h * w * image.mpp**2 / 1e6
+    counts = {c.name: int((cells["cell_class"] == c.name).sum()) for c in scenario.classes}
+    for extra in sorted(set(cells["cell_class"]) - set(counts)):
+        counts[str(extra)] = int((cells["cell_class"] == extra).sum())
+    roles = {r: int((cells["role"] == r).sum()) for r in ("immune", "tumour", "stroma", "other")}
+    density = None if area_mm2 is None else {k: v / area_mm2 for k, v in counts.items()}
+    card = _safe_card(scenario)
+    return {
+        "scenario": scenario.key,
+        "scenario_title": scenario.title,
+        "weights_file": scenario.weights,
+        "weights_sha256": scenario.sha256,
+        "weights_version": card.get("version"),
+        "trained_on_synthetic": scenario.trained_on_synthetic,
+        "image": {"name": image.name, "sha256": image.sha256, "width_px": w, "height_px": h},
+        "mpp": image.mpp,
+        "mpp_source": image.mpp_source,
+        "analysed_area": "whole image",
+        "area_mm2": area_mm2,
+        "n_cells": int(len(cells)),
+        "counts": counts,
+        "counts_by_role": roles,
+        "density_per_mm2": density,
+        "density_by_role_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in roles.items()},
+        "runtime_s": round(runtime_s, 3),
+        "device": device,
+        "torch": torch.__version__,
+        "app_version": __version__,
+        "python": platform.python_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "warnings": warnings,
+    }
+
+
+def _safe_card(scenario: Scenario) -> dict:
+    try:
+        return scenario.card()
+    except Exception:  # the card is informative here; its absence is reported elsewhere
+        return {}
+
+
+def overlay_image(result: AnalysisResult) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the image with every cell ringed in its class colour."""
+    scenario = get_scenario(result.scenario_key)
+    h, w = result.image.shape
+    radius_px = 5.0 / result.image.mpp if result.image.mpp else 25.0  # about a lymphocyte's radius + margin
+    return draw_cells(result.image.pixels, result.cells, scenario.class_colors, radius_px, max(1, int(min(h, w) / 600) + 1))
+
+
+def write_outputs(result: AnalysisResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``cells.csv``, ``summary.json`` and ``overlay.png`` (plus masks) into ``out_dir``.
+
+    Returns
+    -------
+    dict of name to Path of every file written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    files["cells.csv"] = out / "cells.csv"
+    columns = list(CELL_COLUMNS) + [c for c in result.cells.columns if c not in CELL_COLUMNS]
+    result.cells.to_csv(files["cells.csv"], index=False, columns=columns, float_format="%.3f")
+    files["summary.json"] = out / "summary.json"
+    files["summary.json"].write_text(json.dumps(result.summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    files["overlay.png"] = out / "overlay.png"
+    Image.fromarray(overlay_image(result)).save(files["overlay.png"])
+    if result.denoised is not None:
+        files["denoised.png"] = out / "denoised.png"
+        Image.fromarray(result.denoised).save(files["denoised.png"])
+    return files

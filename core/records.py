@@ -1,0 +1,122 @@
+"""The plain-dict "analysis record" that reports, the case store and the pages share.
+
+A record describes one finished analysis with JSON-ready values only, so a result
+just computed and one read back from the case store look the same::
+
+    record = {
+        "summary": {                       # AnalysisResult.summary
+            "scenario": "cd3-ihc",          # registry key ("scenario_key" also read)
+            "weights_version": "1.0.0",
+            "weights_sha256": "9f2c...",
+            "mpp": 0.5,                     # µm per pixel, or None
+            "image": {"name": "case7.tif", "sha256": "ab12...",
+                      "width_px": 2048, "height_px": 1536},
+            "counts": {"cd3-positive": 412, "cd3-negative": 1290},
+            "densities_per_mm2": {"cd3-positive": 523.6, "cd3-negative": 1639.5},
+            "area_mm2": 0.787,
+            "regions": {"tumour": {"area_mm2": 0.31,            # optional
+                                   "counts": {"cd3-positive": 120},
+                                   "densities_per_mm2": {"cd3-positive": 387.1}}},
+            "runtime_s": 4.2, "device": "cpu", "warnings": [],
+        },
+        "spatial": {...} or None,         # core.spatial.compute_spatial_stats output
+        "n_corrections": 3 or None,       # manual corrections (CorrectionLog.n_corrections)
+        "case_label": "B-2024-0113",
+        "created_at": "2025-01-31T10:02:11+00:00",
+        "analysis_id": 17 or None,        # set by the case store
+        "app_version": "0.1.0",
+        "params": {...},                  # analysis parameters and thresholds
+        "regions": GeoJSON FeatureCollection dict or None,
+        "model_card": {...} or None,      # the scenario's model card (metadata.json)
+    }
+
+Flat image keys (``image_name``, ``image_sha256``, ``image_width_px``,
+``image_height_px``, ``image_size`` as [W, H] or ``image_shape`` as [H, W, ...]) and
+``density_per_mm2`` are read too, so older summaries keep working. The accessors
+below never raise on a missing key: a report shows "n/a" instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def image_info(summary: dict[str, Any]) -> dict[str, Any]:
+    """Return the analysed image's ``name``, ``sha256``, ``width_px``, ``height_px``.
+
+    Missing values are ``None``.
+    """
+    nested = summary.get("image") if isinstance(summary.get("image"), dict) else {}
+    name = nested.get("name", summary.get("image_name"))
+    sha = nested.get("sha256", summary.get("image_sha256"))
+    width = nested.get("width_px", summary.get("image_width_px"))
+    height = nested.get("height_px", summary.get("image_height_px"))
+    size = nested.get("size_px", summary.get("image_size"))
+    if (width is None or height is None) and isinstance(size, (list, tuple)) and len(size) >= 2:
+        width, height = size[0], size[1]
+    shape = nested.get("shape", summary.get("image_shape"))
+    if (width is None or height is None) and isinstance(shape, (list, tuple)) and len(shape) >= 2:
+        height, width = shape[0], shape[1]
+    return {"name": name, "sha256": sha, "width_px": width, "height_px": height}
+
+
+def scenario_key(summary: dict[str, Any]) -> str | None:
+    """Return the scenario's registry key (``scenario`` or ``scenario_key``)."""
+    value = summary.get("scenario", summary.get("scenario_key"))
+    if isinstance(value, dict):  # {"key": ..., "name": ...}
+        value = value.get("key")
+    return None if value is None else str(value)
+
+
+def counts(summary: dict[str, Any]) -> dict[str, int]:
+    """Return cell counts per class, ``{class name: count}``."""
+    raw = summary.get("counts") or {}
+    return {str(k): int(v) for k, v in raw.items() if v is not None}
+
+
+def densities_per_mm2(summary: dict[str, Any]) -> dict[str, float | None]:
+    """Return densities per class in cells/mm² (``None`` where mpp was unknown)."""
+    raw = summary.get("densities_per_mm2", summary.get("density_per_mm2")) or {}
+    return {str(k): (None if v is None else float(v)) for k, v in raw.items()}
+
+
+def region_stats(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Return per-region ``{"area_mm2", "counts", "densities_per_mm2"}`` dicts.
+
+    Read from ``summary["regions"]``, else from ``spatial["regions"]`` or
+    ``spatial["per_region"]``; empty when the analysis had no regions.
+    """
+    summary = record.get("summary") or {}
+    spatial = record.get("spatial") or {}
+    for source in (summary.get("regions"), spatial.get("regions"), spatial.get("per_region")):
+        if isinstance(source, dict) and source and all(isinstance(v, dict) for v in source.values()):
+            return {str(k): v for k, v in source.items()}
+    return {}
+
+
+def label(record: dict[str, Any]) -> str:
+    """A short display label: ``"case · #id · image"``."""
+    summary = record.get("summary") or {}
+    parts = [str(record.get("case_label") or "no case")]
+    if record.get("analysis_id") is not None:
+        parts.append(f"#{record['analysis_id']}")
+    name = image_info(summary)["name"]
+    if name:
+        parts.append(str(name))
+    return " · ".join(parts)
+
+
+def flatten_scalars(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to ``{"a.b.c": scalar}``, keeping numbers, strings and bools.
+
+    Lists are left out (curves are plotted, not tabulated).
+    """
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out.update(flatten_scalars(value, path))
+    elif data is None or isinstance(data, (bool, int, float, str)):
+        if prefix:
+            out[prefix] = data
+    return out

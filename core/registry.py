@@ -1,0 +1,210 @@
+"""The scenario registry: one declarative entry per scenario model.
+
+Each entry states the model's input contract in physical units (input mpp, patch
+size, overlap), its classes with roles and display colours, and its weights file
+with the SHA-256 it must match. The CLI, the app and saved analyses use the stable
+keys. An unknown key raises :class:`UnknownScenarioError` listing the known keys;
+there is no default model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import UnknownScenarioError, WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class CellClass:
+    """One output class: ``name`` (cell_class), ``role`` (immune/tumour/stroma/other), hex ``color``."""
+
+    name: str
+    role: str
+    color: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A registered scenario model and its input contract.
+
+    Attributes
+    ----------
+    key : str
+        Stable name, e.g. ``"cd3-ihc"``.
+    title, stain, modality : str
+        Display title, stain (e.g. "CD3 IHC (DAB + hematoxylin)"), ``"brightfield"`` or ``"fluorescence"``.
+    input_mpp : float
+        Microns per pixel the model was trained at; images are resampled to it.
+    classes : tuple of CellClass
+    weights : str
+        File name under ``weights/``.
+    sha256 : str
+        Hex SHA-256 the weights file must have.
+    model_card : str
+        JSON model card file name under ``weights/``.
+    runner : str
+        ``"module:Class"`` of the :class:`core.scenarios.base.ScenarioModel` subclass.
+    patch_size_px, overlap_px : int
+        Model window and tile overlap at ``input_mpp``.
+    trained_on_synthetic : bool
+        True when the weights saw only generated images (shown in the UI).
+    params : dict
+        Scenario-specific post-processing parameters (thresholds, NMS box in µm...).
+    """
+
+    key: str
+    title: str
+    stain: str
+    modality: str
+    input_mpp: float
+    classes: tuple[CellClass, ...]
+    weights: str
+    sha256: str
+    model_card: str
+    runner: str
+    patch_size_px: int
+    overlap_px: int
+    trained_on_synthetic: bool
+    description: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / self.weights
+
+    @property
+    def class_colors(self) -> dict[str, str]:
+        """Mapping cell_class → hex colour."""
+        return {c.name: c.color for c in self.classes}
+
+    @property
+    def class_roles(self) -> dict[str, str]:
+        """Mapping cell_class → role."""
+        return {c.name: c.role for c in self.classes}
+
+    def card(self) -> dict:
+        """The model card (JSON) as a dict.
+
+        Raises
+        ------
+        WeightsError
+            If the card file is missing or not valid JSON.
+        """
+        path = WEIGHTS_DIR / self.model_card
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise WeightsError(f"model card {path} is missing for scenario {self.key!r}") from err
+        except json.JSONDecodeError as err:
+            raise WeightsError(f"model card {path} is not valid JSON ({err})") from err
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in [
+        Scenario(
+            key="cd3-ihc",
+            title="CD3+ lymphocytes in CD3 IHC",
+            stain="CD3 IHC (DAB + hematoxylin)",
+            modality="brightfield",
+            input_mpp=0.2,
+            classes=(CellClass("cd3-positive", "immune", "#e8341c", "CD3+ lymphocyte"),),
+            weights="cd3-ihc-cnn-v1.safetensors",
+            sha256="0" * 64,
+            model_card="cd3-ihc-cnn-v1.json",
+            runner="core.scenarios.cd3_ihc:CD3IHCModel",
+            patch_size_px=70,
+            overlap_px=62,
+            trained_on_synthetic=False,
+            description=(
+                "CNN of the gastric CD3 IHC paper (§III.C) run densely over the image at a stride "
+                "of 8 px, then non-maximum suppression (§III.A)."
+            ),
+            params={"nms_box_um": 6.0, "nms_iou": 0.15},
+        ),
+    ]
+}
+
+
+def list_scenarios() -> list[Scenario]:
+    """All registered scenarios, in registry order."""
+    return list(SCENARIOS.values())
+
+
+def get_scenario(key: str) -> Scenario:
+    """Look up a scenario by key.
+
+    Raises
+    ------
+    UnknownScenarioError
+        If ``key`` is not registered; the message lists the known keys.
+    """
+    try:
+        return SCENARIOS[key]
+    except KeyError:
+        raise UnknownScenarioError(
+            f"unknown scenario {key!r}; known scenarios: {', '.join(SCENARIOS)}"
+        ) from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_verified_state_dict(path: str | Path, expected_sha256: str) -> tuple[dict, dict]:
+    """Load a safetensors state dict after checking its SHA-256.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` file
+    expected_sha256 : hex digest it must have
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor (float tensors as float32)
+    metadata : dict of str to str (the file's safetensors metadata)
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, its SHA-256 differs, or it is not a safetensors file.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is missing; reinstall TILscope or retrain the model")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise WeightsError(
+            f"weights file {path.name} has SHA-256 {actual[:12]}…, expected {expected_sha256[:12]}…: "
+            "the file is corrupt or not the registered version; restore it from the repository"
+        )
+    try:
+        state = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types
+        raise WeightsError(f"weights file {path.name} could not be read ({err})") from err
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return state, metadata
+
+
+def runner_class(scenario: Scenario):
+    """Import and return the ScenarioModel subclass named by ``scenario.runner``."""
+    module_name, _, cls_name = scenario.runner.partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)

@@ -1,0 +1,884 @@
+"""Exports of one analysis (PDF report, cells.csv, summary.json, cells.geojson) and
+the tumour-board comparison.
+
+Everything here works from the plain-dict analysis record of :mod:`core.records`,
+so a result just computed and one reloaded from the case store give the same
+report. Plots are drawn with matplotlib's object API (no ``pyplot`` state, safe in
+Streamlit's threads); the PDF is written with fpdf2 and the DejaVu Sans font that
+ships with matplotlib, so "µm" and "mm²" print.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+import core
+from core import records as rec
+from core.errors import InputError
+
+#: Printed on every report page and on the comparison.
+RESEARCH_USE = "Research use only, not for diagnostic decisions."
+#: Files :func:`build_exports` returns, with their media types.
+EXPORT_MEDIA_TYPES = {
+    "report.pdf": "application/pdf",
+    "cells.csv": "text/csv",
+    "summary.json": "application/json",
+    "cells.geojson": "application/geo+json",
+    "overlay.png": "image/png",
+}
+_DEFAULT_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+_THRESHOLD_KEYS = ("thresholds", "params", "parameters")
+
+
+# --------------------------------------------------------------------------- records
+
+
+def record_from_result(
+    result: Any,
+    *,
+    spatial: dict | None = None,
+    regions: Any = None,
+    corrections: Any = None,
+    params: dict | None = None,
+    model_card: dict | None = None,
+    case_label: str | None = None,
+    class_colors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the analysis record (:mod:`core.records`) of a fresh :class:`AnalysisResult`.
+
+    Parameters
+    ----------
+    result : core.results.AnalysisResult
+        The finished analysis; its ``summary`` is copied.
+    spatial : dict, optional
+        Output of ``core.spatial.compute_spatial_stats``.
+    regions : list of core.regions.Region or GeoJSON dict, optional
+        Annotated regions; stored as a GeoJSON FeatureCollection of annotations.
+    corrections : core.corrections.CorrectionLog or dict, optional
+        Manual edits; ``n_corrections`` is taken from it.
+    params, model_card : dict, optional
+        Analysis parameters and thresholds; the scenario's model card.
+    case_label : str, optional
+        Case the analysis belongs to.
+    class_colors : dict, optional
+        ``{class name: colour}``, needed only to convert ``regions`` to GeoJSON.
+
+    Returns
+    -------
+    dict
+        A JSON-ready record; ``analysis_id`` is ``None`` until the store saves it.
+    """
+    summary = json.loads(json.dumps(result.summary, default=_json_default))
+    summary.setdefault("scenario", result.scenario_key)
+    summary.setdefault(
+        "image",
+        {
+            "name": result.image.name,
+            "sha256": result.image.sha256,
+            "width_px": int(result.image.shape[1]),
+            "height_px": int(result.image.shape[0]),
+        },
+    )
+    summary.setdefault("mpp", result.image.mpp)
+    warnings = list(summary.get("warnings") or [])
+    for w in result.warnings:
+        if w not in warnings:
+            warnings.append(w)
+    summary["warnings"] = warnings
+    return {
+        "summary": summary,
+        "spatial": spatial,
+        "n_corrections": corrections_count(corrections),
+        "corrections": corrections_json(corrections),
+        "case_label": case_label,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "analysis_id": None,
+        "app_version": core.__version__,
+        "params": params or {},
+        "regions": regions_geojson(regions, result.image.mpp, class_colors),
+        "model_card": model_card,
+    }
+
+
+def corrections_count(corrections: Any) -> int | None:
+    """Number of manual corrections in a CorrectionLog, its JSON, or ``None``."""
+    if corrections is None:
+        return None
+    if hasattr(corrections, "n_corrections"):
+        return int(corrections.n_corrections)
+    data = corrections_json(corrections)
+    if isinstance(data, dict):
+        for key in ("n_corrections", "count"):
+            if key in data:
+                return int(data[key])
+        for key in ("edits", "corrections", "entries", "events"):
+            if isinstance(data.get(key), list):
+                return len(data[key])
+    if isinstance(data, list):
+        return len(data)
+    return None
+
+
+def corrections_json(corrections: Any) -> Any:
+    """A CorrectionLog (``to_json()`` str or dict), a JSON string or a dict, as JSON data."""
+    if corrections is None:
+        return None
+    if hasattr(corrections, "to_json"):
+        corrections = corrections.to_json()
+    if isinstance(corrections, (bytes, str)):
+        return json.loads(corrections)
+    return corrections
+
+
+def regions_geojson(regions: Any, mpp: float | None = None, class_colors: dict | None = None) -> dict | None:
+    """Regions as a GeoJSON FeatureCollection dict (annotations only), or ``None``.
+
+    Accepts a FeatureCollection dict, a GeoJSON string, or a list of
+    ``core.regions.Region``, converted with ``core.regions.cells_to_geojson``.
+    """
+    if regions is None:
+        return None
+    if isinstance(regions, (str, bytes)):
+        regions = json.loads(regions)
+    if isinstance(regions, dict):
+        return regions
+    regions = list(regions)
+    if not regions:
+        return None
+    from core.cells import empty_cell_table
+    from core.regions import cells_to_geojson
+
+    data = cells_to_geojson(empty_cell_table(), class_colors or {}, mpp, regions=regions)
+    return json.loads(data) if isinstance(data, (str, bytes)) else data
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (datetime, Path)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def render_overlay_png(
+    pixels: np.ndarray,
+    cells: pd.DataFrame,
+    class_colors: dict[str, Any] | None = None,
+    max_side_px: int = 1200,
+) -> bytes:
+    """Draw cell centroids over the image as a thumbnail PNG.
+
+    Parameters
+    ----------
+    pixels : (H, W, 3) uint8 ndarray
+        The analysed RGB image.
+    cells : pandas.DataFrame
+        Cell table with ``x_px``, ``y_px`` (pixels of ``pixels``) and ``cell_class``.
+    class_colors : dict, optional
+        ``{class name: "#rrggbb" or (r, g, b)}``; other classes get a default palette.
+    max_side_px : int
+        Longest side of the thumbnail, in pixels.
+
+    Returns
+    -------
+    bytes
+        PNG, (h, w, 3) RGB, longest side at most ``max_side_px``.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB")
+    scale = min(1.0, max_side_px / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    draw = ImageDraw.Draw(image)
+    radius = max(2.0, 4.0 * scale ** 0.5)
+    colors = class_palette(sorted(cells["cell_class"].astype(str).unique()) if len(cells) else [], class_colors)
+    for cls, group in cells.groupby(cells["cell_class"].astype(str)) if len(cells) else []:
+        color = colors[cls]
+        for x, y in zip(group["x_px"].to_numpy() * scale, group["y_px"].to_numpy() * scale):
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=color, width=2)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def class_palette(classes: Iterable[str], class_colors: dict[str, Any] | None = None) -> dict[str, str]:
+    """``{class: "#rrggbb"}`` from ``class_colors`` (hex or RGB tuples), defaults for the rest."""
+    out: dict[str, str] = {}
+    class_colors = class_colors or {}
+    for i, cls in enumerate(classes):
+        color = class_colors.get(cls)
+        if isinstance(color, (list, tuple)) and len(color) >= 3:
+            vals = [int(round(c * 255)) if isinstance(c, float) and c <= 1.0 else int(c) for c in color[:3]]
+            color = "#{:02x}{:02x}{:02x}".format(*vals)
+        out[cls] = str(color) if color else _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
+    return out
+
+
+def build_exports(
+    result: Any,
+    *,
+    spatial: dict | None = None,
+    regions: Any = None,
+    corrections: Any = None,
+    params: dict | None = None,
+    model_card: dict | None = None,
+    case_label: str | None = None,
+    class_colors: dict[str, Any] | None = None,
+    record: dict | None = None,
+) -> dict[str, bytes]:
+    """All exports of one analysis, as ``{file name: bytes}``.
+
+    Parameters
+    ----------
+    result : core.results.AnalysisResult
+        The analysis (image, cell table, summary).
+    spatial, regions, corrections, params, model_card, case_label, class_colors
+        As for :func:`record_from_result`.
+    record : dict, optional
+        A record already built (e.g. with the store's ``analysis_id``); built here if absent.
+
+    Returns
+    -------
+    dict of str to bytes
+        ``report.pdf``, ``cells.csv``, ``summary.json``, ``overlay.png`` and, when
+        :mod:`core.regions` is available, ``cells.geojson`` (QuPath: cells as
+        detections with classification name and colour, regions as annotations).
+        Media types are in :data:`EXPORT_MEDIA_TYPES`.
+    """
+    if record is None:
+        record = record_from_result(
+            result,
+            spatial=spatial,
+            regions=regions,
+            corrections=corrections,
+            params=params,
+            model_card=model_card,
+            case_label=case_label,
+            class_colors=class_colors,
+        )
+    classes = sorted(set(result.cells["cell_class"].astype(str))) if len(result.cells) else []
+    overlay = render_overlay_png(result.image.pixels, result.cells, class_colors)
+    files = {
+        "overlay.png": overlay,
+        "cells.csv": result.cells.to_csv(index=False).encode("utf-8"),
+        "summary.json": summary_json(record),
+    }
+    geojson = _cells_geojson(result, regions, class_palette(classes, class_colors))
+    if geojson is not None:
+        files["cells.geojson"] = geojson
+    files["report.pdf"] = build_report_pdf(record, overlay_png=overlay)
+    return files
+
+
+def summary_json(record: dict[str, Any]) -> bytes:
+    """``summary.json``: the summary plus spatial statistics, corrections count and provenance."""
+    data = dict(record.get("summary") or {})
+    data["spatial"] = record.get("spatial")
+    data["n_corrections"] = record.get("n_corrections")
+    data["case_label"] = record.get("case_label")
+    data["created_at"] = record.get("created_at")
+    data["app_version"] = record.get("app_version")
+    data["params"] = record.get("params") or {}
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8")
+
+
+def _cells_geojson(result: Any, regions: Any, colors: dict[str, str]) -> bytes | None:
+    try:
+        from core.regions import cells_to_geojson
+    except ImportError:  # the regions module is optional; the other exports still work
+        return None
+    region_list = None if regions is None or isinstance(regions, (dict, str, bytes)) else list(regions)
+    data = cells_to_geojson(result.cells, colors, result.image.mpp, regions=region_list)
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data, ensure_ascii=False, default=_json_default)
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def write_exports(files: dict[str, bytes], out_dir: str | Path) -> list[Path]:
+    """Write ``{name: bytes}`` into ``out_dir`` (created if needed); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in files.items():
+        path = out / Path(name).name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 3.2), dpi=150, layout="constrained")
+    return fig
+
+
+def _png(fig) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=150)
+    return out.getvalue()
+
+
+def density_figure_png(record: dict[str, Any]) -> bytes | None:
+    """Bar chart of density (cells/mm²) per class, per region when there are regions.
+
+    Falls back to counts when densities are unknown (no mpp). ``None`` if there are no cells.
+    """
+    summary = record.get("summary") or {}
+    dens = rec.densities_per_mm2(summary)
+    cnt = rec.counts(summary)
+    groups: dict[str, dict[str, float]] = {}
+    use_density = bool(dens) and all(v is not None for v in dens.values())
+    groups["whole image"] = {k: v for k, v in (dens if use_density else cnt).items() if v is not None}
+    for name, stats in rec.region_stats(record).items():
+        values = stats.get("densities_per_mm2" if use_density else "counts") or {}
+        groups[name] = {k: float(v) for k, v in values.items() if v is not None}
+    classes = sorted({c for g in groups.values() for c in g})
+    if not classes:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    width = 0.8 / len(groups)
+    colors = class_palette(list(groups), None)
+    x = np.arange(len(classes))
+    for i, (name, values) in enumerate(groups.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, [values.get(c, 0.0) for c in classes], width, label=name, color=colors[name])
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("cells/mm²" if use_density else "cells (mpp unknown)")
+    ax.set_title("Density per class" if use_density else "Count per class")
+    if len(groups) > 1:
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def spatial_curves(spatial: dict | None) -> list[tuple[str, str, np.ndarray, dict[str, np.ndarray]]]:
+    """Find curves in a spatial-statistics dict.
+
+    A curve is any dict holding a numeric list whose key ends in ``_um`` (the x
+    axis, e.g. ``r_um``) and other numeric lists of the same length (the y values).
+
+    Returns
+    -------
+    list of (title, x_name, x (n,) float64, {y_name: (n,) float64})
+    """
+    found = []
+
+    def walk(node: Any, path: str) -> None:
+        if not isinstance(node, dict):
+            return
+        arrays = {}
+        for key, value in node.items():
+            if isinstance(value, list) and len(value) > 1 and all(isinstance(v, (int, float)) or v is None for v in value):
+                arrays[str(key)] = np.array([np.nan if v is None else v for v in value], dtype=np.float64)
+        x_keys = [k for k in arrays if k.endswith("_um")]
+        if x_keys:
+            xk = x_keys[0]
+            ys = {k: v for k, v in arrays.items() if k != xk and len(v) == len(arrays[xk])}
+            if ys:
+                found.append((path or "spatial", xk, arrays[xk], ys))
+        for key, value in node.items():
+            walk(value, f"{path}.{key}" if path else str(key))
+
+    walk(spatial or {}, "")
+    return found
+
+
+def spatial_figures_png(spatial: dict | None, max_figures: int = 4) -> list[tuple[str, bytes]]:
+    """Line plots of the curves :func:`spatial_curves` finds, as ``[(title, png)]``."""
+    out = []
+    for title, x_name, x, ys in spatial_curves(spatial)[:max_figures]:
+        fig = _figure()
+        ax = fig.add_subplot()
+        for name, y in ys.items():
+            ax.plot(x, y, marker="o", markersize=2.5, label=name)
+        ax.set_xlabel(x_name.replace("_um", " (µm)"))
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        out.append((title, _png(fig)))
+    return out
+
+
+# --------------------------------------------------------------------------- PDF helpers
+
+
+def _font_paths() -> tuple[Path, Path]:
+    import matplotlib
+
+    base = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return base / "DejaVuSans.ttf", base / "DejaVuSans-Bold.ttf"
+
+
+def _new_pdf(orientation: str = "P"):
+    from fpdf import FPDF
+
+    class _PDF(FPDF):
+        def footer(self) -> None:
+            self.set_y(-12)
+            self.set_font("DejaVu", "", 7)
+            self.set_text_color(110)
+            self.cell(
+                0, 5, f"TILscope {core.__version__} · {RESEARCH_USE} · page {self.page_no()}/{{nb}}", align="C"
+            )
+            self.set_text_color(0)
+
+    pdf = _PDF(orientation=orientation, unit="mm", format="A4")
+    regular, bold = _font_paths()
+    pdf.add_font("DejaVu", "", str(regular))
+    pdf.add_font("DejaVu", "B", str(bold))
+    pdf.set_auto_page_break(True, margin=16)
+    pdf.set_margins(15, 15, 15)
+    pdf.set_creator(f"TILscope {core.__version__}")
+    return pdf
+
+
+def _heading(pdf, text: str, size: int = 12) -> None:
+    if pdf.get_y() > pdf.h - 40:
+        pdf.add_page()
+    pdf.ln(2)
+    pdf.set_font("DejaVu", "B", size)
+    pdf.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("DejaVu", "", 9)
+
+
+def _banner(pdf) -> None:
+    pdf.set_fill_color(253, 236, 234)
+    pdf.set_draw_color(192, 57, 43)
+    pdf.set_text_color(150, 30, 20)
+    pdf.set_font("DejaVu", "B", 10)
+    pdf.cell(0, 8, RESEARCH_USE, border=1, fill=True, align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0)
+    pdf.set_draw_color(0)
+    pdf.set_fill_color(255)
+    pdf.ln(2)
+
+
+def _table(pdf, rows: list[list[str]], col_widths: tuple[float, ...], header: bool = True, font_size: float = 8.5) -> None:
+    pdf.set_font("DejaVu", "", font_size)
+    with pdf.table(
+        col_widths=col_widths,
+        first_row_as_headings=header,
+        line_height=4.6,
+        padding=1,
+        headings_style=_heading_style(),
+        cell_fill_color=(246, 247, 249),
+        cell_fill_mode="ROWS",
+    ) as table:
+        for row in rows:
+            r = table.row()
+            for value in row:
+                r.cell(str(value))
+    pdf.ln(1)
+
+
+def _heading_style():
+    from fpdf.fonts import FontFace
+
+    return FontFace(emphasis="BOLD", fill_color=(230, 236, 245))
+
+
+def _image(pdf, png: bytes, max_w: float, max_h: float) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        w_px, h_px = im.size
+    scale = min(max_w / w_px, max_h / h_px)
+    w, h = w_px * scale, h_px * scale
+    if pdf.get_y() + h > pdf.h - 18:
+        pdf.add_page()
+    x = (pdf.w - w) / 2
+    pdf.image(io.BytesIO(png), x=x, y=pdf.get_y(), w=w, h=h)
+    pdf.set_y(pdf.get_y() + h + 2)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        if value == 0 or 1e-3 <= abs(value) < 1:
+            return f"{value:.{digits}g}"
+        if 1 <= abs(value) < 1e6:
+            return f"{value:.{max(0, digits - 2) if abs(value) < 1000 else 0}f}"
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v, digits) for v in value)
+    return str(value)
+
+
+def _date(value: Any) -> str:
+    if not value:
+        return "n/a"
+    try:
+        dt = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc)
+        return dt.strftime("%Y-%m-%d %H:%M UTC")
+    return dt.strftime("%Y-%m-%d %H:%M")
+
+
+def _text_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [f"{k}: {_fmt(v)}" for k, v in value.items()]
+    return [str(v) for v in value]
+
+
+def _pdf_bytes(pdf, path: str | Path | None) -> bytes:
+    data = bytes(pdf.output())
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report_pdf(
+    record: dict[str, Any],
+    overlay_png: bytes | None = None,
+    model_card: dict[str, Any] | None = None,
+    case_label: str | None = None,
+    path: str | Path | None = None,
+) -> bytes:
+    """Write the PDF report of one analysis.
+
+    Contents: case label, date, image name and SHA-256, mpp, scenario with weights
+    version and SHA-256, the overlay thumbnail, counts and densities per class and
+    region, the spatial statistics with their thresholds, plots, the number of
+    manual corrections, the model card's intended use and limitations, and the
+    research-use statement on every page.
+
+    Parameters
+    ----------
+    record : dict
+        An analysis record (:mod:`core.records`); only ``summary`` is required.
+    overlay_png : bytes, optional
+        PNG of the image with the detections drawn (:func:`render_overlay_png`).
+    model_card : dict, optional
+        The scenario's model card; defaults to ``record["model_card"]``. Read keys:
+        ``name``, ``version``, ``intended_use``, ``limitations`` (str or list),
+        ``training_data``, ``references``.
+    case_label : str, optional
+        Overrides ``record["case_label"]``.
+    path : str or Path, optional
+        Also write the PDF there.
+
+    Returns
+    -------
+    bytes
+        The PDF (A4 portrait).
+
+    Raises
+    ------
+    InputError
+        If ``record`` has no ``summary`` dict.
+    """
+    summary = record.get("summary")
+    if not isinstance(summary, dict):
+        raise InputError(
+            f"an analysis record needs a 'summary' dict, got {type(summary).__name__}; "
+            "pass AnalysisResult.summary or a record from the case store"
+        )
+    model_card = model_card if model_card is not None else record.get("model_card") or {}
+    case_label = case_label if case_label is not None else record.get("case_label")
+    spatial = record.get("spatial") or {}
+    image = rec.image_info(summary)
+    mpp = summary.get("mpp")
+
+    pdf = _new_pdf("P")
+    pdf.set_title(f"TILscope report {case_label or ''}".strip())
+    pdf.add_page()
+    pdf.set_font("DejaVu", "B", 16)
+    pdf.cell(0, 9, "TILscope analysis report", new_x="LMARGIN", new_y="NEXT")
+    _banner(pdf)
+
+    size = (
+        f"{image['width_px']} × {image['height_px']} px"
+        if image["width_px"] is not None and image["height_px"] is not None
+        else "n/a"
+    )
+    n_corr = record.get("n_corrections")
+    meta = [
+        ["Field", "Value"],
+        ["Case", case_label or "n/a"],
+        ["Date", _date(record.get("created_at"))],
+        ["Analysis id", _fmt(record.get("analysis_id"))],
+        ["Image", image["name"] or "n/a"],
+        ["Image SHA-256", image["sha256"] or "n/a"],
+        ["Image size", size],
+        ["Pixel size (mpp)", f"{_fmt(mpp, 4)} µm/px" if mpp is not None else "unknown: densities not reported"],
+        ["Analysed area", f"{_fmt(summary.get('area_mm2'), 4)} mm²" if summary.get("area_mm2") is not None else "n/a"],
+        ["Scenario", rec.scenario_key(summary) or "n/a"],
+        ["Weights version", _fmt(summary.get("weights_version", model_card.get("version")))],
+        ["Weights SHA-256", summary.get("weights_sha256") or "n/a"],
+        ["Device / runtime", f"{summary.get('device') or 'n/a'} / {_fmt(summary.get('runtime_s'))} s"],
+        ["Manual corrections", "none recorded" if n_corr is None else str(n_corr)],
+        ["TILscope version", str(record.get("app_version") or core.__version__)],
+    ]
+    _table(pdf, meta, (40, 140))
+
+    _heading(pdf, "Counts and densities per class")
+    cnt = rec.counts(summary)
+    dens = rec.densities_per_mm2(summary)
+    classes = list(dict.fromkeys([*cnt, *dens]))
+    rows = [["Class", "Count", "Density (cells/mm²)"]]
+    rows += [[c, str(cnt.get(c, "n/a")), _fmt(dens.get(c), 4)] for c in classes]
+    if cnt:
+        rows.append(["total", str(sum(cnt.values())), _fmt(_sum_or_none(dens.values()), 4)])
+    _table(pdf, rows, (70, 40, 70))
+
+    regions = rec.region_stats(record)
+    if regions:
+        _heading(pdf, "Counts and densities per region")
+        rows = [["Region", "Area (mm²)", "Class", "Count", "Density (cells/mm²)"]]
+        for name, stats in regions.items():
+            r_cnt = stats.get("counts") or {}
+            r_dens = stats.get("densities_per_mm2") or {}
+            for i, c in enumerate(dict.fromkeys([*r_cnt, *r_dens]) or [""]):
+                rows.append([name if i == 0 else "", _fmt(stats.get("area_mm2"), 4) if i == 0 else "",
+                             c, _fmt(r_cnt.get(c)), _fmt(r_dens.get(c), 4)])
+        _table(pdf, rows, (38, 26, 46, 24, 46))
+
+    if overlay_png:
+        _heading(pdf, "Image with detections")
+        _image(pdf, overlay_png, pdf.w - 30, 105)
+
+    _heading(pdf, "Spatial statistics")
+    stats_rows = [
+        [k, _fmt(v, 4)]
+        for k, v in rec.flatten_scalars({k: v for k, v in spatial.items() if k not in _THRESHOLD_KEYS and k not in ("regions", "per_region")}).items()
+    ]
+    if stats_rows:
+        _table(pdf, [["Statistic", "Value"], *stats_rows], (110, 70))
+    else:
+        pdf.multi_cell(0, 5, "No spatial statistics were computed for this analysis.", new_x="LMARGIN", new_y="NEXT")
+    thresholds = {}
+    for key in _THRESHOLD_KEYS:
+        if isinstance(spatial.get(key), dict):
+            thresholds.update(rec.flatten_scalars(spatial[key]))
+    thresholds.update({f"analysis.{k}": v for k, v in rec.flatten_scalars(record.get("params") or {}).items()})
+    if thresholds:
+        _heading(pdf, "Thresholds and parameters", 10)
+        _table(pdf, [["Name", "Value"], *[[k, _fmt(v, 4)] for k, v in thresholds.items()]], (110, 70))
+
+    figures = []
+    density_png = density_figure_png(record)
+    if density_png:
+        figures.append(density_png)
+    figures += [png for _, png in spatial_figures_png(spatial)]
+    if figures:
+        _heading(pdf, "Plots")
+        for png in figures:
+            _image(pdf, png, pdf.w - 40, 80)
+
+    _heading(pdf, "Model card")
+    card_name = model_card.get("name") or rec.scenario_key(summary) or "n/a"
+    pdf.multi_cell(0, 5, f"Model: {card_name}, version {_fmt(model_card.get('version', summary.get('weights_version')))}",
+                   new_x="LMARGIN", new_y="NEXT")
+    for title, key in (("Intended use", "intended_use"), ("Limitations", "limitations"),
+                       ("Training data", "training_data"), ("References", "references")):
+        lines = _text_list(model_card.get(key))
+        if key in ("intended_use", "limitations") and not lines:
+            lines = ["not stated in the model card"]
+        if lines:
+            pdf.set_font("DejaVu", "B", 9)
+            pdf.cell(0, 5, title, new_x="LMARGIN", new_y="NEXT")
+            pdf.set_font("DejaVu", "", 9)
+            for line in lines:
+                pdf.multi_cell(0, 4.6, f"• {line}", new_x="LMARGIN", new_y="NEXT")
+
+    warnings = _text_list(summary.get("warnings"))
+    if warnings:
+        _heading(pdf, "Warnings", 10)
+        for line in warnings:
+            pdf.multi_cell(0, 4.6, f"• {line}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    _banner(pdf)
+    return _pdf_bytes(pdf, path)
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values))
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def comparison_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Side-by-side table of analyses for the tumour board.
+
+    Rows (index): case, date, image, scenario, mpp, area, counts and densities per
+    class, per-region densities, every scalar spatial statistic (proximity figures,
+    phenotype calls) and the corrections count. Columns: one per record, named by
+    :func:`core.records.label`. Values are numbers or strings; missing ones ``None``.
+    """
+    columns: dict[str, dict[str, Any]] = {}
+    for r in records:
+        summary = r.get("summary") or {}
+        col: dict[str, Any] = {
+            "case": r.get("case_label"),
+            "date": _date(r.get("created_at")),
+            "image": rec.image_info(summary)["name"],
+            "scenario": rec.scenario_key(summary),
+            "mpp (µm/px)": summary.get("mpp"),
+            "area (mm²)": summary.get("area_mm2"),
+        }
+        for c, v in rec.counts(summary).items():
+            col[f"count: {c}"] = v
+        for c, v in rec.densities_per_mm2(summary).items():
+            col[f"density (cells/mm²): {c}"] = v
+        for region, stats in rec.region_stats(r).items():
+            for c, v in (stats.get("densities_per_mm2") or {}).items():
+                col[f"density (cells/mm²): {c} in {region}"] = v
+        spatial = {k: v for k, v in (r.get("spatial") or {}).items() if k not in ("regions", "per_region")}
+        for k, v in rec.flatten_scalars(spatial).items():
+            col[f"spatial: {k}"] = v
+        col["manual corrections"] = r.get("n_corrections")
+        name = rec.label(r)
+        while name in columns:
+            name += " (2)"
+        columns[name] = col
+    table = pd.DataFrame(columns)
+    return table.astype(object).where(table.notna(), None)
+
+
+def comparison_figures_png(records: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    """Charts for the tumour board: densities per class, and numeric spatial figures.
+
+    Returns
+    -------
+    list of (title, png bytes)
+    """
+    table = comparison_table(records)
+    out = []
+    for prefix, title, unit in (
+        ("density (cells/mm²): ", "Density per class", "cells/mm²"),
+        ("spatial: ", "Spatial statistics", "value"),
+    ):
+        rows = [i for i in table.index if str(i).startswith(prefix) and " in " not in str(i)[len(prefix):]]
+        rows = [i for i in rows if all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in table.loc[i])]
+        if not rows:
+            continue
+        rows = [i for i in rows if str(i)[len(prefix):].split(".")[0] not in _THRESHOLD_KEYS][:12]
+        if not rows:
+            continue
+        fig = _figure()
+        fig.set_size_inches(9.5, 3.4 if prefix.startswith("density") else 3.0 + 0.18 * len(rows))
+        if prefix.startswith("spatial"):
+            # Different statistics have different scales: one small panel each.
+            ncols = min(4, len(rows))
+            nrows = math.ceil(len(rows) / ncols)
+            fig.set_size_inches(9.5, 2.2 * nrows + 0.4)
+            axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+            colors = class_palette(list(table.columns), None)
+            for ax, row in zip(axes, rows):
+                values = [np.nan if v is None else float(v) for v in table.loc[row]]
+                ax.bar(range(len(values)), values, color=[colors[c] for c in table.columns])
+                ax.set_title(str(row)[len(prefix):], fontsize=7)
+                ax.set_xticks(range(len(values)), [f"{i + 1}" for i in range(len(values))], fontsize=7)
+                ax.tick_params(axis="y", labelsize=6)
+            for ax in axes[len(rows):]:
+                ax.set_visible(False)
+            fig.suptitle(f"{title} (bars numbered as the analyses)", fontsize=9)
+        else:
+            ax = fig.add_subplot()
+            width = 0.8 / max(1, len(table.columns))
+            x = np.arange(len(rows))
+            colors = class_palette(list(table.columns), None)
+            for i, col in enumerate(table.columns):
+                values = [np.nan if v is None else float(v) for v in table.loc[rows, col]]
+                ax.bar(x + i * width - 0.4 + width / 2, values, width, label=f"{i + 1}. {col}", color=colors[col])
+            ax.set_xticks(x, [str(r)[len(prefix):] for r in rows], fontsize=8)
+            ax.set_ylabel(unit)
+            ax.set_title(title)
+            ax.legend(fontsize=6)
+        out.append((title, _png(fig)))
+    return out
+
+
+def build_comparison_pdf(records: list[dict[str, Any]], path: str | Path | None = None) -> bytes:
+    """Write the tumour-board comparison of several analyses as a PDF (A4 landscape).
+
+    Parameters
+    ----------
+    records : list of dict
+        Analysis records (:mod:`core.records`), one per compared analysis.
+    path : str or Path, optional
+        Also write the PDF there.
+
+    Returns
+    -------
+    bytes
+        The PDF: the comparison table (:func:`comparison_table`, five analyses per
+        table), charts of densities and spatial statistics, and the research-use
+        statement.
+
+    Raises
+    ------
+    InputError
+        If ``records`` is empty.
+    """
+    if not records:
+        raise InputError("no analyses to compare: pick at least one analysis")
+    table = comparison_table(records)
+    pdf = _new_pdf("L")
+    pdf.set_title("TILscope tumour-board comparison")
+    pdf.add_page()
+    pdf.set_font("DejaVu", "B", 16)
+    pdf.cell(0, 9, "TILscope tumour-board comparison", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("DejaVu", "", 9)
+    pdf.cell(0, 5, f"{len(records)} analyses · generated {_date(datetime.now(timezone.utc).isoformat())}",
+             new_x="LMARGIN", new_y="NEXT")
+    _banner(pdf)
+    pdf.set_font("DejaVu", "", 8.5)
+    for i, col in enumerate(table.columns):
+        pdf.cell(0, 4.6, f"{i + 1}. {col}", new_x="LMARGIN", new_y="NEXT")
+    per_table = 5
+    usable = pdf.w - 30
+    for start in range(0, len(table.columns), per_table):
+        cols = list(table.columns[start:start + per_table])
+        first = 75.0
+        rest = (usable - first) / len(cols)
+        rows = [["Measure", *[f"{start + j + 1}. {c}" for j, c in enumerate(cols)]]]
+        for idx in table.index:
+            rows.append([str(idx), *[_fmt(table.at[idx, c], 4) for c in cols]])
+        _heading(pdf, "Comparison" if start == 0 else f"Comparison (continued, analyses {start + 1}-{start + len(cols)})")
+        _table(pdf, rows, (first, *([rest] * len(cols))), font_size=8)
+    figures = comparison_figures_png(records)
+    if figures:
+        pdf.add_page()
+        _heading(pdf, "Charts")
+        for _, png in figures:
+            _image(pdf, png, pdf.w - 40, 78)
+    return _pdf_bytes(pdf, path)

@@ -1,0 +1,1 @@
+"""Scenario models: one :class:`~core.scenarios.base.ScenarioModel` subclass per registry entry."""
