@@ -106,6 +106,24 @@ def label(record: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def count_corrections(corrections: Any) -> int | None:
+    """Number of manual corrections in a correction log's JSON data, or ``None``.
+
+    Reads ``n_corrections`` or ``count``, else the length of ``edits``,
+    ``corrections``, ``entries`` or ``events``, else the length of a list.
+    """
+    if isinstance(corrections, dict):
+        for key in ("n_corrections", "count"):
+            if isinstance(corrections.get(key), int):
+                return corrections[key]
+        for key in ("edits", "corrections", "entries", "events"):
+            if isinstance(corrections.get(key), list):
+                return len(corrections[key])
+    if isinstance(corrections, list):
+        return len(corrections)
+    return None
+
+
 def flatten_scalars(data: Any, prefix: str = "") -> dict[str, Any]:
     """Flatten nested dicts to ``{"a.b.c": scalar}``, keeping numbers, strings and bools.
 

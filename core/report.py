@@ -114,17 +114,7 @@ def corrections_count(corrections: Any) -> int | None:
         return None
     if hasattr(corrections, "n_corrections"):
         return int(corrections.n_corrections)
-    data = corrections_json(corrections)
-    if isinstance(data, dict):
-        for key in ("n_corrections", "count"):
-            if key in data:
-                return int(data[key])
-        for key in ("edits", "corrections", "entries", "events"):
-            if isinstance(data.get(key), list):
-                return len(data[key])
-    if isinstance(data, list):
-        return len(data)
-    return None
+    return rec.count_corrections(corrections_json(corrections))
 
 
 def corrections_json(corrections: Any) -> Any:

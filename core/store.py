@@ -1,0 +1,763 @@
+"""The case store: every analysis, its parameters, results and exported files, in a database.
+
+SQLite (a file under the data folder) by default; any SQLAlchemy URL, e.g.
+PostgreSQL, through ``TILSCOPE_DATABASE_URL``. The data folder is
+``TILSCOPE_DATA_DIR``, by default ``data/`` in the repository root.
+
+Concurrency: on SQLite the store uses write-ahead logging (readers never block the
+writer), a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for writes, so two app
+sessions or processes writing at once wait for each other instead of failing or
+corrupting the file. Each write is one short transaction.
+
+Files (report.pdf, cells.csv, ...) are kept as bytes in the database, not in the
+data folder: saving an analysis and its files is then one transaction (no orphan
+files after a crash, no dangling rows after a manual clean-up), deleting cascades,
+one backup of the database holds everything, and it works unchanged when the
+database is a PostgreSQL server that the app's disk does not share. Exports are
+small (a PDF of a few hundred kB, a cells table of some MB).
+
+Schema changes are ordered migration steps (:data:`MIGRATIONS`) applied when the
+store opens, recorded in the ``schema_version`` table; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload
+
+import core
+from core import records as rec
+from core.errors import InputError, TILscopeError
+
+#: Default SQLite file name inside the data folder.
+DB_FILENAME = "tilscope.sqlite3"
+#: Seconds a SQLite writer waits for another before giving up.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class StoreError(TILscopeError):
+    """The case store cannot be opened, or an analysis or case is not there."""
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``core/``)."""
+    return Path(core.__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """The data folder: ``TILSCOPE_DATA_DIR``, else ``<repo root>/data``."""
+    value = os.environ.get("TILSCOPE_DATA_DIR")
+    return Path(value).expanduser() if value else repo_root() / "data"
+
+
+def database_url() -> str:
+    """``TILSCOPE_DATABASE_URL``, else a SQLite file in :func:`data_dir`."""
+    value = os.environ.get("TILSCOPE_DATABASE_URL")
+    if value:
+        return value
+    return f"sqlite:///{data_dir() / DB_FILENAME}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored naive, always UTC
+
+
+# --------------------------------------------------------------------------- ORM
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Case(Base):
+    """A patient case (a specimen, a block), identified by a free-text label."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=_utcnow)
+    analyses: Mapped[list["Analysis"]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Analysis(Base):
+    """One run of a scenario on one image, with everything needed to report it again."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(sa.ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    image_sha256: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    image_name: Mapped[str | None] = mapped_column(sa.String(500))
+    scenario_key: Mapped[str | None] = mapped_column(sa.String(100))
+    weights_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    params: Mapped[dict | None] = mapped_column(sa.JSON)
+    summary: Mapped[dict] = mapped_column(sa.JSON)
+    regions: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    corrections: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    app_version: Mapped[str | None] = mapped_column(sa.String(50))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=_utcnow, index=True)
+    # Added by migration 2.
+    spatial: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    n_corrections: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+    case: Mapped[Case] = relationship(back_populates="analyses")
+    files: Mapped[list["AnalysisFile"]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class AnalysisFile(Base):
+    """An exported file of an analysis (report.pdf, cells.csv, overlay.png, ...)."""
+
+    __tablename__ = "analysis_files"
+    __table_args__ = (sa.UniqueConstraint("analysis_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(sa.ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    media_type: Mapped[str] = mapped_column(sa.String(100))
+    size_bytes: Mapped[int] = mapped_column(sa.Integer)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
+
+    analysis: Mapped[Analysis] = relationship(back_populates="files")
+
+
+# --------------------------------------------------------------------------- migrations
+#
+# Each step takes a Connection inside the migration transaction. Steps are frozen:
+# never edit one that has shipped; add a new one. They use SQLAlchemy Core with
+# their own MetaData (not the ORM classes above, which follow the newest schema).
+
+
+def _migration_1(conn: sa.Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "cases", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("label", sa.String(200), nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "analyses", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("image_sha256", sa.String(64)),
+        sa.Column("image_name", sa.String(500)),
+        sa.Column("scenario_key", sa.String(100)),
+        sa.Column("weights_sha256", sa.String(64)),
+        sa.Column("params", sa.JSON),
+        sa.Column("summary", sa.JSON, nullable=False),
+        sa.Column("regions", sa.JSON),
+        sa.Column("corrections", sa.JSON),
+        sa.Column("app_version", sa.String(50)),
+        sa.Column("created_at", sa.DateTime, nullable=False, index=True),
+    )
+    sa.Table(
+        "analysis_files", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("analysis_id", sa.Integer, sa.ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("media_type", sa.String(100), nullable=False),
+        sa.Column("size_bytes", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+        sa.UniqueConstraint("analysis_id", "name"),
+    )
+    md.create_all(conn)
+
+
+def _add_column(conn: sa.Connection, table: str, name: str, type_: sa.types.TypeEngine) -> None:
+    ddl = type_.compile(dialect=conn.dialect)
+    preparer = conn.dialect.identifier_preparer
+    conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table)} ADD COLUMN {preparer.quote(name)} {ddl}")
+
+
+def _migration_2(conn: sa.Connection) -> None:
+    """Spatial statistics, the corrections count and a board note become columns.
+
+    The corrections count is filled in from the stored corrections JSON.
+    """
+    _add_column(conn, "analyses", "spatial", sa.JSON())
+    _add_column(conn, "analyses", "n_corrections", sa.Integer())
+    _add_column(conn, "analyses", "note", sa.Text())
+    analyses = sa.table("analyses", sa.column("id"), sa.column("corrections", sa.JSON), sa.column("n_corrections"))
+    for row in conn.execute(sa.select(analyses.c.id, analyses.c.corrections)).all():
+        count = rec.count_corrections(row.corrections)
+        if count is not None:
+            conn.execute(analyses.update().where(analyses.c.id == row.id).values(n_corrections=count))
+
+
+#: Ordered schema steps: (version reached, description, function).
+MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+    (1, "cases, analyses and their files", _migration_1),
+    (2, "analyses.spatial, analyses.n_corrections, analyses.note", _migration_2),
+]
+#: The schema version this code reads and writes.
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_schema_version = sa.Table(
+    "schema_version", sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+
+def current_schema_version(engine: sa.Engine) -> int:
+    """The schema version recorded in the database; 0 for an empty database."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("schema_version"):
+            return 0
+        value = conn.execute(sa.select(_schema_version.c.version).where(_schema_version.c.id == 1)).scalar()
+    return int(value or 0)
+
+
+def migrate(engine: sa.Engine, target: int | None = None) -> int:
+    """Apply the pending :data:`MIGRATIONS` steps up to ``target`` (default: newest).
+
+    All steps run in one transaction holding the database's write lock (SQLite
+    ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock), so two processes opening the
+    store at once migrate it once.
+
+    Returns
+    -------
+    int
+        The schema version after migrating.
+
+    Raises
+    ------
+    StoreError
+        If the database is newer than this code (downgrades are not supported).
+    """
+    target = SCHEMA_VERSION if target is None else target
+    with _writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7410663)")  # any fixed key
+        _schema_version.create(conn, checkfirst=True)
+        row = conn.execute(sa.select(_schema_version.c.version).where(_schema_version.c.id == 1)).scalar()
+        version = int(row or 0)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the case database is at schema version {version}, newer than this TILscope "
+                f"({core.__version__}, schema {SCHEMA_VERSION}); update TILscope to open it"
+            )
+        for step, _description, apply in MIGRATIONS:
+            if version < step <= target:
+                apply(conn)
+                version = step
+        if row is None:
+            conn.execute(_schema_version.insert().values(id=1, version=version, updated_at=_utcnow()))
+        else:
+            conn.execute(
+                _schema_version.update().where(_schema_version.c.id == 1).values(version=version, updated_at=_utcnow())
+            )
+    return version
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _writer(engine: sa.Engine) -> sa.Engine:
+    return engine.execution_options(tilscope_begin="IMMEDIATE")
+
+
+def create_engine(url: str) -> sa.Engine:
+    """A SQLAlchemy engine; for SQLite with WAL, busy timeout, foreign keys and ``BEGIN IMMEDIATE`` writes.
+
+    Raises
+    ------
+    StoreError
+        If the URL is malformed or its driver is not installed.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as err:
+        raise StoreError(f"TILSCOPE_DATABASE_URL {url!r} is not a database URL (e.g. sqlite:///path or postgresql+psycopg://user@host/db)") from err
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return sa.create_engine(parsed, pool_pre_ping=True)
+        except ImportError as err:
+            raise StoreError(
+                f"the database driver for {parsed.drivername!r} is not installed ({err}); for PostgreSQL "
+                "install psycopg[binary] and use a postgresql+psycopg:// URL"
+            ) from err
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # The driver must not open transactions itself: we emit BEGIN below.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if database and database != ":memory:":
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Writers take the write lock up front: a deferred transaction that later
+        # upgrades to writing fails at once with SQLITE_BUSY in WAL mode.
+        mode = conn.get_execution_options().get("tilscope_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+# --------------------------------------------------------------------------- store
+
+
+class CaseStore:
+    """Cases and their analyses in a SQL database.
+
+    Parameters
+    ----------
+    url : str, optional
+        SQLAlchemy URL; default :func:`database_url` (``TILSCOPE_DATABASE_URL`` or
+        ``<TILSCOPE_DATA_DIR>/tilscope.sqlite3``).
+    migrate_to : int, optional
+        Apply migrations only up to this schema version (for tests of migrations).
+
+    Raises
+    ------
+    StoreError
+        If the database cannot be opened or migrated.
+
+    Examples
+    --------
+    >>> store = CaseStore("sqlite://")
+    >>> aid = store.save_analysis("B-1", {"counts": {"cd3-positive": 4}})
+    >>> store.get_record(aid)["summary"]["counts"]
+    {'cd3-positive': 4}
+    """
+
+    def __init__(self, url: str | None = None, migrate_to: int | None = None) -> None:
+        self.url = url or database_url()
+        self.engine = create_engine(self.url)
+        try:
+            self.schema_version = migrate(self.engine, migrate_to)
+        except OperationalError as err:
+            raise StoreError(f"cannot open the case database {self._safe_url()}: {err.orig}") from err
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot migrate the case database {self._safe_url()}: {err}") from err
+
+    def _safe_url(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def _read(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _write(self) -> Session:
+        return Session(_writer(self.engine), expire_on_commit=False)
+
+    # ---------------------------------------------------------------- cases
+
+    def get_or_create_case(self, label: str) -> int:
+        """Return the id of the case with ``label`` (stripped), creating it if needed.
+
+        Raises
+        ------
+        InputError
+            If the label is empty or longer than 200 characters.
+        """
+        label = _check_label(label)
+        for _attempt in range(2):  # a concurrent writer may create the same label
+            with self._write() as session, session.begin():
+                case = session.scalars(sa.select(Case).where(Case.label == label)).first()
+                if case is not None:
+                    return case.id
+                case = Case(label=label, created_at=_utcnow())
+                session.add(case)
+                try:
+                    session.flush()
+                except IntegrityError:
+                    session.rollback()
+                    continue
+                return case.id
+        raise StoreError(f"could not create case {label!r}: it was created and deleted concurrently; try again")
+
+    def create_case(self, label: str) -> int:
+        """Create a case and return its id.
+
+        Raises
+        ------
+        InputError
+            If the label is empty, too long, or a case with it exists already.
+        """
+        label = _check_label(label)
+        with self._write() as session, session.begin():
+            if session.scalars(sa.select(Case.id).where(Case.label == label)).first() is not None:
+                raise InputError(f"a case labelled {label!r} exists already; open it or pick another label")
+            case = Case(label=label, created_at=_utcnow())
+            session.add(case)
+            session.flush()
+            return case.id
+
+    def list_cases(self, search: str | None = None) -> list[dict[str, Any]]:
+        """Cases as ``[{"id", "label", "created_at", "n_analyses"}]``, newest first."""
+        with self._read() as session:
+            q = (
+                sa.select(Case.id, Case.label, Case.created_at, sa.func.count(Analysis.id))
+                .outerjoin(Analysis, Analysis.case_id == Case.id)
+                .group_by(Case.id, Case.label, Case.created_at)
+                .order_by(Case.created_at.desc(), Case.id.desc())
+            )
+            if search:
+                q = q.where(Case.label.ilike(f"%{_escape_like(search)}%", escape="\\"))
+            return [
+                {"id": i, "label": lab, "created_at": _iso(c), "n_analyses": n}
+                for i, lab, c, n in session.execute(q).all()
+            ]
+
+    def delete_case(self, case_id: int) -> None:
+        """Delete a case with all its analyses and files.
+
+        Raises
+        ------
+        StoreError
+            If there is no such case.
+        """
+        with self._write() as session, session.begin():
+            case = session.get(Case, case_id)
+            if case is None:
+                raise StoreError(f"case {case_id} does not exist (it may have been deleted in another session)")
+            session.delete(case)
+
+    # ---------------------------------------------------------------- analyses
+
+    def save_analysis(
+        self,
+        case_label: str,
+        summary: dict[str, Any],
+        *,
+        params: dict[str, Any] | None = None,
+        spatial: dict[str, Any] | None = None,
+        regions: Any = None,
+        corrections: Any = None,
+        n_corrections: int | None = None,
+        files: dict[str, bytes] | None = None,
+        media_types: dict[str, str] | None = None,
+        app_version: str | None = None,
+        created_at: datetime | None = None,
+    ) -> int:
+        """Save one analysis (and its files) under a case, creating the case if needed.
+
+        Parameters
+        ----------
+        case_label : str
+            The case's label.
+        summary : dict
+            JSON-ready run summary (:mod:`core.records`); image name and SHA-256,
+            scenario and weights SHA-256 are indexed from it.
+        params, spatial : dict, optional
+            Analysis parameters and thresholds; spatial statistics.
+        regions : dict, optional
+            Regions as a GeoJSON FeatureCollection.
+        corrections : dict or list, optional
+            The correction log as JSON data (``CorrectionLog.to_json()``).
+        n_corrections : int, optional
+            Number of manual corrections; counted from ``corrections`` if absent.
+        files : dict of str to bytes, optional
+            Exports, ``{file name: content}``.
+        media_types : dict of str to str, optional
+            Media type per file name; guessed from the extension otherwise.
+        app_version : str, optional
+            Default ``core.__version__``.
+        created_at : datetime, optional
+            Default now (UTC).
+
+        Returns
+        -------
+        int
+            The new analysis id.
+
+        Raises
+        ------
+        InputError
+            If the case label is empty or a value is not JSON serialisable.
+        """
+        if not isinstance(summary, dict):
+            raise InputError(f"summary must be a dict (AnalysisResult.summary), got {type(summary).__name__}")
+        payload = {
+            "summary": summary, "params": params or {}, "spatial": spatial,
+            "regions": regions, "corrections": corrections,
+        }
+        try:
+            payload = json.loads(json.dumps(payload, default=_json_default))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"the analysis cannot be saved: {err}; pass JSON-ready dicts") from err
+        if n_corrections is None:
+            n_corrections = rec.count_corrections(payload["corrections"])
+        case_id = self.get_or_create_case(case_label)
+        image = rec.image_info(summary)
+        if created_at is not None and created_at.tzinfo is not None:
+            created_at = created_at.astimezone(timezone.utc).replace(tzinfo=None)
+        with self._write() as session, session.begin():
+            if session.get(Case, case_id) is None:  # deleted since get_or_create_case
+                case = Case(label=_check_label(case_label), created_at=_utcnow())
+                session.add(case)
+                session.flush()
+                case_id = case.id
+            analysis = Analysis(
+                case_id=case_id,
+                image_sha256=image["sha256"],
+                image_name=image["name"],
+                scenario_key=rec.scenario_key(summary),
+                weights_sha256=summary.get("weights_sha256"),
+                params=payload["params"],
+                summary=payload["summary"],
+                spatial=payload["spatial"],
+                regions=payload["regions"],
+                corrections=payload["corrections"],
+                n_corrections=n_corrections,
+                app_version=app_version or core.__version__,
+                created_at=created_at or _utcnow(),
+            )
+            session.add(analysis)
+            session.flush()
+            for name, data in (files or {}).items():
+                session.add(_file_row(analysis.id, name, data, media_types))
+            return analysis.id
+
+    def add_files(self, analysis_id: int, files: dict[str, bytes], media_types: dict[str, str] | None = None) -> None:
+        """Add or replace exported files of an analysis.
+
+        Raises
+        ------
+        StoreError
+            If the analysis does not exist.
+        """
+        with self._write() as session, session.begin():
+            if session.get(Analysis, analysis_id) is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            names = list(files)
+            session.execute(
+                sa.delete(AnalysisFile).where(AnalysisFile.analysis_id == analysis_id, AnalysisFile.name.in_(names))
+            )
+            for name, data in files.items():
+                session.add(_file_row(analysis_id, name, data, media_types))
+
+    def list_analyses(self, search: str | None = None, case_id: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Analyses, newest first, as rows for a table.
+
+        Parameters
+        ----------
+        search : str, optional
+            Case-insensitive substring of the case label, image name, image SHA-256
+            or scenario key.
+        case_id : int, optional
+            Only this case's analyses.
+        limit : int
+            At most this many rows.
+
+        Returns
+        -------
+        list of dict
+            ``{"id", "case_id", "case_label", "image_name", "image_sha256",
+            "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections"}``.
+        """
+        with self._read() as session:
+            q = (
+                sa.select(Analysis, Case.label)
+                .join(Case, Case.id == Analysis.case_id)
+                .order_by(Analysis.created_at.desc(), Analysis.id.desc())
+                .limit(limit)
+            )
+            if case_id is not None:
+                q = q.where(Analysis.case_id == case_id)
+            if search:
+                pattern = f"%{_escape_like(search.strip())}%"
+                q = q.where(
+                    sa.or_(
+                        Case.label.ilike(pattern, escape="\\"),
+                        Analysis.image_name.ilike(pattern, escape="\\"),
+                        Analysis.image_sha256.ilike(pattern, escape="\\"),
+                        Analysis.scenario_key.ilike(pattern, escape="\\"),
+                    )
+                )
+            return [
+                {
+                    "id": a.id,
+                    "case_id": a.case_id,
+                    "case_label": label,
+                    "image_name": a.image_name,
+                    "image_sha256": a.image_sha256,
+                    "scenario_key": a.scenario_key,
+                    "created_at": _iso(a.created_at),
+                    "counts": rec.counts(a.summary or {}),
+                    "n_corrections": a.n_corrections,
+                }
+                for a, label in session.execute(q).all()
+            ]
+
+    def get_analysis(self, analysis_id: int) -> dict[str, Any]:
+        """All stored fields of one analysis, plus ``case_label`` and ``files`` (names and sizes).
+
+        Raises
+        ------
+        StoreError
+            If there is no such analysis.
+        """
+        with self._read() as session:
+            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.files), selectinload(Analysis.case)])
+            if a is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            return {
+                "id": a.id,
+                "case_id": a.case_id,
+                "case_label": a.case.label,
+                "image_sha256": a.image_sha256,
+                "image_name": a.image_name,
+                "scenario_key": a.scenario_key,
+                "weights_sha256": a.weights_sha256,
+                "params": a.params or {},
+                "summary": a.summary or {},
+                "spatial": a.spatial,
+                "regions": a.regions,
+                "corrections": a.corrections,
+                "n_corrections": a.n_corrections,
+                "note": a.note,
+                "app_version": a.app_version,
+                "created_at": _iso(a.created_at),
+                "files": [
+                    {"name": f.name, "media_type": f.media_type, "size_bytes": f.size_bytes}
+                    for f in sorted(a.files, key=lambda f: f.name)
+                ],
+            }
+
+    def get_record(self, analysis_id: int) -> dict[str, Any]:
+        """The analysis as a record (:mod:`core.records`) for :mod:`core.report`.
+
+        Raises
+        ------
+        StoreError
+            If there is no such analysis.
+        """
+        a = self.get_analysis(analysis_id)
+        return {
+            "summary": a["summary"],
+            "spatial": a["spatial"],
+            "n_corrections": a["n_corrections"],
+            "corrections": a["corrections"],
+            "case_label": a["case_label"],
+            "created_at": a["created_at"],
+            "analysis_id": a["id"],
+            "app_version": a["app_version"],
+            "params": a["params"],
+            "regions": a["regions"],
+            "model_card": None,
+        }
+
+    def get_file(self, analysis_id: int, name: str) -> bytes:
+        """The bytes of one stored file.
+
+        Raises
+        ------
+        StoreError
+            If the analysis has no file of that name.
+        """
+        with self._read() as session:
+            data = session.scalars(
+                sa.select(AnalysisFile.data).where(AnalysisFile.analysis_id == analysis_id, AnalysisFile.name == name)
+            ).first()
+        if data is None:
+            raise StoreError(f"analysis {analysis_id} has no file {name!r}")
+        return bytes(data)
+
+    def set_note(self, analysis_id: int, note: str | None) -> None:
+        """Set the tumour-board note of an analysis.
+
+        Raises
+        ------
+        StoreError
+            If there is no such analysis.
+        """
+        with self._write() as session, session.begin():
+            a = session.get(Analysis, analysis_id)
+            if a is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a.note = note
+
+    def delete_analysis(self, analysis_id: int) -> None:
+        """Delete an analysis and its files (the case stays).
+
+        Raises
+        ------
+        StoreError
+            If there is no such analysis.
+        """
+        with self._write() as session, session.begin():
+            a = session.get(Analysis, analysis_id)
+            if a is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            session.delete(a)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+_MEDIA_TYPES = {
+    ".pdf": "application/pdf", ".csv": "text/csv", ".json": "application/json",
+    ".geojson": "application/geo+json", ".png": "image/png", ".jpg": "image/jpeg", ".txt": "text/plain",
+}
+
+
+def _file_row(analysis_id: int, name: str, data: bytes, media_types: dict[str, str] | None) -> AnalysisFile:
+    name = Path(str(name)).name
+    if not name:
+        raise InputError("a stored file needs a name, e.g. 'report.pdf'")
+    media = (media_types or {}).get(name) or _MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+    data = bytes(data)
+    return AnalysisFile(analysis_id=analysis_id, name=name, media_type=media, size_bytes=len(data), data=data)
+
+
+def _check_label(label: Any) -> str:
+    text = str(label or "").strip()
+    if not text:
+        raise InputError("the case label is empty: enter a case or specimen label, e.g. 'B-2024-0113'")
+    if len(text) > 200:
+        raise InputError(f"the case label has {len(text)} characters; use at most 200")
+    return text
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat(timespec="seconds")
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (datetime, Path)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
