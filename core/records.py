@@ -19,7 +19,7 @@ just computed and one read back from the case store look the same::
                                    "densities_per_mm2": {"cd3-positive": 387.1}}},
             "runtime_s": 4.2, "device": "cpu", "warnings": [],
         },
-        "spatial": {...} or None,         # core.spatial.compute_spatial_stats output
+        "spatial": {...} or None,         # compute_spatial_stats output (else summary["spatial"])
         "n_corrections": 3 or None,       # manual corrections (CorrectionLog.n_corrections)
         "case_label": "B-2024-0113",
         "created_at": "2025-01-31T10:02:11+00:00",
@@ -80,6 +80,14 @@ def densities_per_mm2(summary: dict[str, Any]) -> dict[str, float | None]:
     return {str(k): (None if v is None else float(v)) for k, v in raw.items()}
 
 
+def spatial(record: dict[str, Any]) -> dict[str, Any]:
+    """The spatial statistics: ``record["spatial"]``, else ``summary["spatial"]``, else ``{}``."""
+    value = record.get("spatial")
+    if not isinstance(value, dict):
+        value = (record.get("summary") or {}).get("spatial")
+    return value if isinstance(value, dict) else {}
+
+
 def region_stats(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Return per-region ``{"area_mm2", "counts", "densities_per_mm2"}`` dicts.
 
@@ -87,8 +95,8 @@ def region_stats(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     ``spatial["per_region"]``; empty when the analysis had no regions.
     """
     summary = record.get("summary") or {}
-    spatial = record.get("spatial") or {}
-    for source in (summary.get("regions"), spatial.get("regions"), spatial.get("per_region")):
+    stats = spatial(record)
+    for source in (summary.get("regions"), stats.get("regions"), stats.get("per_region")):
         if isinstance(source, dict) and source and all(isinstance(v, dict) for v in source.values()):
             return {str(k): v for k, v in source.items()}
     return {}

@@ -22,7 +22,7 @@ import pandas as pd
 
 import core
 from core import records as rec
-from core.errors import InputError
+from core.errors import InputError, TILscopeError
 
 #: Printed on every report page and on the comparison.
 RESEARCH_USE = "Research use only, not for diagnostic decisions."
@@ -65,11 +65,12 @@ def record_from_result(
     corrections : core.corrections.CorrectionLog or dict, optional
         Manual edits; ``n_corrections`` is taken from it.
     params, model_card : dict, optional
-        Analysis parameters and thresholds; the scenario's model card.
+        Analysis parameters and thresholds; the scenario's model card (default:
+        the registry's card for ``result.scenario_key``).
     case_label : str, optional
         Case the analysis belongs to.
     class_colors : dict, optional
-        ``{class name: colour}``, needed only to convert ``regions`` to GeoJSON.
+        Unused here; accepted so the same keyword arguments serve :func:`build_exports`.
 
     Returns
     -------
@@ -88,6 +89,10 @@ def record_from_result(
         },
     )
     summary.setdefault("mpp", result.image.mpp)
+    if spatial is None and isinstance(summary.get("spatial"), dict):
+        spatial = summary["spatial"]
+    if model_card is None:
+        model_card = scenario_card(result.scenario_key)
     warnings = list(summary.get("warnings") or [])
     for w in result.warnings:
         if w not in warnings:
@@ -103,9 +108,29 @@ def record_from_result(
         "analysis_id": None,
         "app_version": core.__version__,
         "params": params or {},
-        "regions": regions_geojson(regions, result.image.mpp, class_colors),
+        "regions": regions_geojson(regions, result.image.mpp),
         "model_card": model_card,
     }
+
+
+def scenario_card(key: str) -> dict | None:
+    """The registry's model card of scenario ``key``, or ``None`` if it cannot be read."""
+    try:
+        from core.registry import get_scenario
+
+        return get_scenario(key).card()
+    except (ImportError, TILscopeError):
+        return None
+
+
+def scenario_colors(key: str) -> dict[str, str]:
+    """``{class: "#rrggbb"}`` of scenario ``key`` from the registry; ``{}`` if unknown."""
+    try:
+        from core.registry import get_scenario
+
+        return dict(get_scenario(key).class_colors)
+    except (ImportError, TILscopeError):
+        return {}
 
 
 def corrections_count(corrections: Any) -> int | None:
@@ -128,11 +153,12 @@ def corrections_json(corrections: Any) -> Any:
     return corrections
 
 
-def regions_geojson(regions: Any, mpp: float | None = None, class_colors: dict | None = None) -> dict | None:
+def regions_geojson(regions: Any, mpp: float | None = None) -> dict | None:
     """Regions as a GeoJSON FeatureCollection dict (annotations only), or ``None``.
 
     Accepts a FeatureCollection dict, a GeoJSON string, or a list of
-    ``core.regions.Region``, converted with ``core.regions.cells_to_geojson``.
+    ``core.regions.Region`` (converted with ``core.regions.regions_to_geojson``,
+    which needs ``mpp``).
     """
     if regions is None:
         return None
@@ -143,11 +169,9 @@ def regions_geojson(regions: Any, mpp: float | None = None, class_colors: dict |
     regions = list(regions)
     if not regions:
         return None
-    from core.cells import empty_cell_table
-    from core.regions import cells_to_geojson
+    from core.regions import regions_to_geojson
 
-    data = cells_to_geojson(empty_cell_table(), class_colors or {}, mpp, regions=regions)
-    return json.loads(data) if isinstance(data, (str, bytes)) else data
+    return regions_to_geojson(regions, mpp)
 
 
 def _json_default(value: Any) -> Any:
@@ -260,11 +284,15 @@ def build_exports(
             case_label=case_label,
             class_colors=class_colors,
         )
+    from core.cells import CELL_COLUMNS
+
+    class_colors = class_colors or scenario_colors(result.scenario_key)
     classes = sorted(set(result.cells["cell_class"].astype(str))) if len(result.cells) else []
     overlay = render_overlay_png(result.image.pixels, result.cells, class_colors)
+    columns = list(CELL_COLUMNS) + [c for c in result.cells.columns if c not in CELL_COLUMNS]
     files = {
         "overlay.png": overlay,
-        "cells.csv": result.cells.to_csv(index=False).encode("utf-8"),
+        "cells.csv": result.cells.to_csv(index=False, columns=columns, float_format="%.3f").encode("utf-8"),
         "summary.json": summary_json(record),
     }
     geojson = _cells_geojson(result, regions, class_palette(classes, class_colors))
@@ -277,11 +305,11 @@ def build_exports(
 def summary_json(record: dict[str, Any]) -> bytes:
     """``summary.json``: the summary plus spatial statistics, corrections count and provenance."""
     data = dict(record.get("summary") or {})
-    data["spatial"] = record.get("spatial")
+    data["spatial"] = rec.spatial(record) or None
     data["n_corrections"] = record.get("n_corrections")
     data["case_label"] = record.get("case_label")
-    data["created_at"] = record.get("created_at")
-    data["app_version"] = record.get("app_version")
+    data["created_at"] = record.get("created_at") or data.get("created_at")
+    data["app_version"] = record.get("app_version") or data.get("app_version")
     data["params"] = record.get("params") or {}
     return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8")
 
@@ -291,6 +319,8 @@ def _cells_geojson(result: Any, regions: Any, colors: dict[str, str]) -> bytes |
         from core.regions import cells_to_geojson
     except ImportError:  # the regions module is optional; the other exports still work
         return None
+    if not result.image.mpp:
+        return None  # QuPath coordinates are pixels, but regions are in µm: need mpp
     region_list = None if regions is None or isinstance(regions, (dict, str, bytes)) else list(regions)
     data = cells_to_geojson(result.cells, colors, result.image.mpp, regions=region_list)
     if isinstance(data, (dict, list)):
@@ -537,7 +567,7 @@ def _text_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [f"{k}: {_fmt(v)}" for k, v in value.items()]
+        return [f"{k}: {_fmt(v)}" for k, v in rec.flatten_scalars(value).items()]
     return [str(v) for v in value]
 
 
@@ -599,7 +629,7 @@ def build_report_pdf(
         )
     model_card = model_card if model_card is not None else record.get("model_card") or {}
     case_label = case_label if case_label is not None else record.get("case_label")
-    spatial = record.get("spatial") or {}
+    spatial = rec.spatial(record)
     image = rec.image_info(summary)
     mpp = summary.get("mpp")
 
@@ -694,7 +724,7 @@ def build_report_pdf(
     pdf.multi_cell(0, 5, f"Model: {card_name}, version {_fmt(model_card.get('version', summary.get('weights_version')))}",
                    new_x="LMARGIN", new_y="NEXT")
     for title, key in (("Intended use", "intended_use"), ("Limitations", "limitations"),
-                       ("Training data", "training_data"), ("References", "references")):
+                       ("Training data", "training_data"), ("Metrics", "metrics"), ("References", "references")):
         lines = _text_list(model_card.get(key))
         if key in ("intended_use", "limitations") and not lines:
             lines = ["not stated in the model card"]
@@ -751,7 +781,7 @@ def comparison_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         for region, stats in rec.region_stats(r).items():
             for c, v in (stats.get("densities_per_mm2") or {}).items():
                 col[f"density (cells/mm²): {c} in {region}"] = v
-        spatial = {k: v for k, v in (r.get("spatial") or {}).items() if k not in ("regions", "per_region")}
+        spatial = {k: v for k, v in rec.spatial(r).items() if k not in ("regions", "per_region")}
         for k, v in rec.flatten_scalars(spatial).items():
             col[f"spatial: {k}"] = v
         col["manual corrections"] = r.get("n_corrections")
