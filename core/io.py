@@ -8,6 +8,7 @@ palette; PNG, JPEG, TIFF, OME-TIFF).
 from __future__ import annotations
 
 import hashlib
+import os
 import io as _io
 import re
 import warnings
@@ -22,7 +23,7 @@ from core.errors import ImageReadError, InputError
 
 #: Largest image accepted, in pixels (about a 10 000 x 10 000 field). Whole slides
 #: need a tiled reader, not this function.
-MAX_PIXELS = 100_000_000
+MAX_PIXELS = int(os.environ.get("TILSCOPE_MAX_PIXELS", 100_000_000))
 #: mpp values outside this range are treated as absent (e.g. a 72 dpi default tag
 #: reads as 352.8 µm/px, which no microscope produces).
 PLAUSIBLE_MPP_RANGE = (0.05, 20.0)

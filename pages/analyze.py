@@ -1,0 +1,139 @@
+"""Analyze: upload an image (or pick a sample), choose a scenario, run, review, download."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import streamlit as st
+from PIL import Image
+
+from core.analysis import analyze, load_model, overlay_image
+from core.errors import TILscopeError
+from core.io import PLAUSIBLE_MPP_RANGE, load_image
+from core.registry import get_scenario, list_scenarios
+from core.samples import list_samples
+from core.scenarios.base import pick_device
+from core.ui_helpers import card_summary, cell_figure
+
+log = logging.getLogger("tilscope.analyze")
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def cached_model(key: str, device: str):
+    """One model per scenario key and device, shared by every session."""
+    return load_model(key, device)
+
+
+st.title("Analyze an image")
+
+scenarios = list_scenarios()
+key = st.selectbox(
+    "Scenario model", [s.key for s in scenarios], format_func=lambda k: f"{get_scenario(k).title}  ({k})"
+)
+scenario = get_scenario(key)
+st.caption(f"Stain: {scenario.stain} · model input {scenario.input_mpp} µm/px")
+if scenario.trained_on_synthetic:
+    st.warning("This model was trained on synthetic images only.", icon="🧪")
+try:
+    card = card_summary(scenario.card())
+    with st.expander("Model card: intended use, limitations, metrics"):
+        st.markdown(f"**Intended use:** {card['intended_use']}")
+        st.markdown("**Limitations:**\n" + "\n".join(f"- {item}" for item in card["limitations"]))
+        st.json(card["metrics"], expanded=False)
+except TILscopeError as err:
+    st.error(str(err))
+
+source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
+image = None
+try:
+    if source == "Upload a file":
+        upload = st.file_uploader("PNG, JPEG or TIFF (8/16-bit, RGB or grey)", type=["png", "jpg", "jpeg", "tif", "tiff"])
+        if upload is not None:
+            image = load_image(upload.getvalue(), name=upload.name)
+    else:
+        samples = [s for s in list_samples()]
+        sample = st.selectbox("Sample", samples, format_func=lambda s: s.title)
+        st.caption(sample.description + f" ({sample.mpp_note})")
+        image = sample.load()
+except TILscopeError as err:
+    st.error(f"{err}")
+    image = None
+
+if image is not None:
+    for note in image.notes:
+        st.info(note)
+    default_mpp = image.mpp if image.mpp is not None else scenario.input_mpp
+    col1, col2 = st.columns([1, 2])
+    with col1:
+        known = st.checkbox("Pixel size known", value=image.mpp is not None)
+        mpp = st.number_input(
+            "Microns per pixel (mpp)", min_value=PLAUSIBLE_MPP_RANGE[0], max_value=PLAUSIBLE_MPP_RANGE[1],
+            value=float(default_mpp), step=0.01, format="%.4f", disabled=not known,
+            help="From the scanner or microscope: about 0.25 at 40x and 0.5 at 20x.",
+        )
+    with col2:
+        h, w = image.shape
+        st.caption(f"{image.name}: {w} x {h} px · mpp from {image.mpp_source if image.mpp else 'nowhere'}")
+        if not known:
+            st.warning(
+                "Without the pixel size, TILscope reports cell counts only: densities per mm² and distances "
+                "in µm need the microns per pixel. The image is analysed as if it were at the model's "
+                f"{scenario.input_mpp} µm/px."
+            )
+    if st.button("Run", type="primary"):
+        device = str(pick_device())
+        bar = st.progress(0.0, text="Detecting cells…")
+        try:
+            chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
+            model = cached_model(key, device)
+            result = analyze(chosen, key, model=model, progress=lambda d, t: bar.progress(d / t, text=f"Block {d} of {t}"))
+            st.session_state["analysis"] = result
+        except TILscopeError as err:
+            st.error(str(err))
+        except Exception:  # the browser gets a message, the log gets the traceback
+            log.exception("analysis failed")
+            st.error("The analysis failed unexpectedly. Nothing was saved; the details are in the server log.")
+        finally:
+            bar.empty()
+
+result = st.session_state.get("analysis")
+if result is not None:
+    sc = get_scenario(result.scenario_key)
+    s = result.summary
+    st.divider()
+    st.subheader(f"Result: {s['image']['name']} · {sc.title}")
+    for w in result.warnings:
+        st.warning(w)
+    cols = st.columns(4)
+    cols[0].metric("Cells", s["n_cells"])
+    if s["density_per_mm2"]:
+        total_density = s["n_cells"] / s["area_mm2"]
+        cols[1].metric("Density", f"{total_density:,.0f} cells/mm²")
+        cols[2].metric("Analysed area", f"{s['area_mm2']:.4f} mm²")
+    else:
+        cols[1].metric("Density", "n/a (no mpp)")
+        cols[2].metric("Analysed area", "n/a (no mpp)")
+    cols[3].metric("Run time", f"{s['runtime_s']:.1f} s on {s['device']}")
+
+    labels = {c.name: c.label for c in sc.classes}
+    visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
+    st.plotly_chart(
+        cell_figure(result.image.pixels, result.cells, sc.class_colors, labels, visible),
+        use_container_width=True, config={"scrollZoom": True},
+    )
+    counts = [
+        {"class": labels.get(k, k), "count": v, "cells/mm²": (s["density_per_mm2"] or {}).get(k)}
+        for k, v in s["counts"].items()
+    ]
+    st.dataframe(counts, hide_index=True)
+    with st.expander(f"Cell table ({len(result.cells)} rows)"):
+        st.dataframe(result.cells, hide_index=True)
+    stem = s["image"]["name"].rsplit(".", 1)[0]
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("cells.csv", result.cells.to_csv(index=False, float_format="%.3f"), f"{stem}-cells.csv", "text/csv")
+    d2.download_button("summary.json", json.dumps(s, indent=2, ensure_ascii=False), f"{stem}-summary.json", "application/json")
+    buf = io.BytesIO()
+    Image.fromarray(overlay_image(result)).save(buf, format="PNG")
+    d3.download_button("overlay.png", buf.getvalue(), f"{stem}-overlay.png", "image/png")

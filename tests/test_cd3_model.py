@@ -1,0 +1,85 @@
+"""The CD3 CNN: layouts, dense = sliding window, NMS on known peaks."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.models.cd3_cnn import CD3CNN
+from core.registry import get_scenario
+from core.scenarios.cd3_ihc import CD3IHCModel
+
+
+def _random_model(seed=0):
+    torch.manual_seed(seed)
+    net = CD3CNN("compact")
+    meta = {"layout": "compact", "normalization_mean": "[0.5, 0.5, 0.5]", "normalization_std": "[0.25, 0.25, 0.25]",
+            "threshold": "0.5"}
+    return CD3IHCModel(get_scenario("cd3-ihc"), torch.device("cpu"), net.state_dict(), meta)
+
+
+def test_paper_layout_matches_the_paper():
+    net = CD3CNN("paper").eval()
+    first_dense = net.head[1]
+    assert first_dense.in_features == 9 * 9 * 256 and first_dense.out_features == 2048
+    assert 42e6 < first_dense.weight.numel() < 43e6  # "about 42 M weights"
+    assert net(torch.zeros(2, 3, 70, 70)).shape == (2, 2)
+    assert not net.fully_convolutional
+
+
+def test_compact_layout_patch_and_field_shapes():
+    net = CD3CNN("compact").eval()
+    assert net.fully_convolutional
+    assert net(torch.zeros(3, 3, 70, 70)).shape == (3, 2)
+    assert net(torch.zeros(1, 3, 70 + 8 * 5, 70 + 8 * 9)).shape == (1, 2, 6, 10)
+    assert sum(p.numel() for p in net.parameters()) < 2_000_000
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="compact"):
+        CD3CNN("huge")
+
+
+def test_dense_map_equals_per_window_classification():
+    model = _random_model()
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (150, 131, 3), dtype=np.uint8)
+    prob = model.probability_map(image)
+    assert prob.shape == (19, 17) and prob.dtype == np.float32
+    padded = np.pad(image, ((35, 8 * 18 + 70 - 150 - 35), (35, 8 * 16 + 70 - 131 - 35), (0, 0)), mode="reflect")
+    windows = np.stack([padded[8 * i : 8 * i + 70, 8 * j : 8 * j + 70] for i in range(19) for j in range(17)])
+    np.testing.assert_allclose(prob, model.classify_patches(windows).reshape(19, 17), atol=1e-5)
+
+
+def test_dense_map_blocks_equal_one_pass(monkeypatch):
+    import core.scenarios.cd3_ihc as mod
+
+    model = _random_model(2)
+    image = np.random.default_rng(3).integers(0, 256, (200, 210, 3), dtype=np.uint8)
+    whole = model.probability_map(image)
+    monkeypatch.setattr(mod, "BLOCK_GRID", 7)
+    calls = []
+    tiled = model.probability_map(image, progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert calls[-1][0] == calls[-1][1] == 16
+
+
+def test_inference_is_deterministic():
+    model = _random_model()
+    image = np.random.default_rng(4).integers(0, 256, (90, 90, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(model.probability_map(image), model.probability_map(image))
+
+
+def test_nms_on_known_peaks():
+    model = _random_model()
+    prob = np.zeros((40, 40), np.float32)
+    peaks = [(5, 5), (5, 20), (30, 12)]
+    for i, j in peaks:
+        prob[i - 1 : i + 2, j - 1 : j + 2] = 0.7  # a plateau around each cell, as a CNN gives
+        prob[i, j] = 0.95
+    xy, p = model.detect(prob, threshold=0.5, box_px=30.0, iou=0.15)
+    assert len(xy) == 3
+    expected = sorted((8 * j - 0.5, 8 * i - 0.5) for i, j in peaks)
+    np.testing.assert_allclose(sorted(map(tuple, xy)), expected, atol=1e-6)
+    assert np.all(p == pytest.approx(0.95))
+    xy, _ = model.detect(prob, threshold=0.99, box_px=30.0, iou=0.15)
+    assert len(xy) == 0
