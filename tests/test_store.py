@@ -1,0 +1,326 @@
+"""Case store: round trip, search, delete, migrations, two concurrent writers, on SQLite
+and on a throwaway PostgreSQL server started here (skipped, with the reason, where it cannot)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core import store as store_mod
+from core.errors import InputError
+from core.store import CaseStore, StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def summary(n_pos: int = 12, name: str = "field-7.tif", sha: str = "ab" * 32) -> dict:
+    return {
+        "scenario": "cd3-ihc",
+        "weights_sha256": "9f" * 32,
+        "weights_version": "1.0.0",
+        "mpp": 0.5,
+        "image": {"name": name, "sha256": sha, "width_px": 640, "height_px": 480},
+        "counts": {"cd3-positive": n_pos},
+        "density_per_mm2": {"cd3-positive": n_pos / 0.0768},
+        "area_mm2": 0.0768,
+    }
+
+
+# --------------------------------------------------------------------------- PostgreSQL server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the 'postgres' (or 'nobody') user."""
+    if os.geteuid() != 0:
+        return cmd
+    import pwd
+
+    for user in ("postgres", "nobody"):
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", *cmd]
+    pytest.skip("running as root and there is no 'postgres' or 'nobody' user to run PostgreSQL as")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Start a PostgreSQL server on a free localhost port in a temp dir; yield its base URL."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("PostgreSQL driver psycopg (3) is not installed: pip install 'psycopg[binary]'")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = bins[-1] if bins else shutil.which("initdb")
+    if not initdb:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install -y postgresql")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot start PostgreSQL as a non-root user")
+    root = Path(tempfile.mkdtemp(prefix="tilscope-pg-"))
+    root.chmod(0o777)
+    data = root / "data"
+    port = _free_port()
+    try:
+        run = lambda cmd: subprocess.run(_as_postgres_user(cmd), capture_output=True, text=True, timeout=120)  # noqa: E731
+        res = run([initdb, "-D", str(data), "-U", "tilscope", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        if res.returncode != 0:
+            pytest.skip(f"initdb failed, cannot start a test PostgreSQL server: {res.stderr.strip()[-300:]}")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        res = run([pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"])
+        if res.returncode != 0:
+            log = (root / "log").read_text(errors="replace")[-300:] if (root / "log").exists() else ""
+            pytest.skip(f"pg_ctl start failed, cannot start a test PostgreSQL server: {res.stderr.strip()[-300:]} {log}")
+        yield f"postgresql+psycopg://tilscope@127.0.0.1:{port}"
+        run([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_db_counter = iter(range(10_000))
+
+
+def _new_pg_database(base_url: str) -> str:
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    engine = sa.create_engine(f"{base_url}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database URL of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cases.sqlite3'}"
+    return _new_pg_database(request.getfixturevalue("pg_server"))
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_save_list_open_delete(db_url):
+    store = CaseStore(db_url)
+    assert store.schema_version == store_mod.SCHEMA_VERSION
+    first = store.save_analysis(
+        "B-2024-0113", summary(12), params={"min_probability": 0.5}, spatial={"immune_phenotype": "inflamed"},
+        regions={"type": "FeatureCollection", "features": []}, corrections={"edits": [{"op": "add"}, {"op": "delete"}]},
+        files={"report.pdf": b"%PDF-1.4 x", "cells.csv": b"x_px,y_px\n1,2\n"},
+    )
+    second = store.save_analysis("C-7", summary(30, name="other.png", sha="cd" * 32))
+    third = store.save_analysis("B-2024-0113", summary(5, name="third.png"))
+
+    rows = store.list_analyses()
+    assert [r["id"] for r in rows] == [third, second, first]  # newest first
+    assert [r["id"] for r in store.list_analyses(search="b-2024")] == [third, first]
+    assert [r["id"] for r in store.list_analyses(search="OTHER")] == [second]
+    assert [r["id"] for r in store.list_analyses(search="cdcdcd")] == [second]
+    assert store.list_analyses(search="%") == []  # LIKE wildcards are literal
+    assert {c["label"]: c["n_analyses"] for c in store.list_cases()} == {"B-2024-0113": 2, "C-7": 1}
+
+    a = store.get_analysis(first)
+    assert a["case_label"] == "B-2024-0113"
+    assert a["image_sha256"] == "ab" * 32 and a["scenario_key"] == "cd3-ihc" and a["weights_sha256"] == "9f" * 32
+    assert a["summary"]["counts"] == {"cd3-positive": 12}
+    assert a["params"] == {"min_probability": 0.5}
+    assert a["n_corrections"] == 2
+    assert {f["name"]: f["media_type"] for f in a["files"]} == {"cells.csv": "text/csv", "report.pdf": "application/pdf"}
+    assert store.get_file(first, "report.pdf") == b"%PDF-1.4 x"
+
+    record = store.get_record(first)
+    assert record["analysis_id"] == first and record["spatial"] == {"immune_phenotype": "inflamed"}
+    assert record["case_label"] == "B-2024-0113" and record["created_at"].endswith("+00:00")
+
+    store.add_files(first, {"report.pdf": b"%PDF-1.4 new"})
+    assert store.get_file(first, "report.pdf") == b"%PDF-1.4 new"
+
+    store.delete_analysis(first)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.get_analysis(first)
+    with pytest.raises(StoreError, match="no file"):
+        store.get_file(first, "report.pdf")
+    with pytest.raises(StoreError):
+        store.delete_analysis(first)
+    assert [r["id"] for r in store.list_analyses()] == [third, second]
+    store.close()
+    # Nothing lives in memory only: a new store on the same URL sees the same rows.
+    again = CaseStore(db_url)
+    assert [r["id"] for r in again.list_analyses()] == [third, second]
+    again.close()
+
+
+def test_cases_and_bad_input(db_url):
+    store = CaseStore(db_url)
+    cid = store.get_or_create_case("  A-1 ")
+    assert store.get_or_create_case("A-1") == cid
+    with pytest.raises(InputError, match="exists already"):
+        store.create_case("A-1")
+    with pytest.raises(InputError, match="empty"):
+        store.save_analysis("   ", summary())
+    with pytest.raises(InputError, match="JSON"):
+        store.save_analysis("A-1", summary(), params={"bad": object()})
+    store.save_analysis("A-1", summary())
+    store.delete_case(cid)
+    assert store.list_cases() == [] and store.list_analyses() == []
+    store.close()
+
+
+def test_migration_from_version_1_keeps_data(db_url):
+    old = CaseStore(db_url, migrate_to=1)
+    assert old.schema_version == 1
+    created = datetime(2024, 5, 1, 12, 0)
+    with old.engine.begin() as conn:
+        insp = sa.inspect(conn)
+        assert "spatial" not in {c["name"] for c in insp.get_columns("analyses")}
+        md = sa.MetaData()
+        cases = sa.Table("cases", md, autoload_with=conn)
+        analyses = sa.Table("analyses", md, autoload_with=conn)
+        files = sa.Table("analysis_files", md, autoload_with=conn)
+        case_id = conn.execute(cases.insert().values(label="OLD-1", created_at=created)).inserted_primary_key[0]
+        aid = conn.execute(
+            analyses.insert().values(
+                case_id=case_id, image_sha256="ef" * 32, image_name="old.tif", scenario_key="cd3-ihc",
+                weights_sha256="00" * 32, params={"a": 1}, summary=summary(9, name="old.tif"),
+                regions=None, corrections={"edits": [1, 2, 3]}, app_version="0.0.9", created_at=created,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(files.insert().values(analysis_id=aid, name="report.pdf", media_type="application/pdf",
+                                           size_bytes=4, data=b"%PDF"))
+    old.close()
+
+    new = CaseStore(db_url)
+    assert new.schema_version == store_mod.SCHEMA_VERSION == 2
+    assert store_mod.current_schema_version(new.engine) == 2
+    a = new.get_analysis(aid)
+    assert a["case_label"] == "OLD-1" and a["image_name"] == "old.tif" and a["app_version"] == "0.0.9"
+    assert a["summary"]["counts"] == {"cd3-positive": 9} and a["params"] == {"a": 1}
+    assert a["n_corrections"] == 3  # back-filled from the corrections JSON by migration 2
+    assert a["spatial"] is None and a["created_at"] == "2024-05-01T12:00:00+00:00"
+    assert new.get_file(aid, "report.pdf") == b"%PDF"
+    new.set_note(aid, "discussed 2024-05-03")  # a column added by migration 2 is writable
+    assert new.get_analysis(aid)["note"] == "discussed 2024-05-03"
+    new.close()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'future.sqlite3'}"
+    CaseStore(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
+    engine.dispose()
+    with pytest.raises(StoreError, match="newer than this TILscope"):
+        CaseStore(url)
+
+
+def test_default_location_follows_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("TILSCOPE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(tmp_path / "somewhere"))
+    store = CaseStore()
+    store.save_analysis("X", summary())
+    store.close()
+    db = tmp_path / "somewhere" / store_mod.DB_FILENAME
+    assert db.is_file()
+    monkeypatch.setenv("TILSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    assert store_mod.database_url().endswith("other.db")
+    with sa.create_engine(f"sqlite:///{db}").connect() as conn:  # WAL is on
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_bad_url_says_how_to_fix():
+    with pytest.raises(StoreError, match="not a database URL"):
+        CaseStore("not a url")
+
+
+# --------------------------------------------------------------------------- concurrency
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {repo!r})
+    from core.store import CaseStore
+    store = CaseStore({url!r})  # both writers also race to create and migrate the schema
+    for i in range({n}):
+        store.save_analysis(
+            "shared case" if i % 2 else "writer {tag}",
+            {{"scenario": "cd3-ihc", "image": {{"name": "w{tag}-%d.png" % i, "sha256": "00"}},
+              "counts": {{"cd3-positive": i}}}},
+            files={{"report.pdf": b"%PDF" * 2000, "cells.csv": b"x" * 5000}},
+        )
+    store.close()
+    """
+)
+
+
+def test_two_writer_processes_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    n = 15
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), url=url, n=n, tag=tag)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for tag in ("A", "B")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()[-2000:]
+    store = CaseStore(url)
+    rows = store.list_analyses()
+    assert len(rows) == 2 * n
+    assert sorted(r["image_name"] for r in rows) == sorted(f"w{t}-{i}" + ".png" for t in "AB" for i in range(n))
+    odd, even = n // 2, n - n // 2
+    assert {c["label"]: c["n_analyses"] for c in store.list_cases()} == {
+        "shared case": 2 * odd, "writer A": even, "writer B": even,
+    }
+    assert all(len(store.get_file(r["id"], "report.pdf")) == 8000 for r in rows)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    store.close()
+
+
+def test_two_writer_threads(db_url):
+    """Two stores (as two app sessions would hold) writing at once, on each backend."""
+    n = 10
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def writer(tag: str) -> None:
+        try:
+            s = CaseStore(db_url)
+            start.wait(timeout=60)
+            for i in range(n):
+                s.save_analysis("shared", summary(i, name=f"{tag}-{i}.png"), files={"report.pdf": b"%PDF" * 100})
+            s.close()
+        except BaseException as err:  # reported below, in the test thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors, errors
+    store = CaseStore(db_url)
+    names = sorted(r["image_name"] for r in store.list_analyses())
+    assert names == sorted(f"{t}-{i}.png" for t in "AB" for i in range(n))
+    assert store.list_cases()[0]["n_analyses"] == 2 * n
+    store.close()
