@@ -241,22 +241,25 @@ def _rings_segments(rings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise distance from points p (M, 2) to segments a-b (M, 2)."""
-    ab = b - a
-    ap = p - a
-    den = np.einsum("ij,ij->i", ab, ab)
-    t = np.where(den > 0, np.einsum("ij,ij->i", ap, ab) / np.where(den > 0, den, 1.0), 0.0)
-    t = np.clip(t, 0.0, 1.0)
-    q = a + t[:, None] * ab
-    return np.hypot(p[:, 0] - q[:, 0], p[:, 1] - q[:, 1])
+    px, py = p[:, 0], p[:, 1]
+    ax, ay = a[:, 0], a[:, 1]
+    abx, aby = b[:, 0] - ax, b[:, 1] - ay
+    den = abx * abx + aby * aby
+    apx, apy = px - ax, py - ay
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(den > 0, (apx * abx + apy * aby) / den, 0.0)
+    np.clip(t, 0.0, 1.0, out=t)
+    return np.hypot(apx - t * abx, apy - t * aby)
 
 
 def distance_to_segments_um(xy_um: np.ndarray, seg_start_um: np.ndarray, seg_end_um: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance from each point to the nearest of a set of segments.
 
-    Segments are sampled every ``s`` µm and indexed in a k-d tree; a point whose
-    nearest sample is ``d0`` away is at least ``d0 - s/2`` from every segment, so only
-    segments with a sample within ``d0 + s/2`` can be nearest and those are measured
-    exactly. Cost O((N + E) log(N + E)) for well-spread borders.
+    Points are grouped in square blocks; for a block with centre c and half-diagonal
+    ρ, a segment can hold the nearest border point of one of its points only if
+    ``dist(c, segment) <= min_segments dist(c, .) + 2ρ``, so each point is measured
+    exactly against that short candidate list. Cost O(B·E + N·k) for B blocks and k
+    candidates per block (a few dozen to a few hundred for smooth borders).
 
     Parameters
     ----------
@@ -268,37 +271,61 @@ def distance_to_segments_um(xy_um: np.ndarray, seg_start_um: np.ndarray, seg_end
     Returns
     -------
     (N,) float64 ndarray
-        Distances in µm, >= 0.
+        Exact distances in µm, >= 0.
+
+    Raises
+    ------
+    InputError
+        If there are no segments.
     """
     xy = np.asarray(xy_um, dtype=np.float64).reshape(-1, 2)
     a = np.asarray(seg_start_um, dtype=np.float64).reshape(-1, 2)
     b = np.asarray(seg_end_um, dtype=np.float64).reshape(-1, 2)
     if len(a) == 0:
         raise InputError("no border segments to measure distances to")
-    if len(xy) == 0:
+    n, e = len(xy), len(a)
+    if n == 0:
         return np.zeros(0)
-    lengths = np.hypot(*(b - a).T)
-    perimeter = float(lengths.sum())
-    s = float(np.clip(perimeter / 200_000, 0.25, 10.0))
-    n_per = np.maximum(np.ceil(lengths / s).astype(np.int64), 1) + 1
-    seg_of = np.repeat(np.arange(len(a)), n_per)
-    starts = np.cumsum(n_per) - n_per
-    t = (np.arange(len(seg_of)) - np.repeat(starts, n_per)) / np.repeat(n_per - 1, n_per)
-    samples = a[seg_of] + t[:, None] * (b - a)[seg_of]
-    s_eff = float((lengths / (n_per - 1)).max())
-    tree = cKDTree(samples)
-    d0, _ = tree.query(xy, k=1)
-    hits = tree.query_ball_point(xy, d0 + s_eff / 2 + 1e-9, return_sorted=False)
-    lens = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
-    flat = np.fromiter((k for h in hits for k in h), dtype=np.int64, count=int(lens.sum()))
-    pt = np.repeat(np.arange(len(xy)), lens)
-    seg = seg_of[flat]
-    # One exact distance per (point, segment) candidate.
-    key = np.unique(pt * len(a) + seg)
-    pt_u, seg_u = key // len(a), key % len(a)
-    d = _point_segment_distance(xy[pt_u], a[seg_u], b[seg_u])
-    out = np.full(len(xy), np.inf)
-    np.minimum.at(out, pt_u, d)
+    lo = xy.min(axis=0)
+    span = float(max((xy.max(axis=0) - lo).max(), 1e-9))
+    nb = int(np.clip(math.sqrt(n / 32.0), 1, 256))
+    side = span / nb * (1 + 1e-9)
+    ij = np.minimum(((xy - lo) // side).astype(np.int64), nb - 1)
+    blk = ij[:, 1] * nb + ij[:, 0]
+    order = np.argsort(blk, kind="stable")
+    blocks, first, counts = np.unique(blk[order], return_index=True, return_counts=True)
+    centres = lo + (np.c_[blocks % nb, blocks // nb] + 0.5) * side
+    rho = side * math.sqrt(2) / 2
+    out = np.empty(n)
+    pts_sorted = order
+    blk_of_sorted = np.repeat(np.arange(len(blocks)), counts)
+    step = max(1, 4_000_000 // e)
+    for c0 in range(0, len(blocks), step):
+        cs = centres[c0 : c0 + step]
+        m = len(cs)
+        dc = _point_segment_distance(np.repeat(cs, e, axis=0), np.tile(a, (m, 1)), np.tile(b, (m, 1))).reshape(m, e)
+        rows, cand = np.nonzero(dc <= dc.min(axis=1, keepdims=True) + 2 * rho + 1e-9)
+        k_blk = np.bincount(rows, minlength=m)
+        off_blk = np.cumsum(k_blk) - k_blk
+        # Points of these blocks, in chunks of about 4 million (point, segment) pairs.
+        p_lo, p_hi = first[c0], first[c0 + m - 1] + counts[c0 + m - 1]
+        sel = np.arange(p_lo, p_hi)
+        r_of = blk_of_sorted[sel] - c0
+        kp = k_blk[r_of]
+        cum = np.cumsum(kp)
+        start = 0
+        while start < len(sel):
+            stop = int(np.searchsorted(cum, (cum[start] - kp[start]) + 4_000_000, side="right"))
+            stop = max(stop, start + 1)
+            ss, kk = sel[start:stop], kp[start:stop]
+            tot = int(kk.sum())
+            pt = np.repeat(pts_sorted[ss], kk)
+            first_pair = np.cumsum(kk) - kk
+            within = np.arange(tot) - np.repeat(first_pair, kk)
+            sg = cand[np.repeat(off_blk[r_of[start:stop]], kk) + within]
+            d = _point_segment_distance(xy[pt], a[sg], b[sg])
+            out[pts_sorted[ss]] = np.minimum.reduceat(d, first_pair)
+            start = stop
     return out
 
 
@@ -498,6 +525,13 @@ def _cross_k_g(
     """
     pts = np.vstack([xy_t, xy_i])
     n, nt, ni = len(pts), len(xy_t), len(xy_i)
+    lab0 = np.zeros(n, dtype=np.float32)
+    lab0[:nt] = 1.0
+    # Spatial order (strips of height max(radii), x within a strip) keeps neighbours
+    # close in memory, which makes the sparse products below cache-friendly.
+    strip = np.floor((pts[:, 1] - pts[:, 1].min()) / max(float(radii[-1]), 1e-9))
+    order_sp = np.lexsort((pts[:, 0], strip))
+    pts, lab0 = pts[order_sp], lab0[order_sp]
     rmax = float(radii[-1])
     expected_pairs = n * n * math.pi * rmax * rmax / (2 * max(window.area_um2, 1e-12))
     if expected_pairs > MAX_PAIRS:
@@ -516,8 +550,6 @@ def _cross_k_g(
     order = np.argsort(b, kind="stable")
     bounds = np.searchsorted(b[order], np.arange(len(radii) + 1), side="left")
 
-    lab0 = np.zeros(n, dtype=np.float32)
-    lab0[:nt] = 1.0
     S = n_sim + 1
     X = np.empty((n, S), dtype=np.float32)
     X[:, 0] = lab0
