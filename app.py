@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="TILscope", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="TILscope", page_icon=":material/biotech:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/analyze.py", title="Analyze", icon="🔬"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/analyze.py", title="Analyze", icon=":material/biotech:"),
 ]
 st.navigation(pages).run()

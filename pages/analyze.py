@@ -109,13 +109,12 @@ if result is not None:
     cols = st.columns(4)
     cols[0].metric("Cells", s["n_cells"])
     if s["density_per_mm2"]:
-        total_density = s["n_cells"] / s["area_mm2"]
-        cols[1].metric("Density", f"{total_density:,.0f} cells/mm²")
-        cols[2].metric("Analysed area", f"{s['area_mm2']:.4f} mm²")
+        cols[1].metric("Density (cells/mm²)", f"{s['n_cells'] / s['area_mm2']:,.0f}")
+        cols[2].metric("Analysed area (mm²)", f"{s['area_mm2']:.4f}", help="The whole image.")
     else:
-        cols[1].metric("Density", "n/a (no mpp)")
-        cols[2].metric("Analysed area", "n/a (no mpp)")
-    cols[3].metric("Run time", f"{s['runtime_s']:.1f} s on {s['device']}")
+        cols[1].metric("Density (cells/mm²)", "n/a", help="Needs the microns per pixel.")
+        cols[2].metric("Analysed area (mm²)", "n/a", help="Needs the microns per pixel.")
+    cols[3].metric(f"Run time (s, {s['device'].upper()})", f"{s['runtime_s']:.1f}")
 
     labels = {c.name: c.label for c in sc.classes}
     visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)

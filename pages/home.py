@@ -12,7 +12,7 @@ st.markdown(
     "and TILscope marks every cell it finds, counts them, and reports densities in cells/mm²."
 )
 st.warning("Research use only, not for diagnostic decisions.", icon="⚠️")
-st.page_link("pages/analyze.py", label="Analyze an image", icon="🔬")
+st.markdown("Start with **Analyze** in the menu on the left.")
 
 st.subheader("Scenario models")
 for s in list_scenarios():

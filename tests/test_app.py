@@ -1,0 +1,41 @@
+"""Every page renders, and the Analyze page runs a bundled sample end to end (AppTest)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = sorted(p.name for p in (REPO / "pages").glob("*.py"))
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(REPO)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_without_exception(page):
+    at = AppTest.from_file(str(REPO / "pages" / page), default_timeout=120).run()
+    assert not at.exception, at.exception
+
+
+def test_router_renders_home():
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("TILscope" in t.value for t in at.title)
+
+
+def test_analyze_runs_bundled_sample():
+    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
+    at.radio[0].set_value("Bundled sample").run()
+    assert not at.exception
+    run = next(b for b in at.button if b.label == "Run")
+    run.click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Cells"]) > 20
+    assert float(metrics["Density (cells/mm²)"].replace(",", "")) > 1000
+    assert at.session_state["analysis"].scenario_key == "cd3-ihc"

@@ -1,0 +1,119 @@
+"""Command line: scenarios, analyze, classify-patches, evaluate and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.cells import CELL_COLUMNS
+from core.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+def test_scenarios_lists_cd3(capsys):
+    assert main(["scenarios", "--json"]) == 0
+    keys = [r["key"] for r in json.loads(capsys.readouterr().out)]
+    assert "cd3-ihc" in keys
+
+
+def test_analyze_writes_cells_summary_overlay(tmp_path, capsys):
+    from core.samples import get_sample
+
+    sample = get_sample("cd3-mosaic")
+    out = tmp_path / "out"
+    assert main(["analyze", str(sample.path), "--scenario", "cd3-ihc", "--out", str(out), "--device", "cpu"]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells.columns[: len(CELL_COLUMNS)]) == list(CELL_COLUMNS)
+    assert set(cells.role) == {"immune"} and set(cells.cell_class) == {"cd3-positive"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == "cd3-ihc" and summary["mpp"] == pytest.approx(0.2)
+    assert summary["mpp_source"] == "tiff-resolution"
+    assert summary["n_cells"] == len(cells) == summary["counts"]["cd3-positive"]
+    area_mm2 = 700 * 980 * 0.2**2 / 1e6
+    assert summary["area_mm2"] == pytest.approx(area_mm2)
+    assert summary["density_per_mm2"]["cd3-positive"] == pytest.approx(len(cells) / area_mm2)
+    assert len(summary["weights_sha256"]) == 64 and summary["device"] == "cpu"
+    np.testing.assert_allclose(cells.x_um, cells.x_px * 0.2, atol=2e-3)
+    overlay = np.asarray(Image.open(out / "overlay.png"))
+    assert overlay.shape == (700, 980, 3)
+    assert "cells" in capsys.readouterr().out
+
+
+def test_analyze_without_mpp_reports_pixels_only(tmp_path, capsys):
+    from core.samples import get_sample
+
+    png = tmp_path / "field.png"
+    Image.fromarray(get_sample("cd3-mosaic").load().pixels[:210, :280]).save(png)
+    assert main(["analyze", str(png), "--scenario", "cd3-ihc", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["mpp"] is None and summary["density_per_mm2"] is None and summary["area_mm2"] is None
+    assert any("mpp unknown" in w for w in summary["warnings"])
+    cells = pd.read_csv(tmp_path / "o" / "cells.csv")
+    assert cells.x_um.isna().all()
+
+
+def test_classify_patches_prints_csv(cd3_table, capsys):
+    val = cd3_table[cd3_table.split == "validation"]
+    paths = list(val[val.label == 1].path[:5]) + list(val[val.label == 0].path[:5])
+    assert main(["classify-patches", "--scenario", "cd3-ihc", "--device", "cpu", *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,probability,label" and len(lines) == 11
+    rows = [line.rsplit(",", 2) for line in lines[1:]]
+    assert all(label in ("positive", "negative") and 0 <= float(p) <= 1 for _, p, label in rows)
+    assert sum(label == "positive" for _, _, label in rows[:5]) >= 4
+    assert sum(label == "negative" for _, _, label in rows[5:]) >= 4
+
+
+def test_classify_patches_refuses_wrong_size(tmp_path, capsys):
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "p.png")
+    assert main(["classify-patches", "--scenario", "cd3-ihc", str(tmp_path)]) == 2
+    assert "70 x 70" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(b"", "empty"), (b"hello, not an image", "not a readable image"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "truncated|readable")],
+    ids=["empty", "not-image", "truncated"],
+)
+def test_bad_images_exit_2_with_one_line(tmp_path, content, expected):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    proc = run_cli("analyze", bad, "--scenario", "cd3-ihc", "--out", tmp_path / "o")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(expected, err[0])
+
+
+def test_unknown_scenario_and_too_many_pixels(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(png)
+    proc = run_cli("analyze", png, "--scenario", "nope", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "known scenarios: cd3-ihc" in proc.stderr
+    proc = run_cli("analyze", png, "--scenario", "cd3-ihc", "--out", tmp_path / "o", env={"TILSCOPE_MAX_PIXELS": "5000"})
+    assert proc.returncode == 2 and "megapixels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_file_and_tiny_image(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "none.png"), "--scenario", "cd3-ihc", "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tiny)
+    assert main(["analyze", str(tiny), "--scenario", "cd3-ihc", "--mpp", "0.2", "--out", str(tmp_path)]) == 2
+    assert "at least 70 px" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""Registry: keys, weights verification and model cards."""
+
+import shutil
+
+import pytest
+
+from core.cells import ROLES
+from core.errors import UnknownScenarioError, WeightsError
+from core.registry import get_scenario, list_scenarios, load_verified_state_dict, sha256_file
+
+
+def test_unknown_key_lists_known_keys():
+    with pytest.raises(UnknownScenarioError, match="cd3-ihc"):
+        get_scenario("cd3")
+
+
+@pytest.mark.parametrize("scenario", list_scenarios(), ids=lambda s: s.key)
+def test_every_entry_is_complete_and_its_weights_match(scenario):
+    assert scenario.input_mpp > 0 and scenario.patch_size_px > 0
+    assert all(c.role in ROLES and c.color.startswith("#") for c in scenario.classes)
+    assert sha256_file(scenario.weights_path) == scenario.sha256
+    card = scenario.card()
+    for field in ("version", "training_data", "metrics", "intended_use", "limitations"):
+        assert card.get(field), f"model card of {scenario.key} lacks {field}"
+    assert "not a diagnostic device" in card["intended_use"]
+    assert card["weights_sha256"] == scenario.sha256
+    assert card["trained_on_synthetic"] == scenario.trained_on_synthetic
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    scenario = get_scenario("cd3-ihc")
+    copy = tmp_path / scenario.weights
+    shutil.copy(scenario.weights_path, copy)
+    load_verified_state_dict(copy, scenario.sha256)  # the intact copy loads
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="SHA-256"):
+        load_verified_state_dict(copy, scenario.sha256)
+
+
+def test_missing_weights_file_is_reported(tmp_path):
+    with pytest.raises(WeightsError, match="missing"):
+        load_verified_state_dict(tmp_path / "nothing.safetensors", "0" * 64)
