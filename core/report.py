@@ -528,7 +528,8 @@ def _image(pdf, png: bytes, max_w: float, max_h: float) -> None:
     pdf.set_y(pdf.get_y() + h + 2)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def format_value(value: Any, digits: int = 3) -> str:
+    """Format a table value for people: ``None``/NaN → "n/a", floats to about ``digits`` figures."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -544,7 +545,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
             return f"{value:.{max(0, digits - 2) if abs(value) < 1000 else 0}f}"
         return f"{value:.{digits}g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v, digits) for v in value)
+        return ", ".join(format_value(v, digits) for v in value)
     return str(value)
 
 
@@ -567,7 +568,7 @@ def _text_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [f"{k}: {_fmt(v)}" for k, v in rec.flatten_scalars(value).items()]
+        return [f"{k}: {format_value(v)}" for k, v in rec.flatten_scalars(value).items()]
     return [str(v) for v in value]
 
 
@@ -650,16 +651,16 @@ def build_report_pdf(
         ["Field", "Value"],
         ["Case", case_label or "n/a"],
         ["Date", _date(record.get("created_at"))],
-        ["Analysis id", _fmt(record.get("analysis_id"))],
+        ["Analysis id", format_value(record.get("analysis_id"))],
         ["Image", image["name"] or "n/a"],
         ["Image SHA-256", image["sha256"] or "n/a"],
         ["Image size", size],
-        ["Pixel size (mpp)", f"{_fmt(mpp, 4)} µm/px" if mpp is not None else "unknown: densities not reported"],
-        ["Analysed area", f"{_fmt(summary.get('area_mm2'), 4)} mm²" if summary.get("area_mm2") is not None else "n/a"],
+        ["Pixel size (mpp)", f"{format_value(mpp, 4)} µm/px" if mpp is not None else "unknown: densities not reported"],
+        ["Analysed area", f"{format_value(summary.get('area_mm2'), 4)} mm²" if summary.get("area_mm2") is not None else "n/a"],
         ["Scenario", rec.scenario_key(summary) or "n/a"],
-        ["Weights version", _fmt(summary.get("weights_version", model_card.get("version")))],
+        ["Weights version", format_value(summary.get("weights_version", model_card.get("version")))],
         ["Weights SHA-256", summary.get("weights_sha256") or "n/a"],
-        ["Device / runtime", f"{summary.get('device') or 'n/a'} / {_fmt(summary.get('runtime_s'))} s"],
+        ["Device / runtime", f"{summary.get('device') or 'n/a'} / {format_value(summary.get('runtime_s'))} s"],
         ["Manual corrections", "none recorded" if n_corr is None else str(n_corr)],
         ["TILscope version", str(record.get("app_version") or core.__version__)],
     ]
@@ -670,9 +671,9 @@ def build_report_pdf(
     dens = rec.densities_per_mm2(summary)
     classes = list(dict.fromkeys([*cnt, *dens]))
     rows = [["Class", "Count", "Density (cells/mm²)"]]
-    rows += [[c, str(cnt.get(c, "n/a")), _fmt(dens.get(c), 4)] for c in classes]
+    rows += [[c, str(cnt.get(c, "n/a")), format_value(dens.get(c), 4)] for c in classes]
     if cnt:
-        rows.append(["total", str(sum(cnt.values())), _fmt(_sum_or_none(dens.values()), 4)])
+        rows.append(["total", str(sum(cnt.values())), format_value(_sum_or_none(dens.values()), 4)])
     _table(pdf, rows, (70, 40, 70))
 
     regions = rec.region_stats(record)
@@ -683,8 +684,8 @@ def build_report_pdf(
             r_cnt = stats.get("counts") or {}
             r_dens = stats.get("densities_per_mm2") or {}
             for i, c in enumerate(dict.fromkeys([*r_cnt, *r_dens]) or [""]):
-                rows.append([name if i == 0 else "", _fmt(stats.get("area_mm2"), 4) if i == 0 else "",
-                             c, _fmt(r_cnt.get(c)), _fmt(r_dens.get(c), 4)])
+                rows.append([name if i == 0 else "", format_value(stats.get("area_mm2"), 4) if i == 0 else "",
+                             c, format_value(r_cnt.get(c)), format_value(r_dens.get(c), 4)])
         _table(pdf, rows, (38, 26, 46, 24, 46))
 
     if overlay_png:
@@ -693,7 +694,7 @@ def build_report_pdf(
 
     _heading(pdf, "Spatial statistics")
     stats_rows = [
-        [k, _fmt(v, 4)]
+        [k, format_value(v, 4)]
         for k, v in rec.flatten_scalars({k: v for k, v in spatial.items() if k not in _THRESHOLD_KEYS and k not in ("regions", "per_region")}).items()
     ]
     if stats_rows:
@@ -707,7 +708,7 @@ def build_report_pdf(
     thresholds.update({f"analysis.{k}": v for k, v in rec.flatten_scalars(record.get("params") or {}).items()})
     if thresholds:
         _heading(pdf, "Thresholds and parameters", 10)
-        _table(pdf, [["Name", "Value"], *[[k, _fmt(v, 4)] for k, v in thresholds.items()]], (110, 70))
+        _table(pdf, [["Name", "Value"], *[[k, format_value(v, 4)] for k, v in thresholds.items()]], (110, 70))
 
     figures = []
     density_png = density_figure_png(record)
@@ -721,7 +722,7 @@ def build_report_pdf(
 
     _heading(pdf, "Model card")
     card_name = model_card.get("name") or rec.scenario_key(summary) or "n/a"
-    pdf.multi_cell(0, 5, f"Model: {card_name}, version {_fmt(model_card.get('version', summary.get('weights_version')))}",
+    pdf.multi_cell(0, 5, f"Model: {card_name}, version {format_value(model_card.get('version', summary.get('weights_version')))}",
                    new_x="LMARGIN", new_y="NEXT")
     for title, key in (("Intended use", "intended_use"), ("Limitations", "limitations"),
                        ("Training data", "training_data"), ("Metrics", "metrics"), ("References", "references")):
@@ -793,6 +794,39 @@ def comparison_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)
 
 
+def comparison_numeric(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """The numeric parts of :func:`comparison_table`, ready to chart.
+
+    Returns
+    -------
+    dict
+        ``"density"``: (classes × analyses) float DataFrame of densities in cells/mm²
+        over the analysed area (empty if no analysis had an mpp); ``"spatial"``:
+        (statistics × analyses) float DataFrame of the numeric spatial statistics,
+        thresholds left out (at most 12 rows). Missing values are NaN.
+    """
+    table = comparison_table(records)
+    out = {}
+    for key, prefix in (("density", "density (cells/mm²): "), ("spatial", "spatial: ")):
+        rows = []
+        for idx in table.index:
+            name = str(idx)
+            if not name.startswith(prefix):
+                continue
+            short = name[len(prefix):]
+            if key == "density" and " in " in short:
+                continue
+            if key == "spatial" and short.split(".")[0] in _THRESHOLD_KEYS:
+                continue
+            values = list(table.loc[idx])
+            if all((isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None for v in values):
+                rows.append((short, [np.nan if v is None else float(v) for v in values]))
+        rows = rows[:12]
+        frame = pd.DataFrame([v for _, v in rows], index=[n for n, _ in rows], columns=list(table.columns), dtype=float)
+        out[key] = frame.dropna(how="all")
+    return out
+
+
 def comparison_figures_png(records: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
     """Charts for the tumour board: densities per class, and numeric spatial figures.
 
@@ -800,50 +834,42 @@ def comparison_figures_png(records: list[dict[str, Any]]) -> list[tuple[str, byt
     -------
     list of (title, png bytes)
     """
-    table = comparison_table(records)
+    numeric = comparison_numeric(records)
     out = []
-    for prefix, title, unit in (
-        ("density (cells/mm²): ", "Density per class", "cells/mm²"),
-        ("spatial: ", "Spatial statistics", "value"),
-    ):
-        rows = [i for i in table.index if str(i).startswith(prefix) and " in " not in str(i)[len(prefix):]]
-        rows = [i for i in rows if all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in table.loc[i])]
-        if not rows:
-            continue
-        rows = [i for i in rows if str(i)[len(prefix):].split(".")[0] not in _THRESHOLD_KEYS][:12]
-        if not rows:
-            continue
+    density = numeric["density"]
+    if not density.empty:
         fig = _figure()
-        fig.set_size_inches(9.5, 3.4 if prefix.startswith("density") else 3.0 + 0.18 * len(rows))
-        if prefix.startswith("spatial"):
-            # Different statistics have different scales: one small panel each.
-            ncols = min(4, len(rows))
-            nrows = math.ceil(len(rows) / ncols)
-            fig.set_size_inches(9.5, 2.2 * nrows + 0.4)
-            axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-            colors = class_palette(list(table.columns), None)
-            for ax, row in zip(axes, rows):
-                values = [np.nan if v is None else float(v) for v in table.loc[row]]
-                ax.bar(range(len(values)), values, color=[colors[c] for c in table.columns])
-                ax.set_title(str(row)[len(prefix):], fontsize=7)
-                ax.set_xticks(range(len(values)), [f"{i + 1}" for i in range(len(values))], fontsize=7)
-                ax.tick_params(axis="y", labelsize=6)
-            for ax in axes[len(rows):]:
-                ax.set_visible(False)
-            fig.suptitle(f"{title} (bars numbered as the analyses)", fontsize=9)
-        else:
-            ax = fig.add_subplot()
-            width = 0.8 / max(1, len(table.columns))
-            x = np.arange(len(rows))
-            colors = class_palette(list(table.columns), None)
-            for i, col in enumerate(table.columns):
-                values = [np.nan if v is None else float(v) for v in table.loc[rows, col]]
-                ax.bar(x + i * width - 0.4 + width / 2, values, width, label=f"{i + 1}. {col}", color=colors[col])
-            ax.set_xticks(x, [str(r)[len(prefix):] for r in rows], fontsize=8)
-            ax.set_ylabel(unit)
-            ax.set_title(title)
-            ax.legend(fontsize=6)
-        out.append((title, _png(fig)))
+        fig.set_size_inches(9.5, 3.4)
+        ax = fig.add_subplot()
+        colors = class_palette(list(density.columns), None)
+        width = 0.8 / len(density.columns)
+        x = np.arange(len(density.index))
+        for i, col in enumerate(density.columns):
+            ax.bar(x + i * width - 0.4 + width / 2, density[col].to_numpy(), width, label=f"{i + 1}. {col}", color=colors[col])
+        ax.set_xticks(x, list(density.index), fontsize=8)
+        ax.set_ylabel("cells/mm²")
+        ax.set_title("Density per class")
+        ax.legend(fontsize=6)
+        out.append(("Density per class", _png(fig)))
+    spatial = numeric["spatial"]
+    if not spatial.empty:
+        # Statistics have different scales: one small panel each.
+        ncols = min(4, len(spatial.index))
+        nrows = math.ceil(len(spatial.index) / ncols)
+        fig = _figure()
+        fig.set_size_inches(9.5, 2.2 * nrows + 0.4)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        colors = class_palette(list(spatial.columns), None)
+        n = len(spatial.columns)
+        for ax, (name, values) in zip(axes, spatial.iterrows()):
+            ax.bar(range(n), values.to_numpy(), color=[colors[c] for c in spatial.columns])
+            ax.set_title(str(name), fontsize=7)
+            ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=7)
+            ax.tick_params(axis="y", labelsize=6)
+        for ax in axes[len(spatial.index):]:
+            ax.set_visible(False)
+        fig.suptitle("Spatial statistics (bars numbered as the analyses)", fontsize=9)
+        out.append(("Spatial statistics", _png(fig)))
     return out
 
 
@@ -892,7 +918,7 @@ def build_comparison_pdf(records: list[dict[str, Any]], path: str | Path | None 
         rest = (usable - first) / len(cols)
         rows = [["Measure", *[f"{start + j + 1}. {c}" for j, c in enumerate(cols)]]]
         for idx in table.index:
-            rows.append([str(idx), *[_fmt(table.at[idx, c], 4) for c in cols]])
+            rows.append([str(idx), *[format_value(table.at[idx, c], 4) for c in cols]])
         _heading(pdf, "Comparison" if start == 0 else f"Comparison (continued, analyses {start + 1}-{start + len(cols)})")
         _table(pdf, rows, (first, *([rest] * len(cols))), font_size=8)
     figures = comparison_figures_png(records)

@@ -10,7 +10,7 @@ sessions or processes writing at once wait for each other instead of failing or
 corrupting the file. Each write is one short transaction.
 
 Files (report.pdf, cells.csv, ...) are kept as bytes in the database, not in the
-data folder: saving an analysis and its files is then one transaction (no orphan
+data folder: an analysis and its files can be saved in one transaction (no orphan
 files after a crash, no dangling rows after a manual clean-up), deleting cascades,
 one backup of the database holds everything, and it works unchanged when the
 database is a PostgreSQL server that the app's disk does not share. Exports are
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -111,6 +112,8 @@ class Analysis(Base):
     spatial: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
     n_corrections: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # Added by migration 3.
+    model_card: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
 
     case: Mapped[Case] = relationship(back_populates="analyses")
     files: Mapped[list["AnalysisFile"]] = relationship(
@@ -198,10 +201,16 @@ def _migration_2(conn: sa.Connection) -> None:
             conn.execute(analyses.update().where(analyses.c.id == row.id).values(n_corrections=count))
 
 
+def _migration_3(conn: sa.Connection) -> None:
+    """The model card in force when the analysis ran, so old reports keep its intended use."""
+    _add_column(conn, "analyses", "model_card", sa.JSON())
+
+
 #: Ordered schema steps: (version reached, description, function).
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "cases, analyses and their files", _migration_1),
     (2, "analyses.spatial, analyses.n_corrections, analyses.note", _migration_2),
+    (3, "analyses.model_card", _migration_3),
 ]
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -304,7 +313,7 @@ def create_engine(url: str) -> sa.Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         if database and database != ":memory:":
-            cur.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -317,6 +326,28 @@ def create_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _enable_wal(cur) -> None:
+    """Switch a SQLite database to write-ahead logging (persistent, done once per file).
+
+    Changing the journal mode needs an exclusive lock and SQLite answers "database
+    is locked" at once, without its busy handler, while another connection (e.g. a
+    second session creating the same new file) holds one: retry until the busy timeout.
+    """
+    import sqlite3
+
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- store
@@ -454,6 +485,7 @@ class CaseStore:
         regions: Any = None,
         corrections: Any = None,
         n_corrections: int | None = None,
+        model_card: dict[str, Any] | None = None,
         files: dict[str, bytes] | None = None,
         media_types: dict[str, str] | None = None,
         app_version: str | None = None,
@@ -476,6 +508,9 @@ class CaseStore:
             The correction log as JSON data (``CorrectionLog.to_json()``).
         n_corrections : int, optional
             Number of manual corrections; counted from ``corrections`` if absent.
+        model_card : dict, optional
+            The scenario's model card at the time of the run (its intended use and
+            limitations go into reports made later).
         files : dict of str to bytes, optional
             Exports, ``{file name: content}``.
         media_types : dict of str to str, optional
@@ -499,7 +534,7 @@ class CaseStore:
             raise InputError(f"summary must be a dict (AnalysisResult.summary), got {type(summary).__name__}")
         payload = {
             "summary": summary, "params": params or {}, "spatial": spatial,
-            "regions": regions, "corrections": corrections,
+            "regions": regions, "corrections": corrections, "model_card": model_card,
         }
         try:
             payload = json.loads(json.dumps(payload, default=_json_default))
@@ -529,6 +564,7 @@ class CaseStore:
                 regions=payload["regions"],
                 corrections=payload["corrections"],
                 n_corrections=n_corrections,
+                model_card=payload["model_card"],
                 app_version=app_version or core.__version__,
                 created_at=created_at or _utcnow(),
             )
@@ -636,6 +672,7 @@ class CaseStore:
                 "corrections": a.corrections,
                 "n_corrections": a.n_corrections,
                 "note": a.note,
+                "model_card": a.model_card,
                 "app_version": a.app_version,
                 "created_at": _iso(a.created_at),
                 "files": [
@@ -664,7 +701,7 @@ class CaseStore:
             "app_version": a["app_version"],
             "params": a["params"],
             "regions": a["regions"],
-            "model_card": None,
+            "model_card": a["model_card"],
         }
 
     def get_file(self, analysis_id: int, name: str) -> bytes:

@@ -246,3 +246,24 @@ def test_write_report_files(tmp_path):
     written = write_report_files(make_result(), tmp_path / "out", case_label="B-9", model_card=CARD)
     assert set(written) == {"report.pdf", "cells.geojson"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in written.values())
+
+
+@needs_poppler
+def test_save_result_keeps_every_export_and_rebuilds_the_report(tmp_path):
+    from core.exports import save_result
+    from core.store import CaseStore
+
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.sqlite3'}")
+    result = make_result()
+    aid = save_result(result, "B-5", store, model_card=CARD, corrections={"edits": [1, 2]})
+    names = {f["name"] for f in store.get_analysis(aid)["files"]}
+    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png"} <= names
+    saved_text = " ".join(pdf_text(store.get_file(aid, "report.pdf"), tmp_path).split())
+    assert f"Analysis id {aid}" in saved_text and "Manual corrections 2" in saved_text
+    # A report rebuilt later from the stored record carries the same numbers and card.
+    record = store.get_record(aid)
+    rebuilt = " ".join(pdf_text(report.build_report_pdf(record, store.get_file(aid, "overlay.png")), tmp_path).split())
+    for cls, n in json.loads(store.get_file(aid, "summary.json"))["counts"].items():
+        assert f"{cls} {n}" in rebuilt
+    assert CARD["intended_use"] in rebuilt and "nearest_neighbour_um.median" in rebuilt
+    store.close()

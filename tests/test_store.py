@@ -209,13 +209,13 @@ def test_migration_from_version_1_keeps_data(db_url):
     old.close()
 
     new = CaseStore(db_url)
-    assert new.schema_version == store_mod.SCHEMA_VERSION == 2
-    assert store_mod.current_schema_version(new.engine) == 2
+    assert new.schema_version == store_mod.SCHEMA_VERSION == 3
+    assert store_mod.current_schema_version(new.engine) == 3
     a = new.get_analysis(aid)
     assert a["case_label"] == "OLD-1" and a["image_name"] == "old.tif" and a["app_version"] == "0.0.9"
     assert a["summary"]["counts"] == {"cd3-positive": 9} and a["params"] == {"a": 1}
     assert a["n_corrections"] == 3  # back-filled from the corrections JSON by migration 2
-    assert a["spatial"] is None and a["created_at"] == "2024-05-01T12:00:00+00:00"
+    assert a["spatial"] is None and a["model_card"] is None and a["created_at"] == "2024-05-01T12:00:00+00:00"
     assert new.get_file(aid, "report.pdf") == b"%PDF"
     new.set_note(aid, "discussed 2024-05-03")  # a column added by migration 2 is writable
     assert new.get_analysis(aid)["note"] == "discussed 2024-05-03"
