@@ -1,0 +1,276 @@
+"""Plotly figures of the spatial statistics (pure functions: no Streamlit, no I/O).
+
+Every builder takes the dict :func:`core.spatial.compute_spatial_stats` returns (or a
+cell table) and returns a :class:`plotly.graph_objects.Figure`; axes carry units (µm,
+µm², cells/mm²) and the thresholds that produced a figure are drawn on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.errors import InputError
+
+_IMMUNE = "#7b3fa0"
+_TUMOUR = "#c82020"
+_BAND = "rgba(120, 120, 120, 0.25)"
+_BAND_GLOBAL = "rgba(120, 120, 120, 0.12)"
+
+
+def _empty(title: str, reason: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=reason, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+    return fig
+
+
+def _section(stats: dict, key: str) -> dict | None:
+    if not isinstance(stats, dict):
+        raise InputError("expected the dict returned by core.spatial.compute_spatial_stats")
+    if not stats.get("available", False):
+        return None
+    sec = stats.get(key)
+    if not isinstance(sec, dict) or not sec.get("available", False):
+        return None
+    return sec
+
+
+def _reason(stats: dict, key: str) -> str:
+    if not stats.get("available", False):
+        return stats.get("reason", "statistics unavailable")
+    sec = stats.get(key) or {}
+    return sec.get("reason", "not available")
+
+
+def distance_figure(stats: dict) -> go.Figure:
+    """Histogram and ECDF of immune → nearest tumour distances, r thresholds marked.
+
+    Parameters
+    ----------
+    stats : dict
+        Output of :func:`core.spatial.compute_spatial_stats`.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Two rows sharing x (distance in µm): counts per bin, and the fraction of
+        immune cells within x µm (ECDF); dashed lines at each ``radii_um`` labelled
+        with the fraction within it. A figure with a message when unavailable.
+    """
+    title = "Immune cell → nearest tumour cell distance"
+    d = _section(stats, "distances")
+    if d is None:
+        return _empty(title, _reason(stats, "distances"))
+    edges = np.asarray(d["histogram"]["bin_edges_um"], dtype=float)
+    counts = np.asarray(d["histogram"]["counts"], dtype=float)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.55, 0.45])
+    fig.add_trace(
+        go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), marker_color=_IMMUNE, name="immune cells"),
+        row=1, col=1,
+    )
+    fig.add_trace(
+        go.Scatter(x=d["ecdf"]["radius_um"], y=d["ecdf"]["fraction"], mode="lines", line_shape="hv",
+                   line_color=_IMMUNE, name="fraction within"),
+        row=2, col=1,
+    )
+    for row in d["within_radius"]:
+        r = row["radius_um"]
+        for rr in (1, 2):
+            fig.add_vline(x=r, line_dash="dash", line_color="grey", row=rr, col=1)
+        fig.add_annotation(x=r, y=row["fraction_immune_within"], text=f"{r:g} µm: {100 * row['fraction_immune_within']:.1f} %",
+                           showarrow=True, arrowhead=1, ax=30, ay=-20, row=2, col=1)
+    n_over = d["histogram"].get("n_overflow", 0)
+    fig.update_xaxes(title_text="distance to nearest tumour cell (µm)", row=2, col=1)
+    fig.update_yaxes(title_text="immune cells", row=1, col=1)
+    fig.update_yaxes(title_text="fraction within", range=[0, 1.02], row=2, col=1)
+    fig.update_layout(
+        title=f"{title} (n = {d['n_immune']}; {n_over} beyond {edges[-1]:g} µm)", showlegend=False, template="plotly_white"
+    )
+    return fig
+
+
+def ripley_figure(stats: dict, which: str = "L") -> go.Figure:
+    """Cross-K or L(r) - r (tumour → immune) with the random-relabelling envelopes.
+
+    Parameters
+    ----------
+    stats : dict
+        Output of :func:`core.spatial.compute_spatial_stats`.
+    which : {"L", "K", "G"}
+        ``"L"``: L(r) - r in µm with the pointwise and global envelopes (0 = no
+        attraction beyond random labelling); ``"K"``: K(r) in µm² with πr²;
+        ``"G"``: cross-G (immune → tumour) with its envelope.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+
+    Raises
+    ------
+    InputError
+        If ``which`` is not "L", "K" or "G".
+    """
+    if which not in ("L", "K", "G"):
+        raise InputError(f"which must be 'L', 'K' or 'G', got {which!r}")
+    key = "cross_g" if which == "G" else "ripley"
+    sec = _section(stats, key)
+    titles = {"L": "Cross-L(r) − r, immune around tumour", "K": "Cross-K(r), immune around tumour", "G": "Cross-G(r), immune → tumour"}
+    if sec is None:
+        return _empty(titles[which], _reason(stats, key))
+    r = np.asarray(sec["radius_um"], dtype=float)
+
+    def arr(name):
+        v = sec.get(name)
+        return None if v is None else np.array([np.nan if x is None else x for x in v], dtype=float)
+
+    if which == "L":
+        obs, lo, hi = arr("L_minus_r_um"), arr("L_minus_r_envelope_lo_um"), arr("L_minus_r_envelope_hi_um")
+        glo, ghi = arr("L_minus_r_global_envelope_lo_um"), arr("L_minus_r_global_envelope_hi_um")
+        ref, ylab = np.zeros_like(r), "L(r) − r (µm)"
+    elif which == "K":
+        obs, lo, hi = arr("K_um2"), arr("K_envelope_lo_um2"), arr("K_envelope_hi_um2")
+        glo = ghi = None
+        ref, ylab = math.pi * r**2, "K(r) (µm²)"
+    else:
+        obs, lo, hi = arr("G"), arr("G_envelope_lo"), arr("G_envelope_hi")
+        glo = ghi = None
+        ref, ylab = None, "G(r): fraction of immune cells"
+    fig = go.Figure()
+    if glo is not None and ghi is not None:
+        fig.add_trace(go.Scatter(x=np.r_[r, r[::-1]], y=np.r_[ghi, glo[::-1]], fill="toself", fillcolor=_BAND_GLOBAL,
+                                 line_width=0, name=f"global envelope (α = {sec['global_test'].get('global_alpha', 0):.2f})"))
+    if lo is not None and hi is not None:
+        fig.add_trace(go.Scatter(x=np.r_[r, r[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=_BAND, line_width=0,
+                                 name=f"pointwise envelope ({sec['n_simulations']} relabellings)"))
+    if ref is not None:
+        fig.add_trace(go.Scatter(x=r, y=ref, mode="lines", line=dict(color="grey", dash="dot"),
+                                 name="random labelling" if which == "L" else "Poisson πr²"))
+    fig.add_trace(go.Scatter(x=r, y=obs, mode="lines+markers", line_color=_IMMUNE, name="observed"))
+    sub = ""
+    if which == "L" and sec.get("global_test", {}).get("global_p_value") is not None:
+        sub = f" — global test p = {sec['global_test']['global_p_value']:.3f}"
+    fig.update_layout(title=titles[which] + sub, xaxis_title="r (µm)", yaxis_title=ylab, template="plotly_white")
+    return fig
+
+
+def density_heatmap(
+    cells: pd.DataFrame,
+    grid_cell_um: float = 100.0,
+    role: str = "immune",
+    extent_um: tuple[float, float, float, float] | None = None,
+    image: np.ndarray | None = None,
+    mpp: float | None = None,
+) -> go.Figure:
+    """Density of one cell role on a square grid, in cells/mm², over the image.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Cell table with ``x_um``, ``y_um``, ``role``.
+    grid_cell_um : float > 0
+        Side of the grid squares in µm.
+    role : str
+        Which cells to count, e.g. ``"immune"``.
+    extent_um : (x_min, y_min, x_max, y_max), optional
+        Grid extent in µm (the image extent); default the cells' bounding box, or the
+        image's extent when ``image`` and ``mpp`` are given.
+    image : (H, W, 3) uint8 ndarray, optional
+        Drawn underneath (at ``mpp`` µm per pixel) so the heatmap sits over the tissue.
+    mpp : float > 0, optional
+        Needed with ``image``.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Heatmap in µm coordinates (y down, as in the image), colour = cells/mm².
+
+    Raises
+    ------
+    InputError
+        If columns are missing, ``grid_cell_um`` is not positive, or ``image`` is given
+        without a valid ``mpp``.
+    """
+    if not (isinstance(grid_cell_um, (int, float)) and math.isfinite(grid_cell_um) and grid_cell_um > 0):
+        raise InputError(f"grid_cell_um must be a positive number of µm, got {grid_cell_um!r}")
+    if any(c not in cells.columns for c in ("x_um", "y_um", "role")):
+        raise InputError("density heatmap needs x_um, y_um and role columns")
+    if image is not None and not (mpp and mpp > 0):
+        raise InputError("an image underlay needs its mpp (microns per pixel)")
+    xy = cells[["x_um", "y_um"]].to_numpy(dtype=float)
+    ok = np.isfinite(xy).all(axis=1)
+    title = f"{role} cell density ({grid_cell_um:g} µm squares)"
+    if not ok.any():
+        return _empty(title, "no µm coordinates: the image needs an mpp")
+    if extent_um is None:
+        if image is not None:
+            extent_um = (0.0, 0.0, image.shape[1] * mpp, image.shape[0] * mpp)
+        else:
+            lo, hi = xy[ok].min(axis=0), xy[ok].max(axis=0)
+            extent_um = (lo[0], lo[1], hi[0], hi[1])
+    x0, y0, x1, y1 = (float(v) for v in extent_um)
+    nx = max(int(math.ceil((x1 - x0) / grid_cell_um)), 1)
+    ny = max(int(math.ceil((y1 - y0) / grid_cell_um)), 1)
+    sel = ok & (cells["role"].astype(str).to_numpy() == role)
+    h, _, _ = np.histogram2d(xy[sel, 1], xy[sel, 0], bins=[ny, nx],
+                             range=[[y0, y0 + ny * grid_cell_um], [x0, x0 + nx * grid_cell_um]])
+    dens = h / (grid_cell_um**2 / 1e6)
+    fig = go.Figure()
+    if image is not None:
+        fig.add_trace(go.Image(z=image, dx=mpp, dy=mpp, x0=mpp / 2, y0=mpp / 2, name="image"))
+    fig.add_trace(
+        go.Heatmap(z=dens, x0=x0 + grid_cell_um / 2, dx=grid_cell_um, y0=y0 + grid_cell_um / 2, dy=grid_cell_um,
+                   colorscale="Viridis", opacity=0.55 if image is not None else 1.0,
+                   colorbar=dict(title="cells/mm²"), hovertemplate="x %{x:.0f} µm, y %{y:.0f} µm: %{z:.0f} cells/mm²<extra></extra>")
+    )
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (µm)")
+    fig.update_xaxes(title_text="x (µm)")
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def region_density_figure(stats: dict, role: str = "immune") -> go.Figure:
+    """Bar chart of the density of one role per region (and per compartment).
+
+    Parameters
+    ----------
+    stats : dict
+        Output of :func:`core.spatial.compute_spatial_stats`.
+    role : str
+        Role whose density is shown, default ``"immune"``.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        One bar per region (hover: area in mm², count), then CT and IM when available,
+        y in cells/mm².
+    """
+    title = f"{role} cell density per region"
+    if not stats.get("available", False):
+        return _empty(title, stats.get("reason", "statistics unavailable"))
+    names, dens, hover, colors = [], [], [], []
+    kind_color = {"tumour": _TUMOUR, "stroma": "#5a9a5a", "margin": "#d9a400", "exclude": "#999999"}
+    for row in stats.get("regions", {}).get("per_region", []):
+        if row["kind"] == "exclude":
+            continue
+        names.append(f"{row['name']} ({row['kind']})")
+        dens.append(row["density_per_mm2_by_role"].get(role))
+        hover.append(f"{row['area_mm2']:.4f} mm², {row['counts_by_role'].get(role, 0)} cells")
+        colors.append(kind_color.get(row["kind"], "#666"))
+    im = stats.get("invasive_margin") or {}
+    if im.get("available") and role == "immune":
+        h = im["half_width_um"]
+        for key, label in (("ct", f"CT (> {h:g} µm inside)"), ("im", f"IM (±{h:g} µm)")):
+            names.append(label)
+            dens.append(im[key]["immune_density_per_mm2"])
+            hover.append(f"{im[key]['area_mm2']:.4f} mm², {im[key]['n_immune']} cells")
+            colors.append("#3b6fb6")
+    if not names:
+        return _empty(title, "no regions drawn")
+    fig = go.Figure(go.Bar(x=names, y=[np.nan if v is None else v for v in dens], hovertext=hover, marker_color=colors))
+    fig.update_layout(title=title, yaxis_title="cells/mm²", template="plotly_white")
+    return fig
