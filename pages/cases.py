@@ -1,0 +1,169 @@
+"""Cases: every saved analysis; search, open one with its overlay and numbers, download, delete."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from core import records as rec
+from core.errors import TILscopeError
+from core.report import format_value
+from core.store import CaseStore, StoreError, database_url
+
+log = logging.getLogger("tilscope.cases")
+
+
+@st.cache_resource(show_spinner=False)
+def case_store(url: str) -> CaseStore:
+    """One store (and connection pool) per database URL, shared by every session."""
+    return CaseStore(url)
+
+
+def board_ids() -> list[int]:
+    return st.session_state.setdefault("board_ids", [])
+
+
+st.title("Cases")
+st.caption("Every analysis run in TILscope is saved here. Research use only, not for diagnostic decisions.")
+
+try:
+    store = case_store(database_url())
+    search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
+    rows = store.list_analyses(search=search or None)
+except TILscopeError as err:
+    st.error(str(err))
+    st.stop()
+except Exception:  # the browser gets a message, the log gets the traceback
+    log.exception("listing analyses failed")
+    st.error("The case database could not be read; the details are in the server log.")
+    st.stop()
+
+if not rows:
+    st.info("No saved analyses match." if search else "No analyses saved yet: run one on the Analyze page.")
+    st.stop()
+
+table = pd.DataFrame(
+    {
+        "id": [r["id"] for r in rows],
+        "case": [r["case_label"] for r in rows],
+        "image": [r["image_name"] for r in rows],
+        "scenario": [r["scenario_key"] for r in rows],
+        "saved (UTC)": [(r["created_at"] or "")[:16].replace("T", " ") for r in rows],
+        "cells": [sum(r["counts"].values()) for r in rows],
+        "corrections": [r["n_corrections"] for r in rows],
+    }
+)
+st.dataframe(table, hide_index=True, width="stretch")
+
+by_id = {r["id"]: r for r in rows}
+wanted = st.session_state.get("open_analysis")
+chosen = st.selectbox(
+    "Open analysis",
+    list(by_id),
+    index=list(by_id).index(wanted) if wanted in by_id else 0,
+    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
+)
+st.session_state["open_analysis"] = chosen
+
+try:
+    analysis = store.get_analysis(chosen)
+    record = store.get_record(chosen)
+except StoreError as err:  # deleted in another session since the list was drawn
+    st.error(str(err))
+    st.stop()
+
+summary = analysis["summary"]
+image = rec.image_info(summary)
+st.subheader(f"#{analysis['id']} · {analysis['case_label']} · {image['name'] or 'image'}")
+cols = st.columns(4)
+counts = rec.counts(summary)
+cols[0].metric("Cells", sum(counts.values()))
+cols[1].metric("Area", f"{format_value(summary.get('area_mm2'), 4)} mm²")
+cols[2].metric("Scenario", analysis["scenario_key"] or "n/a")
+cols[3].metric("Manual corrections", "none" if analysis["n_corrections"] is None else analysis["n_corrections"])
+st.caption(
+    f"Saved {analysis['created_at']} · image SHA-256 {analysis['image_sha256']} · weights SHA-256 "
+    f"{analysis['weights_sha256']} · mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {analysis['app_version']}"
+)
+
+left, right = st.columns([3, 2])
+with left:
+    names = {f["name"] for f in analysis["files"]}
+    if "overlay.png" in names:
+        st.image(store.get_file(chosen, "overlay.png"), caption="Detections over the image", width="stretch")
+    else:
+        st.info("No overlay image was saved with this analysis.")
+with right:
+    dens = rec.densities_per_mm2(summary)
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "class": list(counts),
+                "count": list(counts.values()),
+                "density (cells/mm²)": [format_value(dens.get(c), 4) for c in counts],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    spatial = rec.flatten_scalars(rec.spatial(record))
+    if spatial:
+        st.markdown("**Spatial statistics**")
+        st.dataframe(
+            pd.DataFrame({"statistic": list(spatial), "value": [format_value(v, 4) for v in spatial.values()]}),
+            hide_index=True,
+            width="stretch",
+        )
+    for warning in summary.get("warnings") or []:
+        st.warning(warning)
+
+st.markdown("**Downloads**")
+files = analysis["files"]
+if files:
+    cols = st.columns(min(5, len(files)))
+    for i, f in enumerate(files):
+        cols[i % len(cols)].download_button(
+            f"{f['name']} ({f['size_bytes'] / 1024:.0f} kB)",
+            data=lambda name=f["name"]: store.get_file(chosen, name),  # read when clicked
+            file_name=f"{analysis['case_label']}-{chosen}-{f['name']}".replace("/", "_"),
+            mime=f["media_type"],
+            key=f"dl-{chosen}-{f['name']}",
+        )
+else:
+    st.info("No exported files were saved with this analysis.")
+
+note = st.text_area("Tumour-board note", value=analysis["note"] or "", key=f"note-{chosen}")
+c1, c2, c3 = st.columns(3)
+if c1.button("Save note", key=f"save-note-{chosen}"):
+    try:
+        store.set_note(chosen, note.strip() or None)
+        st.success("Note saved.")
+    except TILscopeError as err:
+        st.error(str(err))
+if c2.button("Add to tumour board", key=f"board-{chosen}"):
+    if chosen not in board_ids():
+        board_ids().append(chosen)
+    st.success(f"Analysis #{chosen} is on the tumour board ({len(board_ids())} picked). Open the Tumour board page.")
+if c3.button("Delete analysis…", key=f"delete-{chosen}"):
+    st.session_state["confirm_delete"] = chosen
+
+if st.session_state.get("confirm_delete") == chosen:
+    st.warning(
+        f"Delete analysis #{chosen} of case {analysis['case_label']} with its report and files? This cannot be undone."
+    )
+    y, n = st.columns(2)
+    if y.button("Yes, delete it", type="primary", key=f"confirm-{chosen}"):
+        try:
+            store.delete_analysis(chosen)
+            st.session_state.pop("confirm_delete", None)
+            st.session_state.pop("open_analysis", None)
+            if chosen in board_ids():
+                board_ids().remove(chosen)
+            st.rerun()
+        except TILscopeError as err:
+            st.error(str(err))
+    if n.button("Cancel", key=f"cancel-{chosen}"):
+        st.session_state.pop("confirm_delete", None)
+        st.rerun()

@@ -1,0 +1,121 @@
+"""AppTest smoke tests of the Cases and Tumour board pages on a throwaway data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.store import CaseStore
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = str(REPO / "pages" / "cases.py")
+BOARD = str(REPO / "pages" / "tumour_board.py")
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8ffff3f0005fe02fe"
+    "a7356b8a0000000049454e44ae426082"
+)
+
+
+def summary(n: int, name: str) -> dict:
+    return {
+        "scenario": "cd3-ihc", "weights_sha256": "9f" * 32, "mpp": 0.5, "area_mm2": 0.1,
+        "image": {"name": name, "sha256": "ab" * 32, "width_px": 800, "height_px": 500},
+        "counts": {"cd3-positive": n}, "density_per_mm2": {"cd3-positive": n / 0.1},
+    }
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("TILSCOPE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def two_analyses(data_dir):
+    store = CaseStore()
+    a = store.save_analysis(
+        "B-2024-0113", summary(40, "first.tif"), spatial={"immune_phenotype": "inflamed", "nn_median_um": 11.0},
+        files={"overlay.png": PNG_1PX, "report.pdf": b"%PDF-1.4"},
+    )
+    b = store.save_analysis("C-7", summary(90, "second.tif"), spatial={"immune_phenotype": "excluded", "nn_median_um": 25.0})
+    store.close()
+    return a, b
+
+
+def run(path: str, **state) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=60)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def button(at: AppTest, label: str):
+    matches = [b for b in at.button if b.label == label]
+    assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
+    return matches[0]
+
+
+def test_cases_page_empty(data_dir):
+    at = run(CASES)
+    assert not at.exception
+    assert any("No analyses saved yet" in i.value for i in at.info)
+
+
+def test_cases_page_lists_opens_and_searches(two_analyses):
+    a, b = two_analyses
+    at = run(CASES)
+    assert not at.exception and not at.error
+    options = at.selectbox[0].options  # newest first
+    assert len(options) == 2
+    assert options[0].startswith(f"#{b} · C-7 · second.tif") and options[1].startswith(f"#{a} · B-2024-0113")
+    at.selectbox[0].set_value(a).run()
+    assert not at.exception
+    assert f"#{a} · B-2024-0113 · first.tif" in at.subheader[0].value
+    assert any(m.label == "Cells" and m.value == "40" for m in at.metric)
+    at.text_input[0].input("second").run()
+    assert len(at.selectbox[0].options) == 1 and "C-7" in at.selectbox[0].options[0]
+
+
+def test_cases_page_delete_needs_confirmation(two_analyses):
+    a, b = two_analyses
+    at = run(CASES, open_analysis=a)
+    button(at, "Delete analysis…").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert len(CaseStore().list_analyses()) == 2  # nothing deleted before confirming
+    button(at, "Yes, delete it").click().run()
+    assert not at.exception
+    assert [r["id"] for r in CaseStore().list_analyses()] == [b]
+
+
+def test_cases_page_adds_to_board(two_analyses):
+    a, _ = two_analyses
+    at = run(CASES, open_analysis=a)
+    button(at, "Add to tumour board").click().run()
+    assert at.session_state["board_ids"] == [a]
+
+
+def test_tumour_board_compares_and_exports(two_analyses):
+    a, b = two_analyses
+    at = run(BOARD, board_ids=[a, b])
+    assert not at.exception and not at.error
+    assert at.multiselect[0].value == [a, b]
+    table = at.dataframe[0].value
+    assert list(table.loc["count: cd3-positive"]) == ["40", "90"]
+    assert list(table.loc["spatial: immune_phenotype"]) == ["inflamed", "excluded"]
+    button(at, "Prepare comparison PDF").click().run()
+    assert not at.exception
+    ids, pdf = at.session_state["board_pdf"]
+    assert ids == (a, b) and pdf.startswith(b"%PDF")
+
+
+def test_tumour_board_empty_and_bad_database(data_dir, monkeypatch):
+    at = run(BOARD)
+    assert not at.exception and any("No analyses saved yet" in i.value for i in at.info)
+    monkeypatch.setenv("TILSCOPE_DATABASE_URL", "not a url")
+    for page in (BOARD, CASES):
+        at = run(page)
+        assert not at.exception
+        assert any("not a database URL" in e.value for e in at.error)
