@@ -563,18 +563,20 @@ def _cross_k_g(
     for k in range(len(radii)):
         sel = order[bounds[k] : bounds[k + 1]]
         if len(sel):
-            rows = np.concatenate([pi[sel], pj[sel]])
-            cols = np.concatenate([pj[sel], pi[sel]])
-            ww = np.concatenate([w[sel], w[sel]])
-            Bw = sparse.csr_matrix((ww, (rows, cols)), shape=(n, n))
-            ksum[k] = np.einsum("ij,ij->j", X, Bw @ Y, dtype=np.float64)
-            Bw.data[:] = 1.0
-            C += Bw @ X
-        m = bd >= radii[k]
-        if m.any():
-            Ym = Y[m]
-            den = Ym.sum(axis=0, dtype=np.float64)
-            num = np.einsum("ij,ij->j", (C[m] > 0).astype(np.float32), Ym, dtype=np.float64)
+            a_, b_, wk = pi[sel], pj[sel], w[sel]
+            # Tumour-immune pairs = Σ w (x_a + x_b) - 2 Σ w x_a x_b over unordered pairs
+            # (x = tumour indicator): a degree term plus one upper-triangular product.
+            deg = np.bincount(a_, wk, minlength=n) + np.bincount(b_, wk, minlength=n)
+            U = sparse.csr_matrix((wk, (a_, b_)), shape=(n, n))
+            quad = np.einsum("ij,ij->j", X, U @ X, dtype=np.float64)
+            ksum[k] = np.einsum("i,ij->j", deg, X, dtype=np.float64) - 2.0 * quad
+            U.data[:] = 1.0
+            C += U @ X
+            C += U.T @ X
+        mk = (bd >= radii[k]).astype(np.float32)
+        if mk.any():
+            den = (mk @ Y).astype(np.float64)
+            num = (mk @ (Y * (C > 0))).astype(np.float64)
             g[k] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     K = np.cumsum(ksum, axis=0) * window.area_um2 / (nt * ni)
     L = np.sqrt(np.maximum(K, 0.0) / math.pi)

@@ -326,3 +326,21 @@ def test_read_qupath_and_tilscope_tables(tmp_path):
         read_cell_table_csv(bad)
     assert class_to_role("cd3-positive") == "immune" and class_to_role("cd3-negative") == "other"
     assert class_to_role("Positive") == "immune" and class_to_role("Necrosis") == "other"
+
+
+def test_plots_build_from_stats():
+    from core import plots
+
+    xy, roles = lattice_case()
+    regions = [Region("T", "tumour", square(0, 0, 1000)), Region("S", "stroma", square(1000, 0, 1000))]
+    cells = table(xy, roles)
+    s = compute_spatial_stats(cells, regions, FAST)
+    fig = plots.distance_figure(s)
+    assert len(fig.data) == 2 and sum(1 for sh in fig.layout.shapes) == 2 * 4  # r lines in both panels
+    assert len(plots.ripley_figure(s, "L").data) == 4 and len(plots.ripley_figure(s, "G").data) == 2
+    hm = plots.density_heatmap(cells, 100.0, image=np.zeros((4200, 4200, 3), np.uint8), mpp=0.5)
+    assert hm.data[-1].type == "heatmap" and hm.data[0].type == "image"
+    bar = plots.region_density_figure(s)
+    assert list(bar.data[0].x)[:2] == ["T (tumour)", "S (stroma)"]
+    empty = plots.distance_figure({"available": False, "reason": "needs an mpp"})
+    assert empty.layout.annotations[0].text == "needs an mpp"
