@@ -469,8 +469,9 @@ def _new_pdf(orientation: str = "P"):
     return pdf
 
 
-def _heading(pdf, text: str, size: int = 12) -> None:
-    if pdf.get_y() > pdf.h - 40:
+def _heading(pdf, text: str, size: int = 12, need_mm: float = 24.0) -> None:
+    """A section heading, on a new page unless ``need_mm`` more fit below it."""
+    if pdf.get_y() + 9 + need_mm > pdf.h - 18:
         pdf.add_page()
     pdf.ln(2)
     pdf.set_font("DejaVu", "B", size)
@@ -514,13 +515,17 @@ def _heading_style():
     return FontFace(emphasis="BOLD", fill_color=(230, 236, 245))
 
 
-def _image(pdf, png: bytes, max_w: float, max_h: float) -> None:
+def _image_size_mm(png: bytes, max_w: float, max_h: float) -> tuple[float, float]:
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as im:
         w_px, h_px = im.size
     scale = min(max_w / w_px, max_h / h_px)
-    w, h = w_px * scale, h_px * scale
+    return w_px * scale, h_px * scale
+
+
+def _image(pdf, png: bytes, max_w: float, max_h: float) -> None:
+    w, h = _image_size_mm(png, max_w, max_h)
     if pdf.get_y() + h > pdf.h - 18:
         pdf.add_page()
     x = (pdf.w - w) / 2
@@ -689,7 +694,7 @@ def build_report_pdf(
         _table(pdf, rows, (38, 26, 46, 24, 46))
 
     if overlay_png:
-        _heading(pdf, "Image with detections")
+        _heading(pdf, "Image with detections", need_mm=_image_size_mm(overlay_png, pdf.w - 30, 105)[1])
         _image(pdf, overlay_png, pdf.w - 30, 105)
 
     _heading(pdf, "Spatial statistics")
@@ -716,7 +721,7 @@ def build_report_pdf(
         figures.append(density_png)
     figures += [png for _, png in spatial_figures_png(spatial)]
     if figures:
-        _heading(pdf, "Plots")
+        _heading(pdf, "Plots", need_mm=_image_size_mm(figures[0], pdf.w - 40, 80)[1])
         for png in figures:
             _image(pdf, png, pdf.w - 40, 80)
 
@@ -924,7 +929,7 @@ def build_comparison_pdf(records: list[dict[str, Any]], path: str | Path | None 
     figures = comparison_figures_png(records)
     if figures:
         pdf.add_page()
-        _heading(pdf, "Charts")
+        _heading(pdf, "Charts", need_mm=0)
         for _, png in figures:
             _image(pdf, png, pdf.w - 40, 78)
     return _pdf_bytes(pdf, path)

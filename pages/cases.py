@@ -80,7 +80,7 @@ st.subheader(f"#{analysis['id']} · {analysis['case_label']} · {image['name'] o
 cols = st.columns(4)
 counts = rec.counts(summary)
 cols[0].metric("Cells", sum(counts.values()))
-cols[1].metric("Area", f"{format_value(summary.get('area_mm2'), 4)} mm²")
+cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3))
 cols[2].metric("Scenario", analysis["scenario_key"] or "n/a")
 cols[3].metric("Manual corrections", "none" if analysis["n_corrections"] is None else analysis["n_corrections"])
 st.caption(
@@ -125,7 +125,8 @@ if files:
     cols = st.columns(min(5, len(files)))
     for i, f in enumerate(files):
         cols[i % len(cols)].download_button(
-            f"{f['name']} ({f['size_bytes'] / 1024:.0f} kB)",
+            f["name"],
+            help=f"{f['size_bytes'] / 1024:,.0f} kB, {f['media_type']}",
             data=lambda name=f["name"]: store.get_file(chosen, name),  # read when clicked
             file_name=f"{analysis['case_label']}-{chosen}-{f['name']}".replace("/", "_"),
             mime=f["media_type"],

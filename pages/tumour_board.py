@@ -70,7 +70,10 @@ table = comparison_table(records)
 shown = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
 shown.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.subheader("Side by side")
-st.dataframe(shown, width="stretch", height=min(800, 38 + 35 * len(shown)))
+st.dataframe(
+    shown, width="stretch", height=min(800, 38 + 35 * len(shown)),
+    column_config={"_index": st.column_config.Column("measure", width="large")},
+)
 
 numeric = comparison_numeric(records)
 if not numeric["density"].empty:
@@ -88,7 +91,8 @@ if not numeric["spatial"].empty:
     for i, (name, values) in enumerate(spatial.iterrows()):
         with cols[i % 3]:
             st.caption(str(name))
-            st.bar_chart(pd.DataFrame({"value": values}), height=200)
+            values.index = [str(k + 1) for k in range(len(values))]  # numbered as in the table
+            st.bar_chart(pd.DataFrame({"value": values}), height=200, x_label="analysis")
 calls = [i for i in table.index if str(i).startswith("spatial: ") and any(isinstance(v, str) for v in table.loc[i])]
 if calls:
     st.subheader("Phenotype calls")
