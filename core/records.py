@@ -89,17 +89,82 @@ def spatial(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def region_stats(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Return per-region ``{"area_mm2", "counts", "densities_per_mm2"}`` dicts.
+    """Per-region ``{"area_mm2", "counts", "densities_per_mm2"}`` dicts, keyed by region name.
 
-    Read from ``summary["regions"]``, else from ``spatial["regions"]`` or
-    ``spatial["per_region"]``; empty when the analysis had no regions.
+    Read from ``summary["regions"]`` (``{name: {...}}``), else from
+    ``core.spatial``'s ``spatial["regions"]["per_region"]`` (a list of
+    ``{"name", "kind", "area_mm2", "counts_by_role", "density_per_mm2_by_role"}``;
+    counts there are per cell role). Empty when the analysis had no regions.
     """
     summary = record.get("summary") or {}
-    stats = spatial(record)
-    for source in (summary.get("regions"), stats.get("regions"), stats.get("per_region")):
-        if isinstance(source, dict) and source and all(isinstance(v, dict) for v in source.values()):
-            return {str(k): v for k, v in source.items()}
-    return {}
+    source = summary.get("regions")
+    if isinstance(source, dict) and source and all(isinstance(v, dict) for v in source.values()):
+        return {str(k): v for k, v in source.items()}
+    per_region = (spatial(record).get("regions") or {}).get("per_region")
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(per_region, list):
+        for i, r in enumerate(per_region):
+            if not isinstance(r, dict):
+                continue
+            name = str(r.get("name") or f"region {i + 1}")
+            if r.get("kind") and r["kind"] not in name.lower():
+                name = f"{name} ({r['kind']})"
+            counts = {k: v for k, v in (r.get("counts_by_role") or r.get("counts") or {}).items() if v}
+            dens = r.get("density_per_mm2_by_role") or r.get("densities_per_mm2") or {}
+            out[name] = {
+                "area_mm2": r.get("area_mm2"),
+                "counts": counts,
+                "densities_per_mm2": {k: dens.get(k) for k in counts},
+            }
+    return out
+
+
+#: Keys of spatial statistics that describe rather than measure; left out of tables.
+DESCRIPTIVE_KEYS = frozenset(
+    {"schema", "units", "available", "reason", "note", "rule", "definition", "edge_correction",
+     "null_model", "reference", "neighbour", "runtime_s", "warnings", "id", "source", "area_method"}
+)
+#: Top-level spatial keys shown as thresholds, or elsewhere (regions), not as statistics.
+SPATIAL_NON_STATISTICS = frozenset({"params", "thresholds", "parameters", "regions", "per_region"})
+
+
+def spatial_statistics(stats: dict[str, Any]) -> dict[str, Any]:
+    """Scalar spatial statistics worth a table row, ``{"section.key": value}``.
+
+    Descriptive keys (:data:`DESCRIPTIVE_KEYS`), thresholds and regions are left
+    out; a section that could not be computed becomes one row ``"not computed: reason"``;
+    ``within_radius``-style lists of rows become ``"...within_radius[10 µm].key"``.
+    """
+    out: dict[str, Any] = {}
+    for section, value in stats.items():
+        if section in SPATIAL_NON_STATISTICS or section in DESCRIPTIVE_KEYS:
+            continue
+        if isinstance(value, dict) and value.get("available") is False:
+            out[section] = f"not computed: {value.get('reason') or 'no reason given'}"
+            continue
+        out.update(_statistics(value, str(section)))
+    return out
+
+
+def _statistics(value: Any, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if key in DESCRIPTIVE_KEYS or key in ("thresholds", "params"):
+                continue
+            out.update(_statistics(sub, f"{path}.{key}"))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for row in value:
+            um_keys = [k for k in row if str(k).endswith("_um") and isinstance(row[k], (int, float))]
+            tag = f"[{row[um_keys[0]]:g} µm]" if um_keys else ""
+            if not tag:
+                continue
+            for key, sub in row.items():
+                if key != um_keys[0]:
+                    out.update(_statistics(sub, f"{path}{tag}.{key}"))
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        out[path] = value
+    return out
 
 
 def label(record: dict[str, Any]) -> str:

@@ -408,11 +408,17 @@ def spatial_curves(spatial: dict | None) -> list[tuple[str, str, np.ndarray, dic
             if isinstance(value, list) and len(value) > 1 and all(isinstance(v, (int, float)) or v is None for v in value):
                 arrays[str(key)] = np.array([np.nan if v is None else v for v in value], dtype=np.float64)
         x_keys = [k for k in arrays if k.endswith("_um")]
+        preferred = [k for k in ("r_um", "radius_um", "distance_um") if k in arrays]
         if x_keys:
-            xk = x_keys[0]
+            xk = (preferred or x_keys)[0]
             ys = {k: v for k, v in arrays.items() if k != xk and len(v) == len(arrays[xk])}
-            if ys:
-                found.append((path or "spatial", xk, arrays[xk], ys))
+            by_unit: dict[str, dict[str, np.ndarray]] = {}
+            for k, v in ys.items():  # one plot per unit: K in µm² and L in µm do not share an axis
+                unit = k.rsplit("_", 1)[-1] if k.endswith(("_um", "_um2", "_per_mm2")) else ""
+                by_unit.setdefault(unit, {})[k] = v
+            for unit, group in by_unit.items():
+                title = path or "spatial"
+                found.append((f"{title} ({unit})" if unit and len(by_unit) > 1 else title, xk, arrays[xk], group))
         for key, value in node.items():
             walk(value, f"{path}.{key}" if path else str(key))
 
@@ -698,10 +704,7 @@ def build_report_pdf(
         _image(pdf, overlay_png, pdf.w - 30, 105)
 
     _heading(pdf, "Spatial statistics")
-    stats_rows = [
-        [k, format_value(v, 4)]
-        for k, v in rec.flatten_scalars({k: v for k, v in spatial.items() if k not in _THRESHOLD_KEYS and k not in ("regions", "per_region")}).items()
-    ]
+    stats_rows = [[k, format_value(v, 4)] for k, v in rec.spatial_statistics(spatial).items()]
     if stats_rows:
         _table(pdf, [["Statistic", "Value"], *stats_rows], (110, 70))
     else:
@@ -741,7 +744,9 @@ def build_report_pdf(
             for line in lines:
                 pdf.multi_cell(0, 4.6, f"• {line}", new_x="LMARGIN", new_y="NEXT")
 
-    warnings = _text_list(summary.get("warnings"))
+    warnings = _text_list(summary.get("warnings")) + [
+        w for w in _text_list(spatial.get("warnings")) if w not in _text_list(summary.get("warnings"))
+    ]
     if warnings:
         _heading(pdf, "Warnings", 10)
         for line in warnings:
@@ -787,8 +792,9 @@ def comparison_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         for region, stats in rec.region_stats(r).items():
             for c, v in (stats.get("densities_per_mm2") or {}).items():
                 col[f"density (cells/mm²): {c} in {region}"] = v
-        spatial = {k: v for k, v in rec.spatial(r).items() if k not in ("regions", "per_region")}
-        for k, v in rec.flatten_scalars(spatial).items():
+        for k, v in rec.spatial_statistics(rec.spatial(r)).items():
+            if isinstance(v, str) and v.startswith("not computed"):
+                continue
             col[f"spatial: {k}"] = v
         col["manual corrections"] = r.get("n_corrections")
         name = rec.label(r)

@@ -267,3 +267,27 @@ def test_save_result_keeps_every_export_and_rebuilds_the_report(tmp_path):
         assert f"{cls} {n}" in rebuilt
     assert CARD["intended_use"] in rebuilt and "nearest_neighbour_um.median" in rebuilt
     store.close()
+
+
+def test_spatial_statistics_and_regions_from_the_spatial_schema():
+    from core import records
+
+    stats = {
+        "schema": 1, "available": True, "params": {"radius_um": 30.0},
+        "distances": {"available": True, "definition": "text", "immune_to_nearest_tumour_um": {"median_um": 6.9},
+                      "within_radius": [{"radius_um": 10.0, "fraction_immune_within": 0.75}]},
+        "ripley": {"available": False, "reason": "needs >= 2 tumour cells"},
+        "phenotype": {"thresholds": {"x": 1}, "call": "inflamed", "rule": "text"},
+        "regions": {"per_region": [{"name": "T1", "kind": "tumour", "area_mm2": 0.01,
+                                    "counts_by_role": {"immune": 53, "stroma": 0},
+                                    "density_per_mm2_by_role": {"immune": 5300.0, "stroma": 0.0}}]},
+    }
+    assert records.spatial_statistics(stats) == {
+        "distances.immune_to_nearest_tumour_um.median_um": 6.9,
+        "distances.within_radius[10 µm].fraction_immune_within": 0.75,
+        "ripley": "not computed: needs >= 2 tumour cells",
+        "phenotype.call": "inflamed",
+    }
+    assert records.region_stats({"summary": {}, "spatial": stats}) == {
+        "T1 (tumour)": {"area_mm2": 0.01, "counts": {"immune": 53}, "densities_per_mm2": {"immune": 5300.0}}
+    }
