@@ -113,6 +113,35 @@ def build_summary(
     }
 
 
+def spatial_statistics(result: AnalysisResult, regions=None, params=None, seed: int = 0) -> dict:
+    """Spatial TIL statistics of ``result`` over the whole image as the study window.
+
+    Parameters
+    ----------
+    result : AnalysisResult
+    regions : list of core.regions.Region, optional
+    params : core.spatial.SpatialParams, optional
+        Its ``window_um`` is replaced by the image extent (0, 0, W * mpp, H * mpp).
+    seed : int
+        Seeds the one generator of the Monte-Carlo envelopes.
+
+    Returns
+    -------
+    dict
+        JSON-ready, see :func:`core.spatial.compute_spatial_stats`; without an mpp,
+        ``{"available": False, "reason": ...}``.
+    """
+    from dataclasses import replace
+
+    from core.spatial import SpatialParams, compute_spatial_stats
+
+    params = params or SpatialParams()
+    if result.image.mpp is not None:
+        h, w = result.image.shape
+        params = replace(params, window_um=(0.0, 0.0, w * result.image.mpp, h * result.image.mpp))
+    return compute_spatial_stats(result.cells, regions, params, seed=seed)
+
+
 def _safe_card(scenario: Scenario) -> dict:
     try:
         return scenario.card()

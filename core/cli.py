@@ -50,12 +50,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     image = load_image(args.image, mpp=args.mpp)
     model = load_model(args.scenario, args.device)
     result = analyze(image, args.scenario, model=model)
-    _attach_spatial(result, args.regions)
+    regions = _attach_spatial(result, args.regions)
     files = write_outputs(result, args.out)
     if args.report:
         from core.exports import write_report_files
 
-        files.update(write_report_files(result, args.out, case_label=args.case))
+        files.update(write_report_files(result, args.out, case_label=args.case, regions=regions))
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     s = result.summary
@@ -68,18 +68,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attach_spatial(result, regions_path: str | None) -> None:
-    """Add spatial statistics to ``result.summary['spatial']`` (the spatial module computes them)."""
-    try:
-        from core import spatial
-    except ImportError:
-        return
+def _attach_spatial(result, regions_path: str | None):
+    """Add spatial statistics to ``result.summary['spatial']``; return the regions read."""
+    from core.analysis import spatial_statistics
+
     regions = None
     if regions_path:
+        from core.errors import InputError
         from core.regions import read_regions_geojson
 
+        if result.image.mpp is None:
+            raise InputError("--regions needs the image's microns per pixel: pass --mpp")
         regions = read_regions_geojson(regions_path, result.image.mpp)
-    result.summary["spatial"] = spatial.compute_spatial_stats(result.cells, regions)
+    result.summary["spatial"] = spatial_statistics(result, regions)
+    return regions
 
 
 def _patch_files(paths: list[str]) -> list[Path]:

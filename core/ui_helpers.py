@@ -69,3 +69,66 @@ def card_summary(card: dict) -> dict:
         "training_data": card.get("training_data", {}),
         "version": card.get("version"),
     }
+
+
+def _fmt(value, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def spatial_headline(spatial: dict | None) -> list[dict]:
+    """Key spatial figures as table rows {measure, value, setting}, for a clinician's first look.
+
+    Each row carries the threshold or parameter that produced it; a section that could
+    not be computed gives one row with the reason (e.g. "draw a tumour region").
+
+    Parameters
+    ----------
+    spatial : dict or None
+        Output of :func:`core.spatial.compute_spatial_stats`.
+
+    Returns
+    -------
+    list of dict with keys ``measure``, ``value``, ``setting`` (all str)
+    """
+    if not spatial:
+        return []
+    if spatial.get("available") is False:
+        return [{"measure": "spatial statistics", "value": "n/a", "setting": spatial.get("reason", "")}]
+    rows: list[dict] = []
+    d = spatial.get("distances", {})
+    if d.get("available"):
+        summ = d["immune_to_nearest_tumour_um"]
+        rows.append({"measure": "immune → nearest tumour cell, median", "value": _fmt(summ.get("median"), 1, " µm"),
+                     "setting": f"{d['n_immune']} immune, {d['n_tumour']} tumour cells"})
+        for r in d["within_radius"]:
+            rows.append({"measure": f"immune cells within {r['radius_um']:g} µm of a tumour cell",
+                         "value": f"{100 * r['fraction_immune_within']:.1f} %",
+                         "setting": f"r = {r['radius_um']:g} µm; {r['immune_per_tumour_cell_within']:.2f} immune per tumour cell"})
+    else:
+        rows.append({"measure": "immune → tumour distances", "value": "n/a", "setting": d.get("reason", "")})
+    c = spatial.get("compartments", {})
+    if c.get("available"):
+        rows.append({"measure": "intratumoral immune density", "value": _fmt(c["intratumoral_immune_density_per_mm2"], 0, " cells/mm²"),
+                     "setting": c["source"]})
+        rows.append({"measure": "stromal immune density", "value": _fmt(c["stromal_immune_density_per_mm2"], 0, " cells/mm²"),
+                     "setting": c["source"]})
+        ratio = c.get("ratio_intratumoral_to_stromal")
+        rows.append({"measure": "intratumoral / stromal ratio", "value": _fmt(ratio, 2), "setting": ""})
+    til = spatial.get("stromal_til_proxy", {})
+    if til.get("available"):
+        rows.append({"measure": "stromal TILs (computational proxy)", "value": _fmt(til["percent"], 1, " %"),
+                     "setting": f"immune-cell area {til['immune_cell_area_um2']:g} µm² over stromal area"})
+    ph = spatial.get("phenotype", {})
+    rows.append({"measure": "immune phenotype", "value": ph.get("call") or "n/a",
+                 "setting": ph.get("rule", "") if ph.get("available") else ph.get("reason", "")})
+    im = spatial.get("invasive_margin", {})
+    if im.get("available"):
+        rows.append({"measure": "immune density, tumour centre (CT)", "value": _fmt(im["ct"]["immune_density_per_mm2"], 0, " cells/mm²"),
+                     "setting": im["ct"]["definition"]})
+        rows.append({"measure": "immune density, invasive margin (IM)", "value": _fmt(im["im"]["immune_density_per_mm2"], 0, " cells/mm²"),
+                     "setting": im["im"]["definition"]})
+    else:
+        rows.append({"measure": "centre vs invasive margin", "value": "n/a", "setting": im.get("reason", "")})
+    return rows

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
 import streamlit as st
-from PIL import Image
 
-from core.analysis import analyze, load_model, overlay_image
+from core.analysis import analyze, load_model, spatial_statistics
 from core.errors import TILscopeError
+from core.exports import save_result
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
 from core.registry import get_scenario, list_scenarios
+from core.report import EXPORT_MEDIA_TYPES
 from core.samples import list_samples
 from core.scenarios.base import pick_device
-from core.ui_helpers import card_summary, cell_figure
+from core.store import CaseStore, database_url
+from core.ui_helpers import card_summary, cell_figure, spatial_headline
 
 log = logging.getLogger("tilscope.analyze")
 
@@ -24,6 +25,12 @@ log = logging.getLogger("tilscope.analyze")
 def cached_model(key: str, device: str):
     """One model per scenario key and device, shared by every session."""
     return load_model(key, device)
+
+
+@st.cache_resource(show_spinner=False)
+def case_store(url: str) -> CaseStore:
+    """One store (and connection pool) per database URL, shared by every session."""
+    return CaseStore(url)
 
 
 st.title("Analyze an image")
@@ -82,6 +89,10 @@ if image is not None:
                 "in µm need the microns per pixel. The image is analysed as if it were at the model's "
                 f"{scenario.input_mpp} µm/px."
             )
+    case_label = st.text_input(
+        "Case label", value=st.session_state.get("case_label", ""), placeholder="e.g. study ID or anonymised case number",
+        help="Every run is saved under this case in the case history (Cases page).",
+    )
     if st.button("Run", type="primary"):
         device = str(pick_device())
         bar = st.progress(0.0, text="Detecting cells…")
@@ -89,7 +100,13 @@ if image is not None:
             chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
             model = cached_model(key, device)
             result = analyze(chosen, key, model=model, progress=lambda d, t: bar.progress(d / t, text=f"Block {d} of {t}"))
+            bar.progress(1.0, text="Spatial statistics…")
+            result.summary["spatial"] = spatial_statistics(result)
             st.session_state["analysis"] = result
+            st.session_state["analysis_id"] = None
+            st.session_state["case_label"] = case_label
+            bar.progress(1.0, text="Saving to the case history…")
+            st.session_state["analysis_id"] = save_result(result, case_label.strip() or "unlabelled", case_store(database_url()))
         except TILscopeError as err:
             st.error(str(err))
         except Exception:  # the browser gets a message, the log gets the traceback
@@ -129,10 +146,25 @@ if result is not None:
     st.dataframe(counts, hide_index=True)
     with st.expander(f"Cell table ({len(result.cells)} rows)"):
         st.dataframe(result.cells, hide_index=True)
+    headline = spatial_headline(s.get("spatial"))
+    if headline:
+        st.markdown("**Spatial statistics** (whole image; draw regions on the Review page)")
+        st.dataframe(headline, hide_index=True)
+
+    analysis_id = st.session_state.get("analysis_id")
+    if analysis_id is None:
+        st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")
+        files = {"cells.csv": result.cells.to_csv(index=False, float_format="%.3f").encode(),
+                 "summary.json": json.dumps(s, indent=2, ensure_ascii=False).encode()}
+    else:
+        st.success(f"Saved as analysis {analysis_id} in the case history.", icon=":material/database:")
+        files = {}
+        try:
+            store = case_store(database_url())
+            files = {name: store.get_file(analysis_id, name) for name in EXPORT_MEDIA_TYPES if name in store.get_analysis(analysis_id)["files"]}
+        except TILscopeError as err:
+            st.error(str(err))
     stem = s["image"]["name"].rsplit(".", 1)[0]
-    d1, d2, d3 = st.columns(3)
-    d1.download_button("cells.csv", result.cells.to_csv(index=False, float_format="%.3f"), f"{stem}-cells.csv", "text/csv")
-    d2.download_button("summary.json", json.dumps(s, indent=2, ensure_ascii=False), f"{stem}-summary.json", "application/json")
-    buf = io.BytesIO()
-    Image.fromarray(overlay_image(result)).save(buf, format="PNG")
-    d3.download_button("overlay.png", buf.getvalue(), f"{stem}-overlay.png", "image/png")
+    cols = st.columns(max(1, len(files)))
+    for col, (name, data) in zip(cols, sorted(files.items())):
+        col.download_button(name, data, f"{stem}-{name}", EXPORT_MEDIA_TYPES.get(name, "application/octet-stream"))
