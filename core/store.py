@@ -592,6 +592,58 @@ class CaseStore:
             for name, data in files.items():
                 session.add(_file_row(analysis_id, name, data, media_types))
 
+    def update_review(
+        self,
+        analysis_id: int,
+        *,
+        regions: Any,
+        corrections: Any,
+        n_corrections: int | None = None,
+        spatial: dict[str, Any] | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        """Save the review of an analysis: its regions, manual corrections and statistics again.
+
+        Parameters
+        ----------
+        analysis_id : int
+        regions : dict or None
+            Regions as a GeoJSON FeatureCollection (``core.regions.regions_to_geojson``).
+        corrections : dict or None
+            The correction log as JSON data (``json.loads(CorrectionLog.to_json())``).
+        n_corrections : int, optional
+            Cells corrected by hand; counted from ``corrections`` if absent.
+        spatial : dict, optional
+            Spatial statistics recomputed on the corrected cells; None keeps the stored ones.
+        summary : dict, optional
+            The run summary with corrected counts; None keeps the stored one.
+
+        Raises
+        ------
+        StoreError
+            If there is no such analysis.
+        InputError
+            If a value is not JSON serialisable.
+        """
+        payload = {"regions": regions, "corrections": corrections, "spatial": spatial, "summary": summary}
+        try:
+            payload = json.loads(json.dumps(payload, default=_json_default))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"the review cannot be saved: {err}; pass JSON-ready dicts") from err
+        if n_corrections is None:
+            n_corrections = rec.count_corrections(payload["corrections"])
+        with self._write() as session, session.begin():
+            a = session.get(Analysis, analysis_id)
+            if a is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a.regions = payload["regions"]
+            a.corrections = payload["corrections"]
+            a.n_corrections = n_corrections
+            if payload["spatial"] is not None:
+                a.spatial = payload["spatial"]
+            if payload["summary"] is not None:
+                a.summary = payload["summary"]
+
     def list_analyses(self, search: str | None = None, case_id: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
         """Analyses, newest first, as rows for a table.
 
