@@ -513,6 +513,32 @@ def _convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return full[c : c + h, c : c + w]
 
 
+def cell_concentrations(target: np.ndarray, xy_px: np.ndarray, radius_px: float) -> np.ndarray:
+    """Concentration of ``target`` in the disc around each cell centroid (paper §2.2).
+
+    Parameters
+    ----------
+    target : (H, W) bool or float in [0, 1]
+        Pixels of the cells whose concentration counts (tumour cells in scenario 1,
+        immune cells in scenario 2).
+    xy_px : (N, 2) float
+        Cell centroids x, y in pixels (rounded to the nearest pixel, clipped to the image).
+    radius_px : float > 0
+
+    Returns
+    -------
+    (N,) float64 in [0, 1]
+    """
+    xy = np.asarray(xy_px, float).reshape(-1, 2)
+    if len(xy) == 0:
+        return np.zeros(0)
+    h, w = target.shape
+    cmap = concentration_map(target, radius_px)
+    ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
+    iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
+    return cmap[iy, ix].astype(np.float64)
+
+
 def classify_concentrations(conc: np.ndarray, threshold: float, half_band: tuple[float, float] | None) -> np.ndarray:
     """Mask value of each cell from its concentration (paper §2.2).
 
@@ -748,16 +774,13 @@ def generate(recipe: StainRecipe | str, shape: tuple[int, int] = (500, 500), see
                 objclass[nsl][ncov >= 0.5] = 2 + 2 * type_rank[c.type]
 
     # classification (paper §2.2): concentration in a disc around each classifiable cell
-    conc_map = concentration_map(target_union, recipe.radius_px)
     n = len(cells)
     conc = np.full(n, np.nan)
     mask_value = np.zeros(n, np.float32)
     cls_idx = [i for i, c in enumerate(cells) if c.type == recipe.classify_type]
     if cls_idx:
         xy = np.array([[cells[i].cx, cells[i].cy] for i in cls_idx])
-        ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
-        iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
-        conc[cls_idx] = conc_map[iy, ix]
+        conc[cls_idx] = cell_concentrations(target_union, xy, recipe.radius_px)
         mask_value[cls_idx] = classify_concentrations(conc[cls_idx], recipe.threshold, recipe.half_band)
     lut = np.concatenate([[0.0], mask_value]).astype(np.float32)
     mask = lut[instance]

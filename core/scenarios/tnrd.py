@@ -1,0 +1,239 @@
+"""Scenarios ``tnrd-if-melanoma`` and ``tnrd-he-melanoma``: TNRD denoising + classification.
+
+Method (TNRD melanoma paper, §2.1): the variational network of
+:mod:`core.models.tnrd` evolves the noisy RGB image together with a mask channel
+that starts as uniform noise; it returns a denoised image and a classification mask
+that is 1 on immune cells that matter (scenario 1: touching melanoma cells in
+CD45/gp100/DAPI immunofluorescence; scenario 2: in dense infiltrates in H&E).
+
+Inference here: the image is resampled to the scenario's mpp, split into
+overlapping windows that are blended with linear ramps (:func:`blend_tiles`, the
+dense-map tiler), and the mask is turned into cells (:func:`mask_to_cells`):
+connected regions of mask >= threshold, split where touching cells merge
+(watershed on the distance transform), regions below a minimum area dropped. Every
+region becomes a row of the cell table with role ``immune`` and cell_class
+``classified-immune``; its ``probability`` is the mean mask value over the region.
+
+The weights were trained on synthetic images only (:mod:`core.generator`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from core.cells import make_cell_table
+from core.errors import InputError
+from core.io import ImageData
+from core.models.tnrd import TNRD
+from core.scenarios.base import Progress, ScenarioModel, resample_to_mpp
+
+#: Seed of the uniform-noise initial mask u0_m (fixed, so results are reproducible).
+MASK_SEED = 0
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of windows of size ``tile`` covering ``length`` with at least ``overlap``.
+
+    Returns
+    -------
+    list of int, first 0, last ``length - tile`` (a single 0 when ``length <= tile``).
+    """
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """(n,) blending weight: linear ramps of ``overlap`` px at inner edges, 1 elsewhere."""
+    w = np.ones(n, np.float64)
+    r = min(overlap, n // 2)
+    if r > 0:
+        ramp = (np.arange(r) + 0.5) / r
+        if not at_start:
+            w[:r] = ramp
+        if not at_end:
+            w[n - r :] = ramp[::-1]
+    return w
+
+
+def blend_tiles(fn, image: np.ndarray, tile: int, overlap: int, progress: Progress | None = None) -> np.ndarray:
+    """Apply a dense model window by window and blend the overlaps (dense-map tiler).
+
+    Parameters
+    ----------
+    fn : callable
+        (h, w, C) float32 → (h, w, C') float32, the same size as its input.
+    image : (H, W, C) float32
+    tile : int > overlap
+        Window side, pixels.
+    overlap : int >= 0
+        Overlap between neighbouring windows; linear ramps there (weights sum to 1).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    (H, W, C') float32
+
+    Raises
+    ------
+    InputError
+        If ``tile <= overlap``.
+    """
+    if tile <= overlap:
+        raise InputError(f"tile ({tile} px) must be larger than the overlap ({overlap} px)")
+    h, w = image.shape[:2]
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    out = None
+    weight = np.zeros((h, w, 1), np.float64)
+    total, done = len(ys) * len(xs), 0
+    for y in ys:
+        for x in xs:
+            th, tw = min(tile, h), min(tile, w)
+            res = np.asarray(fn(image[y : y + th, x : x + tw]), np.float64)
+            if out is None:
+                out = np.zeros((h, w, res.shape[2]), np.float64)
+            wy = _ramp(th, overlap, y == 0, y + th >= h)
+            wx = _ramp(tw, overlap, x == 0, x + tw >= w)
+            wt = (wy[:, None] * wx[None, :])[..., None]
+            out[y : y + th, x : x + tw] += res * wt
+            weight[y : y + th, x : x + tw] += wt
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return (out / np.maximum(weight, 1e-12)).astype(np.float32)
+
+
+def mask_to_cells(mask: np.ndarray, threshold: float = 0.5, min_area_px: float = 10.0,
+                  min_distance_px: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cells from a classification mask.
+
+    Regions of ``mask >= threshold`` are split into cells by a watershed of the
+    distance transform from its maxima at least ``min_distance_px`` apart (touching
+    cells merge into one region otherwise); cells smaller than ``min_area_px`` are
+    dropped.
+
+    Parameters
+    ----------
+    mask : (H, W) float in [0, 1]
+    threshold : float in (0, 1]
+    min_area_px : float >= 0
+    min_distance_px : float >= 1
+        About the smallest semi-axis of the cells to separate.
+
+    Returns
+    -------
+    xy : (N, 2) float64 centroids x, y in pixels
+    mean_value : (N,) float64 mean mask value over each cell, in [0, 1]
+    area_px : (N,) int64
+    labels : (H, W) int32 cell label image (0 = none), labels 1..N in the order of ``xy``
+    """
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, np.float32)
+    binary = mask >= threshold
+    if not binary.any():
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int64), np.zeros(mask.shape, np.int32)
+    regions, _ = ndimage.label(binary)
+    dist = ndimage.gaussian_filter(ndimage.distance_transform_edt(binary), 1.0)
+    peaks = peak_local_max(dist, min_distance=max(1, int(round(min_distance_px))), labels=regions, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # every region gets at least one marker
+    missing = sorted(set(np.unique(regions[binary])) - set(np.unique(regions[markers > 0])))
+    for r in missing:
+        yy, xx = np.nonzero(regions == r)
+        k = np.argmax(dist[yy, xx])
+        markers[yy[k], xx[k]] = markers.max() + 1
+    labels = watershed(-dist, markers, mask=binary).astype(np.int32)
+    n = int(labels.max())
+    idx = np.arange(1, n + 1)
+    area = ndimage.sum_labels(np.ones_like(mask), labels, idx)
+    keep = area >= max(min_area_px, 1)
+    if n == 0 or not keep.any():
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int64), np.zeros(mask.shape, np.int32)
+    com = np.array(ndimage.center_of_mass(np.ones_like(mask), labels, idx[keep])).reshape(-1, 2)
+    mean = np.asarray(ndimage.mean(mask, labels, idx[keep]), np.float64)
+    relabel = np.zeros(n + 1, np.int32)
+    relabel[idx[keep]] = np.arange(1, int(keep.sum()) + 1)
+    return com[:, ::-1].astype(np.float64), mean, area[keep].astype(np.int64), relabel[labels]
+
+
+class TNRDModel(ScenarioModel):
+    """TNRD variational network (paper §2.1) with tiled inference and mask → cells."""
+
+    def build(self, metadata: dict) -> torch.nn.Module:
+        try:
+            config = json.loads(metadata["config"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise InputError("TNRD weights lack their 'config' metadata; retrain with python -m core.training.tnrd") from err
+        self.threshold = float(metadata.get("threshold", 0.5))
+        self.min_area_px = float(metadata.get("min_area_px", self.scenario.params.get("min_area_px", 10)))
+        self.min_distance_px = float(metadata.get("min_distance_px", self.scenario.params.get("min_distance_px", 3)))
+        return TNRD(**config)
+
+    def infer(self, rgb: np.ndarray, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Denoise and classify an image at the scenario's mpp.
+
+        Parameters
+        ----------
+        rgb : (H, W, 3) float32 RGB in [0, 1]
+
+        Returns
+        -------
+        denoised : (H, W, 3) float32 in [0, 1]
+        mask : (H, W) float32 in [0, 1]
+
+        Notes
+        -----
+        The initial mask is uniform noise drawn for the whole image from a generator
+        seeded with :data:`MASK_SEED`, then cut into the same windows as the image,
+        so the result does not depend on how the image is tiled except through each
+        window's context.
+        """
+        h, w = rgb.shape[:2]
+        gen = torch.Generator().manual_seed(MASK_SEED)
+        noise = torch.rand((h, w), generator=gen).numpy()[..., None]
+        stacked = np.concatenate([rgb.astype(np.float32), noise.astype(np.float32)], axis=2)
+
+        def run(window: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)[None].to(self.device)
+            with torch.inference_mode():
+                out_rgb, out_m = self.net(x[:, :3], x[:, 3:4])
+            return torch.cat([out_rgb, out_m], 1)[0].permute(1, 2, 0).float().cpu().numpy()
+
+        out = blend_tiles(run, stacked, self.scenario.patch_size_px, self.scenario.overlap_px, progress)
+        return np.clip(out[..., :3], 0, 1), np.clip(out[..., 3], 0, 1)
+
+    def analyze(self, image: ImageData, progress: Progress | None = None):
+        notes = ["TNRD weights were trained on synthetic images only (research use, not a diagnostic device)"]
+        h, w = image.shape
+        if min(h, w) < 16:
+            raise InputError(f"image is {w} x {h} px; the TNRD model needs at least 16 px on each side")
+        work, _ = resample_to_mpp(image.pixels, image.mpp, self.scenario.input_mpp)
+        if image.mpp is None:
+            notes.append(
+                f"mpp unknown: the image was analysed at its own pixel size, assumed to be the model's "
+                f"{self.scenario.input_mpp} µm/px; positions are in pixels and densities are not reported"
+            )
+        denoised, mask = self.infer(work.astype(np.float32) / 255.0, progress)
+        xy, mean, _, _ = mask_to_cells(mask, self.threshold, self.min_area_px, self.min_distance_px)
+        if work.shape[:2] != (h, w):
+            from skimage.transform import resize
+
+            sy, sx = work.shape[0] / h, work.shape[1] / w
+            xy = (xy + 0.5) / np.array([sx, sy]) - 0.5
+            denoised = resize(denoised, (h, w, 3), order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
+            mask = resize(mask, (h, w), order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
+        cls = self.scenario.classes[0]
+        cells = make_cell_table(np.clip(xy, 0, [w - 1, h - 1]) if len(xy) else xy, cls.name, cls.role,
+                                np.clip(mean, 0, 1), image.mpp)
+        denoised_u8 = np.clip(denoised * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return cells, {"mask": mask.astype(np.float32)}, denoised_u8, notes
