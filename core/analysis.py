@@ -177,4 +177,7 @@ def write_outputs(result: AnalysisResult, out_dir: str | Path) -> dict[str, Path
     if result.denoised is not None:
         files["denoised.png"] = out / "denoised.png"
         Image.fromarray(result.denoised).save(files["denoised.png"])
+    if "mask" in result.masks:  # classification mask (TNRD scenarios), (H, W) float in [0, 1] → 8-bit grey
+        files["mask.png"] = out / "mask.png"
+        Image.fromarray(np.clip(np.asarray(result.masks["mask"]) * 255.0 + 0.5, 0, 255).astype(np.uint8)).save(files["mask.png"])
     return files

@@ -25,6 +25,12 @@ def evaluate(key: str, args: argparse.Namespace) -> dict:
     get_scenario(key)
     if key == "cd3-ihc":
         return evaluate_cd3(args.split, args.data, args.mosaic, args.device)
+    if key.startswith("tnrd-"):
+        from core.tnrd_eval import evaluate_synthetic
+
+        if not getattr(args, "synthetic", None):
+            raise InputError(f"scenario {key!r} is evaluated on synthetic sections: pass --synthetic N (and --seed S >= 10000)")
+        return evaluate_synthetic(key, args.synthetic, args.seed, getattr(args, "device", None))
     raise InputError(f"no evaluation is defined for scenario {key!r} yet")
 
 
