@@ -212,3 +212,100 @@ def evaluate_synthetic(key: str, n: int, seed: int, device: str | None = None, s
         "min_area_px": model.min_area_px,
         "per_image": rows,
     }
+
+
+def real_he_check(model, data_dir, mpp: float = 0.55, radius_um: float = 4.0) -> dict:
+    """What an H&E TNRD model does on real H&E with nucleus points (``he-crc-cell-points``).
+
+    The real labels are not the paper's classes (every inflammatory nucleus is marked,
+    dense infiltrate or not), so this is a plausibility check, not a validation:
+    detections are matched one-to-one to the inflammatory, epithelial and all marked
+    nuclei within ``radius_um``.
+
+    Parameters
+    ----------
+    model : ScenarioModel of ``tnrd-he-melanoma``
+    data_dir : path to a folder of ``imgN/imgN.png`` with ``imgN_<class>.mat`` points
+    mpp : float
+        Pixel size of the images (about 0.55 µm/px at 20x per the data README).
+    radius_um : float
+
+    Returns
+    -------
+    dict with the pooled counts and fractions and ``images``.
+    """
+    from pathlib import Path
+
+    import scipy.io as sio
+
+    from core.analysis import analyze
+    from core.io import load_image
+    from core.metrics import match_points
+
+    folders = sorted(p for p in Path(data_dir).iterdir() if (p / f"{p.name}.png").is_file())
+    if not folders:
+        raise InputError(f"no imgN/imgN.png images in {data_dir}")
+    tot = {"detections": 0, "inflammatory": 0, "inflammatory_found": 0, "near_inflammatory": 0,
+           "near_epithelial": 0, "near_any_nucleus": 0}
+    radius_px = radius_um / mpp
+    for f in folders:
+        image = load_image(f / f"{f.name}.png", mpp=mpp)
+        cells = analyze(image, model.scenario.key, model=model).cells
+        xy = cells[["x_px", "y_px"]].to_numpy()
+        pts = {k: sio.loadmat(f / f"{f.name}_{k}.mat")["detection"].reshape(-1, 2)
+               for k in ("inflammatory", "epithelial", "detection")}
+        tot["detections"] += len(xy)
+        tot["inflammatory"] += len(pts["inflammatory"])
+        n_inf = len(match_points(xy, pts["inflammatory"], radius_px)[0])
+        tot["inflammatory_found"] += n_inf
+        tot["near_inflammatory"] += n_inf
+        tot["near_epithelial"] += len(match_points(xy, pts["epithelial"], radius_px)[0])
+        tot["near_any_nucleus"] += len(match_points(xy, pts["detection"], radius_px)[0])
+    d = max(tot["detections"], 1)
+    return {
+        "data": str(data_dir), "images": len(folders), "mpp": mpp, "radius_um": radius_um, **tot,
+        "share_of_detections_on_inflammatory_nuclei": tot["near_inflammatory"] / d,
+        "share_of_detections_on_epithelial_nuclei": tot["near_epithelial"] / d,
+        "share_of_detections_on_any_marked_nucleus": tot["near_any_nucleus"] / d,
+        "share_of_inflammatory_nuclei_detected": tot["inflammatory_found"] / max(tot["inflammatory"], 1),
+    }
+
+
+def real_if_check(model, data_dir, mpp: float = 1.0) -> dict:
+    """What an IF TNRD model does on real immunofluorescence without melanoma cells.
+
+    The project has no CD45/gp100/DAPI melanoma image. The Hoechst + multiplex IF lung
+    tiles (``hoechst-mif-lung``) are rendered as CD3 in red (an immune marker, like
+    CD45), Hoechst in blue (a nuclear stain, like DAPI) and an empty green (no gp100+
+    melanoma cells), each channel scaled to its 1st-99.5th percentiles. With no
+    melanoma cells nobody is in contact with one, so every classified cell is a false
+    positive of the contact rule: the count is a specificity check.
+
+    Returns
+    -------
+    dict with ``tiles``, ``classified_cells`` and ``classified_per_tile``.
+    """
+    from pathlib import Path
+
+    import tifffile
+
+    from core.analysis import analyze
+
+    files = sorted(p for p in Path(data_dir).glob("*.tif"))
+    if not files:
+        raise InputError(f"no .tif tiles in {data_dir}")
+    counts = []
+    for f in files:
+        stack = tifffile.imread(f).astype(np.float64)  # (5, H, W): Hoechst, CD20, CD8, PD1, CD3
+
+        def scale(c):
+            lo, hi = np.percentile(c, [1, 99.5])
+            return np.clip((c - lo) / max(hi - lo, 1e-9), 0, 1)
+
+        rgb = np.stack([scale(stack[4]), np.zeros(stack.shape[1:]), scale(stack[0])], axis=-1)
+        from core.io import ImageData
+
+        image = ImageData((rgb * 255 + 0.5).astype(np.uint8), mpp, f.name, "", "user")
+        counts.append(int(len(analyze(image, model.scenario.key, model=model).cells)))
+    return {"data": str(data_dir), "tiles": len(files), "mpp": mpp, "rendering": "R = CD3, G = 0, B = Hoechst",
+            "classified_cells": int(sum(counts)), "classified_per_tile": counts}
