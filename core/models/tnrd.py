@@ -105,43 +105,53 @@ class RBFTable:
         return self
 
     def locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat table index (N, C, H, W) int64 including the channel offset, and the lerp weight."""
-        pos = ((x - self.x0) / self.h).clamp(0.0, self.n - 1.0)
-        i0 = pos.floor().clamp(max=self.n - 2.0)  # the last point interpolates with a = 1
+        """Flat table index (N, C, H, W) int64 including the channel offset, and the lerp weight in [0, 1)."""
+        pos = torch.clamp_(x * (1.0 / self.h) - self.x0 / self.h, 0.0, self.n - 1.001)
+        i0 = pos.long()  # floor, pos >= 0
         a = pos - i0
         off = (torch.arange(x.shape[1], device=x.device) * self.n).view(1, -1, 1, 1)
-        return i0.long() + off, a
+        return i0 + off, a
 
-    def lookup(self, w: torch.Tensor, order: int, idx: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        table = (w @ self.basis[order].to(w.dtype).T).reshape(-1)  # (C * T,)
-        v0 = table[idx]
-        return v0 + a * (table[idx + 1] - v0)
+    def lookup(self, w: torch.Tensor, orders: tuple[int, ...], idx: torch.Tensor, a: torch.Tensor) -> list[torch.Tensor]:
+        """phi^(o)(x) for each o in ``orders`` from one gather of an interleaved (value, slope) table."""
+        cols = []
+        for o in orders:
+            t = w @ self.basis[o].to(w.dtype).T  # (C, T)
+            cols += [t, torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)]
+        table = torch.stack(cols, dim=-1).reshape(-1, len(cols))  # (C * T, 2 k)
+        g = table.index_select(0, idx.reshape(-1)).view(*idx.shape, len(cols))
+        return [torch.addcmul(g[..., 2 * k], a, g[..., 2 * k + 1]) for k in range(len(orders))]
 
 
 class _RBF(torch.autograd.Function):
-    """phi^(order)(x) from the table; backward uses the analytic next derivative."""
+    """phi^(o)(x) for several orders o from one table lookup; backward uses the analytic next derivative."""
 
     @staticmethod
-    def forward(ctx, x, w, table, order):
+    def forward(ctx, x, w, table, orders):
         idx, a = table.locate(x)
         ctx.save_for_backward(idx, a, w)
-        ctx.table, ctx.order = table, order
-        return table.lookup(w, order, idx, a)
+        ctx.table, ctx.orders = table, orders
+        return tuple(table.lookup(w, orders, idx, a))
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, *grads):
         idx, a, w = ctx.saved_tensors
-        table, order = ctx.table, ctx.order
+        table, orders = ctx.table, ctx.orders
+        used = [(o, g) for o, g in zip(orders, grads) if g is not None]
         gx = gw = None
-        if ctx.needs_input_grad[0]:
-            if order >= 2:
+        if ctx.needs_input_grad[0] and used:
+            if max(o for o, _ in used) >= 2:
                 raise RuntimeError("third derivatives of the RBF activations are not implemented")
-            gx = g * table.lookup(w, order + 1, idx, a)
-        if ctx.needs_input_grad[1]:
-            acc = torch.zeros(w.shape[0] * table.n, dtype=g.dtype, device=g.device)
-            acc.index_add_(0, idx.reshape(-1), (g * (1 - a)).reshape(-1))
-            acc.index_add_(0, (idx + 1).reshape(-1), (g * a).reshape(-1))
-            gw = acc.view(w.shape[0], table.n) @ table.basis[order].to(g.dtype)
+            nxt = table.lookup(w, tuple(o + 1 for o, _ in used), idx, a)
+            gx = sum(g * d for (_, g), d in zip(used, nxt))
+        if ctx.needs_input_grad[1] and used:
+            flat = idx.reshape(-1)
+            gw = torch.zeros_like(w)
+            for o, g in used:
+                acc = torch.zeros(w.shape[0] * table.n, dtype=g.dtype, device=g.device)
+                acc.index_add_(0, flat, (g * (1 - a)).reshape(-1))
+                acc.index_add_(0, flat + 1, (g * a).reshape(-1))
+                gw = gw + acc.view(w.shape[0], table.n) @ table.basis[o].to(g.dtype)
         return gx, gw, None, None
 
 
@@ -150,7 +160,12 @@ def rbf(x: torch.Tensor, w: torch.Tensor, table: RBFTable, order: int = 0) -> to
 
     Autograd: d/dx uses the analytic derivative of order + 1, d/dw the basis.
     """
-    return _RBF.apply(x, w, table, order)
+    return _RBF.apply(x, w, table, (order,))[0]
+
+
+def rbf_pair(x: torch.Tensor, w: torch.Tensor, table: RBFTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """(phi(x), phi'(x)) from one table lookup; differentiable like :func:`rbf`."""
+    return _RBF.apply(x, w, table, (0, 1))
 
 
 def _fit_rbf(target, mu: torch.Tensor, sigma: float, order: int = 0) -> torch.Tensor:
@@ -241,6 +256,13 @@ class TNRD(nn.Module):
             return rbf_eval(x, w, self.mu.to(x.dtype), self.sigma, order)
         return rbf(x, w, self.table, order)
 
+    def phi_pair(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi(x), phi'(x))."""
+        if self.exact:
+            mu = self.mu.to(x.dtype)
+            return rbf_eval(x, w, mu, self.sigma, 0), rbf_eval(x, w, mu, self.sigma, 1)
+        return rbf_pair(x, w, self.table)
+
     # --- one step ---------------------------------------------------------------------------
     def gradient(self, t: int, u: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """grad E_t(u) by eq. (3), explicitly.
@@ -258,11 +280,11 @@ class TNRD(nn.Module):
         s = self.steps[t]
         p1, p2 = s.K1.shape[-1] // 2, s.K2.shape[-1] // 2
         z1 = F.conv2d(u, s.K1, padding=p1)                      # K1 u
-        y1 = self.phi(z1, s.w1, 0)                              # phi1(K1 u)
+        y1, d1 = self.phi_pair(z1, s.w1)                        # phi1(K1 u), phi1'(K1 u)
         z2 = F.conv2d(y1, s.K2, padding=p2)                     # K2 phi1(K1 u)
         g2 = self.phi(z2, s.w2, 1)                              # phi2'(.)
         back = F.conv_transpose2d(g2, s.K2, padding=p2)         # K2^T phi2'
-        back = back * self.phi(z1, s.w1, 1)                     # phi1'(K1 u) *
+        back = back * d1                                        # phi1'(K1 u) *
         grad = F.conv_transpose2d(back, s.K1, padding=p1)       # K1^T
         data = s.lam * (u[:, :3] - f)                           # lambda R^T (R u - f)
         return grad + F.pad(data, (0, 0, 0, 0, 0, u.shape[1] - 3))
