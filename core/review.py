@@ -712,7 +712,7 @@ def render_review_image(
         Outlined in their kind's colour (needs ``mpp``).
     mpp : float, optional
     deleted_xy_px : (N, 2) float array, optional
-        Deleted detections in image pixels, drawn as grey crosses.
+        Deleted detections in image pixels, drawn as crosses.
     marker_radius_px : int
         Marker radius in canvas pixels.
 
@@ -720,7 +720,7 @@ def render_review_image(
     -------
     (h, w, 3) uint8 RGB
         Detected cells: rings; cells added by hand: squares; relabelled cells: rings
-        with a centre dot; deleted: grey crosses.
+        with a centre dot; deleted: white crosses edged in black.
     """
     from PIL import Image, ImageDraw
 
@@ -742,8 +742,9 @@ def render_review_image(
     r = marker_radius_px
     if deleted_xy_px is not None and len(deleted_xy_px):
         for x, y in frame.to_canvas_px(deleted_xy_px).tolist():
-            draw.line([(x - r, y - r), (x + r, y + r)], fill=(90, 90, 90, 255), width=2)
-            draw.line([(x - r, y + r), (x + r, y - r)], fill=(90, 90, 90, 255), width=2)
+            for col, wid in (((0, 0, 0, 255), 4), ((255, 255, 255, 255), 2)):  # visible on DAB and on glass
+                draw.line([(x - r, y - r), (x + r, y + r)], fill=col, width=wid)
+                draw.line([(x - r, y + r), (x + r, y - r)], fill=col, width=wid)
     if len(cells):
         xy = frame.to_canvas_px(cells[["x_px", "y_px"]].to_numpy(dtype=np.float64))
         edited = cells["edited"].astype(str).to_numpy() if "edited" in cells.columns else np.full(len(cells), "")

@@ -39,18 +39,23 @@ def case_store(url: str) -> CaseStore:
 
 
 def flash(kind: str, text: str) -> None:
-    """A message that survives the rerun that follows a canvas event."""
+    """A message about the latest edit; it stays until the next edit (reruns would wipe a plain one)."""
     st.session_state.setdefault("review_flash", []).append((kind, text))
 
 
+def clear_flash() -> None:
+    st.session_state["review_flash"] = []
+
+
 def show_flash() -> None:
-    for kind, text in st.session_state.pop("review_flash", []):
+    for kind, text in st.session_state.get("review_flash", []):
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(text)
 
 
 def reset_review(result, key: str) -> None:
     """Fresh regions and corrections for a newly loaded analysis (restored if saved before)."""
     st.session_state["review_key"] = key
+    clear_flash()
     st.session_state["regions"] = []
     st.session_state["corrections"] = CorrectionLog()
     st.session_state["canvas_nonce"] = st.session_state.get("canvas_nonce", 0) + 1
@@ -186,6 +191,7 @@ def import_regions(mpp: float) -> None:
         st.error(f"{up.name}: {err}")
         return
     st.session_state["regions"].extend(new)
+    clear_flash()
     flash("success", f"Imported {len(new)} region(s) from {up.name}.")
     st.rerun()
 
@@ -208,9 +214,9 @@ def show_canvas(result, frame, shown, cells, colors, mode: str, stroke: str, fil
 def show_key_figures(stats: dict, params: SpatialParams) -> None:
     rows = rv.key_figures(stats)
     metric_rows = [r for r in rows if r["label"] != "Immune phenotype"]
-    for start in range(0, len(metric_rows), 4):
-        cols = st.columns(4)
-        for col, r in zip(cols, metric_rows[start : start + 4]):
+    for start in range(0, len(metric_rows), 3):
+        cols = st.columns(3)
+        for col, r in zip(cols, metric_rows[start : start + 3]):
             unit = f" ({r['unit']})" if r["unit"] and r["unit"] not in ("cells", "fraction") else ""
             col.metric(r["label"] + unit, rv.format_figure(r["value"], r["unit"]), help=r["note"] or None)
     ph = stats.get("phenotype") or {}
@@ -304,7 +310,7 @@ def main(result) -> None:
     log_: CorrectionLog = st.session_state["corrections"]
     classes = rv.correction_classes(scenario.classes)
     colors = {c["name"]: c["color"] for c in classes}
-    frame = rv.display_frame(result.image.shape, max_width_px=860, max_height_px=640)
+    frame = rv.display_frame(result.image.shape, max_width_px=1000, max_height_px=720)
     shown_key = (key, frame)
     if st.session_state.get("review_shown_key") != shown_key:
         st.session_state["review_shown"] = rv.downscale(result.image.pixels, frame)
@@ -316,44 +322,53 @@ def main(result) -> None:
     if not mpp:
         st.warning("The pixel size is unknown, so regions, densities and distances cannot be measured: analyse again with "
                    "the microns per pixel. Cells can still be corrected.")
-    st.text_input("Reviewer", key="reviewer", help="Recorded with every correction, with the time (UTC).")
-    mode = st.radio("Mode", modes, horizontal=True, key="review_mode")
-    left, right = st.columns([3, 1.3])
-    with right:
-        if mode == "Draw regions":
+    top1, top2 = st.columns([3, 1])
+    mode = top1.radio("Mode", modes, horizontal=True, key="review_mode")
+    top2.text_input("Reviewer", key="reviewer", help="Recorded with every correction, with the time (UTC).")
+    c1, c2, c3 = st.columns([1.2, 1.2, 2])
+    if mode == "Draw regions":
+        with c1:
             kind = st.radio("Region kind", REGION_KINDS, format_func=rv.KIND_LABELS.get, key="region_kind")
+        with c2:
             tool = TOOLS[st.radio("Tool", list(TOOLS), horizontal=True, key="region_tool")]
             st.caption(TOOL_HELP[tool])
-            rgb = KIND_COLORS[kind]
-            stroke, fill, drawing_mode = "#%02x%02x%02x" % rgb, f"rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, 0.25)", tool
+        with c3:
             st.markdown("**Regions**")
             region_list(mpp)
-            import_regions(mpp)
-        else:
+        rgb = KIND_COLORS[kind]
+        stroke, fill, drawing_mode = "#%02x%02x%02x" % rgb, f"rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, 0.25)", tool
+    else:
+        with c1:
             action = st.radio("Click to", ACTIONS, key="correct_action")
+        with c2:
             cls = None
             if action != ACTIONS[1]:
                 chosen = st.selectbox("Class", [c["name"] for c in classes], key="correct_class",
                                       format_func=lambda n: next(c["label"] for c in classes if c["name"] == n))
                 cls = next(c for c in classes if c["name"] == chosen)
+            radius = 0.0
             if action != ACTIONS[0]:
                 default_r = max(8.0, 8 * frame.scale_x * mpp) if mpp else max(16.0, 8 * frame.scale_x)
                 radius = st.number_input(f"Pick radius ({'µm' if mpp else 'px'})", 1.0, 200.0, float(round(default_r, 1)),
                                          1.0, key="pick_radius", help="A click picks the nearest cell within this distance.")
-            else:
-                radius = 0.0
+        with c3:
             s = log_.summary()
             if st.button("Undo last correction", disabled=not log_.can_undo, icon=":material/undo:"):
+                clear_flash()
                 undone = log_.undo(user=st.session_state["reviewer"])
                 flash("info", f"Undone: {undone.op} of cell {undone.cell_id}.")
                 st.rerun()
             st.caption(f"{s['n_corrections']} cell(s) corrected by hand: {s['n_added']} added, {s['n_deleted']} deleted, "
                        f"{s['n_relabelled']} relabelled ({s['n_edits']} edits recorded, {s['n_undone']} undone).")
-            stroke, fill, drawing_mode = "#00b7ff", "#00b7ff", "point"
-        st.caption("Markers: ○ detected · □ added by hand · ◉ relabelled · × deleted. Region outlines in their kind's colour.")
-    with left:
-        objects = show_canvas(result, frame, shown, cells, colors, drawing_mode, stroke, fill, point=mode != "Draw regions")
+        stroke, fill, drawing_mode = "#00b7ff", "#00b7ff", "point"
+    objects = show_canvas(result, frame, shown, cells, colors, drawing_mode, stroke, fill, point=mode != "Draw regions")
+    st.caption("Markers: ○ detected · □ added by hand · ◉ relabelled · × deleted. Region outlines in the colour of "
+               "their kind: tumour red, stroma green, exclude grey, margin yellow."
+               + (f" Shown at {100 / frame.scale_x:.0f} % of full resolution." if frame.scale_x > 1.001 else ""))
+    if mode == "Draw regions":
+        import_regions(mpp)
     if objects:
+        clear_flash()
         if mode == "Draw regions":
             handle_regions(objects, frame, mpp, kind)
         else:
