@@ -177,6 +177,8 @@ def region_list(mpp: float | None) -> None:
         c1.markdown(f"<span style='color:{col}'>■</span> **{r.name}** · {r.area_mm2:.4f} mm²", unsafe_allow_html=True)
         if c2.button("Remove", key=f"rm_region_{i}_{r.name}", help=f"Remove {r.name}"):
             regions.pop(i)
+            clear_flash()
+            flash("info", f"Removed {r.name}.")
             st.rerun()
 
 

@@ -356,9 +356,13 @@ def test_review_page_resets_for_another_analysis_and_saves(data_dir):
     assert at.session_state["corrections"].n_corrections == 2 and len(at.session_state["regions"]) == 1
 
 
-def test_review_page_imports_regions_and_reports_bad_files(data_dir):
+def test_review_page_draw_mode_offers_every_kind_and_tool(data_dir):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["analysis"] = small_result()
     at.run()
     assert not at.exception
-    assert any(r.label == "Region kind" for r in at.radio)
+    assert at.radio(key="region_kind").options == ["Tumour", "Stroma", "Exclude (artefact, necrosis)", "Invasive-margin border"]
+    assert at.radio(key="region_tool").options == ["Polygon", "Rectangle", "Freehand"]
+    at.radio(key="review_mode").set_value("Correct cells").run()
+    assert at.radio(key="correct_action").options == ["Add a missed cell", "Delete a cell", "Relabel a cell"]
+    assert "Tumour cell (marked by hand)" in at.selectbox(key="correct_class").options
