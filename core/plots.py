@@ -218,7 +218,12 @@ def density_heatmap(
     sel = ok & (cells["role"].astype(str).to_numpy() == role)
     h, _, _ = np.histogram2d(xy[sel, 1], xy[sel, 0], bins=[ny, nx],
                              range=[[y0, y0 + ny * grid_cell_um], [x0, x0 + nx * grid_cell_um]])
-    dens = h / (grid_cell_um**2 / 1e6)
+    # Edge squares that run past the extent are divided by their area inside it only.
+    width_um = np.minimum(x0 + (np.arange(nx) + 1) * grid_cell_um, x1) - (x0 + np.arange(nx) * grid_cell_um)
+    height_um = np.minimum(y0 + (np.arange(ny) + 1) * grid_cell_um, y1) - (y0 + np.arange(ny) * grid_cell_um)
+    area_mm2 = np.outer(np.maximum(height_um, 0), np.maximum(width_um, 0)) / 1e6
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dens = np.where(area_mm2 > 0, h / np.where(area_mm2 > 0, area_mm2, 1), np.nan)
     fig = go.Figure()
     if image is not None:
         fig.add_trace(go.Image(z=image, dx=mpp, dy=mpp, x0=mpp / 2, y0=mpp / 2, name="image"))
