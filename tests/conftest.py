@@ -1,6 +1,16 @@
-"""Shared fixtures: small synthetic images and the real CD3 data set when present."""
+"""Shared fixtures: small synthetic images, the real CD3 data set when present, and the
+running app with headless Debian Chromium for the browser tests."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,3 +41,68 @@ def rgb_image():
     """(64, 80, 3) uint8 RGB with a gradient, for I/O tests."""
     y, x = np.mgrid[0:64, 0:80]
     return np.stack([x * 3, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
+
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """URL of the app served by ``streamlit run app.py`` on a free port, with its own data folder."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (make test installs it)")
+    port = _free_port()
+    env = {**os.environ, "TILSCOPE_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, app_url: str, title: str, viewport=(1400, 1800)):
+    """Open the app at its root (the router) and go to the page called ``title`` in the sidebar.
+
+    Entering through the root, as a user does, runs ``app.py``'s navigation; a deep link
+    to a fresh server can run the page file on its own.
+    """
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(app_url, wait_until="networkidle")
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    return page

@@ -2,73 +2,18 @@
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
+from tests.conftest import open_page
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
-    port = _free_port()
-    env = {**os.environ, "TILSCOPE_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start within 60 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
     from core.samples import get_sample
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1800})
-    page.goto(f"{app_url}/analyze", wait_until="networkidle")
+    page = open_page(browser, app_url, "Analyze")
     page.get_by_text("Analyze an image").first.wait_for(timeout=60_000)
     page.locator("input[type=file]").set_input_files(str(get_sample("cd3-mosaic").path))
     page.get_by_text("cd3-ihc-mosaic.tif: 980 x 700 px").wait_for(timeout=60_000)
@@ -87,8 +32,7 @@ def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
 def test_bad_upload_shows_an_error_and_the_app_stays_usable(app_url, browser, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    page = browser.new_page()
-    page.goto(f"{app_url}/analyze", wait_until="networkidle")
+    page = open_page(browser, app_url, "Analyze", viewport=(1280, 900))
     page.locator("input[type=file]").set_input_files(str(bad))
     alert = page.locator("[data-testid=stAlert]").filter(has_text="broken.png")
     alert.wait_for(timeout=60_000)
