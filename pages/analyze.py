@@ -7,7 +7,7 @@ import logging
 
 import streamlit as st
 
-from core.analysis import analyze, load_model, spatial_statistics
+from core.analysis import analyze, spatial_statistics
 from core.errors import TILscopeError
 from core.exports import save_result
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
@@ -15,22 +15,10 @@ from core.registry import get_scenario, list_scenarios
 from core.report import EXPORT_MEDIA_TYPES
 from core.samples import list_samples
 from core.scenarios.base import pick_device
-from core.store import CaseStore, database_url
 from core.ui_helpers import card_summary, cell_figure, spatial_headline
+from pages._resources import cached_model, case_store
 
 log = logging.getLogger("tilscope.analyze")
-
-
-@st.cache_resource(show_spinner="Loading the model…")
-def cached_model(key: str, device: str):
-    """One model per scenario key and device, shared by every session."""
-    return load_model(key, device)
-
-
-@st.cache_resource(show_spinner=False)
-def case_store(url: str) -> CaseStore:
-    """One store (and connection pool) per database URL, shared by every session."""
-    return CaseStore(url)
 
 
 st.title("Analyze an image")
@@ -106,7 +94,7 @@ if image is not None:
             st.session_state["analysis_id"] = None
             st.session_state["case_label"] = case_label
             bar.progress(1.0, text="Saving to the case history…")
-            st.session_state["analysis_id"] = save_result(result, case_label.strip() or "unlabelled", case_store(database_url()))
+            st.session_state["analysis_id"] = save_result(result, case_label.strip() or "unlabelled", case_store())
         except TILscopeError as err:
             st.error(str(err))
         except Exception:  # the browser gets a message, the log gets the traceback
@@ -160,7 +148,7 @@ if result is not None:
         st.success(f"Saved as analysis {analysis_id} in the case history.", icon=":material/database:")
         files = {}
         try:
-            store = case_store(database_url())
+            store = case_store()
             files = {name: store.get_file(analysis_id, name) for name in EXPORT_MEDIA_TYPES if name in store.get_analysis(analysis_id)["files"]}
         except TILscopeError as err:
             st.error(str(err))

@@ -10,15 +10,10 @@ import streamlit as st
 from core import records as rec
 from core.errors import TILscopeError
 from core.report import format_value
-from core.store import CaseStore, StoreError, database_url
+from core.store import StoreError
+from pages._resources import case_store
 
 log = logging.getLogger("tilscope.cases")
-
-
-@st.cache_resource(show_spinner=False)
-def case_store(url: str) -> CaseStore:
-    """One store (and connection pool) per database URL, shared by every session."""
-    return CaseStore(url)
 
 
 def board_ids() -> list[int]:
@@ -29,7 +24,7 @@ st.title("Cases")
 st.caption("Every analysis run in TILscope is saved here. Research use only, not for diagnostic decisions.")
 
 try:
-    store = case_store(database_url())
+    store = case_store()
     search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
     rows = store.list_analyses(search=search or None)
 except TILscopeError as err:

@@ -19,7 +19,7 @@ from core.plots import density_heatmap, distance_figure, region_density_figure, 
 from core.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regions_geojson, regions_to_geojson
 from core.registry import get_scenario
 from core.spatial import SpatialParams, cell_spatial_table
-from core.store import CaseStore, database_url
+from pages._resources import case_store
 
 log = logging.getLogger("tilscope.review")
 
@@ -30,12 +30,6 @@ TOOL_HELP = {
     "freedraw": "Trace the outline with the mouse held down; the end is joined to the start.",
 }
 ACTIONS = ("Add a missed cell", "Delete a cell", "Relabel a cell")
-
-
-@st.cache_resource(show_spinner=False)
-def case_store(url: str) -> CaseStore:
-    """One store (and connection pool) per database URL, shared by every session."""
-    return CaseStore(url)
 
 
 def flash(kind: str, text: str) -> None:
@@ -77,7 +71,7 @@ def saved_analysis(result) -> dict | None:
     if aid is None:
         return None
     try:
-        a = case_store(database_url()).get_analysis(int(aid))
+        a = case_store().get_analysis(int(aid))
     except TILscopeError:
         return None
     same = a.get("image_sha256") == result.image.sha256 and (a.get("summary") or {}).get("created_at") == result.summary.get(
@@ -266,7 +260,7 @@ def save_review(result, stats: dict, params: SpatialParams) -> None:
     regions = st.session_state["regions"]
     log_: CorrectionLog = st.session_state["corrections"]
     mpp = result.image.mpp
-    store = case_store(database_url())
+    store = case_store()
     saved = saved_analysis(result)
     reviewed = rv.reviewed_result(result, log_, spatial=stats)
     if saved is not None:

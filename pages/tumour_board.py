@@ -11,22 +11,17 @@ import streamlit as st
 
 from core.errors import TILscopeError
 from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value
-from core.store import CaseStore, StoreError, database_url
+from core.store import StoreError
+from pages._resources import case_store
 
 log = logging.getLogger("tilscope.tumour_board")
-
-
-@st.cache_resource(show_spinner=False)
-def case_store(url: str) -> CaseStore:
-    """One store (and connection pool) per database URL, shared by every session."""
-    return CaseStore(url)
 
 
 st.title("Tumour board")
 st.caption("Compare infiltration across analyses. Research use only, not for diagnostic decisions.")
 
 try:
-    store = case_store(database_url())
+    store = case_store()
     rows = store.list_analyses()
 except TILscopeError as err:
     st.error(str(err))

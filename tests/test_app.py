@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
-PAGES = sorted(p.name for p in (REPO / "pages").glob("*.py"))
+PAGES = sorted(p.name for p in (REPO / "pages").glob("*.py") if not p.name.startswith("_"))
 
 
 @pytest.fixture(autouse=True)
