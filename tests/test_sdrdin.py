@@ -1,0 +1,301 @@
+"""S-DRDIN (scenario he-til): architecture, stop-gradient, loss, post-processing, tiling, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from core.datasets_he import HE_DATA_DIR, IGNORE_LABEL, disk_targets
+from core.models.sdrdin import SDRDIN, VARIANTS
+from core.registry import SCENARIOS, CellClass, Scenario
+from core.scenarios.he_til import HETILModel, PostprocessParams, classify_cells, detect_peaks
+from core.training.sdrdin import class_weights, pixel_weighted_cross_entropy, sdrdin_loss
+
+HAS_WEIGHTS = "he-til" in SCENARIOS
+HAS_DATA = (HE_DATA_DIR / "validation").is_dir()
+
+
+# --- architecture -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_shapes_of_every_variant(variant):
+    net = SDRDIN(n_classes=4, variant=variant, base_features=8).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 48, 64))
+    if variant == "drdin-detection":
+        assert out["class_logits"] is None
+    else:
+        assert out["class_logits"].shape == (2, 5, 48, 64) and out["class_logits"].dtype == torch.float32
+    if variant == "drdin-classification":
+        assert out["detection_logits"] is None
+    else:
+        assert out["detection_logits"].shape == (2, 1, 48, 64)
+
+
+def test_encoder_has_four_blocks_and_three_average_poolings():
+    net = SDRDIN(4, "s-drdin", 8)
+    feats = net.encode(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[1:]) for f in feats] == [(8, 64, 64), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    # 2 x 2 average pooling: a constant image stays constant through the pooling steps
+    assert len(net.encoder) == 4
+
+
+def test_bad_size_and_unknown_variant_are_refused():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        SDRDIN(4, "s-drdin", 8)(torch.randn(1, 3, 50, 64))
+    with pytest.raises(ValueError, match="s-drdin-gradient"):
+        SDRDIN(4, "s-drdin-nope", 8)
+
+
+def _encoder_grads(net, loss):
+    net.zero_grad()
+    loss.backward(retain_graph=True)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in net.encoder.parameters()]
+
+
+def _only_skip_paths(net):
+    """Zero the weights through which the detection loss reaches the encoder other than the skips.
+
+    The detection branch reads the encoder through (i) its skips, (ii) the bottleneck it
+    up-samples and (iii) the classification branch's last features. Zeroing the weights that
+    read (ii) in its first block and (iii) in its head leaves the skips as the only path.
+    """
+    f4 = net.encoder[3].norm.num_features
+    f1 = net.encoder[0].norm.num_features
+    with torch.no_grad():
+        net.detection_decoder.blocks[0].reduce.weight[:, :f4] = 0
+        net.detection_head[0].weight[:, f1:] = 0
+    return net
+
+
+def test_stop_gradient_blocks_the_detection_skips():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    det_target = (torch.rand(2, 32, 32) > 0.8).float()
+    sd = _only_skip_paths(SDRDIN(4, "s-drdin", 8).train())
+    sg = SDRDIN(4, "s-drdin-gradient", 8).train()
+    sg.load_state_dict(sd.state_dict(), strict=True)
+    det_sd = F.binary_cross_entropy_with_logits(sd(x)["detection_logits"][:, 0], det_target)
+    det_sg = F.binary_cross_entropy_with_logits(sg(x)["detection_logits"][:, 0], det_target)
+    assert torch.allclose(det_sd, det_sg)  # same weights, same function
+    # S-DRDIN: not one encoder weight gets gradient from the detection loss through the skips.
+    assert all(torch.count_nonzero(g) == 0 for g in _encoder_grads(sd, det_sd))
+    # S-DRDIN-gradient: the same skips carry gradient into the weights of encoder blocks 1-3.
+    skip_blocks = [n.startswith(("0.", "1.", "2.")) and n.endswith("weight") for n, _ in sg.encoder.named_parameters()]
+    assert all(torch.count_nonzero(g) > 0 for g, use in zip(_encoder_grads(sg, det_sg), skip_blocks) if use)
+    # The detection branch's skip inputs are detached in S-DRDIN only.
+    assert not any(s.requires_grad for s in sd.detection_skips(sd.encode(x)))
+    assert all(s.requires_grad for s in sg.detection_skips(sg.encode(x)))
+
+
+def test_classification_gradients_do_not_depend_on_the_stop():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    cls_target = torch.randint(0, 5, (2, 32, 32))
+    sd = SDRDIN(4, "s-drdin", 8).train()
+    sg = SDRDIN(4, "s-drdin-gradient", 8).train()
+    sg.load_state_dict(sd.state_dict(), strict=True)
+    c_sd = pixel_weighted_cross_entropy(sd(x)["class_logits"], cls_target)
+    c_sg = pixel_weighted_cross_entropy(sg(x)["class_logits"], cls_target)
+    for a, b in zip(_encoder_grads(sd, c_sd), _encoder_grads(sg, c_sg)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# --- training targets and loss ------------------------------------------------------------
+
+
+def test_disk_targets_have_background_and_detection_as_channel_max():
+    pts = np.array([[10.0, 10.0], [30.0, 12.0], [20.0, 30.0]])
+    labels = np.array([0, 2, -1])
+    cls, det = disk_targets((40, 40), pts, labels, radius_px=3.0)
+    assert cls[10, 10] == 0 and cls[12, 30] == 2 and cls[30, 20] == IGNORE_LABEL
+    assert cls[0, 0] == 4  # background channel = inversion of the detection mask
+    np.testing.assert_array_equal(det == 1, cls != 4)
+    yy, xx = np.mgrid[:40, :40]
+    np.testing.assert_array_equal(cls == 0, (xx - 10) ** 2 + (yy - 10) ** 2 <= 9)
+    assert int((cls == 0).sum()) == 29  # lattice points in a disk of radius 3
+
+
+def test_class_weights_follow_eq1():
+    target = torch.full((2, 10, 10), 4, dtype=torch.long)
+    target[0, :2, :5] = 0  # 10 px of class 0
+    target[1, :1, :5] = 1  # 5 px of class 1
+    target[1, 9, 9] = IGNORE_LABEL
+    w = class_weights(target, 5)
+    n = (200 - 1) / 2  # valid pixels per image, B = 2, N_c = 5
+    expected = torch.tensor([n * 5 * 2 / 10, n * 5 * 2 / 5, 0.0, 0.0, n * 5 * 2 / 184])
+    assert torch.allclose(w, expected)
+
+
+def test_weighted_cross_entropy_balances_classes_and_ignores_unlabelled():
+    target = torch.full((1, 8, 8), 4, dtype=torch.long)
+    target[0, 0, :4] = 1
+    target[0, 7, 7] = IGNORE_LABEL
+    # uniform prediction: every present class contributes log(5), whatever its pixel count
+    loss = pixel_weighted_cross_entropy(torch.zeros(1, 5, 8, 8), target)
+    assert loss.item() == pytest.approx(2 * math.log(5), rel=1e-5)
+    # = sum over present classes of the mean NLL of that class's pixels
+    logits = torch.randn(1, 5, 8, 8)
+    nll = F.cross_entropy(logits, target.clamp(min=0), reduction="none")
+    expected = nll[target == 1].mean() + nll[target == 4].mean()
+    assert pixel_weighted_cross_entropy(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the combined loss adds the detection BCE
+    out = {"class_logits": logits, "detection_logits": torch.zeros(1, 1, 8, 8)}
+    terms = sdrdin_loss(out, target, (target != 4).float())
+    assert terms["detection"].item() == pytest.approx(math.log(2), rel=1e-5)
+    assert terms["total"].item() == pytest.approx(expected.item() + math.log(2), rel=1e-5)
+
+
+# --- post-processing ----------------------------------------------------------------------
+
+
+def _blob_map(shape, centres, sigma):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape)
+    for x, y in centres:
+        out = np.maximum(out, np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)))
+    return out
+
+
+def test_postprocess_finds_known_peaks_and_drops_specks():
+    mpp = 0.55
+    centres = [(20.0, 20.0), (60.0, 25.0), (40.0, 60.0), (52.0, 60.0)]  # the last two touch
+    prob = _blob_map((90, 90), centres, sigma=3.5)
+    prob[80, 80] = prob[80, 81] = 0.9  # a 2 px speck, well below 9.68 µm² (32 px)
+    params = PostprocessParams(threshold=0.5)
+    px = params.in_pixels(mpp)
+    assert px == {"min_area_px": pytest.approx(50 * 0.44**2 / 0.55**2), "peak_window_px": 13,
+                  "peak_dilation_px": pytest.approx(1.6), "class_window_px": 39}
+    xy = detect_peaks(prob, params, mpp)
+    assert len(xy) == 4
+    d = np.linalg.norm(xy[:, None] - np.array(centres)[None], axis=2)
+    assert np.all(d.min(axis=1) <= 1.0) and len(set(d.argmin(axis=1))) == 4
+    assert len(detect_peaks(np.zeros((30, 30)), params, mpp)) == 0
+
+
+def test_class_of_a_cell_is_the_argmax_of_the_square_average():
+    k = np.zeros((4, 60, 60))
+    k[1, :, :30] = 0.6  # inflammatory on the left
+    k[0, :, :30] = 0.4
+    k[0, :, 30:] = 0.9  # epithelial on the right
+    k[3, 10, 10] = 50.0  # one hot pixel of "other" outweighs inside the square
+    xy = np.array([[10.0, 10.0], [50.0, 40.0], [20.0, 40.0]])
+    label, share = classify_cells(k, xy, window_px=5)
+    assert label.tolist() == [3, 0, 1]
+    assert share[1] == pytest.approx(1.0) and share[2] == pytest.approx(0.6)
+
+
+# --- tiling -------------------------------------------------------------------------------
+
+
+class StubNet(torch.nn.Module):
+    """Analytic S-DRDIN stand-in: darkness, smoothed, as detection; colour decides the class."""
+
+    def forward(self, x):
+        dark = -x.mean(dim=1, keepdim=True)
+        det = 12 * (F.avg_pool2d(dark, 5, 1, 2, count_include_pad=False) + 0.65)
+        red = F.avg_pool2d(x[:, :1] - x[:, 2:3], 9, 1, 4, count_include_pad=False)
+        cls = torch.cat([red, -red, torch.zeros_like(red), torch.zeros_like(red) - 1, -2 * det], dim=1)
+        return {"class_logits": cls, "detection_logits": det}
+
+
+def _scenario():
+    classes = (CellClass("epithelial", "tumour", "#d62728", "e"), CellClass("inflammatory", "immune", "#1f77b4", "i"),
+               CellClass("fibroblast", "stroma", "#2ca02c", "f"), CellClass("other", "other", "#7f7f7f", "o"))
+    return Scenario(key="he-til", title="", stain="H&E", modality="brightfield", input_mpp=0.55, classes=classes,
+                    weights="", sha256="", model_card="", runner="", patch_size_px=1216, overlap_px=192,
+                    trained_on_synthetic=False, description="")
+
+
+class StubModel(HETILModel):
+    def build(self, metadata):
+        self.mean = torch.zeros(1, 3, 1, 1)
+        self.std = torch.ones(1, 3, 1, 1)
+        self.params = PostprocessParams(threshold=0.5)
+        return StubNet()
+
+
+def _nuclei_field(h, w, n, seed):
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 230, np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(n):
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        colour = (200, 40, 120) if rng.random() < 0.5 else (40, 40, 200)
+        img[(xx - x) ** 2 + (yy - y) ** 2 <= rng.uniform(16, 36)] = colour
+    return img
+
+
+def _assert_same_cells(a, b):
+    assert len(a[0]) == len(b[0]) > 0
+    oa, ob = np.lexsort(a[0].T[::-1]), np.lexsort(b[0].T[::-1])
+    np.testing.assert_allclose(a[0][oa], b[0][ob], atol=1e-4)
+    np.testing.assert_array_equal(a[1][oa], b[1][ob])
+
+
+def test_tiled_equals_untiled_with_an_analytic_model():
+    img = _nuclei_field(300, 420, 160, seed=1)
+    model = StubModel(_scenario(), torch.device("cpu"), {}, {})
+    model.tile_px, model.margin_px = 4096, 96
+    whole = model.detect(img)
+    model.tile_px = 96  # 4 x 5 blocks, cells on every seam
+    tiled = model.detect(img)
+    _assert_same_cells(whole, tiled)
+    np.testing.assert_allclose(whole[4], tiled[4], atol=1e-6)
+    assert len(np.unique(np.round(tiled[0]), axis=0)) == len(tiled[0])  # no cell twice
+
+
+@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
+def test_tiled_equals_untiled_with_the_shipped_network():
+    from core.analysis import load_model
+    from core.datasets_he import read_he_split
+
+    model = load_model("he-til", "cpu")
+    img = read_he_split("validation")[0].pixels[:400, :456]
+    model.tile_px = 4096
+    whole = model.detect(img)
+    model.tile_px = 192  # larger than one tile: 3 x 3 blocks
+    tiled = model.detect(img)
+    _assert_same_cells(whole, tiled)
+
+
+# --- product ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
+def test_cli_analyze_writes_the_cd3_files_with_he_classes(tmp_path):
+    import pandas as pd
+
+    from core.cli import main
+
+    png = HE_DATA_DIR / "validation" / "img4" / "img4.png"
+    out = tmp_path / "out"
+    assert main(["analyze", str(png), "--scenario", "he-til", "--mpp", "0.55", "--out", str(out), "--device", "cpu"]) == 0
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) > 50
+    assert set(cells.cell_class) <= {"epithelial", "inflammatory", "fibroblast", "other"}
+    assert set(cells.role) <= {"tumour", "immune", "stroma", "other"}
+    roles = dict(zip(cells.cell_class, cells.role))
+    assert all({"epithelial": "tumour", "inflammatory": "immune", "fibroblast": "stroma", "other": "other"}[c] == r
+               for c, r in roles.items())
+    assert cells.probability.between(0, 1).all() and not cells[["x_px", "y_px"]].isna().any().any()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == "he-til" and summary["n_cells"] == len(cells)
+    assert (out / "overlay.png").is_file()
+
+
+def test_evaluation_scores_known_matches():
+    from core.datasets_he import HEImage
+    from core.he_eval import score_detections
+
+    im = HEImage("x", np.zeros((10, 10, 3), np.uint8), np.array([[0.0, 0], [10, 0], [20, 0], [30, 0]]), np.array([0, 1, -1, 1]))
+    pred = np.array([[1.0, 0], [10, 2], [20, 9], [50, 50]])  # 2 matched within 6 px, 2 false positives
+    s = score_detections([(pred, np.array([0, 0, 1, 1]))], [im], 6.0)
+    assert (s["detection"]["tp"], s["detection"]["fp"], s["detection"]["fn"]) == (2, 2, 2)
+    c = s["classification"]
+    assert c["n"] == 2 and c["per_class"]["epithelial"]["precision"] == 0.5
+    assert c["weighted_f1"] == pytest.approx(0.5 * (2 / 3) + 0.5 * 0.0)
