@@ -37,6 +37,9 @@ class CD3IHCModel(ScenarioModel):
         self.std = torch.tensor(json.loads(metadata["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
         self.threshold = float(metadata.get("threshold", 0.5))
         self.patch_threshold = float(metadata.get("patch_threshold", self.threshold))
+        # NMS settings tuned with the weights win over the registry's defaults
+        self.nms_box_um = float(metadata.get("nms_box_um", self.scenario.params["nms_box_um"]))
+        self.nms_iou = float(metadata.get("nms_iou", self.scenario.params["nms_iou"]))
         return net
 
     def _normalise(self, x_uint8: np.ndarray) -> torch.Tensor:
@@ -150,9 +153,8 @@ class CD3IHCModel(ScenarioModel):
                 f"{self.scenario.input_mpp} µm/px; positions are in pixels and densities are not reported"
             )
         prob = self.probability_map(work, progress)
-        params = self.scenario.params
-        box_px = params["nms_box_um"] / self.scenario.input_mpp
-        xy, p = self.detect(prob, self.threshold, box_px, params["nms_iou"])
+        box_px = self.nms_box_um / self.scenario.input_mpp
+        xy, p = self.detect(prob, self.threshold, box_px, self.nms_iou)
         xy_orig = xy / np.array([sx, sy])
         h, w = image.pixels.shape[:2]
         xy_orig = np.clip(xy_orig, 0, [w - 1, h - 1])  # refinement can step half a pixel outside

@@ -123,6 +123,18 @@ def train(args: argparse.Namespace) -> dict:
     y_train = torch.from_numpy(labels["train"]).long()
 
     model = CD3CNN(args.layout)
+    if args.init:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(args.init, framework="pt") as fh:
+            init_meta = dict(fh.metadata())
+        model.load_state_dict({k: v.float() for k, v in load_file(args.init).items()}, strict=True)
+        mean = np.asarray(json.loads(init_meta["normalization_mean"]), dtype=np.float32)
+        std = np.asarray(json.loads(init_meta["normalization_std"]), dtype=np.float32)
+    # Hard negatives: DAB-stained non-lymphocytes are drawn more often than their share.
+    sample_weight = torch.ones(len(x_train))
+    sample_weight[torch.from_numpy((parts["train"].folder == "negative").to_numpy())] = args.negative_weight
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
@@ -133,7 +145,8 @@ def train(args: argparse.Namespace) -> dict:
     t0 = time.time()
     for epoch in range(args.epochs):
         model.train()
-        order = torch.randperm(len(x_train), generator=gen)
+        order = torch.multinomial(sample_weight, len(x_train), replacement=True, generator=gen) \
+            if args.negative_weight != 1 else torch.randperm(len(x_train), generator=gen)
         total = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * args.batch : (b + 1) * args.batch]
@@ -171,7 +184,7 @@ def train(args: argparse.Namespace) -> dict:
         "weight_decay": args.weight_decay, "seed": args.seed, "threads": args.threads,
         "train_time_s": round(time.time() - t0, 1),
         "threshold": best["threshold"], "tune_f1": best["f1"], "detection_tuning": detection,
-        "context_fraction": args.context_fraction,
+        "context_fraction": args.context_fraction, "init": args.init, "negative_weight": args.negative_weight,
         "validation": val, "validation_at_0.5": val_05,
         "split_counts": {k: {"n": int(len(v)), "positive": int(v.label.sum())} for k, v in parts.items()},
         "normalization_mean": mean.tolist(), "normalization_std": std.tolist(),
@@ -179,15 +192,21 @@ def train(args: argparse.Namespace) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out, mean, std, best["threshold"], args.layout, args.half,
-                 detection["threshold"] if detection else best["threshold"])
+    save_weights(model, out, mean, std, best["threshold"], args.layout, args.half, detection)
     out.with_suffix(".train.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def tune_detection_threshold(model: nn.Module, mean, std, tune_table, seeds=(11, 12, 13)) -> dict:
-    """Choose the detection threshold for F1 on mosaics of ``tune`` patches (never validation)."""
-    from core.io import ImageData
+#: NMS settings searched on tune mosaics: boxes of 6-8 µm (about one lymphocyte nucleus) and
+#: small overlaps; larger boxes win on mosaics (one labelled cell per 14 µm tile) but would
+#: merge touching lymphocytes in real infiltrates, so they are not offered.
+NMS_BOXES_UM = (6.0, 7.0, 8.0)
+NMS_IOUS = (0.1, 0.15)
+TUNE_SEEDS = (11, 12, 13, 14, 15)
+
+
+def tune_detection_threshold(model: nn.Module, mean, std, tune_table, seeds=TUNE_SEEDS) -> dict:
+    """Choose detection threshold and NMS box/IoU for F1 on mosaics of ``tune`` patches (never validation)."""
     from core.metrics import detection_metrics
     from core.mosaic import build_mosaic
     from core.registry import get_scenario
@@ -197,27 +216,51 @@ def tune_detection_threshold(model: nn.Module, mean, std, tune_table, seeds=(11,
     meta = {"layout": "compact", "normalization_mean": json.dumps([float(v) for v in mean]),
             "normalization_std": json.dumps([float(v) for v in std])}
     runner = CD3IHCModel(scenario, torch.device("cpu"), model.state_dict(), meta)
-    box_px = scenario.params["nms_box_um"] / scenario.input_mpp
     radius_px = 4.0 / scenario.input_mpp
     maps = []
     for seed in seeds:
         m = build_mosaic(tune_table, 10, 10, seed=seed)
         maps.append((runner.probability_map(m.pixels), m.positive_xy))
     scores = []
-    for thr in np.arange(0.30, 0.991, 0.02):
-        tp = fp = fn = 0
-        for prob, truth in maps:
-            xy, _ = runner.detect(prob, float(thr), box_px, scenario.params["nms_iou"])
-            d = detection_metrics(xy, truth, radius_px)
-            tp, fp, fn = tp + d["tp"], fp + d["fp"], fn + d["fn"]
-        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        scores.append((f1, float(round(thr, 2)), tp, fp, fn))
-    f1, thr, tp, fp, fn = max(scores)
-    return {"threshold": thr, "tune_mosaic_f1": f1, "tp": tp, "fp": fp, "fn": fn, "seeds": list(seeds)}
+    for box_um in NMS_BOXES_UM:
+        for iou in NMS_IOUS:
+            for thr in np.arange(0.30, 0.951, 0.05):
+                tp = fp = fn = 0
+                for prob, truth in maps:
+                    xy, _ = runner.detect(prob, float(thr), box_um / scenario.input_mpp, iou)
+                    d = detection_metrics(xy, truth, radius_px)
+                    tp, fp, fn = tp + d["tp"], fp + d["fp"], fn + d["fn"]
+                f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+                scores.append((round(f1, 6), float(round(thr, 2)), box_um, iou, tp, fp, fn))
+    f1, thr, box_um, iou, tp, fp, fn = max(scores)
+    return {"threshold": thr, "nms_box_um": box_um, "nms_iou": iou, "tune_mosaic_f1": f1, "tp": tp, "fp": fp,
+            "fn": fn, "seeds": list(seeds), "mosaic_grid": [10, 10],
+            "searched": {"nms_box_um": list(NMS_BOXES_UM), "nms_iou": list(NMS_IOUS), "threshold": "0.30-0.95 step 0.05"}}
+
+
+def retune(weights: Path) -> dict:
+    """Re-run :func:`tune_detection_threshold` on trained weights and rewrite their metadata and train record."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    model = CD3CNN(meta["layout"])
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    mean, std = json.loads(meta["normalization_mean"]), json.loads(meta["normalization_std"])
+    detection = tune_detection_threshold(model, mean, std, cd3_patch_table().query("split == 'tune'"))
+    save_weights(model, weights, mean, std, float(meta["patch_threshold"]), meta["layout"], meta["dtype"] == "float16", detection)
+    record_path = weights.with_suffix(".train.json")
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        record["detection_tuning"] = detection
+        record_path.write_text(json.dumps(record, indent=2))
+    return detection
 
 
 def save_weights(model: nn.Module, path: Path, mean, std, threshold: float, layout: str, half: bool,
-                 detection_threshold: float | None = None) -> None:
+                 detection: dict | None = None) -> None:
     """Write the state dict as safetensors, with the preprocessing contract in its metadata."""
     from safetensors.torch import save_file
 
@@ -227,9 +270,11 @@ def save_weights(model: nn.Module, path: Path, mean, std, threshold: float, layo
         "normalization_mean": json.dumps([float(v) for v in mean]),
         "normalization_std": json.dumps([float(v) for v in std]),
         "patch_threshold": str(threshold),
-        "threshold": str(threshold if detection_threshold is None else detection_threshold),
+        "threshold": str(threshold if detection is None else detection["threshold"]),
         "dtype": "float16" if half else "float32",
     }
+    if detection is not None:
+        meta["nms_box_um"], meta["nms_iou"] = str(detection["nms_box_um"]), str(detection["nms_iou"])
     save_file(state, str(path), metadata=meta)
 
 
@@ -242,12 +287,20 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="start from these weights (fine-tuning); keeps their normalisation")
+    p.add_argument("--negative-weight", type=float, default=1.0,
+                   help="sampling weight of DAB-stained non-lymphocyte ('negative') patches relative to the others")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--half", action="store_true", help="store float16 weights")
     p.add_argument("--context-fraction", type=float, default=0.5,
                    help="context windows per centred patch in each batch (0 = the paper's centred patches only)")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--retune", action="store_true",
+                   help="only re-tune the detection threshold and NMS of the trained weights at --out")
     args = p.parse_args(argv)
+    if args.retune:
+        print(json.dumps(retune(Path(args.out)), indent=2))
+        return 0
     result = train(args)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
