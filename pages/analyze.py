@@ -125,10 +125,11 @@ if result is not None:
     visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
     st.plotly_chart(
         cell_figure(result.image.pixels, result.cells, sc.class_colors, labels, visible),
-        use_container_width=True, config={"scrollZoom": True},
+        width="stretch", config={"scrollZoom": True},
     )
     counts = [
-        {"class": labels.get(k, k), "count": v, "cells/mm²": (s["density_per_mm2"] or {}).get(k)}
+        {"class": labels.get(k, k), "count": v,
+         "cells/mm²": None if not s["density_per_mm2"] else round(s["density_per_mm2"][k], 1)}
         for k, v in s["counts"].items()
     ]
     st.dataframe(counts, hide_index=True)
@@ -149,7 +150,8 @@ if result is not None:
         files = {}
         try:
             store = case_store()
-            files = {name: store.get_file(analysis_id, name) for name in EXPORT_MEDIA_TYPES if name in store.get_analysis(analysis_id)["files"]}
+            stored = {f["name"] for f in store.get_analysis(analysis_id)["files"]}
+            files = {name: store.get_file(analysis_id, name) for name in EXPORT_MEDIA_TYPES if name in stored}
         except TILscopeError as err:
             st.error(str(err))
     stem = s["image"]["name"].rsplit(".", 1)[0]

@@ -39,3 +39,6 @@ def test_analyze_runs_bundled_sample():
     assert int(metrics["Cells"]) > 20
     assert float(metrics["Density (cells/mm²)"].replace(",", "")) > 1000
     assert at.session_state["analysis"].scenario_key == "cd3-ihc"
+    assert at.session_state["analysis_id"] is not None
+    downloads = {b.label for b in at.get("download_button")}
+    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png", "cells.geojson"} <= downloads, downloads
