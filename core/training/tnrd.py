@@ -104,7 +104,7 @@ def tune_postprocessing(net: TNRD, key: str, n: int, size: int) -> dict:
         preds.append((sec, den, mask))
     scores = []
     for thr in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
-        for min_area in (4, 8, 12, 20, 30, 45):
+        for min_area in (4, 8, 12, 20, 30, 45, 70, 100):
             tp = fp = fn = 0
             for sec, _, mask in preds:
                 xy, _, _, _ = mask_to_cells(mask, thr, min_area, MIN_DISTANCE_PX[key])
@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         if it % args.log_every == 0 or it == total:
-            rec = {"iteration": it, "of": total, "loss": float(loss), "lr": lr,
+            rec = {"iteration": it, "of": total, "loss": float(loss.detach()), "lr": lr,
                    "rgb_psnr_db": psnr(rgb_t.detach(), clean), "input_rgb_psnr_db": psnr(noisy, clean),
                    "mask_psnr_db": psnr(m_t.detach(), mask), "elapsed_s": round(time.time() - t_train, 1)}
             history.append(rec)
