@@ -68,14 +68,16 @@ def test_analyze_without_mpp_reports_pixels_only(tmp_path, capsys):
 
 def test_classify_patches_prints_csv(cd3_table, capsys):
     val = cd3_table[cd3_table.split == "validation"]
-    paths = list(val[val.label == 1].path[:5]) + list(val[val.label == 0].path[:5])
+    paths = list(val[val.label == 1].path.sample(20, random_state=0)) + list(val[val.label == 0].path.sample(20, random_state=0))
     assert main(["classify-patches", "--scenario", "cd3-ihc", "--device", "cpu", *paths]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,probability,label" and len(lines) == 11
+    assert lines[0] == "path,probability,label" and len(lines) == 41
     rows = [line.rsplit(",", 2) for line in lines[1:]]
+    assert [r[0] for r in rows] == paths
     assert all(label in ("positive", "negative") and 0 <= float(p) <= 1 for _, p, label in rows)
-    assert sum(label == "positive" for _, _, label in rows[:5]) >= 4
-    assert sum(label == "negative" for _, _, label in rows[5:]) >= 4
+    # validation recall 0.99 and specificity 0.89 in the model card
+    assert sum(label == "positive" for _, _, label in rows[:20]) >= 18
+    assert sum(label == "negative" for _, _, label in rows[20:]) >= 15
 
 
 def test_classify_patches_refuses_wrong_size(tmp_path, capsys):
