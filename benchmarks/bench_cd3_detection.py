@@ -56,14 +56,17 @@ def naive_seconds_per_window(model, side: int = 256, batch: int = 256) -> float:
     return seconds / len(windows)
 
 
-def detect_candidates(model, pixels: np.ndarray, min_distance_px: int = 12) -> np.ndarray:
-    """Candidate-first detection: DAB maxima (rgb2hed), then the patch classifier at each."""
+def detect_candidates(model, pixels: np.ndarray, sigma_px: float = 8.0, min_distance_px: int = 14) -> np.ndarray:
+    """Candidate-first detection: maxima of smoothed hematoxylin + DAB optical density
+    (``rgb2hed``; sigma and spacing chosen on tune mosaics), then one patch classification
+    centred on each candidate."""
     from scipy.ndimage import gaussian_filter
     from skimage.color import rgb2hed
     from skimage.feature import peak_local_max
 
-    dab = gaussian_filter(rgb2hed(pixels)[..., 2], 3.0)
-    peaks = peak_local_max(dab, min_distance=min_distance_px, threshold_abs=float(np.percentile(dab, 75)))
+    hed = rgb2hed(pixels)
+    signal = gaussian_filter(hed[..., 0] + hed[..., 2], sigma_px)
+    peaks = peak_local_max(signal, min_distance=min_distance_px, threshold_abs=float(np.percentile(signal, 60)))
     padded = np.pad(pixels, ((35, 35), (35, 35), (0, 0)), mode="reflect")
     patches = np.stack([padded[y : y + 70, x : x + 70] for y, x in peaks]) if len(peaks) else np.zeros((0, 70, 70, 3), np.uint8)
     prob = model.classify_patches(patches) if len(patches) else np.zeros(0)
