@@ -48,10 +48,21 @@ def to_page(box, x_px: float, y_px: float, w_px: int, h_px: int) -> tuple[float,
     return box["x"] + x_px / w_px * box["width"], box["y"] + y_px / h_px * box["height"]
 
 
-def reviewed_cells(page) -> pd.DataFrame:
-    with page.expect_download() as dl:
-        page.get_by_role("button", name="Reviewed cells (CSV)").click()
-    return pd.read_csv(io.BytesIO(Path(dl.value.path()).read_bytes()))
+def reviewed_cells(page, tries: int = 3) -> pd.DataFrame:
+    """Download the reviewed cell table; a rerun landing during the click can cancel a
+    download (Streamlit replaces the media file), so wait for the page to settle and retry."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for attempt in range(tries):
+        time.sleep(1.5)
+        try:
+            with page.expect_download() as dl:
+                page.get_by_role("button", name="Reviewed cells (CSV)").click()
+            return pd.read_csv(io.BytesIO(Path(dl.value.path()).read_bytes()))
+        except PlaywrightError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def shot(page, tmp_path, name: str) -> None:
