@@ -121,6 +121,18 @@ if result is not None:
         cols[2].metric("Analysed area (mm²)", "n/a", help="Needs the microns per pixel.")
     cols[3].metric(f"Run time (s, {s['device'].upper()})", f"{s['runtime_s']:.1f}")
 
+    if sc.trained_on_synthetic:
+        st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon="🧪")
+    if result.denoised is not None:
+        left, right = st.columns(2)
+        left.image(result.image.pixels, caption="Input", width="stretch")
+        right.image(result.denoised, caption="Denoised by the model", width="stretch")
+    if "mask" in result.masks:
+        from core.scenarios.tnrd import mask_overlay
+
+        shown = result.denoised if result.denoised is not None else result.image.pixels
+        st.image(mask_overlay(shown, result.masks["mask"], sc.classes[0].color),
+                 caption="Classification mask over the image (full colour = classified, half = borderline)", width="stretch")
     labels = {c.name: c.label for c in sc.classes}
     visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
     st.plotly_chart(
