@@ -25,6 +25,10 @@ def evaluate(key: str, args: argparse.Namespace) -> dict:
     get_scenario(key)
     if key == "cd3-ihc":
         return evaluate_cd3(args.split, args.data, args.mosaic, args.device)
+    if key == "he-til":
+        from core.he_eval import evaluate_he
+
+        return evaluate_he(args.split, args.data, getattr(args, "device", None))
     if key.startswith("tnrd-"):
         from core.tnrd_eval import evaluate_synthetic
 

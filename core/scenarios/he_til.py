@@ -165,6 +165,8 @@ class HETILModel(ScenarioModel):
         self.mean = torch.tensor(json.loads(metadata["normalization_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(json.loads(metadata["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
         self.params = PostprocessParams(threshold=float(metadata.get("threshold", 0.5)))
+        self.tile_px = int(self.scenario.params.get("tile_px", self.tile_px))
+        self.margin_px = int(self.scenario.params.get("margin_px", self.margin_px))
         return net
 
     def predict_maps(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
