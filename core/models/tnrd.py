@@ -168,6 +168,33 @@ def rbf_pair(x: torch.Tensor, w: torch.Tensor, table: RBFTable) -> tuple[torch.T
     return _RBF.apply(x, w, table, (0, 1))
 
 
+class _Clip01(torch.autograd.Function):
+    """clip to [0, 1]; backward lets through gradients that lead back into [0, 1].
+
+    The exact derivative of the truncation is 0 outside [0, 1]: once a training step
+    drives the mask channel below 0 everywhere (the trivial "no immune cell" answer),
+    no gradient reaches the parameters again and the mask stays dead. Here, where
+    x < 0 the gradient passes when a descent step would raise x (g < 0), where x > 1
+    when it would lower x (g > 0); inside [0, 1] it is the exact derivative.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        keep = ((x >= 0) & (x <= 1)) | ((x < 0) & (g < 0)) | ((x > 1) & (g > 0))
+        return g * keep
+
+
+def clip01(x: torch.Tensor) -> torch.Tensor:
+    """The projection onto [0, 1] of eq. (1), with the recovering gradient of :class:`_Clip01`."""
+    return _Clip01.apply(x)
+
+
 def _fit_rbf(target, mu: torch.Tensor, sigma: float, order: int = 0) -> torch.Tensor:
     """(J,) least-squares RBF weights whose ``order``-th derivative matches ``target`` on [-1.2, 1.2]."""
     xs = torch.linspace(float(mu[0]), float(mu[-1]), 241, dtype=torch.float64)
@@ -333,7 +360,7 @@ class TNRD(nn.Module):
         u = torch.cat([f, F.pad(mask0, (pad,) * 4, mode=mode) if pad else mask0], dim=1)
         states = [u]
         for t in range(len(self.steps)):
-            u = torch.clamp(u - self.gradient(t, u, f), 0.0, 1.0)
+            u = clip01(u - self.gradient(t, u, f))
             if return_all:
                 states.append(u)
         if pad:
