@@ -130,6 +130,26 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             params={"nms_box_um": 8.0, "nms_iou": 0.1},  # defaults; the weights carry their tuned values
         ),
+        Scenario(
+            key="tnrd-if-melanoma",
+            title="Immune cells touching melanoma cells (IF, TNRD)",
+            stain="Immunofluorescence: CD45 red, gp100 green, DAPI blue",
+            modality="fluorescence",
+            input_mpp=0.5,
+            classes=(CellClass("classified-immune", "immune", "#ffd400", "Immune cell touching melanoma"),),
+            weights="tnrd-if-melanoma-v1.safetensors",
+            sha256="81811c4fe0226ffa7b97e89b45b986634642d6c89c07cfd10279148bec1ce2e4",
+            model_card="tnrd-if-melanoma-v1.json",
+            runner="core.scenarios.tnrd:TNRDModel",
+            patch_size_px=256,
+            overlap_px=48,
+            trained_on_synthetic=True,
+            description=(
+                "TNRD variational network (melanoma paper §2.1): projected gradient steps on RGB + mask denoise the "
+                "image and mark CD45+ cells in contact with gp100+ melanoma cells; cells are read off the mask."
+            ),
+            params={"recipe": "if-melanoma", "min_area_px": 20, "min_distance_px": 6},
+        ),
     ]
 }
 
