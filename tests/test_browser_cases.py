@@ -1,0 +1,73 @@
+"""Case history in headless Debian Chromium: analyse two images, reload, find them under
+Cases, and compare them on the Tumour board."""
+
+import os
+import re
+import shutil
+import time
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.conftest import open_page
+
+pytestmark = pytest.mark.browser
+
+
+def _run_sample(page, sample_title: str, case_label: str, previous: int | None = None) -> int:
+    page.get_by_text("Bundled sample").click()
+    sample_box = page.get_by_test_id("stSelectbox").filter(has_text="Sample")
+    sample_box.click()
+    page.get_by_role("option", name=sample_title).click()
+    page.get_by_role("textbox", name="Case label").fill(case_label)
+    page.get_by_role("textbox", name="Case label").press("Enter")
+    page.get_by_role("button", name="Run").click()
+    not_previous = "" if previous is None else rf"(?!{previous}\b)"
+    saved = page.get_by_text(re.compile(rf"Saved as analysis {not_previous}\d+"))
+    saved.wait_for(timeout=240_000)
+    return int(re.search(r"analysis (\d+)", saved.inner_text()).group(1))
+
+
+def test_analyse_reload_find_under_cases_and_compare(app_url, browser, tmp_path):
+    page = open_page(browser, app_url, "Analyze", viewport=(1400, 2400))
+    try:
+        _flow(page, tmp_path)
+    finally:
+        target = os.environ.get("TILSCOPE_SCREENSHOT_DIR")
+        if target:
+            page.screenshot(path=os.path.join(target, "board-last.png"), full_page=True)
+
+
+def _flow(page, tmp_path):
+    first = _run_sample(page, "CD3 IHC, gastric cancer: mosaic of held-out patches", "board-case-A")
+    second = _run_sample(page, "Colon IHC with membranous DAB (scikit-image sample)", "board-case-B", previous=first)
+    assert second != first
+
+    page.reload(wait_until="networkidle")  # a closed or reloaded tab loses nothing
+    page.get_by_test_id("stSidebarNav").get_by_text("Cases", exact=True).click()
+    page.get_by_text("Open analysis").first.wait_for(timeout=60_000)
+    for analysis_id, case in ((first, "board-case-A"), (second, "board-case-B")):
+        box = page.get_by_test_id("stSelectbox").filter(has_text="Open analysis")
+        box.click()
+        page.get_by_role("option", name=re.compile(rf"#{analysis_id} · {case}")).click()
+        page.get_by_role("heading", name=re.compile(rf"#{analysis_id} · {case}")).wait_for(timeout=60_000)
+        added = page.get_by_text(f"Analysis #{analysis_id} is on the tumour board")
+        for attempt in range(3):  # a click landing while the selection's rerun runs can be dropped
+            time.sleep(2)
+            page.get_by_role("button", name="Add to tumour board").click()
+            try:
+                added.wait_for(timeout=30_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 2:
+                    raise
+
+    page.get_by_test_id("stSidebarNav").get_by_text("Tumour board", exact=True).click()
+    page.get_by_role("heading", name="Side by side").wait_for(timeout=60_000)
+    picks = page.get_by_test_id("stMultiSelect").filter(has_text="Analyses to compare")
+    assert f"#{first} · board-case-A" in picks.inner_text()
+    assert f"#{second} · board-case-B" in picks.inner_text()
+    page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
+    target = os.environ.get("TILSCOPE_SCREENSHOT_DIR")
+    if target:
+        shutil.copy(tmp_path / "board.png", os.path.join(target, "board.png"))
