@@ -6,21 +6,16 @@ import logging
 
 import streamlit as st
 
-from core.analysis import analyze, load_model
+from core.analysis import analyze
 from core.errors import TILscopeError
 from core.generator import generate
 from core.io import ImageData
-from core.registry import get_scenario
+from core.registry import SCENARIOS, get_scenario
 from core.scenarios.tnrd import mask_overlay
 from core.tnrd_eval import SCENARIO_RECIPE, recipe_for, score_section
+from pages._resources import cached_model
 
 log = logging.getLogger("tilscope.teaching")
-
-
-@st.cache_resource(show_spinner="Loading the model…")
-def cached_model(key: str, device: str):
-    """One model per scenario key and device, shared by every session."""
-    return load_model(key, device)
 
 
 st.title("Teaching: synthetic sections")
@@ -30,7 +25,11 @@ st.caption(
     "ground truth. Research and teaching use, not a diagnostic device."
 )
 
-key = st.selectbox("Scenario", list(SCENARIO_RECIPE), format_func=lambda k: f"{get_scenario(k).title}  ({k})")
+installed = [k for k in SCENARIO_RECIPE if k in SCENARIOS]
+if not installed:
+    st.info("No generator-trained model is installed in this TILscope; the teaching page needs one.")
+    st.stop()
+key = st.selectbox("Scenario", installed, format_func=lambda k: f"{get_scenario(k).title}  ({k})")
 recipe = recipe_for(key)
 types = {c.name: c for c in recipe.cell_types}
 col1, col2, col3 = st.columns(3)
