@@ -150,6 +150,32 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             params={"recipe": "if-melanoma", "min_area_px": 20, "min_distance_px": 6},
         ),
+        Scenario(
+            key="he-til",
+            title="Tumour, immune and stromal cells in H&E",
+            stain="H&E",
+            modality="brightfield",
+            input_mpp=0.55,
+            classes=(
+                CellClass("epithelial", "tumour", "#d62728", "Epithelial (tumour) nucleus"),
+                CellClass("inflammatory", "immune", "#1f77b4", "Inflammatory (immune) nucleus"),
+                CellClass("fibroblast", "stroma", "#2ca02c", "Fibroblast (stromal) nucleus"),
+                CellClass("other", "other", "#ff9f1c", "Other nucleus"),
+            ),
+            weights="he-til-sdrdin-v1.safetensors",
+            sha256="6fea3bdc7f2e8dc7d5494f9d1de436278cdc10be64a6a408edfad1306d46c054",
+            model_card="he-til-sdrdin-v1.json",
+            runner="core.scenarios.he_til:HETILModel",
+            patch_size_px=1216,
+            overlap_px=192,
+            trained_on_synthetic=False,
+            description=(
+                "S-DRDIN (§2.3): one network detects nuclei and classifies them as epithelial, inflammatory, "
+                "fibroblast or other; cells from the detection map by threshold, distance transform and local "
+                "maxima, class by eq. 3 (§2.5). Trained on real colorectal H&E (CRCHistoPhenotypes)."
+            ),
+            params={"tile_px": 1024, "margin_px": 96},
+        ),
     ]
 }
 

@@ -17,7 +17,7 @@ each cell belongs to exactly one block and the tiled result equals the untiled o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -165,6 +165,8 @@ class HETILModel(ScenarioModel):
         self.mean = torch.tensor(json.loads(metadata["normalization_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(json.loads(metadata["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
         self.params = PostprocessParams(threshold=float(metadata.get("threshold", 0.5)))
+        if "class_window_um" in metadata:
+            self.params = replace(self.params, class_window_um=float(metadata["class_window_um"]))
         self.tile_px = int(self.scenario.params.get("tile_px", self.tile_px))
         self.margin_px = int(self.scenario.params.get("margin_px", self.margin_px))
         return net
