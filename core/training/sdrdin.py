@@ -434,6 +434,14 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
                 "weighted class F1 on the tune split (sweep in thresholds.tune_split_choices); H&E immune cells are scattered "
                 "among stromal and tumour cells, and a 21.6 µm square averages over several neighbours.")
     if evaluation:
+        r6 = evaluation["radii"]["usual_6px_at_0.55"]
+        r8 = evaluation["radii"]["paper_10px_at_0.44"]
+        card["limitations"].insert(0, (
+            f"Below the published results on this data: validation detection F1 {r6['detection']['f1']:.3f} (3.3 µm) / "
+            f"{r8['detection']['f1']:.3f} (4.4 µm) and weighted class F1 {r6['classification']['weighted_f1']:.3f} / "
+            f"{r8['classification']['weighted_f1']:.3f}, against 0.802 and 0.784 (Sirinukunwattana et al. 2016): the "
+            f"reduced-width network trained for {train['train_time_s'] / 60:.0f} minutes on 2 CPU cores is undertrained; "
+            "the 'other' and 'inflammatory' classes are the weakest."))
         card["metrics"]["validation"] = {k: evaluation[k] for k in ("split", "n_images", "n_annotated_nuclei", "n_classified_nuclei", "threshold", "radii")}
         card["metrics"]["reproduce"] = "python -m core evaluate --scenario he-til --split validation"
     if benchmark:
