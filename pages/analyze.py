@@ -48,8 +48,9 @@ try:
         if upload is not None:
             image = load_image(upload.getvalue(), name=upload.name)
     else:
-        samples = [s for s in list_samples()]
-        sample = st.selectbox("Sample", samples, format_func=lambda s: s.title)
+        samples = list_samples()
+        matching = [i for i, smp in enumerate(samples) if smp.scenario == key]
+        sample = st.selectbox("Sample", samples, index=matching[0] if matching else 0, format_func=lambda s: s.title)
         st.caption(sample.description + f" ({sample.mpp_note})")
         image = sample.load()
 except TILscopeError as err:
