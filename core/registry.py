@@ -176,6 +176,26 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             params={"tile_px": 1024, "margin_px": 96},
         ),
+        Scenario(
+            key="tnrd-he-melanoma",
+            title="Immune cells in dense infiltrates (H&E, TNRD)",
+            stain="H&E",
+            modality="brightfield",
+            input_mpp=0.5,
+            classes=(CellClass("classified-immune", "immune", "#00c853", "Immune cell in a dense infiltrate"),),
+            weights="tnrd-he-melanoma-v1.safetensors",
+            sha256="a172c2b17196bd14dcee82b9883d92ac60a44f13497b2123c251e384b930d339",
+            model_card="tnrd-he-melanoma-v1.json",
+            runner="core.scenarios.tnrd:TNRDModel",
+            patch_size_px=256,
+            overlap_px=48,
+            trained_on_synthetic=True,
+            description=(
+                "TNRD variational network (melanoma paper §2.1): projected gradient steps on RGB + mask denoise the "
+                "image and mark immune cells where the local immune-cell concentration exceeds 0.2; cells are read off the mask."
+            ),
+            params={"recipe": "he-melanoma", "min_area_px": 8, "min_distance_px": 3},
+        ),
     ]
 }
 
