@@ -120,6 +120,9 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
             f"{train['iterations']} Adam iterations (paper 20 000) on {train['crop_px']} x {train['crop_px']} px crops "
             f"(paper whole 500 x 500 images) of {train['pool']} sections (paper 200); batch {train['batch']} as in the paper.",
             f"Adam step {train['lr']} with a cosine decay (paper 0.001 constant), because of the far shorter training.",
+            "Training backpropagates through the truncation to [0, 1] with a recovering gradient (core.models.tnrd."
+            "clip01): the exact derivative is 0 outside [0, 1], and a first run collapsed to an all-zero mask that no "
+            "gradient could leave; the forward pass is the paper's truncation.",
             "RBF activations evaluated from tables of the analytic sums (interpolation error < 1e-3 of the weights' scale).",
             "The image is mirrored at its borders before the steps; the convolutions zero-pad (exact adjoint).",
             "Cells are read off the mask (threshold, watershed split, area filter), tuned on separate synthetic seeds; "
