@@ -211,3 +211,25 @@ def flatten_scalars(data: Any, prefix: str = "") -> dict[str, Any]:
         if prefix:
             out[prefix] = data
     return out
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays, datetimes and paths.
+
+    Raises
+    ------
+    TypeError
+        For any other type, so nothing is stored in a lossy form silently.
+    """
+    from datetime import datetime
+    from pathlib import Path
+
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (datetime, Path)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -77,7 +77,7 @@ def record_from_result(
     dict
         A JSON-ready record; ``analysis_id`` is ``None`` until the store saves it.
     """
-    summary = json.loads(json.dumps(result.summary, default=_json_default))
+    summary = json.loads(json.dumps(result.summary, default=rec.json_default))
     summary.setdefault("scenario", result.scenario_key)
     summary.setdefault(
         "image",
@@ -172,16 +172,6 @@ def regions_geojson(regions: Any, mpp: float | None = None) -> dict | None:
     from core.regions import regions_to_geojson
 
     return regions_to_geojson(regions, mpp)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (datetime, Path)):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 # --------------------------------------------------------------------------- exports
@@ -311,7 +301,7 @@ def summary_json(record: dict[str, Any]) -> bytes:
     data["created_at"] = record.get("created_at") or data.get("created_at")
     data["app_version"] = record.get("app_version") or data.get("app_version")
     data["params"] = record.get("params") or {}
-    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8")
+    return json.dumps(data, indent=2, ensure_ascii=False, default=rec.json_default).encode("utf-8")
 
 
 def _cells_geojson(result: Any, regions: Any, colors: dict[str, str]) -> bytes | None:
@@ -324,7 +314,7 @@ def _cells_geojson(result: Any, regions: Any, colors: dict[str, str]) -> bytes |
     region_list = None if regions is None or isinstance(regions, (dict, str, bytes)) else list(regions)
     data = cells_to_geojson(result.cells, colors, result.image.mpp, regions=region_list)
     if isinstance(data, (dict, list)):
-        data = json.dumps(data, ensure_ascii=False, default=_json_default)
+        data = json.dumps(data, ensure_ascii=False, default=rec.json_default)
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 

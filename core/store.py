@@ -537,7 +537,7 @@ class CaseStore:
             "regions": regions, "corrections": corrections, "model_card": model_card,
         }
         try:
-            payload = json.loads(json.dumps(payload, default=_json_default))
+            payload = json.loads(json.dumps(payload, default=rec.json_default))
         except (TypeError, ValueError) as err:
             raise InputError(f"the analysis cannot be saved: {err}; pass JSON-ready dicts") from err
         if n_corrections is None:
@@ -627,7 +627,7 @@ class CaseStore:
         """
         payload = {"regions": regions, "corrections": corrections, "spatial": spatial, "summary": summary}
         try:
-            payload = json.loads(json.dumps(payload, default=_json_default))
+            payload = json.loads(json.dumps(payload, default=rec.json_default))
         except (TypeError, ValueError) as err:
             raise InputError(f"the review cannot be saved: {err}; pass JSON-ready dicts") from err
         if n_corrections is None:
@@ -838,15 +838,3 @@ def _iso(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.isoformat(timespec="seconds")
-
-
-def _json_default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (datetime, Path)):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 from core.analysis import load_model
+from core.errors import TILscopeError
 from core.store import CaseStore, database_url
+
+log = logging.getLogger("tilscope.pages")
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -22,3 +27,15 @@ def _store(url: str) -> CaseStore:
 def case_store() -> CaseStore:
     """The case store of ``TILSCOPE_DATABASE_URL`` / ``TILSCOPE_DATA_DIR`` (one pool per URL)."""
     return _store(database_url())
+
+
+def list_analyses_or_stop(search: str | None = None) -> list[dict]:
+    """The saved analyses (newest first); on a database error, show it and stop the page."""
+    try:
+        return case_store().list_analyses(search=search or None)
+    except TILscopeError as err:
+        st.error(str(err))
+    except Exception:  # the browser gets a message, the log gets the traceback
+        log.exception("listing analyses failed")
+        st.error("The case database could not be read; the details are in the server log.")
+    st.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pandas as pd
 import streamlit as st
@@ -11,9 +10,8 @@ from core import records as rec
 from core.errors import TILscopeError
 from core.report import format_value
 from core.store import StoreError
-from pages._resources import case_store
+from pages._resources import case_store, list_analyses_or_stop
 
-log = logging.getLogger("tilscope.cases")
 
 
 def board_ids() -> list[int]:
@@ -23,17 +21,9 @@ def board_ids() -> list[int]:
 st.title("Cases")
 st.caption("Every analysis run in TILscope is saved here. Research use only, not for diagnostic decisions.")
 
-try:
-    store = case_store()
-    search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
-    rows = store.list_analyses(search=search or None)
-except TILscopeError as err:
-    st.error(str(err))
-    st.stop()
-except Exception:  # the browser gets a message, the log gets the traceback
-    log.exception("listing analyses failed")
-    st.error("The case database could not be read; the details are in the server log.")
-    st.stop()
+search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
+rows = list_analyses_or_stop(search)
+store = case_store()
 
 if not rows:
     st.info("No saved analyses match." if search else "No analyses saved yet: run one on the Analyze page.")

@@ -12,7 +12,7 @@ import streamlit as st
 from core.errors import TILscopeError
 from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value
 from core.store import StoreError
-from pages._resources import case_store
+from pages._resources import case_store, list_analyses_or_stop
 
 log = logging.getLogger("tilscope.tumour_board")
 
@@ -20,16 +20,8 @@ log = logging.getLogger("tilscope.tumour_board")
 st.title("Tumour board")
 st.caption("Compare infiltration across analyses. Research use only, not for diagnostic decisions.")
 
-try:
-    store = case_store()
-    rows = store.list_analyses()
-except TILscopeError as err:
-    st.error(str(err))
-    st.stop()
-except Exception:  # the browser gets a message, the log gets the traceback
-    log.exception("listing analyses failed")
-    st.error("The case database could not be read; the details are in the server log.")
-    st.stop()
+rows = list_analyses_or_stop()
+store = case_store()
 
 if not rows:
     st.info("No analyses saved yet: run one on the Analyze page, then pick it here.")
