@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 import streamlit as st
 
@@ -11,7 +10,6 @@ from core.errors import TILscopeError
 from core.report import format_value
 from core.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
-
 
 
 def board_ids() -> list[int]:
