@@ -41,11 +41,15 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, width="stretch")
 
 by_id = {r["id"]: r for r in rows}
+# A keyed selectbox keeps one identity while the list of analyses grows; "open_analysis" outlives
+# the widget's own state, which Streamlit drops when another page is shown.
 wanted = st.session_state.get("open_analysis")
+if st.session_state.get("open_analysis_box") not in by_id:
+    st.session_state["open_analysis_box"] = wanted if wanted in by_id else next(iter(by_id))
 chosen = st.selectbox(
     "Open analysis",
     list(by_id),
-    index=list(by_id).index(wanted) if wanted in by_id else 0,
+    key="open_analysis_box",
     format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
 )
 st.session_state["open_analysis"] = chosen
