@@ -212,6 +212,10 @@ def train(args: argparse.Namespace) -> dict:
     m = torch.as_tensor(mean).view(1, 3, 1, 1)
     s = torch.as_tensor(std).view(1, 3, 1, 1)
     net = SDRDIN(len(HE_CLASSES), args.variant, args.base)
+    if args.init:  # warm start; strict, so the variant and width must match
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(args.init), strict=True)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     match_px = MATCH_RADII_UM[PRIMARY_RADIUS] / HE_MPP
     budget = args.minutes * 60.0
@@ -267,7 +271,7 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "crop_px": args.crop, "batch": args.batch, "lr": args.lr, "det_weight": args.det_weight,
         "jitter": args.jitter, "radius_um": args.radius_um, "radius_px": radius_px,
-        "minutes": args.minutes, "steps": step, "best_step": best["step"], "seed": args.seed,
+        "minutes": args.minutes, "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
         "threads": args.threads, "train_time_s": round(train_time, 1),
         "fit_images": [p.name for p in he_folders("fit", args.data)],
         "tune_images": [p.name for p in he_folders("tune", args.data)],
@@ -466,6 +470,7 @@ def main(argv=None) -> int:
     t.add_argument("--minutes", type=float, default=22.0, help="wall-clock training budget")
     t.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
     t.add_argument("--eval-minutes", type=float, default=4.0, help="evaluate on the tune split every so often")
+    t.add_argument("--init", help="warm start from this S-DRDIN .safetensors (same variant and --base)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", required=True)

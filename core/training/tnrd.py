@@ -137,6 +137,8 @@ def train(args: argparse.Namespace) -> dict:
     print(json.dumps({"pool": args.pool, "pool_size": args.pool_size, "pool_s": round(pool_s, 1)}), flush=True)
     config = dict(n_steps=args.steps, nf1=args.nf1, nf2=args.nf2, k1=args.k1, k2=args.k2, n_rbf=31, rbf_range=1.2)
     net = TNRD(**config, seed=args.seed)
+    if args.init:
+        load_initial_weights(net, Path(args.init))
     net.project_()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999))
     history = []
@@ -182,11 +184,27 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": net.n_parameters(), "iterations": it, "requested_iterations": args.iterations,
         "batch": args.batch, "crop_px": args.crop, "lr": args.lr, "schedule": "cosine to 0.1 x lr",
         "pool": args.pool, "pool_size_px": args.pool_size, "train_seeds": [TRAIN_SEEDS[0], TRAIN_SEEDS[0] + args.pool - 1],
-        "seed": args.seed, "threads": args.threads, "pool_time_s": round(pool_s, 1), "train_time_s": round(train_s, 1),
+        "init": args.init, "seed": args.seed, "threads": args.threads, "pool_time_s": round(pool_s, 1), "train_time_s": round(train_s, 1),
         "seconds_per_iteration": round(train_s / max(it, 1), 3), "tuning": tuning, "history": history,
     }
     out.with_suffix(".train.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def load_initial_weights(net: TNRD, path: Path) -> None:
+    """Warm start: load a previous TNRD safetensors file into ``net`` (strict; configurations must agree).
+
+    Raises:
+        ValueError: the file's configuration (N_t, filter counts and sizes) differs from ``net``'s.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        saved = json.loads((f.metadata() or {}).get("config", "{}"))
+    if saved and any(saved.get(k) != v for k, v in net.config.items() if k in saved):
+        raise ValueError(f"--init {path}: its configuration {saved} differs from this run's {net.config}")
+    net.load_state_dict(load_file(str(path)), strict=True)
 
 
 def save_weights(net: TNRD, path: Path, key: str, tuning: dict) -> None:
@@ -222,6 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam step size (paper: 0.001)")
     p.add_argument("--tune-images", type=int, default=4)
     p.add_argument("--tune-size", type=int, default=256)
+    p.add_argument("--init", help="warm start from this TNRD .safetensors (same configuration)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=25)
