@@ -16,7 +16,7 @@ from PIL import Image
 from core import __version__
 from core.cells import CELL_COLUMNS
 from core.io import ImageData
-from core.overlay import draw_cells
+from core.overlay import draw_cells, mask_to_uint8
 from core.registry import Scenario, get_scenario, runner_class
 from core.results import AnalysisResult
 from core.scenarios.base import Progress, ScenarioModel, pick_device
@@ -179,5 +179,5 @@ def write_outputs(result: AnalysisResult, out_dir: str | Path) -> dict[str, Path
         Image.fromarray(result.denoised).save(files["denoised.png"])
     if "mask" in result.masks:  # classification mask (TNRD scenarios), (H, W) float in [0, 1] → 8-bit grey
         files["mask.png"] = out / "mask.png"
-        Image.fromarray(np.clip(np.asarray(result.masks["mask"]) * 255.0 + 0.5, 0, 255).astype(np.uint8)).save(files["mask.png"])
+        Image.fromarray(mask_to_uint8(result.masks["mask"])).save(files["mask.png"])
     return files

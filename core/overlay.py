@@ -43,3 +43,19 @@ def draw_cells(
                 rr, cc = circle_perimeter(int(round(y)), int(round(x)), max(1, int(round(radius_px)) + t), shape=(h, w))
                 out[rr, cc] = rgb
     return out
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 grey of a classification mask: values in [0, 1] mapped to 0-255 (rounded, clipped)."""
+    return np.clip(np.asarray(mask, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W) or (H, W, 3) uint8 array."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -23,6 +23,7 @@ import pandas as pd
 import core
 from core import records as rec
 from core.errors import InputError, TILscopeError
+from core.overlay import mask_to_uint8, png_bytes
 
 #: Printed on every report page and on the comparison.
 RESEARCH_USE = "Research use only, not for diagnostic decisions."
@@ -33,6 +34,8 @@ EXPORT_MEDIA_TYPES = {
     "summary.json": "application/json",
     "cells.geojson": "application/geo+json",
     "overlay.png": "image/png",
+    "denoised.png": "image/png",
+    "mask.png": "image/png",
 }
 _DEFAULT_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 _THRESHOLD_KEYS = ("thresholds", "params", "parameters")
@@ -258,8 +261,9 @@ def build_exports(
     Returns
     -------
     dict of str to bytes
-        ``report.pdf``, ``cells.csv``, ``summary.json``, ``overlay.png`` and, when
-        :mod:`core.regions` is available, ``cells.geojson`` (QuPath: cells as
+        ``report.pdf``, ``cells.csv``, ``summary.json``, ``overlay.png``, for the TNRD
+        scenarios ``denoised.png`` ((H, W, 3) uint8) and ``mask.png`` ((H, W) uint8 grey,
+        mask x 255), and, when mpp is known, ``cells.geojson`` (QuPath: cells as
         detections with classification name and colour, regions as annotations).
         Media types are in :data:`EXPORT_MEDIA_TYPES`.
     """
@@ -285,6 +289,10 @@ def build_exports(
         "cells.csv": result.cells.to_csv(index=False, columns=columns, float_format="%.3f").encode("utf-8"),
         "summary.json": summary_json(record),
     }
+    if getattr(result, "denoised", None) is not None:  # TNRD scenarios: the denoised image and the mask
+        files["denoised.png"] = png_bytes(result.denoised)
+    if "mask" in (getattr(result, "masks", None) or {}):
+        files["mask.png"] = png_bytes(mask_to_uint8(result.masks["mask"]))
     geojson = _cells_geojson(result, regions, class_palette(classes, class_colors))
     if geojson is not None:
         files["cells.geojson"] = geojson

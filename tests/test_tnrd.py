@@ -240,3 +240,29 @@ def test_teaching_page_generates_runs_and_scores():
     assert not at.error, [e.value for e in at.error]
     labels = {m.label for m in at.metric}
     assert {"RGB PSNR", "Mask PSNR", "Precision", "Recall"} <= labels
+
+
+def test_saved_analysis_keeps_the_denoised_image_and_the_mask(model, tmp_path):
+    """The case store gets denoised.png and mask.png with the other exports, pixel for pixel."""
+    import io
+
+    from PIL import Image
+
+    from core.analysis import analyze
+    from core.exports import save_result
+    from core.generator import generate
+    from core.io import ImageData
+    from core.overlay import mask_to_uint8
+    from core.store import CaseStore
+    from core.tnrd_eval import recipe_for
+
+    sec = generate(recipe_for(model.scenario.key), (96, 96), seed=10004)
+    result = analyze(ImageData(sec.noisy_uint8, model.scenario.input_mpp, "s.png", "", "user"), model.scenario.key, model=model)
+    store = CaseStore(f"sqlite:///{tmp_path / 'cases.db'}")
+    analysis_id = save_result(result, "tnrd-case", store)
+    names = {f["name"] for f in store.get_analysis(analysis_id)["files"]}
+    assert {"denoised.png", "mask.png", "report.pdf", "cells.csv"} <= names
+    denoised = np.asarray(Image.open(io.BytesIO(store.get_file(analysis_id, "denoised.png"))))
+    mask = np.asarray(Image.open(io.BytesIO(store.get_file(analysis_id, "mask.png"))))
+    np.testing.assert_array_equal(denoised, result.denoised)
+    np.testing.assert_array_equal(mask, mask_to_uint8(result.masks["mask"]))
