@@ -17,6 +17,9 @@ from core.samples import list_samples
 from core.scenarios.base import pick_device
 from core.ui_helpers import card_summary, cell_figure, spatial_headline
 from pages._resources import cached_model, case_store
+from pages._router import through_app_router
+
+through_app_router()
 
 log = logging.getLogger("tilscope.analyze")
 

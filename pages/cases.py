@@ -10,6 +10,9 @@ from core.errors import TILscopeError
 from core.report import format_value
 from core.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
+from pages._router import through_app_router
+
+through_app_router()
 
 
 def board_ids() -> list[int]:

@@ -4,6 +4,9 @@ import streamlit as st
 
 from core import __version__
 from core.registry import list_scenarios
+from pages._router import through_app_router
+
+through_app_router()
 
 st.title("TILscope")
 st.markdown(

@@ -20,6 +20,9 @@ from core.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regio
 from core.registry import get_scenario
 from core.spatial import SpatialParams, cell_spatial_table
 from pages._resources import case_store
+from pages._router import through_app_router
+
+through_app_router()
 
 log = logging.getLogger("tilscope.review")
 

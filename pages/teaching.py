@@ -14,6 +14,9 @@ from core.registry import SCENARIOS, get_scenario
 from core.scenarios.tnrd import mask_overlay
 from core.tnrd_eval import SCENARIO_RECIPE, recipe_for, score_section
 from pages._resources import cached_model
+from pages._router import through_app_router
+
+through_app_router()
 
 log = logging.getLogger("tilscope.teaching")
 

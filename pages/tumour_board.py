@@ -13,6 +13,9 @@ from core.errors import TILscopeError
 from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value
 from core.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
+from pages._router import through_app_router
+
+through_app_router()
 
 log = logging.getLogger("tilscope.tumour_board")
 

@@ -3,6 +3,7 @@ running app with headless Debian Chromium for the browser tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -57,13 +58,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """URL of the app served by ``streamlit run app.py`` on a free port, with its own data folder."""
+@contextlib.contextmanager
+def serve_app(data_dir: Path):
+    """``streamlit run app.py`` on a free port with ``TILSCOPE_DATA_DIR=data_dir``; yields its URL."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (make test installs it)")
     port = _free_port()
-    env = {**os.environ, "TILSCOPE_DATA_DIR": str(tmp_path_factory.mktemp("data"))}
+    env = {**os.environ, "TILSCOPE_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
@@ -86,6 +87,13 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """URL of the app served by ``streamlit run app.py`` on a free port, with its own data folder."""
+    with serve_app(tmp_path_factory.mktemp("data")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
@@ -99,8 +107,8 @@ def browser():
 def open_page(browser, app_url: str, title: str, viewport=(1400, 1800)):
     """Open the app at its root (the router) and go to the page called ``title`` in the sidebar.
 
-    Entering through the root, as a user does, runs ``app.py``'s navigation; a deep link
-    to a fresh server can run the page file on its own.
+    Entering through the root, as a user does, runs ``app.py``'s navigation (deep links
+    are tested on their own, in tests/test_browser_deeplink.py).
     """
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.goto(app_url, wait_until="networkidle")
