@@ -327,8 +327,17 @@ def retune(weights: Path, train_json: Path, data: str | None = None, windows_um=
     return rec["retune"]
 
 
-def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: str | None) -> dict:
-    """Model card (MONAI-bundle-like) from the training record, the evaluation and the benchmark."""
+def _train_command(train: dict, name: str, init: str | None = None) -> str:
+    return (f"python -m core.training.sdrdin train --minutes {train['minutes']} --base {train['base_features']} "
+            f"--crop {train['crop_px']} --batch {train['batch']} --lr {train['lr']} --seed {train['seed']}"
+            + (f" --init {init}" if init else "") + f" --out weights/{name}")
+
+
+def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: str | None, stage1: dict | None = None) -> dict:
+    """Model card (MONAI-bundle-like) from the training record, the evaluation and the benchmark.
+
+    ``stage1``: training record of the run that ``train`` warm-started from (``--init``), if any.
+    """
     from core.he_eval import PAPER_RESULTS
     from core.registry import sha256_file
     from core.scenarios.he_til import PostprocessParams
@@ -336,6 +345,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     pp = PostprocessParams(threshold=train["threshold"])
     if "class_window_um" in train:
         pp = PostprocessParams(threshold=train["threshold"], class_window_um=train["class_window_um"])
+    budget_minutes = " + ".join(f"{t['minutes']:g}" for t in ((stage1, train) if stage1 else (train,)))
     card = {
         "name": "S-DRDIN for H&E tumour / immune / stromal cells (reduced width)",
         "scenario": "he-til",
@@ -389,8 +399,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
                              "have their nearest neighbour more than 8.3 px away, so at most the closest 5% of disks touch.",
         },
         "training": {
-            "command": f"python -m core.training.sdrdin train --minutes {train['minutes']} --base {train['base_features']} "
-                       f"--crop {train['crop_px']} --batch {train['batch']} --out weights/{weights.name}",
+            "command": [_train_command(t, weights.name, init) for t, init in
+                        ((stage1, None), (train, "<stage 1 weights>"))] if stage1 else _train_command(train, weights.name),
             "loss": "pixel-weighted cross-entropy (eq. 1-2, weights recomputed per batch) + binary cross-entropy of detection"
                     + (f" x {train['det_weight']}" if train["det_weight"] != 1 else ""),
             "optimizer": f"Adam, lr {train['lr']} with 50-step warm-up and cosine decay over the time budget; Glorot-uniform init",
@@ -398,12 +408,15 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             "augmentation": "horizontal/vertical flips (paper), transposes, colour jitter (saturation/contrast ±"
                             f"{2 * train['jitter']:.0%}, channel gain and brightness ±{train['jitter']:.0%}) (ours, not ablated)",
             "seed": train["seed"], "hardware": f"CPU, {train['threads']} threads (shared machine)",
-            "train_time_s": train["train_time_s"],
+            "train_time_s": round(train["train_time_s"] + (stage1["train_time_s"] if stage1 else 0.0), 1),
+            "stages": [{"stage": i + 1, "minutes": t["minutes"], "steps": t["steps"], "best_step": t["best_step"], "lr": t["lr"],
+                        "seed": t["seed"], "start": "warm start from stage 1 (--init)" if i else "Glorot-uniform init"}
+                       for i, t in enumerate((stage1, train))] if stage1 else None,
             "history": [{k: h[k] for k in ("step", "elapsed_s", "tune")} for h in train["history"]],
         },
         "metrics": {"published_for_comparison": PAPER_RESULTS},
         "departures_from_paper": [
-            f"Reduced width (base {train['base_features']} features, {train['parameters']} parameters) so that inference stays near 2 s/MP and training fits in about {train['minutes']} minutes on 2 CPU cores; the paper trains 100 epochs on a GPU.",
+            f"Reduced width (base {train['base_features']} features, {train['parameters']} parameters) so that inference stays near 2 s/MP and training fits in a developer session on 2 CPU cores ({budget_minutes} minutes); the paper trains 100 epochs on a GPU.",
             f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
             "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1).",
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
@@ -444,7 +457,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"Below the published results on this data: validation detection F1 {r6['detection']['f1']:.3f} (3.3 µm) / "
             f"{r8['detection']['f1']:.3f} (4.4 µm) and weighted class F1 {r6['classification']['weighted_f1']:.3f} / "
             f"{r8['classification']['weighted_f1']:.3f}, against 0.802 and 0.784 (Sirinukunwattana et al. 2016): the "
-            f"reduced-width network trained for {train['train_time_s'] / 60:.0f} minutes on 2 CPU cores is undertrained; "
+            f"reduced-width network trained for {(train['train_time_s'] + (stage1['train_time_s'] if stage1 else 0)) / 60:.0f} minutes on 2 CPU cores is undertrained; "
             "the 'other' and 'inflammatory' classes are the weakest."))
         card["metrics"]["validation"] = {k: evaluation[k] for k in ("split", "n_images", "n_annotated_nuclei", "n_classified_nuclei", "threshold", "radii")}
         card["metrics"]["reproduce"] = "python -m core evaluate --scenario he-til --split validation"
@@ -483,6 +496,7 @@ def main(argv=None) -> int:
     c.add_argument("--train", required=True)
     c.add_argument("--evaluation")
     c.add_argument("--benchmark")
+    c.add_argument("--stage1", help="training record of the run the weights were warm-started from (--init)")
     args = p.parse_args(argv)
     if args.cmd == "train":
         result = train(args)
@@ -495,7 +509,7 @@ def main(argv=None) -> int:
     weights = Path(args.weights)
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
     bench = Path(args.benchmark).read_text() if args.benchmark else None
-    card = build_card(weights, load(args.train), load(args.evaluation), bench)
+    card = build_card(weights, load(args.train), load(args.evaluation), bench, load(args.stage1))
     weights.with_suffix(".json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {weights.with_suffix('.json')}")
     return 0

@@ -40,7 +40,18 @@ def _r(v):
     return v
 
 
-def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict | None, benchmark: dict | None) -> dict:
+def _command(key: str, name: str, cfg: dict, train: dict, init: str | None = None) -> str:
+    return (f"python -m core.training.tnrd --scenario {key} --out weights/{name} --steps {cfg['n_steps']} "
+            f"--nf1 {cfg['nf1']} --nf2 {cfg['nf2']} --crop {train['crop_px']} --batch {train['batch']} "
+            f"--lr {train['lr']} --pool {train['pool']} --seed {train['seed']}"
+            + (f" --time-limit-s {train['train_time_s']:.0f}" if "train_time_s" in train else "")
+            + (f" --tune-images {train['tuning']['seeds'][1] - train['tuning']['seeds'][0] + 1}" if "tuning" in train else "")
+            + (f" --init {init}" if init else ""))
+
+
+def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict | None, benchmark: dict | None,
+               stage1: dict | None = None) -> dict:
+    """The card's dict. ``stage1``: training record of the run that ``train`` warm-started from (``--init``)."""
     key = train["scenario"]
     cfg = train["config"]
     tune = train["tuning"]
@@ -48,6 +59,9 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
     rule = ("area fraction of tumour (gp100+) cells in a disc of radius 25 px around the immune cell's centre: > 0.4 → 1, "
             "[0.2, 0.4] → 0.5, else 0" if key == "tnrd-if-melanoma" else
             "area fraction of immune cells in a disc of radius 20 px around the immune cell's centre: > 0.2 → 1, else 0")
+    iterations = train["iterations"] + (stage1["iterations"] if stage1 else 0)
+    crops = (f"{train['crop_px']} x {train['crop_px']}" if stage1 is None or stage1["crop_px"] == train["crop_px"] else
+             f"{stage1['crop_px']} x {stage1['crop_px']}, then {train['crop_px']} x {train['crop_px']}")
     card = {
         "name": title,
         "scenario": key,
@@ -103,21 +117,22 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
                         "crops with random rotation by 90° and reflection, fresh uniform-noise initial mask per crop",
         },
         "training": {
-            "command": (f"python -m core.training.tnrd --scenario {key} --out weights/{weights.name} --steps {cfg['n_steps']} "
-                        f"--nf1 {cfg['nf1']} --nf2 {cfg['nf2']} --crop {train['crop_px']} --batch {train['batch']} "
-                        f"--lr {train['lr']} --pool {train['pool']}"),
+            "command": (_command(key, weights.name, cfg, train) if stage1 is None else
+                        [_command(key, weights.name, cfg, stage1),
+                         _command(key, weights.name, cfg, train, init="<stage 1 weights>")]),
             "loss": "eq. (4): 1/6 ||u_rgb_T - g_rgb||^2 + 1/2 ||u_m_T - g_m||^2 per pixel",
             "optimizer": f"Adam (beta1 0.9, beta2 0.999), step {train['lr']}, {train['schedule']}; projection onto T "
                          "(filter norms <= 1, lambda >= 0) after every step",
-            "iterations": train["iterations"], "batch": train["batch"], "crop_px": train["crop_px"],
+            "iterations": iterations, "batch": train["batch"], "crop_px": train["crop_px"],
             "seed": train["seed"], "hardware": f"CPU, {train['threads']} threads (shared)",
-            "train_time_s": train["train_time_s"], "seconds_per_iteration": train["seconds_per_iteration"],
+            "train_time_s": round(train["train_time_s"] + (stage1["train_time_s"] if stage1 else 0.0), 1),
+            "seconds_per_iteration": train["seconds_per_iteration"],
             "final_batch": _r(train["history"][-1]) if train.get("history") else None,
         },
         "metrics": {},
         "departures_from_paper": [
             f"CPU budget: N_t = {cfg['n_steps']} (paper 10), {cfg['nf1']} + {cfg['nf2']} filters (paper 24 + 24), "
-            f"{train['iterations']} Adam iterations (paper 20 000) on {train['crop_px']} x {train['crop_px']} px crops "
+            f"{iterations} Adam iterations (paper 20 000) on {crops} px crops "
             f"(paper whole 500 x 500 images) of {train['pool']} sections (paper 200); batch {train['batch']} as in the paper.",
             f"Adam step {train['lr']} with a cosine decay (paper 0.001 constant), because of the far shorter training.",
             "Training backpropagates through the truncation to [0, 1] with a recovering gradient (core.models.tnrd."
@@ -165,6 +180,13 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
         })
         card["metrics"]["reproduce"] = (f"python -m core evaluate --scenario {key} --synthetic "
                                         f"{evaluation['seeds'][1] - evaluation['seeds'][0] + 1} --seed {evaluation['seeds'][0]}")
+    if stage1 is not None:
+        card["training"]["stages"] = [
+            {"stage": i + 1, "iterations": t["iterations"], "crop_px": t["crop_px"], "lr": t["lr"], "seed": t["seed"],
+             "train_time_s": t["train_time_s"], "seconds_per_iteration": t["seconds_per_iteration"],
+             "start": "warm start from stage 1 (--init)" if i else f"random initialisation (seed {t['seed']})"}
+            for i, t in enumerate((stage1, train))
+        ]
     if real:
         card["real_images"] = _r(real)
     if benchmark:
@@ -179,10 +201,12 @@ def main(argv=None) -> int:
     p.add_argument("--evaluation")
     p.add_argument("--real")
     p.add_argument("--benchmark")
+    p.add_argument("--stage1", help="training record of the run the weights were warm-started from (--init)")
     args = p.parse_args(argv)
     weights = Path(args.weights)
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
-    card = build_card(weights, load(args.train), load(args.evaluation), load(args.real), load(args.benchmark))
+    card = build_card(weights, load(args.train), load(args.evaluation), load(args.real), load(args.benchmark),
+                      load(args.stage1))
     weights.with_suffix(".json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {weights.with_suffix('.json')}")
     return 0
