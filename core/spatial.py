@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -602,7 +603,9 @@ def _envelope(values: np.ndarray, radii: np.ndarray, alpha: float, deviation: bo
     out: dict[str, Any] = {"observed": obs}
     if sims.shape[1] == 0:
         return out
-    with np.errstate(all="ignore"):
+    # A radius at which no simulation has a value (no cell that far inside the window)
+    # gives NaN bounds; numpy's "All-NaN slice" warnings say nothing more.
+    with np.errstate(all="ignore"), warnings.catch_warnings(action="ignore", category=RuntimeWarning):
         out["pointwise_lo"] = np.nanmin(sims, axis=1) if np.isfinite(sims).any() else np.full(len(obs), np.nan)
         out["pointwise_hi"] = np.nanmax(sims, axis=1) if np.isfinite(sims).any() else np.full(len(obs), np.nan)
         out["mean"] = np.nanmean(sims, axis=1)
