@@ -81,8 +81,12 @@ if image is not None:
                 "in µm need the microns per pixel. The image is analysed as if it were at the model's "
                 f"{scenario.input_mpp} µm/px."
             )
+    # Keyed, so that the box keeps one identity when a run stores its label: an unkeyed box
+    # built from that label would be replaced by a new one, and typing in the old one lost.
+    if "case_label_box" not in st.session_state:
+        st.session_state["case_label_box"] = st.session_state.get("case_label", "")
     case_label = st.text_input(
-        "Case label", value=st.session_state.get("case_label", ""), placeholder="e.g. study ID or anonymised case number",
+        "Case label", key="case_label_box", placeholder="e.g. study ID or anonymised case number",
         help="Every run is saved under this case in the case history (Cases page).",
     )
     if st.button("Run", type="primary"):

@@ -114,3 +114,13 @@ def open_page(browser, app_url: str, title: str, viewport=(1400, 1800)):
     page.goto(app_url, wait_until="networkidle")
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
     return page
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    """Wait until the script run a widget change started has finished ("Running..." gone).
+
+    On a loaded machine a click or keystroke sent while Streamlit redraws the page can land on
+    an element being replaced; the browser tests wait for each rerun as a user would.
+    """
+    page.wait_for_timeout(400)  # let the rerun start
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout_ms)

@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.conftest import open_page
+from tests.conftest import open_page, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -19,8 +19,10 @@ def _run_sample(page, sample_title: str, case_label: str, previous: int | None =
     sample_box = page.get_by_test_id("stSelectbox").filter(has_text="Sample")
     sample_box.click()
     page.get_by_role("option", name=sample_title).click()
+    wait_idle(page)
     page.get_by_role("textbox", name="Case label").fill(case_label)
     page.get_by_role("textbox", name="Case label").press("Enter")
+    wait_idle(page)
     page.get_by_role("button", name="Run").click()
     not_previous = "" if previous is None else rf"(?!{previous}\b)"
     saved = page.get_by_text(re.compile(rf"Saved as analysis {not_previous}\d+"))
