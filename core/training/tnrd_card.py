@@ -189,6 +189,18 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
         ]
     if real:
         card["real_images"] = _r(real)
+        if "share_of_detections_on_inflammatory_nuclei" in real:  # H&E: annotated real nuclei
+            card["limitations"].insert(0, (
+                f"Not for real H&E: on {real['images']} real colorectal H&E fields ({real['data']}) only "
+                f"{real['share_of_detections_on_inflammatory_nuclei']:.0%} of its {real['detections']} detections lie within "
+                f"{real['radius_um']:g} µm of an annotated inflammatory nucleus, and it finds "
+                f"{real['share_of_inflammatory_nuclei_detected']:.0%} of those nuclei: the synthetic training does not carry "
+                "over to real tissue. Use it to show the TNRD method, not to count."))
+        elif "classified_cells" in real:  # IF: no melanoma IF at hand
+            card["limitations"].insert(0, (
+                f"No real melanoma IF image was available to check it: on {real['tiles']} lung tiles rendered as "
+                f"{real['rendering']} ({real['data']}; no gp100 channel, so no cell should be classified) it classified "
+                f"{real['classified_cells']} cells. Use it to show the TNRD method, not to count."))
     if benchmark:
         card["benchmark_cpu"] = benchmark
     return card
