@@ -428,6 +428,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
         "intended_use": "Research use, not a diagnostic device: locating and counting tumour (epithelial), immune (inflammatory) and stromal (fibroblast) nuclei in H&E fields of colorectal cancer at 20x for research and teaching, with results reviewed by a pathologist.",
         "limitations": [
             "Trained on 60 fields of one centre's colorectal adenocarcinoma (H&E, 20x); other organs, stains, scanners and magnifications may shift its accuracy.",
+            "Not yet checked on another organ or laboratory (e.g. breast cancer H&E): the project holds no labelled H&E of another organ, so how reliably it finds immune cells there is unknown.",
             "Images are resampled to 0.55 µm/px; a wrong mpp changes the results.",
             "'inflammatory' includes all leukocytes (lymphocytes, plasma cells, neutrophils, eosinophils...), not lymphocytes only; 'other' is a small, mixed class with the lowest accuracy.",
             "The class of a cell is the average over a 21.6 µm square (eq. 3), so a cell surrounded by cells of another class can take their class.",
