@@ -803,6 +803,45 @@ def comparison_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)
 
 
+#: Rows of :func:`comparison_table` a tumour board reads first (regular expressions on the
+#: row names): provenance, counts and densities, the proximity figures, compartments,
+#: CT/IM, stromal TIL proxy, phenotype call, the K-function test and corrections.
+KEY_FIGURE_ROWS = (
+    r"case", r"date", r"image", r"scenario", r"mpp \(µm/px\)", r"area \(mm²\)",
+    r"count: .*", r"density \(cells/mm²\): .*",
+    r"spatial: distances\.immune_to_nearest_tumour_um\.median_um",
+    r"spatial: distances\.within_radius\[.*\]\.fraction_immune_within",
+    r"spatial: compartments\.(intratumoral|stromal)_immune_density_per_mm2",
+    r"spatial: compartments\.ratio_intratumoral_to_stromal",
+    r"spatial: invasive_margin\.(ct|im)\.immune_density_per_mm2",
+    r"spatial: invasive_margin\.immunoscore_like\.score_0_to_2",
+    r"spatial: stromal_til_proxy\.percent",
+    r"spatial: phenotype\.call",
+    r"spatial: ripley\.global_test\.global_p_value",
+    r"spatial: morisita_horn\.index",
+    r"manual corrections",
+)
+
+
+def key_figures(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a :func:`comparison_table` named by :data:`KEY_FIGURE_ROWS`, in table order.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        As returned by :func:`comparison_table` (rows = measures, columns = analyses).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same columns; only the key rows (about 20-30 of the ~100).
+    """
+    import re
+
+    pattern = re.compile("|".join(f"(?:{p})" for p in KEY_FIGURE_ROWS))
+    return table.loc[[i for i in table.index if pattern.fullmatch(str(i))]]
+
+
 def comparison_numeric(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """The numeric parts of :func:`comparison_table`, ready to chart.
 

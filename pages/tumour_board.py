@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import TILscopeError
-from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value
+from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value, key_figures
 from core.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
@@ -57,9 +57,11 @@ if not records:
     st.stop()
 
 table = comparison_table(records)
-shown = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
-shown.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.subheader("Side by side")
+every = st.toggle("Every statistic", value=False, help="Off: the key figures only. On: every number saved with the analyses.")
+table_shown = table if every else key_figures(table)
+shown = table_shown.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
+shown.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.dataframe(
     shown, width="stretch", height=min(800, 38 + 35 * len(shown)),
     column_config={"_index": st.column_config.Column("measure", width="large")},
@@ -83,10 +85,12 @@ if not numeric["spatial"].empty:
             st.caption(str(name))
             values.index = [str(k + 1) for k in range(len(values))]  # numbered as in the table
             st.bar_chart(pd.DataFrame({"value": values}), height=200, x_label="analysis")
-calls = [i for i in table.index if str(i).startswith("spatial: ") and any(isinstance(v, str) for v in table.loc[i])]
+calls = [i for i in table.index if str(i).startswith("spatial: phenotype.")]
 if calls:
     st.subheader("Phenotype calls")
-    st.dataframe(shown.loc[calls], width="stretch")
+    phenotype = table.loc[calls].map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
+    phenotype.columns = shown.columns
+    st.dataframe(phenotype, width="stretch")
 
 st.divider()
 if st.button("Prepare comparison PDF", type="primary"):

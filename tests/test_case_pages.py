@@ -102,8 +102,11 @@ def test_tumour_board_compares_and_exports(two_analyses):
     at = run(BOARD, board_ids=[a, b])
     assert not at.exception and not at.error
     assert at.multiselect[0].value == [a, b]
-    table = at.dataframe[0].value
+    table = at.dataframe[0].value  # key figures first
     assert list(table.loc["count: cd3-positive"]) == ["40", "90"]
+    assert "spatial: immune_phenotype" not in table.index
+    at.toggle[0].set_value(True).run()  # "Every statistic"
+    table = at.dataframe[0].value
     assert list(table.loc["spatial: immune_phenotype"]) == ["inflamed", "excluded"]
     button(at, "Prepare comparison PDF").click().run()
     assert not at.exception

@@ -291,3 +291,29 @@ def test_spatial_statistics_and_regions_from_the_spatial_schema():
     assert records.region_stats({"summary": {}, "spatial": stats}) == {
         "T1 (tumour)": {"area_mm2": 0.01, "counts": {"immune": 53}, "densities_per_mm2": {"immune": 5300.0}}
     }
+
+
+def test_key_figures_keep_the_board_rows_of_a_real_spatial_result():
+    from core.cells import make_cell_table
+    from core.regions import Region
+    from core.spatial import SpatialParams, compute_spatial_stats
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 400, (300, 2))
+    roles = np.where(xy[:, 0] < 200, "tumour", "immune")
+    roles[::7] = "stroma"
+    cells = make_cell_table(xy / 0.5, roles, roles, np.ones(len(xy)), 0.5)
+    tumour = Region("t", "tumour", np.array([[0, 0], [200, 0], [200, 400], [0, 400]], float))
+    record = make_record()
+    record["spatial"] = compute_spatial_stats(cells, [tumour], SpatialParams(n_simulations=9, window_um=(0, 0, 400, 400)))
+    table = report.comparison_table([record])
+    key = report.key_figures(table)
+    names = [str(i) for i in key.index]
+    assert len(table) > 2 * len(key)
+    for wanted in ("case", "count: cd3-positive", "spatial: distances.immune_to_nearest_tumour_um.median_um",
+                   "spatial: distances.within_radius[20 µm].fraction_immune_within",
+                   "spatial: compartments.ratio_intratumoral_to_stromal",
+                   "spatial: invasive_margin.ct.immune_density_per_mm2", "spatial: phenotype.call", "manual corrections"):
+        assert wanted in names, wanted
+    assert not any("n_pairs" in n or "note" in n or "label" in n for n in names)
+    assert names == [n for n in map(str, table.index) if n in names]  # table order kept
