@@ -163,7 +163,7 @@ SCENARIOS: dict[str, Scenario] = {
                 CellClass("other", "other", "#ff9f1c", "Other nucleus"),
             ),
             weights="he-til-sdrdin-v1.safetensors",
-            sha256="6fea3bdc7f2e8dc7d5494f9d1de436278cdc10be64a6a408edfad1306d46c054",
+            sha256="e8ec14b85003a2a39783fb008b370609bd5ae5e33baeea37350eda4900ab413b",
             model_card="he-til-sdrdin-v1.json",
             runner="core.scenarios.he_til:HETILModel",
             patch_size_px=1216,
