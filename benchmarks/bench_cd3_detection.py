@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _timing import best_seconds  # noqa: E402
 from core.analysis import analyze, load_model  # noqa: E402
 from core.io import ImageData  # noqa: E402
 from core.samples import get_sample  # noqa: E402
@@ -35,24 +36,12 @@ def field(side: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(tile, reps)[:side, :side])
 
 
-def time_it(fn, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def naive_seconds_per_window(model, side: int = 256, batch: int = 256) -> float:
     image = field(side)
     padded = np.pad(image, ((35, 35), (35, 35), (0, 0)), mode="reflect")
     starts = range(0, side, 8)
     windows = np.stack([padded[y : y + 70, x : x + 70] for y in starts for x in starts])
-    seconds = time_it(lambda: model.classify_patches(windows, batch=batch), repeat=1)
+    seconds = best_seconds(lambda: model.classify_patches(windows, batch=batch), repeat=1)
     return seconds / len(windows)
 
 
@@ -115,7 +104,7 @@ def main() -> None:
     for side in map(int, args.sizes.split(",")):
         image = ImageData(field(side), 0.2, f"field-{side}", "", "user")
         cells = []
-        seconds = time_it(lambda: cells.append(analyze(image, "cd3-ihc", model=model).summary["n_cells"]), args.repeat)
+        seconds = best_seconds(lambda: cells.append(analyze(image, "cd3-ihc", model=model).summary["n_cells"]), args.repeat)
         mp = side * side / 1e6
         naive = per_window * (side // 8) ** 2
         print(f"{side:>10} {mp:>6.2f} {seconds:>9.2f} {seconds / mp:>7.2f} {cells[-1]:>6} {naive:>15.1f} {naive / seconds:>12.1f}")

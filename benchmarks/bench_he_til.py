@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _timing import best_seconds  # noqa: E402
 from core.analysis import analyze, load_model  # noqa: E402
 from core.datasets_he import read_he_split  # noqa: E402
 from core.io import ImageData  # noqa: E402
@@ -29,16 +29,6 @@ def field(side: int, tiles: list[np.ndarray]) -> np.ndarray:
     n = side // 500 + 1
     rows = [np.concatenate([tiles[(i * n + j) % len(tiles)] for j in range(n)], axis=1) for i in range(n)]
     return np.ascontiguousarray(np.concatenate(rows, axis=0)[:side, :side])
-
-
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main(argv=None) -> int:
@@ -57,8 +47,8 @@ def main(argv=None) -> int:
         img = field(side, tiles)
         image = ImageData(img, 0.55, f"field-{side}", "", "user")
         holder = {}
-        total = best_of(lambda: holder.setdefault("r", analyze(image, "he-til", model=model)), args.repeat)
-        net = best_of(lambda: model.predict_maps(img[: min(side, 1216), : min(side, 1216)]), args.repeat)
+        total = best_seconds(lambda: holder.setdefault("r", analyze(image, "he-til", model=model)), args.repeat)
+        net = best_seconds(lambda: model.predict_maps(img[: min(side, 1216), : min(side, 1216)]), args.repeat)
         net_mp = min(side, 1216) ** 2 / 1e6
         mp = side * side / 1e6
         print(f"{side:>8} {mp:>6.2f} {total:>10.2f} {total / mp:>7.2f} {net / net_mp:>13.2f} {len(holder['r'].cells):>6}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.datasets_he import HE_CLASSES, HE_MPP, HEImage, read_he_split
-from core.metrics import match_points
+from core.metrics import match_points, precision_recall_f1
 
 #: Match radii in µm: the S-DRDIN paper's 10 px at 0.44 µm/px, and 6 px at this data's 0.55 µm/px.
 MATCH_RADII_UM = {"paper_10px_at_0.44": 10 * 0.44, "usual_6px_at_0.55": 6 * HE_MPP}
@@ -89,12 +89,8 @@ def score_detections(results: list[tuple[np.ndarray, np.ndarray]], images: list[
         has = im.labels[ti] >= 0
         t_all.append(im.labels[ti][has])
         p_all.append(np.asarray(lab)[pi][has])
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     cls = classification_metrics(np.concatenate(t_all) if t_all else np.zeros(0), np.concatenate(p_all) if p_all else np.zeros(0))
-    return {"detection": {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn},
-            "classification": cls}
+    return {"detection": precision_recall_f1(tp, fp, fn), "classification": cls}
 
 
 def _round(d):

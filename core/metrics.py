@@ -26,10 +26,11 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     fp = int(np.sum(~t & p))
     fn = int(np.sum(t & ~p))
     tn = int(np.sum(~t & ~p))
-    return _prf(tp, fp, fn) | {"accuracy": (tp + tn) / max(len(t), 1), "tn": tn, "n": int(len(t))}
+    return precision_recall_f1(tp, fp, fn) | {"accuracy": (tp + tn) / max(len(t), 1), "tn": tn, "n": int(len(t))}
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict:
+def precision_recall_f1(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall and F1 in [0, 1] (0 where undefined) from counts, with the counts."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -79,7 +80,7 @@ def detection_metrics(pred_xy: np.ndarray, true_xy: np.ndarray, radius: float) -
     """
     pi, _ = match_points(pred_xy, true_xy, radius)
     tp = len(pi)
-    return _prf(tp, len(np.asarray(pred_xy).reshape(-1, 2)) - tp, len(np.asarray(true_xy).reshape(-1, 2)) - tp) | {
+    return precision_recall_f1(tp, len(np.asarray(pred_xy).reshape(-1, 2)) - tp, len(np.asarray(true_xy).reshape(-1, 2)) - tp) | {
         "radius": float(radius)
     }
 

@@ -107,6 +107,35 @@ class Scenario:
             raise WeightsError(f"model card {path} is not valid JSON ({err})") from err
 
 
+def _tnrd_scenario(*, key: str, title: str, stain: str, modality: str, cell_class: CellClass, sha256: str,
+                   marks: str, params: dict[str, Any]) -> Scenario:
+    """A TNRD scenario (melanoma paper §2.1): 0.5 µm/px, 256 px tiles, one class read off the mask.
+
+    Weights and card are ``weights/<key>-v1.safetensors`` and ``<key>-v1.json``; ``marks``
+    completes the description ("... denoise the image and mark <marks>").
+    """
+    return Scenario(
+        key=key,
+        title=title,
+        stain=stain,
+        modality=modality,
+        input_mpp=0.5,
+        classes=(cell_class,),
+        weights=f"{key}-v1.safetensors",
+        sha256=sha256,
+        model_card=f"{key}-v1.json",
+        runner="core.scenarios.tnrd:TNRDModel",
+        patch_size_px=256,
+        overlap_px=48,
+        trained_on_synthetic=True,
+        description=(
+            "TNRD variational network (melanoma paper §2.1): projected gradient steps on RGB + mask denoise the "
+            f"image and mark {marks}; cells are read off the mask."
+        ),
+        params=params,
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
     for s in [
@@ -130,24 +159,14 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             params={"nms_box_um": 8.0, "nms_iou": 0.1},  # defaults; the weights carry their tuned values
         ),
-        Scenario(
+        _tnrd_scenario(
             key="tnrd-if-melanoma",
             title="Immune cells touching melanoma cells (IF, TNRD)",
             stain="Immunofluorescence: CD45 red, gp100 green, DAPI blue",
             modality="fluorescence",
-            input_mpp=0.5,
-            classes=(CellClass("classified-immune", "immune", "#ffd400", "Immune cell touching melanoma"),),
-            weights="tnrd-if-melanoma-v1.safetensors",
+            cell_class=CellClass("classified-immune", "immune", "#ffd400", "Immune cell touching melanoma"),
             sha256="9188af7d43c9e57d1beae4115c20fbba28e47febe1933048743b8acf7811919f",
-            model_card="tnrd-if-melanoma-v1.json",
-            runner="core.scenarios.tnrd:TNRDModel",
-            patch_size_px=256,
-            overlap_px=48,
-            trained_on_synthetic=True,
-            description=(
-                "TNRD variational network (melanoma paper §2.1): projected gradient steps on RGB + mask denoise the "
-                "image and mark CD45+ cells in contact with gp100+ melanoma cells; cells are read off the mask."
-            ),
+            marks="CD45+ cells in contact with gp100+ melanoma cells",
             params={"recipe": "if-melanoma", "min_area_px": 20, "min_distance_px": 6},
         ),
         Scenario(
@@ -176,24 +195,14 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             params={"tile_px": 1024, "margin_px": 96},
         ),
-        Scenario(
+        _tnrd_scenario(
             key="tnrd-he-melanoma",
             title="Immune cells in dense infiltrates (H&E, TNRD)",
             stain="H&E",
             modality="brightfield",
-            input_mpp=0.5,
-            classes=(CellClass("classified-immune", "immune", "#00c853", "Immune cell in a dense infiltrate"),),
-            weights="tnrd-he-melanoma-v1.safetensors",
+            cell_class=CellClass("classified-immune", "immune", "#00c853", "Immune cell in a dense infiltrate"),
             sha256="37b1ff9b996def7dbe6542264833cfce968e34e41049fa2746d38e4da842174c",
-            model_card="tnrd-he-melanoma-v1.json",
-            runner="core.scenarios.tnrd:TNRDModel",
-            patch_size_px=256,
-            overlap_px=48,
-            trained_on_synthetic=True,
-            description=(
-                "TNRD variational network (melanoma paper §2.1): projected gradient steps on RGB + mask denoise the "
-                "image and mark immune cells where the local immune-cell concentration exceeds 0.2; cells are read off the mask."
-            ),
+            marks="immune cells where the local immune-cell concentration exceeds 0.2",
             params={"recipe": "he-melanoma", "min_area_px": 8, "min_distance_px": 3},
         ),
     ]

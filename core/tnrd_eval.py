@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.errors import InputError
+from core.metrics import precision_recall_f1
 
 #: Stain recipe of each TNRD scenario (core.generator.RECIPES).
 SCENARIO_RECIPE = {"tnrd-if-melanoma": "if-melanoma", "tnrd-he-melanoma": "he-melanoma"}
@@ -103,12 +104,6 @@ def match_cells(pred_xy: np.ndarray, find_xy: np.ndarray, ignore_xy: np.ndarray,
     return {"tp": int(tp), "fp": int(len(rest)), "fn": int(len(find_xy) - tp)}
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp, "fp": fp, "fn": fn}
-
-
 def score_section(key: str, section, cells, denoised: np.ndarray, mask: np.ndarray, min_area_px: float) -> dict:
     """Metrics of one analysed synthetic section.
 
@@ -138,7 +133,7 @@ def score_section(key: str, section, cells, denoised: np.ndarray, mask: np.ndarr
     return {
         "rgb_psnr_db": rgb, "input_rgb_psnr_db": inp, "rgb_psnr_gain_db": rgb - inp,
         "mask_psnr_db": psnr_db(mask, section.mask),
-        "n_true": int(len(find_xy)), "n_pred": int(len(cells)), **_prf(**m),
+        "n_true": int(len(find_xy)), "n_pred": int(len(cells)), **precision_recall_f1(**m),
     }
 
 
@@ -206,7 +201,7 @@ def evaluate_synthetic(key: str, n: int, seed: int, device: str | None = None, s
         "input_rgb_psnr_db": mean("input_rgb_psnr_db"),
         "rgb_psnr_gain_db": mean("rgb_psnr_db") - mean("input_rgb_psnr_db"),
         "mask_psnr_db": mean("mask_psnr_db"),
-        "cells": _prf(**tot),
+        "cells": precision_recall_f1(**tot),
         "match_radius_px": radius,
         "threshold": model.threshold,
         "min_area_px": model.min_area_px,

@@ -57,11 +57,11 @@ if not records:
     st.stop()
 
 table = comparison_table(records)
+formatted = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
+formatted.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.subheader("Side by side")
 every = st.toggle("Every statistic", value=False, help="Off: the key figures only. On: every number saved with the analyses.")
-table_shown = table if every else key_figures(table)
-shown = table_shown.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
-shown.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
+shown = formatted if every else key_figures(formatted)
 st.dataframe(
     shown, width="stretch", height=min(800, 38 + 35 * len(shown)),
     column_config={"_index": st.column_config.Column("measure", width="large")},
@@ -71,14 +71,14 @@ numeric = comparison_numeric(records)
 if not numeric["density"].empty:
     st.subheader("Density per class (cells/mm²)")
     density = numeric["density"].copy()
-    density.columns = shown.columns
+    density.columns = formatted.columns
     st.bar_chart(density, stack=False, y_label="cells/mm²")
 else:
     st.info("No densities to chart: the analyses picked have no pixel size (mpp).")
 if not numeric["spatial"].empty:
     st.subheader("Spatial statistics")
     spatial = numeric["spatial"].copy()
-    spatial.columns = shown.columns
+    spatial.columns = formatted.columns
     cols = st.columns(3)
     for i, (name, values) in enumerate(spatial.iterrows()):
         with cols[i % 3]:
@@ -88,9 +88,7 @@ if not numeric["spatial"].empty:
 calls = [i for i in table.index if str(i).startswith("spatial: phenotype.")]
 if calls:
     st.subheader("Phenotype calls")
-    phenotype = table.loc[calls].map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
-    phenotype.columns = shown.columns
-    st.dataframe(phenotype, width="stretch")
+    st.dataframe(formatted.loc[calls], width="stretch")
 
 st.divider()
 if st.button("Prepare comparison PDF", type="primary"):

@@ -292,13 +292,13 @@ def retune(weights: Path, train_json: Path, data: str | None = None, windows_um=
     recorded in the training record (``retune``) and the weights' metadata. Never reads validation/.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from core.he_eval import MATCH_RADII_UM, PRIMARY_RADIUS
 
-    state = load_file(str(weights))
     with safe_open(str(weights), framework="pt") as fh:
         meta = dict(fh.metadata())
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
     rec = json.loads(train_json.read_text())
     from core.models.sdrdin import SDRDIN
 

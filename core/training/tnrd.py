@@ -198,13 +198,13 @@ def load_initial_weights(net: TNRD, path: Path) -> None:
         ValueError: the file's configuration (N_t, filter counts and sizes) differs from ``net``'s.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         saved = json.loads((f.metadata() or {}).get("config", "{}"))
+        state = {k: f.get_tensor(k) for k in f.keys()}
     if saved and any(saved.get(k) != v for k, v in net.config.items() if k in saved):
         raise ValueError(f"--init {path}: its configuration {saved} differs from this run's {net.config}")
-    net.load_state_dict(load_file(str(path)), strict=True)
+    net.load_state_dict(state, strict=True)
 
 
 def save_weights(net: TNRD, path: Path, key: str, tuning: dict) -> None:
