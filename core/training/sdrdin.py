@@ -2,9 +2,10 @@
 
 Usage::
 
-    python -m core.training.sdrdin train --minutes 22 --out weights/he-til-sdrdin-v1.safetensors
-    python -m core.training.sdrdin card --weights weights/he-til-sdrdin-v1.safetensors \
-        --train weights/he-til-sdrdin-v1.train.json --evaluation runs/he-eval.json --benchmark runs/he-bench.txt
+    python -m core.training.sdrdin train --minutes 80 --base 32 --seed 2 --out runs/he-til.safetensors
+    python -m core.training.sdrdin tune --weights runs/he-til.safetensors --train runs/he-til.train.json
+    python -m core.training.sdrdin card --weights weights/he-til-sdrdin-v2.safetensors \
+        --train weights/he-til-sdrdin-v2.train.json --evaluation runs/he-eval.json --benchmark runs/he-bench.txt
 
 Method (S-DRDIN paper §2.2-2.5): disks around each annotated dot as the class map (4 classes
 + background) and the detection map (their channel-wise maximum); flips as augmentation;
@@ -244,7 +245,7 @@ def train(args: argparse.Namespace) -> dict:
             next_eval += args.eval_minutes * 60.0
             net.eval()
             runner = make_runner(net, mean, std, 0.5, args.variant, args.base)
-            rows = tune_scores(runner, tune, (0.4, 0.5, 0.6), match_px)
+            rows = tune_scores(runner, tune, args.eval_thresholds, match_px)
             top = max(rows, key=lambda r: r["detection_f1"])
             score = top["detection_f1"] + top["classification_weighted_f1"]
             rec = {"step": step, "elapsed_s": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
@@ -271,7 +272,8 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "crop_px": args.crop, "batch": args.batch, "lr": args.lr, "det_weight": args.det_weight,
         "jitter": args.jitter, "radius_um": args.radius_um, "radius_px": radius_px,
-        "minutes": args.minutes, "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
+        "minutes": args.minutes, "eval_minutes": args.eval_minutes,
+        "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
         "threads": args.threads, "train_time_s": round(train_time, 1),
         "fit_images": [p.name for p in he_folders("fit", args.data)],
         "tune_images": [p.name for p in he_folders("tune", args.data)],
@@ -330,7 +332,15 @@ def retune(weights: Path, train_json: Path, data: str | None = None, windows_um=
 def _train_command(train: dict, name: str, init: str | None = None) -> str:
     return (f"python -m core.training.sdrdin train --minutes {train['minutes']} --base {train['base_features']} "
             f"--crop {train['crop_px']} --batch {train['batch']} --lr {train['lr']} --seed {train['seed']}"
+            + (f" --eval-minutes {train['eval_minutes']:g}" if "eval_minutes" in train else "")
+            + (f" --eval-thresholds {' '.join(f'{t:g}' for t in train['eval_thresholds'])}" if "eval_thresholds" in train else "")
             + (f" --init {init}" if init else "") + f" --out weights/{name}")
+
+
+def _version(weights: Path) -> str:
+    """``"N.0.0"`` from a weights name ending in ``-vN`` (``he-til-sdrdin-v2.safetensors`` → ``"2.0.0"``)."""
+    tail = weights.stem.rsplit("-v", 1)
+    return f"{int(tail[1])}.0.0" if len(tail) == 2 and tail[1].isdigit() else "1.0.0"
 
 
 def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: str | None, stage1: dict | None = None) -> dict:
@@ -347,9 +357,9 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
         pp = PostprocessParams(threshold=train["threshold"], class_window_um=train["class_window_um"])
     budget_minutes = " + ".join(f"{t['minutes']:g}" for t in ((stage1, train) if stage1 else (train,)))
     card = {
-        "name": "S-DRDIN for H&E tumour / immune / stromal cells (reduced width)",
+        "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
         "scenario": "he-til",
-        "version": "1.0.0",
+        "version": _version(weights),
         "weights_file": weights.name,
         "weights_sha256": sha256_file(weights),
         "weights_dtype": "float32",
@@ -416,7 +426,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
         },
         "metrics": {"published_for_comparison": PAPER_RESULTS},
         "departures_from_paper": [
-            f"Reduced width (base {train['base_features']} features, {train['parameters']} parameters) so that inference stays near 2 s/MP and training fits in a developer session on 2 CPU cores ({budget_minutes} minutes); the paper trains 100 epochs on a GPU.",
+            f"Width chosen for 2 CPU cores: base {train['base_features']} features ({train['parameters']} parameters), trained for "
+            f"{budget_minutes} minutes in a developer session; the paper trains 100 epochs on a GPU (its text gives no widths).",
             f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
             "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1).",
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
@@ -427,7 +438,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
         ],
         "intended_use": "Research use, not a diagnostic device: locating and counting tumour (epithelial), immune (inflammatory) and stromal (fibroblast) nuclei in H&E fields of colorectal cancer at 20x for research and teaching, with results reviewed by a pathologist.",
         "limitations": [
-            "Trained on 60 fields of one centre's colorectal adenocarcinoma (H&E, 20x); other organs, stains, scanners and magnifications may shift its accuracy.",
+            f"Trained on {len(train['fit_images'])} fields of one centre's colorectal adenocarcinoma (H&E, 20x); other organs, stains, scanners and magnifications may shift its accuracy.",
             "Not yet checked on another organ or laboratory (e.g. breast cancer H&E): the project holds no labelled H&E of another organ, so how reliably it finds immune cells there is unknown.",
             "Images are resampled to 0.55 µm/px; a wrong mpp changes the results.",
             "'inflammatory' includes all leukocytes (lymphocytes, plasma cells, neutrophils, eosinophils...), not lymphocytes only; 'other' is a small, mixed class with the lowest accuracy.",
@@ -458,7 +469,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"Below the published results on this data: validation detection F1 {r6['detection']['f1']:.3f} (3.3 µm) / "
             f"{r8['detection']['f1']:.3f} (4.4 µm) and weighted class F1 {r6['classification']['weighted_f1']:.3f} / "
             f"{r8['classification']['weighted_f1']:.3f}, against 0.802 and 0.784 (Sirinukunwattana et al. 2016): the "
-            f"reduced-width network trained for {(train['train_time_s'] + (stage1['train_time_s'] if stage1 else 0)) / 60:.0f} minutes on 2 CPU cores is undertrained; "
+            f"base-{train['base_features']} network trained for {(train['train_time_s'] + (stage1['train_time_s'] if stage1 else 0)) / 60:.0f} minutes on 2 CPU cores is undertrained; "
             "the 'other' and 'inflammatory' classes are the weakest."))
         card["metrics"]["validation"] = {k: evaluation[k] for k in ("split", "n_images", "n_annotated_nuclei", "n_classified_nuclei", "threshold", "radii")}
         card["metrics"]["reproduce"] = "python -m core evaluate --scenario he-til --split validation"
@@ -484,6 +495,8 @@ def main(argv=None) -> int:
     t.add_argument("--minutes", type=float, default=22.0, help="wall-clock training budget")
     t.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0 = budget only)")
     t.add_argument("--eval-minutes", type=float, default=4.0, help="evaluate on the tune split every so often")
+    t.add_argument("--eval-thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6],
+                   help="detection thresholds tried at each tune-split evaluation (checkpoint choice)")
     t.add_argument("--init", help="warm start from this S-DRDIN .safetensors (same variant and --base)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
