@@ -79,18 +79,61 @@ def score_detections(results: list[tuple[np.ndarray, np.ndarray]], images: list[
         ``detection`` (precision, recall, f1, tp, fp, fn) and ``classification``
         (see :func:`classification_metrics`) on matched cells with an annotated class.
     """
-    tp = fp = fn = 0
-    t_all, p_all = [], []
+    return pool_matches(match_images(results, images, radius_px))
+
+
+def match_images(results: list[tuple[np.ndarray, np.ndarray]], images: list[HEImage], radius_px: float) -> list[tuple]:
+    """Per image: (tp, fp, fn, annotated class, predicted class) of the matched classed cells.
+
+    Parameters as :func:`score_detections`; the class arrays are (M,) int of the matched cells
+    whose annotated nucleus has a class.
+    """
+    rows = []
     for (xy, lab), im in zip(results, images):
         pi, ti = match_points(xy, im.points_xy, radius_px)
-        tp += len(pi)
-        fp += len(xy) - len(pi)
-        fn += len(im.points_xy) - len(pi)
         has = im.labels[ti] >= 0
-        t_all.append(im.labels[ti][has])
-        p_all.append(np.asarray(lab)[pi][has])
-    cls = classification_metrics(np.concatenate(t_all) if t_all else np.zeros(0), np.concatenate(p_all) if p_all else np.zeros(0))
-    return {"detection": precision_recall_f1(tp, fp, fn), "classification": cls}
+        rows.append((len(pi), len(xy) - len(pi), len(im.points_xy) - len(pi), im.labels[ti][has], np.asarray(lab)[pi][has]))
+    return rows
+
+
+def pool_matches(rows: list[tuple]) -> dict:
+    """Detection and classification metrics of :func:`match_images` rows, pooled (see :func:`score_detections`)."""
+    tp, fp, fn = (int(sum(r[i] for r in rows)) for i in range(3))
+    t = np.concatenate([r[3] for r in rows]) if rows else np.zeros(0, int)
+    p = np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, int)
+    return {"detection": precision_recall_f1(tp, fp, fn), "classification": classification_metrics(t, p)}
+
+
+def bootstrap_ci(rows: list[tuple], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile confidence intervals of the pooled metrics, resampling whole images.
+
+    Images, not cells, are resampled with replacement (cells of one field are not independent),
+    so the interval reflects field-to-field variation.
+
+    Parameters
+    ----------
+    rows : output of :func:`match_images` (one row per image)
+    n_resamples : int, bootstrap resamples
+    seed : int, seed of the resampling (the intervals are reproducible)
+    level : float in (0, 1)
+
+    Returns
+    -------
+    dict
+        ``detection_f1``, ``classification_weighted_f1`` and ``inflammatory_f1``, each [low, high];
+        ``level``, ``n_resamples`` and ``unit`` ("image").
+    """
+    rng = np.random.default_rng(seed)
+    keys = ("detection_f1", "classification_weighted_f1", "inflammatory_f1")
+    samples = {k: [] for k in keys}
+    for _ in range(n_resamples):
+        s = pool_matches([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        samples["detection_f1"].append(s["detection"]["f1"])
+        samples["classification_weighted_f1"].append(s["classification"]["weighted_f1"])
+        samples["inflammatory_f1"].append(s["classification"]["per_class"]["inflammatory"]["f1"])
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {k: [float(v) for v in np.percentile(samples[k], q)] for k in keys}
+    return out | {"level": level, "n_resamples": n_resamples, "unit": "image"}
 
 
 def _round(d):
@@ -136,6 +179,8 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
         "radii": {},
     }
     for name, r_um in MATCH_RADII_UM.items():
-        out["radii"][name] = {"radius_um": r_um, "radius_px": r_um / HE_MPP} | score_detections(results, images, r_um / HE_MPP)
+        rows = match_images(results, images, r_um / HE_MPP)
+        out["radii"][name] = ({"radius_um": r_um, "radius_px": r_um / HE_MPP} | pool_matches(rows)
+                              | {"ci95_image_bootstrap": bootstrap_ci(rows)})
     out["published"] = PAPER_RESULTS
     return _round(out)

@@ -182,7 +182,7 @@ SCENARIOS: dict[str, Scenario] = {
                 CellClass("other", "other", "#ff9f1c", "Other nucleus"),
             ),
             weights="he-til-sdrdin-v2.safetensors",
-            sha256="890bf13b56d99559bf796a2b23039c0607e5ad2e84c03991896aa88eee33cfa4",
+            sha256="6e63c0a809d283b0e547fc56f059ae55ccee29d7e3eacc235b32f29d1a4a1636",
             model_card="he-til-sdrdin-v2.json",
             runner="core.scenarios.he_til:HETILModel",
             patch_size_px=1216,

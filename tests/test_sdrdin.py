@@ -314,3 +314,22 @@ def test_evaluation_reproduces_the_model_card():
         assert abs(det["tp"] - want["detection"]["tp"]) <= 3 and abs(det["fp"] - want["detection"]["fp"]) <= 3
         assert det["f1"] == pytest.approx(want["detection"]["f1"], abs=2e-3)
         assert cls["weighted_f1"] == pytest.approx(want["classification"]["weighted_f1"], abs=3e-3)
+
+
+def test_bootstrap_interval_resamples_images():
+    from core.he_eval import bootstrap_ci, match_images, pool_matches
+    from core.datasets_he import HEImage
+
+    truth = np.array([[10.0, 10], [40, 10], [70, 10], [100, 10]])
+    good = HEImage("good", np.zeros((20, 120, 3), np.uint8), truth, np.array([1, 1, 0, 2]))
+    bad = HEImage("bad", np.zeros((20, 120, 3), np.uint8), truth, np.array([1, 1, 0, 2]))
+    results = [(truth + 1, np.array([1, 1, 0, 2])), (truth[:1] + 1, np.array([0]))]  # all found / one found, misclassified
+    rows = match_images(results, [good, bad], 6.0)
+    assert [r[:3] for r in rows] == [(4, 0, 0), (1, 0, 3)]
+    point = pool_matches(rows)
+    ci = bootstrap_ci(rows, n_resamples=300, seed=1)
+    assert ci["unit"] == "image" and ci["level"] == 0.95
+    lo, hi = ci["detection_f1"]
+    assert 0 < lo < point["detection"]["f1"] < hi == 1.0  # a resample of only "good" images scores 1
+    same = bootstrap_ci([rows[0], rows[0]], n_resamples=50)
+    assert same["detection_f1"] == [1.0, 1.0] and same["inflammatory_f1"] == [1.0, 1.0]
