@@ -100,7 +100,7 @@ def spatial_headline(spatial: dict | None) -> list[dict]:
     d = spatial.get("distances", {})
     if d.get("available"):
         summ = d["immune_to_nearest_tumour_um"]
-        rows.append({"measure": "immune → nearest tumour cell, median", "value": _fmt(summ.get("median"), 1, " µm"),
+        rows.append({"measure": "immune → nearest tumour cell, median", "value": _fmt(summ.get("median_um"), 1, " µm"),
                      "setting": f"{d['n_immune']} immune, {d['n_tumour']} tumour cells"})
         for r in d["within_radius"]:
             rows.append({"measure": f"immune cells within {r['radius_um']:g} µm of a tumour cell",

@@ -344,3 +344,12 @@ def test_plots_build_from_stats():
     assert list(bar.data[0].x)[:2] == ["T (tumour)", "S (stroma)"]
     empty = plots.distance_figure({"available": False, "reason": "needs an mpp"})
     assert empty.layout.annotations[0].text == "needs an mpp"
+
+
+def test_headline_shows_the_median_distance():
+    from core.ui_helpers import spatial_headline
+
+    xy, roles = lattice_case()  # immune cells at 5, 15, 25 and 45 µm: median 20 µm
+    rows = {r["measure"]: r for r in spatial_headline(compute_spatial_stats(table(xy, roles), params=FAST))}
+    assert rows["immune → nearest tumour cell, median"]["value"] == "20.0 µm"
+    assert rows["immune cells within 20 µm of a tumour cell"]["value"] == "50.0 %"
