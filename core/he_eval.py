@@ -13,6 +13,8 @@ cell types, as in S-DRDIN Table 3).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from core.datasets_he import HE_CLASSES, HE_MPP, HEImage, read_he_split
@@ -82,29 +84,35 @@ def score_detections(results: list[tuple[np.ndarray, np.ndarray]], images: list[
     return pool_matches(match_images(results, images, radius_px))
 
 
-def match_images(results: list[tuple[np.ndarray, np.ndarray]], images: list[HEImage], radius_px: float) -> list[tuple]:
-    """Per image: (tp, fp, fn, annotated class, predicted class) of the matched classed cells.
+class ImageMatches(NamedTuple):
+    """Matching of one image: detection counts and the classes of its matched, classed nuclei."""
 
-    Parameters as :func:`score_detections`; the class arrays are (M,) int of the matched cells
-    whose annotated nucleus has a class.
-    """
+    tp: int
+    fp: int
+    fn: int
+    true_class: np.ndarray  # (M,) int, annotated class of each matched nucleus that has one
+    pred_class: np.ndarray  # (M,) int, predicted class of the same cells
+
+
+def match_images(results: list[tuple[np.ndarray, np.ndarray]], images: list[HEImage], radius_px: float) -> list[ImageMatches]:
+    """One :class:`ImageMatches` per image (parameters as :func:`score_detections`)."""
     rows = []
     for (xy, lab), im in zip(results, images):
         pi, ti = match_points(xy, im.points_xy, radius_px)
         has = im.labels[ti] >= 0
-        rows.append((len(pi), len(xy) - len(pi), len(im.points_xy) - len(pi), im.labels[ti][has], np.asarray(lab)[pi][has]))
+        rows.append(ImageMatches(len(pi), len(xy) - len(pi), len(im.points_xy) - len(pi), im.labels[ti][has], np.asarray(lab)[pi][has]))
     return rows
 
 
-def pool_matches(rows: list[tuple]) -> dict:
+def pool_matches(rows: list[ImageMatches]) -> dict:
     """Detection and classification metrics of :func:`match_images` rows, pooled (see :func:`score_detections`)."""
-    tp, fp, fn = (int(sum(r[i] for r in rows)) for i in range(3))
-    t = np.concatenate([r[3] for r in rows]) if rows else np.zeros(0, int)
-    p = np.concatenate([r[4] for r in rows]) if rows else np.zeros(0, int)
+    tp, fp, fn = (sum(r.tp for r in rows), sum(r.fp for r in rows), sum(r.fn for r in rows))
+    t = np.concatenate([r.true_class for r in rows]) if rows else np.zeros(0, int)
+    p = np.concatenate([r.pred_class for r in rows]) if rows else np.zeros(0, int)
     return {"detection": precision_recall_f1(tp, fp, fn), "classification": classification_metrics(t, p)}
 
 
-def bootstrap_ci(rows: list[tuple], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def bootstrap_ci(rows: list[ImageMatches], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile confidence intervals of the pooled metrics, resampling whole images.
 
     Images, not cells, are resampled with replacement (cells of one field are not independent),

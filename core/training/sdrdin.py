@@ -343,6 +343,17 @@ def _version(weights: Path) -> str:
     return f"{int(tail[1])}.0.0" if len(tail) == 2 and tail[1].isdigit() else "1.0.0"
 
 
+def _validation_size(evaluation: dict | None) -> str:
+    """The card's limitation on the size of the validation set, with its intervals when evaluated."""
+    ci = evaluation["radii"]["usual_6px_at_0.55"].get("ci95_image_bootstrap") if evaluation else None
+    if not ci:
+        return "Validated on 10 images (about 2,850 nuclei): the confidence intervals of the metrics are a few points wide."
+    return (f"Validated on {evaluation['n_images']} images ({evaluation['n_annotated_nuclei']} nuclei); 95% intervals from "
+            f"resampling images (3.3 µm): detection F1 {ci['detection_f1'][0]:.2f}-{ci['detection_f1'][1]:.2f}, weighted class F1 "
+            f"{ci['classification_weighted_f1'][0]:.2f}-{ci['classification_weighted_f1'][1]:.2f}, inflammatory F1 "
+            f"{ci['inflammatory_f1'][0]:.2f}-{ci['inflammatory_f1'][1]:.2f}.")
+
+
 def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: str | None, stage1: dict | None = None) -> dict:
     """Model card (MONAI-bundle-like) from the training record, the evaluation and the benchmark.
 
@@ -443,7 +454,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             "Images are resampled to 0.55 µm/px; a wrong mpp changes the results.",
             "'inflammatory' includes all leukocytes (lymphocytes, plasma cells, neutrophils, eosinophils...), not lymphocytes only; 'other' is a small, mixed class with the lowest accuracy.",
             f"The class of a cell is the average over a {pp.class_window_um:g} µm square (eq. 3), so a cell surrounded by cells of another class can take their class.",
-            "Validated on 10 images (about 2,850 nuclei): the confidence intervals of the metrics are a few points wide.",
+            _validation_size(evaluation),
         ],
         "references": [
             "S-DRDIN: simultaneous detection and classification of cells in mIHC (shared/papers/s-drdin-mihc-detection-classification.txt), §2.2-2.5, eq. 1-3",
@@ -471,14 +482,6 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"{r8['classification']['weighted_f1']:.3f}, against 0.802 and 0.784 (Sirinukunwattana et al. 2016): the "
             f"base-{train['base_features']} network trained for {(train['train_time_s'] + (stage1['train_time_s'] if stage1 else 0)) / 60:.0f} minutes on 2 CPU cores is undertrained; "
             "the 'other' and 'inflammatory' classes are the weakest."))
-        ci = r6.get("ci95_image_bootstrap")
-        if ci:
-            at = next(i for i, t in enumerate(card["limitations"]) if t.startswith("Validated on"))
-            card["limitations"][at] = (
-                f"Validated on {evaluation['n_images']} images ({evaluation['n_annotated_nuclei']} nuclei); 95% intervals from "
-                f"resampling images (3.3 µm): detection F1 {ci['detection_f1'][0]:.2f}-{ci['detection_f1'][1]:.2f}, weighted class F1 "
-                f"{ci['classification_weighted_f1'][0]:.2f}-{ci['classification_weighted_f1'][1]:.2f}, inflammatory F1 "
-                f"{ci['inflammatory_f1'][0]:.2f}-{ci['inflammatory_f1'][1]:.2f}.")
         card["metrics"]["validation"] = {k: evaluation[k] for k in ("split", "n_images", "n_annotated_nuclei", "n_classified_nuclei", "threshold", "radii")}
         card["metrics"]["reproduce"] = "python -m core evaluate --scenario he-til --split validation"
     if benchmark:
