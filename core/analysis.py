@@ -22,15 +22,18 @@ from core.results import AnalysisResult
 from core.scenarios.base import Progress, ScenarioModel, pick_device
 
 
-def load_model(key: str, device: str | None = None) -> ScenarioModel:
+def load_model(key: str, device: str | None = None, precision: str = "float32") -> ScenarioModel:
     """Load a registered scenario's model on ``device`` (CUDA when available if None).
+
+    ``precision`` is ``"float32"`` (default) or ``"bfloat16"`` for the scenarios validated at
+    it (see :func:`core.scenarios.base.check_precision`).
 
     Raises
     ------
     UnknownScenarioError, WeightsError, InputError
     """
     scenario = get_scenario(key)
-    return runner_class(scenario).from_registry(scenario, pick_device(device))
+    return runner_class(scenario).from_registry(scenario, pick_device(device), precision)
 
 
 def analyze(
@@ -39,6 +42,7 @@ def analyze(
     model: ScenarioModel | None = None,
     device: str | None = None,
     progress: Progress | None = None,
+    precision: str = "float32",
 ) -> AnalysisResult:
     """Analyse one image with one scenario.
 
@@ -52,6 +56,8 @@ def analyze(
         An already loaded model of that scenario (the app caches one per key and device).
     device : str, optional
         ``"cpu"``, ``"cuda"`` or None (automatic); ignored when ``model`` is given.
+    precision : {"float32", "bfloat16"}
+        Inference precision; ignored when ``model`` is given (its own is used and recorded).
     progress : callable(done, total), optional
 
     Returns
@@ -65,17 +71,19 @@ def analyze(
     UnknownScenarioError, WeightsError, InputError
     """
     scenario = get_scenario(key)
-    model = model or load_model(key, device)
+    model = model or load_model(key, device, precision)
     start = time.perf_counter()
     cells, masks, denoised, notes = model.analyze(image, progress)
     runtime_s = time.perf_counter() - start
     warnings = list(image.notes) + list(notes)
-    summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings)
+    summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings,
+                            getattr(model, "precision", "float32"))
     return AnalysisResult(key, image, cells, summary, masks, denoised, warnings)
 
 
 def build_summary(
-    image: ImageData, scenario: Scenario, cells: pd.DataFrame, runtime_s: float, device: str, warnings: list[str]
+    image: ImageData, scenario: Scenario, cells: pd.DataFrame, runtime_s: float, device: str, warnings: list[str],
+    precision: str = "float32",
 ) -> dict:
     """JSON-ready summary: counts and densities per class, run metadata."""
     h, w = image.shape
@@ -105,6 +113,7 @@ def build_summary(
         "density_by_role_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in roles.items()},
         "runtime_s": round(runtime_s, 3),
         "device": device,
+        "inference_precision": precision,
         "torch": torch.__version__,
         "app_version": __version__,
         "python": platform.python_version(),

@@ -23,12 +23,16 @@ def evaluate(key: str, args: argparse.Namespace) -> dict:
     UnknownScenarioError, InputError
     """
     get_scenario(key)
+    precision = getattr(args, "precision", "float32") or "float32"
+    restained = bool(getattr(args, "restained", False))
+    if key != "he-til" and (precision != "float32" or restained):
+        raise InputError(f"--precision bfloat16 and --restained are defined for he-til only, not {key!r}")
     if key == "cd3-ihc":
         return evaluate_cd3(args.split, args.data, args.mosaic, args.device)
     if key == "he-til":
         from core.he_eval import evaluate_he
 
-        return evaluate_he(args.split, args.data, getattr(args, "device", None))
+        return evaluate_he(args.split, args.data, getattr(args, "device", None), precision=precision, restained=restained)
     if key.startswith("tnrd-"):
         from core.tnrd_eval import evaluate_synthetic
 

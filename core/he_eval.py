@@ -150,7 +150,45 @@ def _round(d):
     return round(d, 4) if isinstance(d, float) else d
 
 
-def evaluate_he(split: str = "validation", data: str | None = None, device: str | None = None, model=None) -> dict:
+#: Fixed re-stainings for the stain-robustness check: (name, haematoxylin factor, eosin factor).
+RESTAININGS = (("haematoxylin x0.7", 0.7, 1.0), ("haematoxylin x1.3", 1.3, 1.0), ("eosin x0.6", 1.0, 0.6),
+               ("eosin x1.5", 1.0, 1.5), ("both x0.75", 0.75, 0.75), ("both x1.3", 1.3, 1.3))
+
+
+def restain_he(rgb: np.ndarray, haematoxylin: float, eosin: float) -> np.ndarray:
+    """Re-stain an H&E image: scale its haematoxylin and eosin concentrations.
+
+    :func:`core.training.sdrdin.restain` with fixed factors: simulates a lighter or heavier
+    stain, as between laboratories; the tissue and nuclei stay put.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8
+    haematoxylin, eosin : float > 0, concentration factors (1 = unchanged)
+
+    Returns
+    -------
+    (H, W, 3) uint8
+    """
+    import torch
+
+    from core.training.sdrdin import restain
+
+    x = torch.from_numpy(np.array(rgb, dtype=np.float64)).permute(2, 0, 1)[None] / 255.0
+    y = restain(x, torch.tensor([[haematoxylin, eosin, 1.0]], dtype=x.dtype), torch.zeros(1, 3, dtype=x.dtype))
+    return np.round(y[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def _headline(rows: list[ImageMatches]) -> dict:
+    pooled = pool_matches(rows)
+    cls = pooled["classification"]
+    return {"detection_f1": pooled["detection"]["f1"], "detection_recall": pooled["detection"]["recall"],
+            "classification_weighted_f1": cls["weighted_f1"],
+            "inflammatory_f1": cls["per_class"]["inflammatory"]["f1"]}
+
+
+def evaluate_he(split: str = "validation", data: str | None = None, device: str | None = None, model=None,
+                precision: str = "float32", restained: bool = False) -> dict:
     """Metrics of the shipped ``he-til`` model on one split of the H&E data.
 
     Parameters
@@ -161,17 +199,24 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
     data : folder of he-crc-cell-points (default ``../shared/data/he-crc-cell-points``)
     device : "cpu", "cuda" or None
     model : an already loaded :class:`core.scenarios.he_til.HETILModel`, optional
+    precision : {"float32", "bfloat16"}, when ``model`` is not given
+    restained : also score the split re-stained by each of :data:`RESTAININGS`
+        (:func:`restain_he`; detection F1, weighted class F1, inflammatory F1 at the 3.3 µm radius)
 
     Returns
     -------
     dict
         JSON-ready: per radius, detection and classification metrics; the threshold and
         post-processing sizes used; the published results beside them.
+
+    Raises
+    ------
+    InputError (precision not supported on the device), FileNotFoundError (no data)
     """
     if model is None:
         from core.analysis import load_model
 
-        model = load_model("he-til", device)
+        model = load_model("he-til", device, precision)
     images = read_he_split(split, data)
     results = []
     for im in images:
@@ -182,6 +227,7 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
         "scenario": "he-til", "split": split, "n_images": len(images),
         "n_annotated_nuclei": int(sum(len(im.points_xy) for im in images)),
         "n_classified_nuclei": int(sum(int((im.labels >= 0).sum()) for im in images)),
+        "inference_precision": model.precision,
         "threshold": model.params.threshold,
         "postprocess_px": model.params.in_pixels(mpp),
         "radii": {},
@@ -190,5 +236,12 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
         rows = match_images(results, images, r_um / HE_MPP)
         out["radii"][name] = ({"radius_um": r_um, "radius_px": r_um / HE_MPP} | pool_matches(rows)
                               | {"ci95_image_bootstrap": bootstrap_ci(rows)})
+    if restained:
+        primary_px = MATCH_RADII_UM[PRIMARY_RADIUS] / HE_MPP
+        out["restained"] = {"radius": PRIMARY_RADIUS, "method": "colour deconvolution (skimage hed_from_rgb), H and E concentrations scaled (restain_he)",
+                            "unchanged": _headline(match_images(results, images, primary_px))}
+        for name, h, e in RESTAININGS:
+            res = [model.detect(restain_he(im.pixels, h, e))[:2] for im in images]
+            out["restained"][name] = _headline(match_images(res, images, primary_px))
     out["published"] = PAPER_RESULTS
     return _round(out)

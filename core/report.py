@@ -669,7 +669,8 @@ def build_report_pdf(
         ["Scenario", rec.scenario_key(summary) or "n/a"],
         ["Weights version", format_value(summary.get("weights_version", model_card.get("version")))],
         ["Weights SHA-256", summary.get("weights_sha256") or "n/a"],
-        ["Device / runtime", f"{summary.get('device') or 'n/a'} / {format_value(summary.get('runtime_s'))} s"],
+        ["Device / precision / runtime", f"{summary.get('device') or 'n/a'} / {summary.get('inference_precision', 'float32')} / "
+         f"{format_value(summary.get('runtime_s'))} s"],
         ["Manual corrections", "none recorded" if n_corr is None else str(n_corr)],
         ["TILscope version", str(record.get("app_version") or core.__version__)],
     ]

@@ -14,9 +14,9 @@ log = logging.getLogger("tilscope.pages")
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def cached_model(key: str, device: str):
-    """One model per scenario key and device, shared by every session and page."""
-    return load_model(key, device)
+def cached_model(key: str, device: str, precision: str = "float32"):
+    """One model per scenario key, device and numeric precision, shared by every session and page."""
+    return load_model(key, device, precision)
 
 
 @st.cache_resource(show_spinner=False)

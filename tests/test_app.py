@@ -42,3 +42,23 @@ def test_analyze_runs_bundled_sample():
     assert at.session_state["analysis_id"] is not None
     downloads = {b.label for b in at.get("download_button")}
     assert {"report.pdf", "cells.csv", "summary.json", "overlay.png", "cells.geojson"} <= downloads, downloads
+
+
+def test_analyze_fast_mode_is_offered_for_he_til_only_and_recorded():
+    import torch
+
+    from core.scenarios.base import bfloat16_supported
+
+    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
+    at.radio[0].set_value("Bundled sample").run()
+    assert not [t for t in at.toggle if "bfloat16" in t.label]  # cd3-ihc: float32 only
+    at.selectbox[0].set_value("he-til").run()
+    fast = next(t for t in at.toggle if "bfloat16" in t.label)
+    assert fast.value is False  # float32 unless asked
+    if not bfloat16_supported(torch.device("cpu")):
+        assert fast.disabled
+        return
+    fast.set_value(True).run()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["analysis"].summary["inference_precision"] == "bfloat16"

@@ -119,3 +119,13 @@ def test_missing_file_and_tiny_image(tmp_path, capsys):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tiny)
     assert main(["analyze", str(tiny), "--scenario", "cd3-ihc", "--mpp", "0.2", "--out", str(tmp_path)]) == 2
     assert "at least 70 px" in capsys.readouterr().err
+
+
+def test_bfloat16_is_refused_for_a_scenario_not_validated_at_it(tmp_path, capsys):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(png)
+    assert main(["analyze", str(png), "--scenario", "cd3-ihc", "--precision", "bfloat16", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "validated at float32 only" in err and "--precision float32" in err
+    assert not (tmp_path / "o").exists()

@@ -333,3 +333,74 @@ def test_bootstrap_interval_resamples_images():
     assert 0 < lo < point["detection"]["f1"] < hi == 1.0  # a resample of only "good" images scores 1
     same = bootstrap_ci([rows[0], rows[0]], n_resamples=50)
     assert same["detection_f1"] == [1.0, 1.0] and same["inflammatory_f1"] == [1.0, 1.0]
+
+
+# --- stain variation and numeric precision --------------------------------------------------
+
+
+def test_hed_stain_jitter_changes_stain_strength_not_geometry():
+    from core.training.sdrdin import hed_stain_jitter
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(0.2, 0.95, (4, 3, 24, 24))).float()
+    g = torch.Generator().manual_seed(0)
+    same = hed_stain_jitter(x, 0.0, g)
+    assert same is x
+    a, b = hed_stain_jitter(x, 0.3, g), hed_stain_jitter(x, 0.3, g)
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert not torch.allclose(a, b)  # a new staining per call
+    # the re-staining is a per-image monotone map of optical density: where a pixel is darker
+    # than another in the original, mostly it stays darker (nuclei stay nuclei)
+    od, od_a = -torch.log10(x).sum(1).flatten(1), -torch.log10(a.clamp(min=1 / 255)).sum(1).flatten(1)
+    rank = lambda t: t.argsort(1).argsort(1).float()  # noqa: E731
+    corr = [float(np.corrcoef(rank(od)[i], rank(od_a)[i])[0, 1]) for i in range(4)]
+    assert min(corr) > 0.8
+
+
+def test_restain_scales_haematoxylin_and_keeps_unstained_pixels():
+    from skimage.color import hed2rgb, rgb2hed
+
+    from core.he_eval import restain_he
+
+    rng = np.random.default_rng(1)
+    conc = rng.uniform(0, 1, (16, 16, 3)) * [0.08, 0.05, 0.005]  # an H&E-like image
+    img = np.round(hed2rgb(conc) * 255).astype(np.uint8)
+    np.testing.assert_allclose(restain_he(img, 1.0, 1.0).astype(int), img.astype(int), atol=1)
+    darker = restain_he(img, 1.5, 1.0)
+    h0, h1 = rgb2hed(img)[..., 0], rgb2hed(darker)[..., 0]
+    assert h1.mean() == pytest.approx(1.5 * h0.mean(), rel=0.1)
+    assert rgb2hed(darker)[..., 1].mean() == pytest.approx(rgb2hed(img)[..., 1].mean(), rel=0.1)
+    white = np.full((4, 4, 3), 255, np.uint8)
+    np.testing.assert_array_equal(restain_he(white, 0.5, 2.0), white)
+
+
+def test_precision_is_checked_and_recorded():
+    from core.errors import InputError
+    from core.scenarios.base import bfloat16_supported, check_precision
+
+    cpu = torch.device("cpu")
+    assert check_precision("float32", cpu, ("float32",), "cd3-ihc") == "float32"
+    with pytest.raises(InputError, match="unknown precision"):
+        check_precision("fp8", cpu, ("float32", "bfloat16"), "he-til")
+    with pytest.raises(InputError, match="validated at float32 only"):
+        check_precision("bfloat16", cpu, ("float32",), "cd3-ihc")
+    if not bfloat16_supported(cpu):
+        with pytest.raises(InputError, match="no native bfloat16"):
+            check_precision("bfloat16", cpu, ("float32", "bfloat16"), "he-til")
+
+
+@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
+def test_bfloat16_analysis_is_recorded_and_close_to_float32():
+    from core.analysis import analyze, load_model
+    from core.datasets_he import read_he_split
+    from core.io import ImageData
+    from core.scenarios.base import bfloat16_supported
+
+    if not bfloat16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no native bfloat16")
+    pixels = read_he_split("validation")[0].pixels[:256, :256]
+    image = ImageData(pixels, 0.55, "crop", "", "user")
+    full = analyze(image, "he-til", model=load_model("he-til", "cpu"))
+    fast = analyze(image, "he-til", model=load_model("he-til", "cpu", "bfloat16"))
+    assert full.summary["inference_precision"] == "float32" and fast.summary["inference_precision"] == "bfloat16"
+    assert abs(len(fast.cells) - len(full.cells)) <= 0.05 * len(full.cells) + 2

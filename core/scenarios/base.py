@@ -45,25 +45,79 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device(requested)
 
 
+#: Inference precisions. ``float32`` is the default and what every model card's figures are
+#: for; ``bfloat16`` (autocast: convolutions in bfloat16, weights float32) is an opt-in for the
+#: scenarios whose card also reports their validation figures at it.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def bfloat16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (CPU: AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
+def check_precision(precision: str, device: torch.device, supported: tuple[str, ...], scenario_key: str) -> str:
+    """Validate an inference precision for a scenario on a device.
+
+    Returns
+    -------
+    str, one of :data:`PRECISIONS`
+
+    Raises
+    ------
+    core.errors.InputError
+        If the precision is unknown, not validated for this scenario, or (bfloat16) not
+        supported natively by the device, where it would be slower than float32.
+    """
+    from core.errors import InputError
+
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision not in supported:
+        raise InputError(f"scenario {scenario_key!r} is validated at {', '.join(supported)} only; use --precision float32")
+    if precision == "bfloat16" and not bfloat16_supported(device):
+        raise InputError(f"this {device.type.upper()} has no native bfloat16 (needs AVX512-BF16 or AMX on CPU); "
+                         "use --precision float32")
+    return precision
+
+
 class ScenarioModel(ABC):
     """A scenario's network with its pre- and post-processing.
 
-    Subclasses set up ``self.net`` in :meth:`build` and implement :meth:`analyze`.
+    Subclasses set up ``self.net`` in :meth:`build` and implement :meth:`analyze`; a subclass
+    that runs its network under :meth:`autocast` lists ``bfloat16`` in ``supported_precisions``.
     """
 
-    def __init__(self, scenario: Scenario, device: torch.device, state_dict: dict, metadata: dict):
+    #: Precisions this scenario's card has validation figures for.
+    supported_precisions: tuple[str, ...] = ("float32",)
+
+    def __init__(self, scenario: Scenario, device: torch.device, state_dict: dict, metadata: dict,
+                 precision: str = "float32"):
         self.scenario = scenario
         self.device = device
+        self.precision = check_precision(precision, device, self.supported_precisions, scenario.key)
         self.metadata = metadata
         self.net = self.build(metadata)
         self.net.load_state_dict(state_dict, strict=True)
         self.net.to(device).eval()
 
     @classmethod
-    def from_registry(cls, scenario: Scenario, device: torch.device) -> "ScenarioModel":
-        """Load the scenario's registered weights (SHA-256 checked, ``strict=True``)."""
+    def from_registry(cls, scenario: Scenario, device: torch.device, precision: str = "float32") -> "ScenarioModel":
+        """Load the scenario's registered weights (SHA-256 checked, ``strict=True``).
+
+        Raises
+        ------
+        WeightsError, InputError (precision, see :func:`check_precision`)
+        """
         state, metadata = load_verified_state_dict(scenario.weights_path, scenario.sha256)
-        return cls(scenario, device, state, metadata)
+        return cls(scenario, device, state, metadata, precision)
+
+    def autocast(self):
+        """Context for the network's forward pass: bfloat16 autocast when ``precision`` says so."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
     @abstractmethod
     def build(self, metadata: dict) -> torch.nn.Module:

@@ -156,6 +156,7 @@ class HETILModel(ScenarioModel):
     #: covers the receptive field plus the post-processing footprint (see tests).
     tile_px: int = 1024
     margin_px: int = 96
+    supported_precisions = ("float32", "bfloat16")
 
     def build(self, metadata: dict) -> torch.nn.Module:
         net = SDRDIN(int(metadata.get("n_classes", 4)), metadata.get("variant", "s-drdin"),
@@ -192,7 +193,7 @@ class HETILModel(ScenarioModel):
             pixels = np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         x = ((x - self.mean.to(self.device)) / self.std.to(self.device)).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             cls, det = probabilities(self.net(x))
         return (np.ascontiguousarray(det[0, :h, :w].float().cpu().numpy()),
                 np.ascontiguousarray(cls[0, :, :h, :w].float().cpu().numpy()))
