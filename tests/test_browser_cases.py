@@ -23,7 +23,7 @@ def _run_sample(page, sample_title: str, case_label: str, previous: int | None =
     page.get_by_role("textbox", name="Case label").fill(case_label)
     page.get_by_role("textbox", name="Case label").press("Enter")
     wait_idle(page)
-    page.get_by_role("button", name="Run").click()
+    page.get_by_role("button", name="Run", exact=True).click()
     not_previous = "" if previous is None else rf"(?!{previous}\b)"
     saved = page.get_by_text(re.compile(rf"Saved as analysis {not_previous}\d+"))
     saved.wait_for(timeout=240_000)

@@ -93,7 +93,7 @@ def _draw_delete_add(page, app_url, tmp_path):
     page.locator("a[href$='/analyze']").first.click()
     page.get_by_text("Analyze an image").first.wait_for(timeout=60_000)
     page.get_by_text("Bundled sample").click()
-    page.get_by_role("button", name="Run").click()
+    page.get_by_role("button", name="Run", exact=True).click()
     n_cells = int(metric_value(page, "Cells", timeout=300_000).replace(",", ""))
     assert n_cells > 20
 

@@ -4,8 +4,9 @@ Usage::
 
     python -m core.training.sdrdin train --minutes 80 --base 32 --seed 2 --out runs/he-til.safetensors
     python -m core.training.sdrdin tune --weights runs/he-til.safetensors --train runs/he-til.train.json
-    python -m core.training.sdrdin card --weights weights/he-til-sdrdin-v2.safetensors \
-        --train weights/he-til-sdrdin-v2.train.json --evaluation runs/he-eval.json --benchmark runs/he-bench.txt
+    python -m core.training.sdrdin card --weights weights/he-til-sdrdin-v3.safetensors \
+        --train weights/he-til-sdrdin-v3.train.json --earlier weights/he-til-sdrdin-v3.stage1.train.json \
+        weights/he-til-sdrdin-v3.stage2.train.json --evaluation runs/he-eval.json --benchmark runs/he-bench.txt
 
 Method (S-DRDIN paper §2.2-2.5): disks around each annotated dot as the class map (4 classes
 + background) and the detection map (their channel-wise maximum); flips as augmentation;
@@ -518,7 +519,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
             "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1).",
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
-            "Transposes and colour jitter added to the flips.",
+            "Transposes and colour jitter added to the flips" + (", and HED stain jitter (haematoxylin / eosin strength) in the later "
+                                                                  "stage(s), for other laboratories' staining." if stain else "."),
             "Nuclei annotated without a class are detection targets but ignored by the classification loss (the paper's data had a class for every dot).",
             "The decoders upsample bilinearly; the four 1x1 convolutions of each inception block are computed as one (same function, fewer passes).",
             "Post-processing sizes are converted to µm; the detection threshold is tuned on held-out train/ images, not on the reported split.",
