@@ -62,3 +62,4 @@ def test_analyze_fast_mode_is_offered_for_he_til_only_and_recorded():
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["analysis"].summary["inference_precision"] == "bfloat16"
+    assert any("bfloat16" in m.label for m in at.metric)  # shown beside the run time

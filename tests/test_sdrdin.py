@@ -316,6 +316,24 @@ def test_evaluation_reproduces_the_model_card():
         assert cls["weighted_f1"] == pytest.approx(want["classification"]["weighted_f1"], abs=3e-3)
 
 
+@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
+def test_bfloat16_evaluation_reproduces_the_model_card():
+    from core.analysis import load_model
+    from core.he_eval import evaluate_he
+    from core.scenarios.base import bfloat16_supported
+
+    if not bfloat16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no native bfloat16")
+    card = SCENARIOS["he-til"].card()
+    assert card["inference_precisions"] == ["float32", "bfloat16"]
+    got = evaluate_he("validation", model=load_model("he-til", "cpu", "bfloat16"))
+    assert got["inference_precision"] == "bfloat16"
+    for radius, want in card["metrics"]["validation_bfloat16"]["radii"].items():
+        det, cls = got["radii"][radius]["detection"], got["radii"][radius]["classification"]
+        assert det["f1"] == pytest.approx(want["detection"]["f1"], abs=3e-3)
+        assert cls["weighted_f1"] == pytest.approx(want["classification"]["weighted_f1"], abs=4e-3)
+
+
 def test_bootstrap_interval_resamples_images():
     from core.he_eval import bootstrap_ci, match_images, pool_matches
     from core.datasets_he import HEImage

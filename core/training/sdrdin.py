@@ -622,6 +622,8 @@ def main(argv=None) -> int:
     c.add_argument("--earlier", nargs="+", default=[],
                    help="training records of the earlier stages, in order (each warm-started the next with --init)")
     c.add_argument("--evaluation-bf16", help="the validation evaluation at --precision bfloat16")
+    c.add_argument("--limitation", action="append", default=[],
+                   help="a limitation seen outside the evaluation (e.g. a look at another centre's slides); repeatable")
     args = p.parse_args(argv)
     if args.cmd == "train":
         result = train(args)
@@ -636,6 +638,7 @@ def main(argv=None) -> int:
     bench = Path(args.benchmark).read_text() if args.benchmark else None
     card = build_card(weights, load(args.train), load(args.evaluation), bench, [load(f) for f in args.earlier],
                       load(args.evaluation_bf16))
+    card["limitations"].extend(args.limitation)
     weights.with_suffix(".json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {weights.with_suffix('.json')}")
     return 0
