@@ -75,7 +75,7 @@ def analyze(
     start = time.perf_counter()
     cells, masks, denoised, notes = model.analyze(image, progress)
     runtime_s = time.perf_counter() - start
-    warnings = list(image.notes) + list(notes)
+    warnings = list(image.notes) + list(notes) + ([scenario.caution] if scenario.caution else [])
     summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings,
                             getattr(model, "precision", "float32"))
     return AnalysisResult(key, image, cells, summary, masks, denoised, warnings)

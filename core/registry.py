@@ -58,6 +58,9 @@ class Scenario:
         True when the weights saw only generated images (shown in the UI).
     params : dict
         Scenario-specific post-processing parameters (thresholds, NMS box in µm...).
+    caution : str
+        What a user must know before trusting the results on their own slides (shown in the
+        UI beside the scenario; "" for none).
     """
 
     key: str
@@ -75,6 +78,7 @@ class Scenario:
     trained_on_synthetic: bool
     description: str
     params: dict[str, Any] = field(default_factory=dict)
+    caution: str = ""
 
     @property
     def weights_path(self) -> Path:
@@ -192,6 +196,11 @@ SCENARIOS: dict[str, Scenario] = {
                 "S-DRDIN (§2.3): one network detects nuclei and classifies them as epithelial, inflammatory, "
                 "fibroblast or other; cells from the detection map by threshold, distance transform and local "
                 "maxima, class by eq. 3 (§2.5). Trained on real colorectal H&E (CRCHistoPhenotypes)."
+            ),
+            caution=(
+                "Validated on one centre's colorectal H&E at 20x only. On another centre's H&E (TCGA) the classes "
+                "were seen to fail (gland nuclei called fibroblast): check the classes by eye, and give the true "
+                "microns per pixel."
             ),
             params={"tile_px": 1024, "margin_px": 96},
         ),

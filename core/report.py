@@ -669,11 +669,13 @@ def build_report_pdf(
         ["Scenario", rec.scenario_key(summary) or "n/a"],
         ["Weights version", format_value(summary.get("weights_version", model_card.get("version")))],
         ["Weights SHA-256", summary.get("weights_sha256") or "n/a"],
-        ["Device / precision / runtime", f"{summary.get('device') or 'n/a'} / {summary.get('inference_precision', 'float32')} / "
-         f"{format_value(summary.get('runtime_s'))} s"],
+        ["Device / runtime", f"{summary.get('device') or 'n/a'} / {format_value(summary.get('runtime_s'))} s"],
+        ["Numeric precision", str(summary.get("inference_precision", "float32"))],
         ["Manual corrections", "none recorded" if n_corr is None else str(n_corr)],
         ["TILscope version", str(record.get("app_version") or core.__version__)],
     ]
+    if summary.get("warnings"):
+        meta.append(["Warnings", f"{len(_text_list(summary.get('warnings')))}, listed at the end of this report"])
     _table(pdf, meta, (40, 140))
 
     _heading(pdf, "Counts and densities per class")

@@ -34,6 +34,8 @@ scenario = get_scenario(key)
 st.caption(f"Stain: {scenario.stain} · model input {scenario.input_mpp} µm/px")
 if scenario.trained_on_synthetic:
     st.warning("This model was trained on synthetic images only.", icon="🧪")
+if scenario.caution:
+    st.warning(scenario.caution, icon="⚠️")
 try:
     card = card_summary(scenario.card())
     with st.expander("Model card: intended use, limitations, metrics"):
