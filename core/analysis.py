@@ -76,8 +76,7 @@ def analyze(
     cells, masks, denoised, notes = model.analyze(image, progress)
     runtime_s = time.perf_counter() - start
     warnings = list(image.notes) + list(notes) + ([scenario.caution] if scenario.caution else [])
-    summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings,
-                            getattr(model, "precision", "float32"))
+    summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings, model.precision)
     return AnalysisResult(key, image, cells, summary, masks, denoised, warnings)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from core.datasets_he import HE_CLASSES, HE_MPP, HEImage, read_he_split
 from core.metrics import match_points, precision_recall_f1
@@ -112,6 +113,15 @@ def pool_matches(rows: list[ImageMatches]) -> dict:
     return {"detection": precision_recall_f1(tp, fp, fn), "classification": classification_metrics(t, p)}
 
 
+def headline_metrics(rows: list[ImageMatches]) -> dict:
+    """Detection F1 and recall, weighted class F1 and inflammatory F1 of :func:`match_images` rows, pooled."""
+    pooled = pool_matches(rows)
+    cls = pooled["classification"]
+    return {"detection_f1": pooled["detection"]["f1"], "detection_recall": pooled["detection"]["recall"],
+            "classification_weighted_f1": cls["weighted_f1"],
+            "inflammatory_f1": cls["per_class"]["inflammatory"]["f1"]}
+
+
 def bootstrap_ci(rows: list[ImageMatches], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile confidence intervals of the pooled metrics, resampling whole images.
 
@@ -133,12 +143,8 @@ def bootstrap_ci(rows: list[ImageMatches], n_resamples: int = 1000, seed: int = 
     """
     rng = np.random.default_rng(seed)
     keys = ("detection_f1", "classification_weighted_f1", "inflammatory_f1")
-    samples = {k: [] for k in keys}
-    for _ in range(n_resamples):
-        s = pool_matches([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-        samples["detection_f1"].append(s["detection"]["f1"])
-        samples["classification_weighted_f1"].append(s["classification"]["weighted_f1"])
-        samples["inflammatory_f1"].append(s["classification"]["per_class"]["inflammatory"]["f1"])
+    draws = [headline_metrics([rows[i] for i in rng.integers(0, len(rows), len(rows))]) for _ in range(n_resamples)]
+    samples = {k: [d[k] for d in draws] for k in keys}
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     out = {k: [float(v) for v in np.percentile(samples[k], q)] for k in keys}
     return out | {"level": level, "n_resamples": n_resamples, "unit": "image"}
@@ -155,10 +161,37 @@ RESTAININGS = (("haematoxylin x0.7", 0.7, 1.0), ("haematoxylin x1.3", 1.3, 1.0),
                ("eosin x1.5", 1.0, 1.5), ("both x0.75", 0.75, 0.75), ("both x1.3", 1.3, 1.3))
 
 
+def restain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Re-stain RGB images in haematoxylin-eosin-DAB optical density space.
+
+    Colour deconvolution (Ruifrok & Johnston 2001, ``skimage.color.hed_from_rgb``) of the
+    optical density into stain concentrations, ``conc * scale + shift`` per image and stain,
+    and back (Beer-Lambert). Nothing is clipped in stain space, so scale 1 and shift 0 give
+    the image back (to 1/255).
+
+    Parameters
+    ----------
+    x : (B, 3, H, W) float RGB in [0, 1]
+    scale, shift : (B, 3) float, per image: haematoxylin, eosin, residual (DAB) channel
+
+    Returns
+    -------
+    (B, 3, H, W) float RGB in [0, 1]
+    """
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    to_hed = torch.as_tensor(hed_from_rgb, dtype=x.dtype)
+    to_rgb = torch.as_tensor(rgb_from_hed, dtype=x.dtype)
+    od = -torch.log10(x.clamp(min=1 / 255))
+    conc = torch.einsum("bchw,cd->bdhw", od, to_hed)
+    conc = conc * scale[:, :, None, None] + shift[:, :, None, None]
+    return torch.pow(10.0, -torch.einsum("bdhw,dc->bchw", conc, to_rgb)).clamp(0, 1)
+
+
 def restain_he(rgb: np.ndarray, haematoxylin: float, eosin: float) -> np.ndarray:
     """Re-stain an H&E image: scale its haematoxylin and eosin concentrations.
 
-    :func:`core.training.sdrdin.restain` with fixed factors: simulates a lighter or heavier
+    :func:`restain` with fixed factors: simulates a lighter or heavier
     stain, as between laboratories; the tissue and nuclei stay put.
 
     Parameters
@@ -170,21 +203,9 @@ def restain_he(rgb: np.ndarray, haematoxylin: float, eosin: float) -> np.ndarray
     -------
     (H, W, 3) uint8
     """
-    import torch
-
-    from core.training.sdrdin import restain
-
     x = torch.from_numpy(np.array(rgb, dtype=np.float64)).permute(2, 0, 1)[None] / 255.0
     y = restain(x, torch.tensor([[haematoxylin, eosin, 1.0]], dtype=x.dtype), torch.zeros(1, 3, dtype=x.dtype))
     return np.round(y[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-
-
-def _headline(rows: list[ImageMatches]) -> dict:
-    pooled = pool_matches(rows)
-    cls = pooled["classification"]
-    return {"detection_f1": pooled["detection"]["f1"], "detection_recall": pooled["detection"]["recall"],
-            "classification_weighted_f1": cls["weighted_f1"],
-            "inflammatory_f1": cls["per_class"]["inflammatory"]["f1"]}
 
 
 def evaluate_he(split: str = "validation", data: str | None = None, device: str | None = None, model=None,
@@ -232,16 +253,17 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
         "postprocess_px": model.params.in_pixels(mpp),
         "radii": {},
     }
+    matches = {}
     for name, r_um in MATCH_RADII_UM.items():
-        rows = match_images(results, images, r_um / HE_MPP)
+        matches[name] = rows = match_images(results, images, r_um / HE_MPP)
         out["radii"][name] = ({"radius_um": r_um, "radius_px": r_um / HE_MPP} | pool_matches(rows)
                               | {"ci95_image_bootstrap": bootstrap_ci(rows)})
     if restained:
         primary_px = MATCH_RADII_UM[PRIMARY_RADIUS] / HE_MPP
         out["restained"] = {"radius": PRIMARY_RADIUS, "method": "colour deconvolution (skimage hed_from_rgb), H and E concentrations scaled (restain_he)",
-                            "unchanged": _headline(match_images(results, images, primary_px))}
+                            "unchanged": headline_metrics(matches[PRIMARY_RADIUS])}
         for name, h, e in RESTAININGS:
             res = [model.detect(restain_he(im.pixels, h, e))[:2] for im in images]
-            out["restained"][name] = _headline(match_images(res, images, primary_px))
+            out["restained"][name] = headline_metrics(match_images(res, images, primary_px))
     out["published"] = PAPER_RESULTS
     return _round(out)

@@ -139,9 +139,9 @@ if result is not None:
     else:
         cols[1].metric("Density (cells/mm²)", "n/a", help="Needs the microns per pixel.")
         cols[2].metric("Analysed area (mm²)", "n/a", help="Needs the microns per pixel.")
-    precision = s.get("inference_precision", "float32")
-    cols[3].metric(f"Run time (s, {s['device'].upper()}{', ' + precision if precision != 'float32' else ''})",
-                   f"{s['runtime_s']:.1f}", help=f"Numeric precision of the network: {precision}")
+    used = s.get("inference_precision", "float32")
+    cols[3].metric(f"Run time (s, {s['device'].upper()}{', ' + used if used != 'float32' else ''})",
+                   f"{s['runtime_s']:.1f}", help=f"Numeric precision of the network: {used}")
 
     if sc.trained_on_synthetic:
         st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon="🧪")

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from core.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
+from core.he_eval import restain
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -95,35 +96,8 @@ def sdrdin_loss(out: dict, class_target: torch.Tensor, detection_target: torch.T
     return terms
 
 
-def restain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Re-stain RGB images in haematoxylin-eosin-DAB optical density space.
-
-    Colour deconvolution (Ruifrok & Johnston 2001, ``skimage.color.hed_from_rgb``) of the
-    optical density into stain concentrations, ``conc * scale + shift`` per image and stain,
-    and back (Beer-Lambert). Nothing is clipped in stain space, so scale 1 and shift 0 give
-    the image back (to 1/255).
-
-    Parameters
-    ----------
-    x : (B, 3, H, W) float RGB in [0, 1]
-    scale, shift : (B, 3) float, per image: haematoxylin, eosin, residual (DAB) channel
-
-    Returns
-    -------
-    (B, 3, H, W) float RGB in [0, 1]
-    """
-    from skimage.color import hed_from_rgb, rgb_from_hed
-
-    to_hed = torch.as_tensor(hed_from_rgb, dtype=x.dtype)
-    to_rgb = torch.as_tensor(rgb_from_hed, dtype=x.dtype)
-    od = -torch.log10(x.clamp(min=1 / 255))
-    conc = torch.einsum("bchw,cd->bdhw", od, to_hed)
-    conc = conc * scale[:, :, None, None] + shift[:, :, None, None]
-    return torch.pow(10.0, -torch.einsum("bdhw,dc->bchw", conc, to_rgb)).clamp(0, 1)
-
-
 def hed_stain_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Random re-staining of RGB crops (:func:`restain`), as between laboratories.
+    """Random re-staining of RGB crops (:func:`core.he_eval.restain`), as between laboratories.
 
     The haematoxylin and eosin concentrations are multiplied by factors drawn from
     U(1 - strength, 1 + strength) and shifted by U(-strength / 10, strength / 10), the
@@ -565,8 +539,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
         if "restained" in evaluation:
             rs = evaluation["restained"]
             card["metrics"]["validation_restained"] = rs
-            worst = min((v for k, v in rs.items() if isinstance(v, dict) and k != "unchanged"), key=lambda v: v["classification_weighted_f1"])
-            worst_name = next(k for k, v in rs.items() if v is worst)
+            worst_name, worst = min(((k, v) for k, v in rs.items() if isinstance(v, dict) and k != "unchanged"),
+                                    key=lambda kv: kv[1]["classification_weighted_f1"])
             card["limitations"].append(
                 "Stain variation (a stand-in for other laboratories): with the validation images re-stained at fixed haematoxylin / "
                 f"eosin strengths (metrics.validation_restained), the weighted class F1 falls from {rs['unchanged']['classification_weighted_f1']:.3f} "
