@@ -21,8 +21,12 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+# glibc malloc settings of core/allocator.py (ENVIRONMENT), from the server's start so that its
+# worker threads share the tuned heap: CPU inference on large tiles about twice as fast.
+MALLOC_ENV := MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824
+
 run: $(VENV)/.installed
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(MALLOC_ENV) $(VENV)/bin/streamlit run app.py --server.port $(PORT)
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -1,17 +1,20 @@
 """Whole-image speed of the he-til scenario (S-DRDIN + §2.5 post-processing) on CPU.
 
 Usage: python benchmarks/bench_he_til.py [--device cpu|cuda] [--sizes 500,1000,2000] [--threads 2]
-                                        [--precisions float32,bfloat16]
+                                        [--precisions float32,bfloat16] [--default-allocator]
 
 Fields are tiled from the validation H&E images (real texture) at the model's 0.55 µm/px.
 Prints seconds and seconds per megapixel of the full analysis (network in 1024 px blocks
 with a 96 px context margin, post-processing, cell table), and of the network alone, at each
 numeric precision (bfloat16 is skipped, with a line saying so, where the device lacks it).
+``--default-allocator`` leaves glibc's malloc as it is, to measure what
+:func:`core.allocator.tune_allocator` (called by ``load_model``) gains.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _timing import best_seconds  # noqa: E402
+from core.allocator import tune_allocator  # noqa: E402
 from core.analysis import analyze, load_model  # noqa: E402
 from core.datasets_he import read_he_split  # noqa: E402
 from core.io import ImageData  # noqa: E402
@@ -41,10 +45,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--precisions", default="float32,bfloat16")
+    p.add_argument("--default-allocator", action="store_true", help="do not tune glibc malloc (baseline)")
     args = p.parse_args(argv)
+    if args.default_allocator:
+        os.environ["TILSCOPE_DEFAULT_ALLOCATOR"] = "1"
+    allocator_state = tune_allocator()
     torch.set_num_threads(args.threads)
     tiles = [im.pixels for im in read_he_split("validation")]
-    print(f"he-til on {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"he-til on {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, allocator: {allocator_state}")
     print(f"{'precision':>9} {'side px':>8} {'MP':>6} {'analyse s':>10} {'s/MP':>7} {'network s/MP':>13} {'cells':>6}")
     for precision in args.precisions.split(","):
         if precision == "bfloat16" and not bfloat16_supported(pick_device(args.device)):

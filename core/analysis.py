@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from core import __version__
+from core.allocator import release_memory, tune_allocator
 from core.cells import CELL_COLUMNS
 from core.io import ImageData
 from core.overlay import draw_cells, mask_to_uint8
@@ -31,8 +32,12 @@ def load_model(key: str, device: str | None = None, precision: str = "float32") 
     Raises
     ------
     UnknownScenarioError, WeightsError, InputError
+
+    Loading also tunes the process's memory allocator for large tiles
+    (:func:`core.allocator.tune_allocator`, glibc only).
     """
     scenario = get_scenario(key)
+    tune_allocator()
     return runner_class(scenario).from_registry(scenario, pick_device(device), precision)
 
 
@@ -73,7 +78,10 @@ def analyze(
     scenario = get_scenario(key)
     model = model or load_model(key, device, precision)
     start = time.perf_counter()
-    cells, masks, denoised, notes = model.analyze(image, progress)
+    try:
+        cells, masks, denoised, notes = model.analyze(image, progress)
+    finally:
+        release_memory()  # the network's freed activations go back to the OS, not kept at their peak
     runtime_s = time.perf_counter() - start
     warnings = list(image.notes) + list(notes) + ([scenario.caution] if scenario.caution else [])
     summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings, model.precision)

@@ -376,6 +376,27 @@ def test_hed_stain_jitter_changes_stain_strength_not_geometry():
     assert min(corr) > 0.8
 
 
+def test_focus_sampling_puts_the_focus_class_in_the_crops():
+    from core.datasets_he import HEImage
+    from core.training.sdrdin import CropSampler
+
+    # one inflammatory nucleus (label 1) in a corner of a 200 px image, epithelial elsewhere
+    pts = np.array([[12.0, 15.0], [150, 150], [100, 60], [60, 170]])
+    image = HEImage("synthetic", np.full((200, 200, 3), 200, np.uint8), pts, np.array([1, 0, 0, 0]))
+    uniform = CropSampler([image], 3.0, 48, torch.Generator().manual_seed(0), jitter=0.0)
+    focused = CropSampler([image], 3.0, 48, torch.Generator().manual_seed(0), jitter=0.0, focus_label=1, focus_share=1.0)
+    _, cu, _ = uniform.batch(40)
+    _, cf, _ = focused.batch(40)
+    has = lambda c: [(c[i] == 1).any().item() for i in range(len(c))]  # noqa: E731
+    assert all(has(cf))  # every focused crop holds the inflammatory nucleus
+    assert sum(has(cu)) < 20  # a uniform crop holds it only sometimes
+    # the nucleus is not always at the crop centre
+    where = [tuple(torch.nonzero(cf[i] == 1).float().mean(0).round().tolist()) for i in range(len(cf))]
+    assert len(set(where)) > 5
+    with pytest.raises(ValueError, match="no nucleus of the focus class"):
+        CropSampler([image], 3.0, 48, torch.Generator(), focus_label=3, focus_share=0.5)
+
+
 def test_restain_scales_haematoxylin_and_keeps_unstained_pixels():
     from skimage.color import hed2rgb, rgb2hed
 

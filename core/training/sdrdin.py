@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from core.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
 from core.he_eval import restain
+from core.model_card import write_card
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -130,10 +131,14 @@ class CropSampler:
     transforms); colour jitter (ours): per-channel gain ±``gain``, brightness ±``gain``,
     contrast and saturation ±2·``gain``, applied to RGB in [0, 1] before normalisation;
     optionally HED stain jitter (:func:`hed_stain_jitter`) before the colour jitter.
+
+    Crops are drawn uniformly over the images, except that a share ``focus_share`` of them
+    (ours, as hard-example sampling for a class the network misses) contain a nucleus of
+    class ``focus_label`` at a uniformly random position inside the crop.
     """
 
     def __init__(self, images, radius_px: float, crop_px: int, gen: torch.Generator, jitter: float = 0.06,
-                 stain_jitter: float = 0.0):
+                 stain_jitter: float = 0.0, focus_label: int | None = None, focus_share: float = 0.0):
         self.pixels = [torch.from_numpy(np.array(im.pixels)).permute(2, 0, 1).float() / 255.0 for im in images]
         targets = [disk_targets(im.pixels.shape[:2], im.points_xy, im.labels, radius_px) for im in images]
         self.cls = [torch.from_numpy(c) for c, _ in targets]
@@ -142,16 +147,33 @@ class CropSampler:
         self.gen = gen
         self.jitter = jitter
         self.stain_jitter = stain_jitter
+        self.focus_share = focus_share if focus_label is not None else 0.0
+        # (image index, x, y) of every nucleus of the focus class
+        self.focus = [(i, x, y) for i, im in enumerate(images) for (x, y), lab in zip(im.points_xy, im.labels)
+                      if focus_label is not None and lab == focus_label]
+        if self.focus_share > 0 and not self.focus:
+            raise ValueError("no nucleus of the focus class in the training images")
+
+    def _corner(self) -> tuple[int, int, int]:
+        """Image index and top-left corner of one crop."""
+        g, c = self.gen, self.crop
+        if self.focus_share > 0 and float(torch.rand((1,), generator=g)) < self.focus_share:
+            i, px, py = self.focus[int(torch.randint(len(self.focus), (1,), generator=g))]
+            h, w = self.pixels[i].shape[1:]
+            # the nucleus lands anywhere in the crop (not always at its centre)
+            y = int(np.clip(round(py) - int(torch.randint(c, (1,), generator=g)), 0, h - c))
+            x = int(np.clip(round(px) - int(torch.randint(c, (1,), generator=g)), 0, w - c))
+            return i, y, x
+        i = int(torch.randint(len(self.pixels), (1,), generator=g))
+        h, w = self.pixels[i].shape[1:]
+        return i, int(torch.randint(h - c + 1, (1,), generator=g)), int(torch.randint(w - c + 1, (1,), generator=g))
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n, 3, C, C) float RGB in [0, 1] (jittered), (n, C, C) int64 class target, (n, C, C) float detection target."""
         g, c = self.gen, self.crop
         xs, cs, ds = [], [], []
         for _ in range(n):
-            i = int(torch.randint(len(self.pixels), (1,), generator=g))
-            h, w = self.pixels[i].shape[1:]
-            y = int(torch.randint(h - c + 1, (1,), generator=g))
-            x = int(torch.randint(w - c + 1, (1,), generator=g))
+            i, y, x = self._corner()
             parts = [self.pixels[i][:, y : y + c, x : x + c], self.cls[i][y : y + c, x : x + c], self.det[i][y : y + c, x : x + c]]
             flips = torch.randint(2, (3,), generator=g)
             if flips[0]:
@@ -239,7 +261,8 @@ def train(args: argparse.Namespace) -> dict:
     fit = read_he_split("fit", args.data)
     tune = read_he_split("tune", args.data)
     radius_px = args.radius_um / HE_MPP
-    sampler = CropSampler(fit, radius_px, args.crop, gen, args.jitter, args.stain_jitter)
+    focus = HE_CLASSES.index(args.focus_class) if args.focus_class else None
+    sampler = CropSampler(fit, radius_px, args.crop, gen, args.jitter, args.stain_jitter, focus, args.focus_share)
     allpix = torch.stack([p.reshape(3, -1) for p in sampler.pixels], 0).permute(1, 0, 2).reshape(3, -1)
     mean, std = allpix.mean(1).numpy(), allpix.std(1).numpy()
     m = torch.as_tensor(mean).view(1, 3, 1, 1)
@@ -306,7 +329,8 @@ def train(args: argparse.Namespace) -> dict:
         "variant": args.variant, "base_features": args.base,
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "crop_px": args.crop, "batch": args.batch, "lr": args.lr, "det_weight": args.det_weight,
-        "jitter": args.jitter, "stain_jitter": args.stain_jitter, "bf16_autocast": args.bf16, "radius_um": args.radius_um, "radius_px": radius_px,
+        "jitter": args.jitter, "stain_jitter": args.stain_jitter,
+        "focus_class": args.focus_class, "focus_share": args.focus_share if args.focus_class else 0.0, "bf16_autocast": args.bf16, "radius_um": args.radius_um, "radius_px": radius_px,
         "minutes": args.minutes, "eval_minutes": args.eval_minutes,
         "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
         "threads": args.threads, "train_time_s": round(train_time, 1),
@@ -371,6 +395,7 @@ def _train_command(train: dict, name: str, init: str | None = None) -> str:
             + (f" --eval-thresholds {' '.join(f'{t:g}' for t in train['eval_thresholds'])}" if "eval_thresholds" in train else "")
             + (f" --stain-jitter {train['stain_jitter']:g}" if train.get("stain_jitter") else "")
             + (" --bf16" if train.get("bf16_autocast") else "")
+            + (f" --focus-class {train['focus_class']} --focus-share {train['focus_share']:g}" if train.get("focus_class") else "")
             + (f" --init {init}" if init else "") + f" --out weights/{name}")
 
 
@@ -411,6 +436,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     budget_minutes = " + ".join(f"{t['minutes']:g}" for t in stages)
     total_train_s = sum(t["train_time_s"] for t in stages)
     stain = max(t.get("stain_jitter", 0.0) for t in stages)
+    focused = {t["focus_class"] for t in stages if t.get("focus_class")}
     card = {
         "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
         "scenario": "he-til",
@@ -475,6 +501,10 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
                             + (f"; HED stain jitter in stage(s) {', '.join(str(i + 1) for i, t in enumerate(stages) if t.get('stain_jitter'))}: "
                                f"haematoxylin and eosin concentrations x U({1 - stain:g}, {1 + stain:g}) and shifted (Tellez et al. 2019), "
                                "for other laboratories' staining" if stain else ""),
+            **({"crop_sampling": "uniform over the fit images; in stage(s) " + ", ".join(
+                f"{i + 1} ({t['focus_share']:.0%} of crops around a {t['focus_class']} nucleus)" for i, t in enumerate(stages)
+                if t.get("focus_class")) + ", hard-example sampling for the class with the lowest recall (ours)"}
+               if any(t.get("focus_class") for t in stages) else {}),
             "numeric_precision": "float32 weights; " + ("forward pass in bfloat16 autocast in stage(s) "
                                  + ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get("bf16_autocast"))
                                  + " (losses in float32)" if any(t.get("bf16_autocast") for t in stages) else "float32 training"),
@@ -482,6 +512,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             "train_time_s": round(total_train_s, 1),
             "stages": [{"stage": i + 1, "minutes": t["minutes"], "steps": t["steps"], "best_step": t["best_step"], "lr": t["lr"],
                         "seed": t["seed"], "stain_jitter": t.get("stain_jitter", 0.0), "bf16_autocast": t.get("bf16_autocast", False),
+                        **({"focus_class": t["focus_class"], "focus_share": t["focus_share"]} if t.get("focus_class") else {}),
                         "start": f"warm start from stage {i} (--init)" if i else "Glorot-uniform init"}
                        for i, t in enumerate(stages)] if multi else None,
             "history": [{k: h[k] for k in ("step", "elapsed_s", "tune")} for h in train["history"]],
@@ -491,6 +522,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"Width chosen for 2 CPU cores: base {train['base_features']} features ({train['parameters']} parameters), trained for "
             f"{budget_minutes} minutes in a developer session; the paper trains 100 epochs on a GPU (its text gives no widths).",
             f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
+            *([f"A share of the crops in the later stage(s) is drawn around {' and '.join(sorted(focused))} nuclei, hard-example "
+               "sampling for the class with the lowest recall; the paper samples patches on a regular grid."] if focused else []),
             "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1).",
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
             "Transposes and colour jitter added to the flips" + (", and HED stain jitter (haematoxylin / eosin strength) in the later "
@@ -571,6 +604,9 @@ def main(argv=None) -> int:
     t.add_argument("--jitter", type=float, default=0.06, help="colour jitter strength (0 = flips only, as the paper)")
     t.add_argument("--stain-jitter", type=float, default=0.0,
                    help="HED stain augmentation strength (0 = off; 0.3 = concentrations x U(0.7, 1.3)), for other laboratories' staining")
+    t.add_argument("--focus-class", choices=list(HE_CLASSES), default=None,
+                   help="draw a share of the crops around nuclei of this class (hard-example sampling)")
+    t.add_argument("--focus-share", type=float, default=0.25, help="share of crops drawn around --focus-class")
     t.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast for the forward pass (about 1.5 x faster on CPUs with AVX512-BF16); weights and losses stay float32")
     t.add_argument("--radius-um", type=float, default=RADIUS_UM,
@@ -613,8 +649,8 @@ def main(argv=None) -> int:
     card = build_card(weights, load(args.train), load(args.evaluation), bench, [load(f) for f in args.earlier],
                       load(args.evaluation_bf16))
     card["limitations"].extend(args.limitation)
-    weights.with_suffix(".json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {weights.with_suffix('.json')}")
+    write_card(weights, card)
+    print(f"wrote {weights.with_suffix('.json')} and {weights.with_suffix('.md')}")
     return 0
 
 

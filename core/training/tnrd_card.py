@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.model_card import write_card
 from core.registry import sha256_file
 
 PAPER = {
@@ -219,8 +220,8 @@ def main(argv=None) -> int:
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
     card = build_card(weights, load(args.train), load(args.evaluation), load(args.real), load(args.benchmark),
                       load(args.stage1))
-    weights.with_suffix(".json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {weights.with_suffix('.json')}")
+    write_card(weights, card)
+    print(f"wrote {weights.with_suffix('.json')} and {weights.with_suffix('.md')}")
     return 0
 
 
