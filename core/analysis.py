@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from core import __version__
-from core.allocator import release_memory, tune_allocator
+from core.allocator import tune_allocator
 from core.cells import CELL_COLUMNS
 from core.io import ImageData
 from core.overlay import draw_cells, mask_to_uint8
@@ -78,10 +78,7 @@ def analyze(
     scenario = get_scenario(key)
     model = model or load_model(key, device, precision)
     start = time.perf_counter()
-    try:
-        cells, masks, denoised, notes = model.analyze(image, progress)
-    finally:
-        release_memory()  # the network's freed activations go back to the OS, not kept at their peak
+    cells, masks, denoised, notes = model.analyze(image, progress)
     runtime_s = time.perf_counter() - start
     warnings = list(image.notes) + list(notes) + ([scenario.caution] if scenario.caution else [])
     summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings, model.precision)

@@ -31,6 +31,8 @@ def test_analyze_runs_bundled_sample():
     at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
     at.radio[0].set_value("Bundled sample").run()
     assert not at.exception
+    card = [b for b in at.get("download_button") if b.label == "Download the whole model card (Markdown)"]
+    assert len(card) == 1  # the scenario's Markdown card, before any run
     run = next(b for b in at.button if b.label == "Run")
     run.click().run()
     assert not at.exception, at.exception
