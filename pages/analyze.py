@@ -100,7 +100,7 @@ if image is not None:
         fast_ok = bfloat16_supported(pick_device())
         fast = st.toggle(
             "Fast mode (bfloat16)", value=False, disabled=not fast_ok,
-            help="The network computes in bfloat16: about twice as fast on this kind of processor. The model card gives "
+            help="The network computes in bfloat16: 1.5 to 2 times as fast on this kind of processor. The model card gives "
                  "its validation figures at both precisions. Recorded with the analysis and in the report."
                  + ("" if fast_ok else " Not available: this processor has no native bfloat16."),
         )
