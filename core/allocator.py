@@ -43,8 +43,6 @@ ENVIRONMENT = {
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-_state = {"tuned": None}
-
 
 @functools.cache
 def _libc():
@@ -56,6 +54,7 @@ def _libc():
         return None
 
 
+@functools.cache
 def tune_allocator() -> str:
     """Raise glibc's mmap and trim thresholds to :data:`THRESHOLD_BYTES` (once per process).
 
@@ -66,15 +65,11 @@ def tune_allocator() -> str:
         ``"default (...)"`` with the reason: ``TILSCOPE_DEFAULT_ALLOCATOR`` set, a C library
         other than glibc, or glibc refused.
     """
-    if _state["tuned"] is None:
-        libc = _libc()
-        if os.environ.get("TILSCOPE_DEFAULT_ALLOCATOR"):
-            _state["tuned"] = "default (TILSCOPE_DEFAULT_ALLOCATOR is set)"
-        elif libc is None:
-            _state["tuned"] = f"default (C library {platform.libc_ver()[0] or platform.system()} is not glibc)"
-        else:
-            ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1
-            ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1 and ok
-            _state["tuned"] = ("glibc, mmap/trim thresholds 1 GiB" if ok
-                               else "default (glibc refused the mmap/trim thresholds)")
-    return _state["tuned"]
+    if os.environ.get("TILSCOPE_DEFAULT_ALLOCATOR"):
+        return "default (TILSCOPE_DEFAULT_ALLOCATOR is set)"
+    libc = _libc()
+    if libc is None:
+        return f"default (C library {platform.libc_ver()[0] or platform.system()} is not glibc)"
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1 and ok
+    return "glibc, mmap/trim thresholds 1 GiB" if ok else "default (glibc refused the mmap/trim thresholds)"

@@ -118,9 +118,7 @@ def render_markdown(card: dict) -> str:
     title = card.get("name") or card.get("weights_file") or "model"
     lines = [f"# Model card: {title}", "",
              "_Generated from the JSON card beside the weights (`python -m core.model_card`); do not edit by hand._", ""]
-    for key in _HEADER_KEYS[1:]:
-        if key in card and key != "trained_on_synthetic":
-            lines.append(f"- **{key}**: `{_scalar(card[key])}`")
+    lines += [f"- **{key}**: `{_scalar(card[key])}`" for key in _HEADER_KEYS[1:-1] if key in card]
     if "trained_on_synthetic" in card:
         lines.append(f"- **trained_on_synthetic**: {_scalar(card['trained_on_synthetic'])}")
     if card.get("trained_on_synthetic"):

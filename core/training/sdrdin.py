@@ -150,7 +150,7 @@ class CropSampler:
         self.focus_share = focus_share if focus_label is not None else 0.0
         # (image index, x, y) of every nucleus of the focus class
         self.focus = [(i, x, y) for i, im in enumerate(images) for (x, y), lab in zip(im.points_xy, im.labels)
-                      if focus_label is not None and lab == focus_label]
+                      if lab == focus_label] if focus_label is not None else []
         if self.focus_share > 0 and not self.focus:
             raise ValueError("no nucleus of the focus class in the training images")
 
@@ -399,6 +399,11 @@ def _train_command(train: dict, name: str, init: str | None = None) -> str:
             + (f" --init {init}" if init else "") + f" --out weights/{name}")
 
 
+def _stages_with(stages: list[dict], key: str) -> str:
+    """``"3, 4"``: the 1-based numbers of the training stages whose record sets ``key``."""
+    return ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get(key))
+
+
 def _version(weights: Path) -> str:
     """``"N.0.0"`` from a weights name ending in ``-vN`` (``he-til-sdrdin-v2.safetensors`` → ``"2.0.0"``)."""
     tail = weights.stem.rsplit("-v", 1)
@@ -437,6 +442,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     total_train_s = sum(t["train_time_s"] for t in stages)
     stain = max(t.get("stain_jitter", 0.0) for t in stages)
     focused = {t["focus_class"] for t in stages if t.get("focus_class")}
+    bf16_stages = _stages_with(stages, "bf16_autocast")
     card = {
         "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
         "scenario": "he-til",
@@ -498,16 +504,15 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             "batch": train["batch"], "crop_px": train["crop_px"], "steps": train["steps"], "best_step_on_tune": train["best_step"],
             "augmentation": "horizontal/vertical flips (paper), transposes, colour jitter (saturation/contrast ±"
                             f"{2 * train['jitter']:.0%}, channel gain and brightness ±{train['jitter']:.0%}) (ours, not ablated)"
-                            + (f"; HED stain jitter in stage(s) {', '.join(str(i + 1) for i, t in enumerate(stages) if t.get('stain_jitter'))}: "
+                            + (f"; HED stain jitter in stage(s) {_stages_with(stages, 'stain_jitter')}: "
                                f"haematoxylin and eosin concentrations x U({1 - stain:g}, {1 + stain:g}) and shifted (Tellez et al. 2019), "
                                "for other laboratories' staining" if stain else ""),
             **({"crop_sampling": "uniform over the fit images; in stage(s) " + ", ".join(
-                f"{i + 1} ({t['focus_share']:.0%} of crops around a {t['focus_class']} nucleus)" for i, t in enumerate(stages)
+                f"{i + 1} ({t['focus_share']:.0%} of crops around a nucleus of class {t['focus_class']})" for i, t in enumerate(stages)
                 if t.get("focus_class")) + ", hard-example sampling for the class with the lowest recall (ours)"}
-               if any(t.get("focus_class") for t in stages) else {}),
-            "numeric_precision": "float32 weights; " + ("forward pass in bfloat16 autocast in stage(s) "
-                                 + ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get("bf16_autocast"))
-                                 + " (losses in float32)" if any(t.get("bf16_autocast") for t in stages) else "float32 training"),
+               if focused else {}),
+            "numeric_precision": "float32 weights; " + (f"forward pass in bfloat16 autocast in stage(s) {bf16_stages} (losses in float32)"
+                                                         if bf16_stages else "float32 training"),
             "seed": train["seed"], "hardware": f"CPU, {train['threads']} threads (shared machine)",
             "train_time_s": round(total_train_s, 1),
             "stages": [{"stage": i + 1, "minutes": t["minutes"], "steps": t["steps"], "best_step": t["best_step"], "lr": t["lr"],
