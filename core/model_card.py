@@ -2,7 +2,7 @@
 
 Every weights file ``weights/<stem>.safetensors`` has its card as ``weights/<stem>.json``
 (machine-readable, MONAI-bundle-like metadata: read by the registry, the app and the
-report) and as ``weights/<stem>.md`` (the same card for a reader: intended use and
+report) and as ``weights/<stem>.model_card.md`` (the same card for a reader: intended use and
 limitations first, then the held-out metrics, training data and training, the departures
 from the paper, and everything else). The Markdown is generated from the JSON, never
 edited by hand; ``python -m core.model_card`` re-renders every card in ``weights/``, and a
@@ -132,10 +132,15 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_path(weights: Path | str) -> Path:
+    """``weights/<stem>.model_card.md``: where the Markdown card of ``weights/<stem>.safetensors`` lives."""
+    return Path(weights).with_suffix(".model_card.md")
+
+
 def write_card(weights: Path, card: dict) -> tuple[Path, Path]:
-    """Write ``card`` beside ``weights`` as ``<stem>.json`` and ``<stem>.md``; returns both paths."""
+    """Write ``card`` beside ``weights`` as ``<stem>.json`` and ``<stem>.model_card.md``; returns both paths."""
     weights = Path(weights)
-    js, md = weights.with_suffix(".json"), weights.with_suffix(".md")
+    js, md = weights.with_suffix(".json"), markdown_path(weights)
     js.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     md.write_text(render_markdown(card), encoding="utf-8")
     return js, md
@@ -143,12 +148,12 @@ def write_card(weights: Path, card: dict) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m core.model_card",
-                                description="Re-render weights/<stem>.md from every weights/<stem>.json card.")
+                                description="Re-render weights/<stem>.model_card.md from every weights/<stem>.json card.")
     p.add_argument("--weights-dir", default=str(Path(__file__).resolve().parent.parent / "weights"))
     args = p.parse_args(argv)
     for weights in sorted(Path(args.weights_dir).glob("*.safetensors")):
         card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
-        md = weights.with_suffix(".md")
+        md = markdown_path(weights)
         md.write_text(render_markdown(card), encoding="utf-8")
         print(md)
     return 0

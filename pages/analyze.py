@@ -11,7 +11,7 @@ from core.analysis import analyze, spatial_statistics
 from core.errors import TILscopeError
 from core.exports import save_result
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
-from core.model_card import render_markdown
+from core.model_card import markdown_path, render_markdown
 from core.registry import get_scenario, list_scenarios, runner_class
 from core.report import EXPORT_MEDIA_TYPES
 from core.samples import list_samples
@@ -45,7 +45,7 @@ try:
         st.markdown("**Limitations:**\n" + "\n".join(f"- {item}" for item in card["limitations"]))
         st.json(card["metrics"], expanded=False)
         st.download_button("Download the whole model card (Markdown)", render_markdown(full_card),
-                           file_name=scenario.model_card.removesuffix(".json") + ".md", mime="text/markdown")
+                           file_name=markdown_path(scenario.weights).name, mime="text/markdown")
 except TILscopeError as err:
     st.error(str(err))
 

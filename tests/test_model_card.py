@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.model_card import render_markdown, write_card
+from core.model_card import markdown_path, render_markdown, write_card
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED = sorted(WEIGHTS.glob("*.safetensors"))
@@ -26,7 +26,7 @@ def _strings(value):
 @pytest.mark.parametrize("weights", SHIPPED, ids=[w.stem for w in SHIPPED])
 def test_markdown_card_is_current_and_complete(weights):
     card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
-    md = weights.with_suffix(".md")
+    md = markdown_path(weights)
     assert md.exists(), f"{md.name} missing: run python -m core.model_card"
     text = md.read_text(encoding="utf-8")
     assert text == render_markdown(card), f"{md.name} is stale: run python -m core.model_card"
@@ -41,6 +41,7 @@ def test_synthetic_card_carries_the_warning_and_write_card_writes_both(tmp_path)
             "limitations": ["a", "b"], "metrics": {"per_class": {"x": {"f1": 0.5, "n": 3}, "y": {"f1": 0.25, "n": 4}}},
             "benchmark_cpu": "size s/MP\n500 1.0\n", "extra_field": {"k": [1, 2]}}
     js, md = write_card(tmp_path / "toy-v1.safetensors", card)
+    assert md.name == "toy-v1.model_card.md"
     assert json.loads(js.read_text(encoding="utf-8")) == card
     text = md.read_text(encoding="utf-8")
     assert "**Trained on synthetic data.**" in text

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from core.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
 from core.he_eval import restain
-from core.model_card import write_card
+from core.model_card import markdown_path, write_card
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -655,7 +655,7 @@ def main(argv=None) -> int:
                       load(args.evaluation_bf16))
     card["limitations"].extend(args.limitation)
     write_card(weights, card)
-    print(f"wrote {weights.with_suffix('.json')} and {weights.with_suffix('.md')}")
+    print(f"wrote {weights.with_suffix('.json')} and {markdown_path(weights)}")
     return 0
 
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.model_card import write_card
+from core.model_card import markdown_path, write_card
 from core.registry import sha256_file
 
 PAPER = {
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     card = build_card(weights, load(args.train), load(args.evaluation), load(args.real), load(args.benchmark),
                       load(args.stage1))
     write_card(weights, card)
-    print(f"wrote {weights.with_suffix('.json')} and {weights.with_suffix('.md')}")
+    print(f"wrote {weights.with_suffix('.json')} and {markdown_path(weights)}")
     return 0
 
 
