@@ -397,6 +397,38 @@ def test_focus_sampling_puts_the_focus_class_in_the_crops():
         CropSampler([image], 3.0, 48, torch.Generator(), focus_label=3, focus_share=0.5)
 
 
+@pytest.mark.skipif(not HAS_DATA, reason="needs ../shared/data/he-crc-cell-points")
+def test_weight_averaging_ships_the_mean_of_the_snapshots(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from core.training import sdrdin as training
+
+    snapshots = []
+    update = torch.optim.swa_utils.AveragedModel.update_parameters
+
+    def record(self, model):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return update(self, model)
+
+    monkeypatch.setattr(torch.optim.swa_utils.AveragedModel, "update_parameters", record)
+    monkeypatch.setattr(training, "SWA_BN_BATCHES", 4)
+    out = tmp_path / "w.safetensors"
+    assert training.main(["train", "--minutes", "5", "--max-steps", "7", "--base", "4", "--crop", "32", "--batch", "2",
+                          "--swa-start", "0", "--swa-every", "2", "--eval-minutes", "100", "--eval-thresholds", "0.5",
+                          "--threads", "1", "--out", str(out)]) == 0
+    record_json = json.loads(out.with_suffix(".train.json").read_text())
+    assert len(snapshots) == 3 == record_json["swa_n_averaged"]  # steps 2, 4 and 6 of 7
+    shipped = load_file(str(out))
+    for name, value in shipped.items():
+        if "running" in name or "num_batches" in name:
+            continue
+        torch.testing.assert_close(value, torch.stack([s[name] for s in snapshots]).mean(0))
+    # batch-norm statistics are re-estimated for the averaged weights, not kept from the last step
+    bn = next(k for k in shipped if k.endswith("running_var"))
+    assert not torch.allclose(shipped[bn], snapshots[-1][bn])
+    assert "--swa-start 0 --swa-every 2" in training._train_command(record_json, "w.safetensors")
+
+
 def test_restain_scales_haematoxylin_and_keeps_unstained_pixels():
     from skimage.color import hed2rgb, rgb2hed
 

@@ -15,6 +15,9 @@ initialisation. Departures (stated in the card): reduced width and random crops 
 on 2 CPU cores within a time budget, cosine learning-rate decay over that budget, transposes
 and mild colour jitter added to the flips, nuclei without a class ignored by the class loss,
 checkpoint and detection threshold chosen on held-out train/ images (the ``tune`` split).
+Optionally (``--swa-start``) stochastic weight averaging (Izmailov et al., UAI 2018): a constant
+learning rate, the weights averaged every ``--swa-every`` steps, the average shipped with its
+batch-norm statistics re-estimated on fit crops (``torch.optim.swa_utils``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from core.model_card import markdown_path, write_card
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
+#: Batches of fit crops over which the batch-norm statistics of a weight average are re-estimated.
+SWA_BN_BATCHES = 150
 
 
 def class_weights(target: torch.Tensor, n_channels: int) -> torch.Tensor:
@@ -168,6 +173,11 @@ class CropSampler:
         h, w = self.pixels[i].shape[1:]
         return i, int(torch.randint(h - c + 1, (1,), generator=g)), int(torch.randint(w - c + 1, (1,), generator=g))
 
+    def inputs(self, n: int, batches: int):
+        """``batches`` input batches of :meth:`batch` (no targets): (n, 3, C, C) float RGB in [0, 1]."""
+        for _ in range(batches):
+            yield self.batch(n)[0]
+
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n, 3, C, C) float RGB in [0, 1] (jittered), (n, C, C) int64 class target, (n, C, C) float detection target."""
         g, c = self.gen, self.crop
@@ -273,6 +283,7 @@ def train(args: argparse.Namespace) -> dict:
 
         net.load_state_dict(load_file(args.init), strict=True)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    swa = torch.optim.swa_utils.AveragedModel(net) if args.swa_start is not None else None
     match_px = MATCH_RADII_UM[PRIMARY_RADIUS] / HE_MPP
     budget = args.minutes * 60.0
     history, best = [], {"score": -1.0}
@@ -285,8 +296,8 @@ def train(args: argparse.Namespace) -> dict:
             break
         frac = min(elapsed / budget, 1.0)
         warm = min(1.0, (step + 1) / 50)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:  # SWA: constant rate (Izmailov et al. 2018); otherwise cosine
+            group["lr"] = args.lr * warm * (1.0 if swa else (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
         net.train()
         x, ct, dt = sampler.batch(args.batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -298,6 +309,8 @@ def train(args: argparse.Namespace) -> dict:
         opt.step()
         step += 1
         running.append([float(v.detach()) for k, v in terms.items() if k != "total"])
+        if swa and frac >= args.swa_start and step % args.swa_every == 0:
+            swa.update_parameters(net)
         last = time.time() - t0 >= budget or (args.max_steps and step >= args.max_steps)
         if time.time() - t0 >= next_eval or last:
             next_eval += args.eval_minutes * 60.0
@@ -313,6 +326,10 @@ def train(args: argparse.Namespace) -> dict:
             print(json.dumps(rec), flush=True)
             if score > best["score"]:
                 best = {"score": score, "step": step, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+    if swa is not None and swa.n_averaged.item() > 0:
+        # The weight average is the result; its batch-norm statistics are re-estimated on fit crops.
+        torch.optim.swa_utils.update_bn(((x - m) / s for x in sampler.inputs(args.batch, SWA_BN_BATCHES)), swa.module)
+        best = {"score": None, "step": step, "state": swa.module.state_dict(), "n_averaged": int(swa.n_averaged.item())}
     train_time = time.time() - t0
     net.load_state_dict(best["state"], strict=True)
     net.eval()
@@ -333,6 +350,8 @@ def train(args: argparse.Namespace) -> dict:
         "focus_class": args.focus_class, "focus_share": args.focus_share if args.focus_class else 0.0, "bf16_autocast": args.bf16, "radius_um": args.radius_um, "radius_px": radius_px,
         "minutes": args.minutes, "eval_minutes": args.eval_minutes,
         "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
+        **({"swa_start": args.swa_start, "swa_every": args.swa_every, "swa_n_averaged": best.get("n_averaged", 0),
+            "swa_bn_batches": SWA_BN_BATCHES} if swa is not None else {}),
         "threads": args.threads, "train_time_s": round(train_time, 1),
         "fit_images": [p.name for p in he_folders("fit", args.data)],
         "tune_images": [p.name for p in he_folders("tune", args.data)],
@@ -396,6 +415,7 @@ def _train_command(train: dict, name: str, init: str | None = None) -> str:
             + (f" --stain-jitter {train['stain_jitter']:g}" if train.get("stain_jitter") else "")
             + (" --bf16" if train.get("bf16_autocast") else "")
             + (f" --focus-class {train['focus_class']} --focus-share {train['focus_share']:g}" if train.get("focus_class") else "")
+            + (f" --swa-start {train['swa_start']:g} --swa-every {train['swa_every']}" if train.get("swa_start") is not None else "")
             + (f" --init {init}" if init else "") + f" --out weights/{name}")
 
 
@@ -443,6 +463,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     stain = max(t.get("stain_jitter", 0.0) for t in stages)
     focused = {t["focus_class"] for t in stages if t.get("focus_class")}
     bf16_stages = _stages_with(stages, "bf16_autocast")
+    swa_stages = [t for t in stages if t.get("swa_start") is not None]
     card = {
         "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
         "scenario": "he-til",
@@ -500,7 +521,13 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
                        if multi else _train_command(train, weights.name),
             "loss": "pixel-weighted cross-entropy (eq. 1-2, weights recomputed per batch) + binary cross-entropy of detection"
                     + (f" x {train['det_weight']}" if train["det_weight"] != 1 else ""),
-            "optimizer": f"Adam, lr {train['lr']} with 50-step warm-up and cosine decay over the time budget; Glorot-uniform init",
+            "optimizer": (f"Adam, lr {train['lr']} with 50-step warm-up and cosine decay over the time budget; Glorot-uniform init"
+                          if not swa_stages else "Adam with 50-step warm-up; Glorot-uniform init; " + "; ".join(
+                f"stage {i + 1}: lr {t['lr']}, " + (f"constant, stochastic weight averaging of the weights every {t['swa_every']} steps "
+                                                  f"from {t['swa_start']:.0%} of the budget on ({t['swa_n_averaged']} snapshots), "
+                                                  f"batch-norm statistics re-estimated on {t['swa_bn_batches']} batches of fit crops"
+                                                  if t.get("swa_start") is not None else "cosine decay over the time budget")
+                for i, t in enumerate(stages))),
             "batch": train["batch"], "crop_px": train["crop_px"], "steps": train["steps"], "best_step_on_tune": train["best_step"],
             "augmentation": "horizontal/vertical flips (paper), transposes, colour jitter (saturation/contrast ±"
                             f"{2 * train['jitter']:.0%}, channel gain and brightness ±{train['jitter']:.0%}) (ours, not ablated)"
@@ -518,6 +545,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             "stages": [{"stage": i + 1, "minutes": t["minutes"], "steps": t["steps"], "best_step": t["best_step"], "lr": t["lr"],
                         "seed": t["seed"], "stain_jitter": t.get("stain_jitter", 0.0), "bf16_autocast": t.get("bf16_autocast", False),
                         **({"focus_class": t["focus_class"], "focus_share": t["focus_share"]} if t.get("focus_class") else {}),
+                        **({"swa_start": t["swa_start"], "swa_every": t["swa_every"], "swa_n_averaged": t["swa_n_averaged"]}
+                           if t.get("swa_start") is not None else {}),
                         "start": f"warm start from stage {i} (--init)" if i else "Glorot-uniform init"}
                        for i, t in enumerate(stages)] if multi else None,
             "history": [{k: h[k] for k in ("step", "elapsed_s", "tune")} for h in train["history"]],
@@ -529,7 +558,10 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
             *([f"A share of the crops in the later stage(s) is drawn around {' and '.join(sorted(focused))} nuclei, hard-example "
                "sampling for the class with the lowest recall; the paper samples patches on a regular grid."] if focused else []),
-            "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1).",
+            "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1)"
+            + (f"; stage(s) {_stages_with(stages, 'swa_n_averaged')} instead keep the learning rate constant and ship the average of the "
+               "weights along the run (stochastic weight averaging, Izmailov et al. 2018), chosen because on the tune split an average "
+               "of two checkpoints beat both end points." if swa_stages else "."),
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
             "Transposes and colour jitter added to the flips" + (", and HED stain jitter (haematoxylin / eosin strength) in the later "
                                                                   "stage(s), for other laboratories' staining." if stain else "."),
@@ -621,6 +653,9 @@ def main(argv=None) -> int:
     t.add_argument("--eval-minutes", type=float, default=4.0, help="evaluate on the tune split every so often")
     t.add_argument("--eval-thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6],
                    help="detection thresholds tried at each tune-split evaluation (checkpoint choice)")
+    t.add_argument("--swa-start", type=float, default=None,
+                   help="stochastic weight averaging: constant --lr, weights averaged from this fraction of the budget on")
+    t.add_argument("--swa-every", type=int, default=25, help="average the weights every this many steps (with --swa-start)")
     t.add_argument("--init", help="warm start from this S-DRDIN .safetensors (same variant and --base)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
