@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.model_card import markdown_path, write_card
+from core.model_card import write_card
 from core.registry import sha256_file
 
 PAPER_TEST = {"accuracy": 0.940, "precision": 0.9583, "recall": 0.920, "f1": 0.9388,
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
     bench = Path(args.benchmark).read_text() if args.benchmark else None
     card = build_card(weights, load(args.train), load(args.paper), load(args.evaluation), bench, load(args.base_train))
-    write_card(weights, card)
-    print(f"wrote {weights.with_suffix('.json')} and {markdown_path(weights)}")
+    js, md = write_card(weights, card)
+    print(f"wrote {js} and {md}")
     return 0
 
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from core.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
 from core.he_eval import restain
-from core.model_card import markdown_path, write_card
+from core.model_card import write_card
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -297,7 +297,7 @@ def train(args: argparse.Namespace) -> dict:
         frac = min(elapsed / budget, 1.0)
         warm = min(1.0, (step + 1) / 50)
         for group in opt.param_groups:  # SWA: constant rate (Izmailov et al. 2018); otherwise cosine
-            group["lr"] = args.lr * warm * (1.0 if swa else (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
+            group["lr"] = args.lr * warm * (1.0 if swa is not None else (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
         net.train()
         x, ct, dt = sampler.batch(args.batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -309,7 +309,7 @@ def train(args: argparse.Namespace) -> dict:
         opt.step()
         step += 1
         running.append([float(v.detach()) for k, v in terms.items() if k != "total"])
-        if swa and frac >= args.swa_start and step % args.swa_every == 0:
+        if swa is not None and frac >= args.swa_start and step % args.swa_every == 0:
             swa.update_parameters(net)
         last = time.time() - t0 >= budget or (args.max_steps and step >= args.max_steps)
         if time.time() - t0 >= next_eval or last:
@@ -329,7 +329,7 @@ def train(args: argparse.Namespace) -> dict:
     if swa is not None and swa.n_averaged.item() > 0:
         # The weight average is the result; its batch-norm statistics are re-estimated on fit crops.
         torch.optim.swa_utils.update_bn(((x - m) / s for x in sampler.inputs(args.batch, SWA_BN_BATCHES)), swa.module)
-        best = {"score": None, "step": step, "state": swa.module.state_dict(), "n_averaged": int(swa.n_averaged.item())}
+        best = {"score": None, "step": step, "state": swa.module.state_dict()}
     train_time = time.time() - t0
     net.load_state_dict(best["state"], strict=True)
     net.eval()
@@ -350,7 +350,7 @@ def train(args: argparse.Namespace) -> dict:
         "focus_class": args.focus_class, "focus_share": args.focus_share if args.focus_class else 0.0, "bf16_autocast": args.bf16, "radius_um": args.radius_um, "radius_px": radius_px,
         "minutes": args.minutes, "eval_minutes": args.eval_minutes,
         "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": best["step"], "init": args.init, "seed": args.seed,
-        **({"swa_start": args.swa_start, "swa_every": args.swa_every, "swa_n_averaged": best.get("n_averaged", 0),
+        **({"swa_start": args.swa_start, "swa_every": args.swa_every, "swa_n_averaged": int(swa.n_averaged.item()),
             "swa_bn_batches": SWA_BN_BATCHES} if swa is not None else {}),
         "threads": args.threads, "train_time_s": round(train_time, 1),
         "fit_images": [p.name for p in he_folders("fit", args.data)],
@@ -463,7 +463,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     stain = max(t.get("stain_jitter", 0.0) for t in stages)
     focused = {t["focus_class"] for t in stages if t.get("focus_class")}
     bf16_stages = _stages_with(stages, "bf16_autocast")
-    swa_stages = [t for t in stages if t.get("swa_start") is not None]
+    swa_stages = ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get("swa_start") is not None)  # "4": stages with SWA
     card = {
         "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
         "scenario": "he-til",
@@ -559,7 +559,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
             *([f"A share of the crops in the later stage(s) is drawn around {' and '.join(sorted(focused))} nuclei, hard-example "
                "sampling for the class with the lowest recall; the paper samples patches on a regular grid."] if focused else []),
             "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1)"
-            + (f"; stage(s) {_stages_with(stages, 'swa_n_averaged')} instead keep the learning rate constant and ship the average of the "
+            + (f"; stage(s) {swa_stages} instead keep the learning rate constant and ship the average of the "
                "weights along the run (stochastic weight averaging, Izmailov et al. 2018), chosen because on the tune split an average "
                "of two checkpoints beat both end points." if swa_stages else "."),
             f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
@@ -689,8 +689,8 @@ def main(argv=None) -> int:
     card = build_card(weights, load(args.train), load(args.evaluation), bench, [load(f) for f in args.earlier],
                       load(args.evaluation_bf16))
     card["limitations"].extend(args.limitation)
-    write_card(weights, card)
-    print(f"wrote {weights.with_suffix('.json')} and {markdown_path(weights)}")
+    js, md = write_card(weights, card)
+    print(f"wrote {js} and {md}")
     return 0
 
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from core.model_card import markdown_path, write_card
+from core.model_card import write_card
 from core.registry import sha256_file
 
 PAPER = {
@@ -220,8 +220,8 @@ def main(argv=None) -> int:
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
     card = build_card(weights, load(args.train), load(args.evaluation), load(args.real), load(args.benchmark),
                       load(args.stage1))
-    write_card(weights, card)
-    print(f"wrote {weights.with_suffix('.json')} and {markdown_path(weights)}")
+    js, md = write_card(weights, card)
+    print(f"wrote {js} and {md}")
     return 0
 
 
