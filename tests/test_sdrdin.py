@@ -51,6 +51,80 @@ def test_bad_size_and_unknown_variant_are_refused():
         SDRDIN(4, "s-drdin-nope", 8)
 
 
+def _reference_forward(net, x):
+    """The network as §2.3 draws it: up-sample, concatenate the skip, inception block; the
+    detection head over the concatenation of both branches' last features."""
+
+    def block(b, t):
+        a, r3, r5, p = torch.split(b.reduce(t), b.branch_channels, dim=1)
+        y = torch.cat([a, b.conv3(F.relu(r3)), b.conv5b(F.relu(b.conv5a(F.relu(r5)))), b.pool(p)], dim=1)
+        return F.relu(b.norm(y))
+
+    def decode(decoder, feats, skips):
+        t = feats[3]
+        for b, skip in zip(decoder.blocks, skips):
+            t = block(b, torch.cat([F.interpolate(t, size=skip.shape[-2:], mode="bilinear"), skip], dim=1))
+        return t
+
+    feats = []
+    for i, b in enumerate(net.encoder):
+        x = block(b, F.avg_pool2d(x, 2) if i else x)
+        feats.append(x)
+    cf = decode(net.class_decoder, feats, feats[2::-1])
+    det = decode(net.detection_decoder, feats, feats[2::-1])
+    return net.class_head(cf), net.detection_head(torch.cat([det, cf], dim=1))
+
+
+def _with_running_statistics(net):
+    """Random batch-norm affine parameters and running statistics, as a trained network has."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g))
+                m.running_mean.copy_(torch.randn(n, generator=g))
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.2)
+    return net
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_decoders_compute_the_concatenation_they_skip(mode):
+    # The decoders reduce before up-sampling and the head sums convolutions of its two inputs;
+    # values and gradients must be those of the concatenating network (§2.3).
+    torch.manual_seed(2)
+    net = _with_running_statistics(SDRDIN(4, "s-drdin-gradient", 8))
+    net.train(mode == "train")
+    x = torch.randn(2, 3, 40, 56)
+    out = net(x)
+    ref_cls, ref_det = _reference_forward(net, x)
+    torch.testing.assert_close(out["class_logits"], ref_cls, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["detection_logits"], ref_det, atol=1e-5, rtol=1e-4)
+    grads = torch.autograd.grad(out["detection_logits"].sum() + out["class_logits"].square().sum(), net.parameters())
+    ref = torch.autograd.grad(ref_det.sum() + ref_cls.square().sum(), net.parameters())
+    # Float rounding differs between the two orders of summation; the gradients of biases
+    # that feed training-mode BN are 0 in exact arithmetic, so compare at the gradients' scale.
+    scale = max(float(r.abs().max()) for r in ref)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, atol=2e-6 * scale, rtol=1e-3)
+
+
+def test_folding_batch_norm_keeps_the_eval_function():
+    torch.manual_seed(3)
+    net = _with_running_statistics(SDRDIN(4, "s-drdin", 8)).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        before = net(x)
+        net.fold_batch_norm_()
+        after = net(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for key in ("class_logits", "detection_logits"):
+        torch.testing.assert_close(after[key], before[key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval"):
+        SDRDIN(4, "s-drdin", 8).train().fold_batch_norm_()
+
+
 def _encoder_grads(net, loss):
     net.zero_grad()
     loss.backward(retain_graph=True)
@@ -194,6 +268,9 @@ def test_class_of_a_cell_is_the_argmax_of_the_square_average():
 
 class StubNet(torch.nn.Module):
     """Analytic S-DRDIN stand-in: darkness, smoothed, as detection; colour decides the class."""
+
+    def fold_batch_norm_(self):
+        return self  # no batch normalisation to fold
 
     def forward(self, x):
         dark = -x.mean(dim=1, keepdim=True)

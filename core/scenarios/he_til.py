@@ -158,6 +158,12 @@ class HETILModel(ScenarioModel):
     margin_px: int = 96
     supported_precisions = ("float32", "bfloat16")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # After the strict, SHA-256-checked load: the same function with BN folded into the
+        # convolutions, about 10 % faster on CPU (benchmarks/bench_he_til.py).
+        self.net.fold_batch_norm_()
+
     def build(self, metadata: dict) -> torch.nn.Module:
         net = SDRDIN(int(metadata.get("n_classes", 4)), metadata.get("variant", "s-drdin"),
                      int(metadata.get("base_features", 16)))
