@@ -16,6 +16,7 @@ from PIL import Image
 from core import __version__
 from core.allocator import tune_allocator
 from core.cells import CELL_COLUMNS
+from core.errors import InputError
 from core.io import ImageData
 from core.overlay import draw_cells, mask_to_uint8
 from core.registry import Scenario, get_scenario, runner_class
@@ -73,9 +74,11 @@ def analyze(
 
     Raises
     ------
-    UnknownScenarioError, WeightsError, InputError
+    UnknownScenarioError, WeightsError, InputError (among others: an image without colour for
+    a scenario that reads colours, see :func:`check_colour`)
     """
     scenario = get_scenario(key)
+    check_colour(image, scenario)
     model = model or load_model(key, device, precision)
     start = time.perf_counter()
     cells, masks, denoised, notes = model.analyze(image, progress)
@@ -83,6 +86,32 @@ def analyze(
     warnings = list(image.notes) + list(notes) + ([scenario.caution] if scenario.caution else [])
     summary = build_summary(image, scenario, cells, runtime_s, str(model.device), warnings, model.precision)
     return AnalysisResult(key, image, cells, summary, masks, denoised, warnings)
+
+
+def check_colour(image: ImageData, scenario: Scenario) -> None:
+    """Refuse an image without colour for a scenario whose model reads colours.
+
+    A greyscale file is repeated into RGB on loading (:func:`core.io.to_rgb8`), so its red,
+    green and blue are equal at every pixel. An H&E or DAB + hematoxylin model cannot tell
+    its stains apart there, and would return a plausible-looking but meaningless result.
+
+    Parameters
+    ----------
+    image : ImageData, (H, W, 3) uint8 RGB
+    scenario : Scenario, checked when ``scenario.reads_colour``
+
+    Raises
+    ------
+    InputError
+        If red, green and blue are equal at every pixel (a greyscale image or a blank field).
+    """
+    px = image.pixels
+    if scenario.reads_colour and np.array_equal(px[..., 0], px[..., 1]) and np.array_equal(px[..., 1], px[..., 2]):
+        raise InputError(
+            f"{image.name}: the image has no colour (red, green and blue are equal at every pixel: a greyscale "
+            f"image or a blank field), but the {scenario.key} model reads the colours of {scenario.stain}; "
+            "upload the colour (RGB) image as scanned"
+        )
 
 
 def build_summary(

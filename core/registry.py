@@ -61,6 +61,10 @@ class Scenario:
     caution : str
         What a user must know before trusting the results on their own slides (shown in the
         UI beside the scenario; "" for none).
+    reads_colour : bool
+        The model tells its stains apart by colour (H&E, DAB + hematoxylin, a coloured
+        fluorescence composite), so an image without colour is refused; False for a
+        single-channel scenario (e.g. Hoechst only).
     """
 
     key: str
@@ -79,6 +83,7 @@ class Scenario:
     description: str
     params: dict[str, Any] = field(default_factory=dict)
     caution: str = ""
+    reads_colour: bool = True
 
     @property
     def weights_path(self) -> Path:

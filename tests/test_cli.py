@@ -116,9 +116,41 @@ def test_missing_file_and_tiny_image(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "none.png"), "--scenario", "cd3-ihc", "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tiny)
+    Image.fromarray(np.full((20, 30, 3), (150, 90, 60), np.uint8)).save(tiny)
     assert main(["analyze", str(tiny), "--scenario", "cd3-ihc", "--mpp", "0.2", "--out", str(tmp_path)]) == 2
     assert "at least 70 px" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scenario", ["he-til", "cd3-ihc"])
+def test_an_image_without_colour_is_refused_before_any_output(tmp_path, capsys, scenario):
+    field = np.random.default_rng(0).integers(40, 230, (120, 140), dtype=np.uint8)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(field).save(grey)  # a one-channel file, repeated into RGB on loading
+    assert main(["analyze", str(grey), "--scenario", scenario, "--mpp", "0.5", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "grey.png: the image has no colour" in err and "upload the colour (RGB) image" in err
+    assert not (tmp_path / "o").exists()
+    # The same pixels with colour are analysed.
+    coloured = tmp_path / "colour.png"
+    Image.fromarray(np.stack([field, (field * 0.6).astype(np.uint8), field], axis=2)).save(coloured)
+    assert main(["analyze", str(coloured), "--scenario", scenario, "--mpp", "0.5", "--out", str(tmp_path / "c"),
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "c" / "cells.csv").is_file()
+
+
+def test_a_single_channel_scenario_accepts_grey():
+    from dataclasses import replace
+
+    from core.analysis import check_colour
+    from core.errors import InputError
+    from core.io import ImageData
+    from core.registry import SCENARIOS
+
+    grey = ImageData(np.full((32, 32, 3), 128, np.uint8), 0.5, "g.png", "", "user")
+    with pytest.raises(InputError, match="no colour"):
+        check_colour(grey, SCENARIOS["cd3-ihc"])
+    check_colour(grey, replace(SCENARIOS["cd3-ihc"], reads_colour=False))
 
 
 def test_bfloat16_is_refused_for_a_scenario_not_validated_at_it(tmp_path, capsys):
