@@ -7,7 +7,7 @@ import logging
 
 import streamlit as st
 
-from core.analysis import analyze, spatial_statistics
+from core.analysis import analyze, check_colour, spatial_statistics
 from core.errors import TILscopeError
 from core.exports import save_result
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
@@ -53,7 +53,7 @@ source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
 image = None
 try:
     if source == "Upload a file":
-        upload = st.file_uploader("PNG, JPEG or TIFF (8/16-bit, RGB or grey)", type=["png", "jpg", "jpeg", "tif", "tiff"])
+        upload = st.file_uploader("PNG, JPEG or TIFF (8/16-bit colour)", type=["png", "jpg", "jpeg", "tif", "tiff"])
         if upload is not None:
             image = load_image(upload.getvalue(), name=upload.name)
     else:
@@ -62,6 +62,8 @@ try:
         sample = st.selectbox("Sample", samples, index=matching[0] if matching else 0, format_func=lambda s: s.title)
         st.caption(sample.description + f" ({sample.mpp_note})")
         image = sample.load()
+    if image is not None:
+        check_colour(image, scenario)  # refused now, not after pressing Run
 except TILscopeError as err:
     st.error(f"{err}")
     image = None

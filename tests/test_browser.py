@@ -3,7 +3,9 @@
 import os
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import open_page
 
@@ -27,6 +29,18 @@ def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "analyze.png"), full_page=True)
     shutil.copy(tmp_path / "analyze.png", os.environ.get("TILSCOPE_SCREENSHOT", tmp_path / "analyze-copy.png"))
+
+
+def test_a_greyscale_upload_is_refused_before_run(app_url, browser, tmp_path):
+    grey = tmp_path / "grey-scan.png"
+    Image.fromarray(np.random.default_rng(1).integers(40, 230, (200, 240), dtype=np.uint8)).save(grey)
+    page = open_page(browser, app_url, "Analyze", viewport=(1280, 900))
+    page.locator("input[type=file]").set_input_files(str(grey))
+    alert = page.locator("[data-testid=stAlert]").filter(has_text="grey-scan.png: the image has no colour")
+    alert.wait_for(timeout=60_000)
+    assert "upload the colour (RGB) image" in alert.inner_text()
+    assert page.get_by_role("button", name="Run", exact=True).count() == 0
+    assert "Traceback" not in page.content()
 
 
 def test_bad_upload_shows_an_error_and_the_app_stays_usable(app_url, browser, tmp_path):
