@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _timing import best_seconds  # noqa: E402
-from core.analysis import analyze, load_model  # noqa: E402
+from core.pipeline import analyze, load_model  # noqa: E402
 from core.io import ImageData  # noqa: E402
 from core.samples import get_sample  # noqa: E402
 
@@ -64,10 +64,10 @@ def detect_candidates(model, pixels: np.ndarray, sigma_px: float = 8.0, min_dist
 
 
 def compare_on_mosaics(model, seeds=(101, 102)) -> None:
-    from core.datasets import cd3_patch_table
-    from core.evaluate import CD3_MATCH_RADIUS_UM
-    from core.metrics import detection_metrics
-    from core.mosaic import build_mosaic
+    from core.evaluation.datasets import cd3_patch_table
+    from core.evaluation.cd3 import CD3_MATCH_RADIUS_UM
+    from core.evaluation.metrics import detection_metrics
+    from core.evaluation.mosaic import build_mosaic
 
     table = cd3_patch_table()
     val = table[table.split == "validation"]

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _timing import best_seconds  # noqa: E402
 from core.allocator import tune_allocator  # noqa: E402
-from core.analysis import analyze, load_model  # noqa: E402
-from core.datasets_he import read_he_split  # noqa: E402
+from core.pipeline import analyze, load_model  # noqa: E402
+from core.evaluation.datasets_he import read_he_split  # noqa: E402
 from core.io import ImageData  # noqa: E402
 from core.scenarios.base import bfloat16_supported, pick_device  # noqa: E402
 

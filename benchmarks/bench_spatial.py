@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cells import make_cell_table  # noqa: E402
-from core.regions import Region  # noqa: E402
 from core.spatial import SpatialParams, compute_spatial_stats  # noqa: E402
+from core.spatial.regions import Region  # noqa: E402
 
 DENSITY_PER_MM2 = 5000.0
 MPP = 0.5

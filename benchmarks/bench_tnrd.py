@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.analysis import analyze, load_model  # noqa: E402
+from core.pipeline import analyze, load_model  # noqa: E402
+from core.evaluation.tnrd import recipe_for  # noqa: E402
 from core.generator import generate  # noqa: E402
 from core.io import ImageData  # noqa: E402
-from core.models.tnrd import TNRD, tnrd_loss  # noqa: E402
-from core.tnrd_eval import recipe_for  # noqa: E402
+from core.nets.tnrd import TNRD, tnrd_loss  # noqa: E402
 
 
 def main(argv=None) -> int:

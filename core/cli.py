@@ -1,7 +1,7 @@
 """Command line: ``python -m core {scenarios,analyze,classify-patches,stats,evaluate}``.
 
-Shares every step with the app (``core.analysis``). Bad input exits with status 2
-and one line on stderr that says what was wrong; no traceback.
+Shares every step with the app (:mod:`core.pipeline`: run → save → write). Bad input exits
+with status 2 and one line on stderr that says what was wrong; no traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
-    from core.registry import list_scenarios
+    from core.scenarios.registry import list_scenarios
 
     rows = []
     for s in list_scenarios():
@@ -28,7 +28,9 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
                 "title": s.title,
                 "stain": s.stain,
                 "input_mpp": s.input_mpp,
+                "input_channels": list(s.input.channels),
                 "classes": [c.name for c in s.classes],
+                "outputs": [f"{o.kind}:{o.name}" for o in s.outputs],
                 "weights": s.weights,
                 "weights_present": s.weights_path.is_file(),
                 "trained_on_synthetic": s.trained_on_synthetic,
@@ -44,18 +46,14 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from core.analysis import analyze, load_model, write_outputs
     from core.io import load_image
+    from core.pipeline import load_model, run_analysis, write_analysis
 
     image = load_image(args.image, mpp=args.mpp)
+    regions = _read_regions(args.regions, image.mpp)
     model = load_model(args.scenario, args.device, args.precision)
-    result = analyze(image, args.scenario, model=model)
-    regions = _attach_spatial(result, args.regions)
-    files = write_outputs(result, args.out)
-    if args.report:
-        from core.exports import write_report_files
-
-        files.update(write_report_files(result, args.out, case_label=args.case, regions=regions))
+    result = run_analysis(image, args.scenario, model=model, regions=regions)
+    files = write_analysis(result, args.out, report=args.report, case_label=args.case)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     s = result.summary
@@ -68,20 +66,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attach_spatial(result, regions_path: str | None):
-    """Add spatial statistics to ``result.summary['spatial']``; return the regions read."""
-    from core.analysis import spatial_statistics
+def _read_regions(regions_path: str | None, mpp: float | None):
+    """Regions of a GeoJSON file in µm, or None without a file."""
+    if not regions_path:
+        return None
+    from core.errors import InputError
+    from core.spatial.regions import read_regions_geojson
 
-    regions = None
-    if regions_path:
-        from core.errors import InputError
-        from core.regions import read_regions_geojson
-
-        if result.image.mpp is None:
-            raise InputError("--regions needs the image's microns per pixel: pass --mpp")
-        regions = read_regions_geojson(regions_path, result.image.mpp)
-    result.summary["spatial"] = spatial_statistics(result, regions)
-    return regions
+    if mpp is None:
+        raise InputError("--regions needs the image's microns per pixel: pass --mpp")
+    return read_regions_geojson(regions_path, mpp)
 
 
 def _patch_files(paths: list[str]) -> list[Path]:
@@ -101,14 +95,14 @@ def _patch_files(paths: list[str]) -> list[Path]:
 def _cmd_classify_patches(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from core.analysis import load_model
+    from core.pipeline import load_model
     from core.io import load_image
 
     model = load_model(args.scenario, args.device)
     if not hasattr(model, "classify_patches"):
         raise TILscopeError(f"scenario {args.scenario!r} does not classify single-cell patches; use 'analyze'")
     files = _patch_files(args.paths)
-    arrays = [load_image(f).pixels for f in files]
+    arrays = [load_image(f).rgb for f in files]
     odd = [(f, a.shape) for f, a in zip(files, arrays) if a.shape != (70, 70, 3)]
     if odd:
         f, shape = odd[0]
@@ -131,7 +125,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     cells, taken = spatial.read_cell_table_csv(args.cells)
     regions = None
     if args.regions:
-        from core.regions import read_regions_geojson
+        from core.spatial.regions import read_regions_geojson
 
         regions = read_regions_geojson(args.regions, args.mpp)
     params = spatial.SpatialParams(**_stats_params(args))
@@ -156,7 +150,7 @@ def _stats_params(args: argparse.Namespace) -> dict:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.evaluate import evaluate
+    from core.evaluation import evaluate
 
     print(json.dumps(evaluate(args.scenario, args), indent=2))
     return 0
@@ -170,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_scenarios)
 
-    a = sub.add_parser("analyze", help="detect cells in one image and write cells.csv, summary.json, overlay.png")
+    a = sub.add_parser("analyze", help="analyse one image; write cells.csv, summary.json, overlay.png and the scenario's maps")
     a.add_argument("image")
     a.add_argument("--scenario", required=True, help="scenario key (see 'scenarios')")
     a.add_argument("--mpp", type=float, help="microns per pixel (overrides the file's metadata)")
@@ -179,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
     a.add_argument("--regions", help="GeoJSON regions (tumour, stroma, exclude, margin) for the statistics")
-    a.add_argument("--report", action="store_true", help="also write report.pdf and cells.geojson")
+    a.add_argument("--report", action="store_true", help="also write report.pdf and cells.geojson (the files the app saves)")
     a.add_argument("--case", default="", help="case label printed on the report")
     a.set_defaults(func=_cmd_analyze)
 

@@ -1,14 +1,72 @@
-"""The result of one analysis, shared by the CLI, the app, statistics and reports."""
+"""The typed result of one analysis, shared by the CLI, the app, batch jobs, statistics and outputs.
+
+An :class:`AnalysisResult` holds what a scenario produced, by kind (the cell table, named
+dense outputs that say what they hold, restored images, regions), the run's metadata
+(:class:`RunInfo`), the spatial statistics once computed, and a manual review once made.
+Its :attr:`AnalysisResult.summary` is the one JSON-ready digest written to
+``summary.json``, saved in the case store and read by every page and report; it is derived
+from the fields, so an edited cell table or new statistics are always reflected.
+"""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from core.cells import ROLES
 from core.io import ImageData
+
+
+@dataclass(frozen=True)
+class DenseOutput:
+    """A dense output at the image's size, with what its values mean.
+
+    Attributes
+    ----------
+    name : str
+        Key and export file stem, as the registry declares it (e.g. ``"probability"``).
+    meaning : {"probability", "class_probabilities", "mask"}
+    description : str
+        E.g. "P(CD3+ lymphocyte) of the 14 µm window centred on each pixel".
+    values : ndarray
+        (H, W) float32 in [0, 1] for ``probability`` and ``mask``; (H, W, K) float32 summing
+        to 1 over K for ``class_probabilities``.
+    class_names : tuple of str
+        The K planes' names (``class_probabilities`` only).
+    color : str
+        Hex colour of a one-plane output drawn over the image.
+    """
+
+    name: str
+    meaning: str
+    description: str
+    values: np.ndarray
+    class_names: tuple[str, ...] = ()
+    color: str = "#ffd400"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """How an analysis was run: model, weights, device, precision, time, versions."""
+
+    scenario_key: str
+    scenario_title: str
+    weights_file: str
+    weights_sha256: str
+    weights_version: str | None
+    trained_on_synthetic: bool
+    device: str
+    precision: str
+    runtime_s: float
+    app_version: str
+    torch_version: str
+    python_version: str = field(default_factory=platform.python_version)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 @dataclass
@@ -17,29 +75,100 @@ class AnalysisResult:
 
     Attributes
     ----------
-    scenario_key : str
-        Registry key, e.g. ``"cd3-ihc"``.
     image : ImageData
-        The analysed image ((H, W, 3) uint8 RGB, mpp, name, SHA-256).
+        The analysed image (its channels in their own dtype, mpp, name, SHA-256).
     cells : pandas.DataFrame
-        Cell table (:data:`core.cells.CELL_COLUMNS`), coordinates in the pixels of
-        ``image`` and in µm.
-    summary : dict
-        JSON-ready run summary: scenario, weights SHA-256, mpp, image size, counts
-        and densities per class, analysed area, runtime, device, warnings.
-    masks : dict of str to ndarray
-        Named dense outputs at the image's size, e.g. ``"probability"``: (H, W)
-        float32 in [0, 1].
-    denoised : ndarray or None
-        (H, W, 3) uint8 RGB when the scenario denoises.
+        Cell table (:data:`core.cells.CELL_COLUMNS` plus the scenario's extra columns),
+        coordinates in the pixels of ``image`` and in µm.
+    run : RunInfo
+    scenario : core.scenarios.spec.Scenario
+        The registry entry the result was produced with (classes, outputs, caution).
+    dense : dict of str to DenseOutput
+        Named dense outputs at the image's size.
+    restored : dict of str to ndarray
+        Named restored images, (H, W, 3) uint8 RGB at the image's size (e.g. ``"denoised"``).
+    regions : list of core.spatial.regions.Region
+        Regions the statistics used (drawn by a user, read from GeoJSON or produced by a
+        compartment scenario); µm.
     warnings : list of str
-        Messages for the user (e.g. "mpp unknown: densities not reported").
+        Messages for the user (conversions on reading, "mpp unknown", the scenario's caution).
+    spatial : core.spatial.SpatialStats or None
+        Spatial statistics, once computed.
+    review : dict or None
+        The manual review's summary (corrections made), once reviewed.
     """
 
-    scenario_key: str
     image: ImageData
     cells: pd.DataFrame
-    summary: dict[str, Any]
-    masks: dict[str, np.ndarray] = field(default_factory=dict)
-    denoised: np.ndarray | None = None
+    run: RunInfo
+    scenario: Any
+    dense: dict[str, DenseOutput] = field(default_factory=dict)
+    restored: dict[str, np.ndarray] = field(default_factory=dict)
+    regions: list = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    spatial: Any = None
+    review: dict | None = None
+
+    @property
+    def scenario_key(self) -> str:
+        return self.run.scenario_key
+
+    @property
+    def area_mm2(self) -> float | None:
+        """Analysed area (the whole image) in mm², None without an mpp."""
+        if self.image.mpp is None:
+            return None
+        h, w = self.image.shape
+        return h * w * self.image.mpp**2 / 1e6
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready digest: counts and densities per class and role, run metadata, warnings, statistics.
+
+        Keys: ``scenario``, ``scenario_title``, ``weights_file``, ``weights_sha256``,
+        ``weights_version``, ``trained_on_synthetic``, ``image`` (name, sha256, width_px,
+        height_px, channels), ``mpp``, ``mpp_source``, ``analysed_area``, ``area_mm2``,
+        ``n_cells``, ``counts``, ``counts_by_role``, ``density_per_mm2`` and
+        ``density_by_role_per_mm2`` (cells/mm², None without mpp), ``runtime_s``, ``device``,
+        ``inference_precision``, ``torch``, ``app_version``, ``python``, ``created_at``,
+        ``warnings``, and when present ``spatial`` and ``review``.
+        """
+        cells, run = self.cells, self.run
+        h, w = self.image.shape
+        area_mm2 = self.area_mm2
+        counts = {c.name: int((cells["cell_class"] == c.name).sum()) for c in self.scenario.classes}
+        for extra in sorted(set(cells["cell_class"]) - set(counts)):
+            counts[str(extra)] = int((cells["cell_class"] == extra).sum())
+        roles = {r: int((cells["role"] == r).sum()) for r in ROLES}
+        out = {
+            "scenario": run.scenario_key,
+            "scenario_title": run.scenario_title,
+            "weights_file": run.weights_file,
+            "weights_sha256": run.weights_sha256,
+            "weights_version": run.weights_version,
+            "trained_on_synthetic": run.trained_on_synthetic,
+            "image": {"name": self.image.name, "sha256": self.image.sha256, "width_px": w, "height_px": h,
+                      "channels": list(self.image.channel_names)},
+            "mpp": self.image.mpp,
+            "mpp_source": self.image.mpp_source,
+            "analysed_area": "whole image",
+            "area_mm2": area_mm2,
+            "n_cells": int(len(cells)),
+            "counts": counts,
+            "counts_by_role": roles,
+            "density_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in counts.items()},
+            "density_by_role_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in roles.items()},
+            "runtime_s": round(run.runtime_s, 3),
+            "device": run.device,
+            "inference_precision": run.precision,
+            "torch": run.torch_version,
+            "app_version": run.app_version,
+            "python": run.python_version,
+            "created_at": run.created_at,
+            "warnings": list(self.warnings),
+        }
+        if self.spatial is not None:
+            out["spatial"] = self.spatial.to_dict()
+        if self.review is not None:
+            out["review"] = self.review
+        return out

@@ -6,9 +6,9 @@ import logging
 
 import streamlit as st
 
-from core.analysis import load_model
+from core.pipeline import load_model
 from core.errors import TILscopeError
-from core.store import CaseStore, database_url
+from core.outputs.store import CaseStore, database_url
 
 log = logging.getLogger("tilscope.pages")
 

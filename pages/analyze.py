@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import streamlit as st
 
-from core.analysis import analyze, check_colour, spatial_statistics
 from core.errors import TILscopeError
-from core.exports import save_result
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
 from core.model_card import markdown_path, render_markdown
-from core.registry import get_scenario, list_scenarios, runner_class
-from core.report import EXPORT_MEDIA_TYPES
+from core.pipeline import check_input, device_name, fast_mode, run_analysis, save_analysis
 from core.samples import list_samples
-from core.scenarios.base import bfloat16_supported, pick_device
-from core.ui_helpers import card_summary, cell_figure, spatial_headline
+from core.scenarios.registry import get_scenario, list_scenarios
+from core.outputs.key_figures import key_figure_rows as spatial_headline
+from core.outputs.plots import cell_figure
+from core.outputs.records import card_summary
 from pages._resources import cached_model, case_store
 from pages._router import through_app_router
 
@@ -53,7 +51,9 @@ source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
 image = None
 try:
     if source == "Upload a file":
-        upload = st.file_uploader("PNG, JPEG or TIFF (8/16-bit colour)", type=["png", "jpg", "jpeg", "tif", "tiff"])
+        wanted = "colour" if scenario.input.is_rgb else ", ".join(scenario.input.channels)
+        upload = st.file_uploader(f"PNG, JPEG or TIFF/OME-TIFF (8/16-bit, {wanted})",
+                                  type=["png", "jpg", "jpeg", "tif", "tiff"])
         if upload is not None:
             image = load_image(upload.getvalue(), name=upload.name)
     else:
@@ -63,7 +63,7 @@ try:
         st.caption(sample.description + f" ({sample.mpp_note})")
         image = sample.load()
     if image is not None:
-        check_colour(image, scenario)  # refused now, not after pressing Run
+        check_input(image, key)  # refused now, not after pressing Run
 except TILscopeError as err:
     st.error(f"{err}")
     image = None
@@ -98,8 +98,8 @@ if image is not None:
         help="Every run is saved under this case in the case history (Cases page).",
     )
     precision = "float32"
-    if "bfloat16" in runner_class(scenario).supported_precisions:
-        fast_ok = bfloat16_supported(pick_device())
+    validated, fast_ok = fast_mode(key)
+    if validated:
         fast = st.toggle(
             "Fast mode (bfloat16)", value=False, disabled=not fast_ok,
             help="The network computes in bfloat16: 1.5 to 2 times as fast on this kind of processor. The model card gives "
@@ -108,19 +108,18 @@ if image is not None:
         )
         precision = "bfloat16" if fast else "float32"
     if st.button("Run", type="primary"):
-        device = str(pick_device())
-        bar = st.progress(0.0, text="Detecting cells…")
+        device = device_name()
+        bar = st.progress(0.0, text="Running the model…")
         try:
             chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
             model = cached_model(key, device, precision)
-            result = analyze(chosen, key, model=model, progress=lambda d, t: bar.progress(d / t, text=f"Block {d} of {t}"))
-            bar.progress(1.0, text="Spatial statistics…")
-            result.summary["spatial"] = spatial_statistics(result)
+            result = run_analysis(chosen, key, model=model,
+                                  progress=lambda d, t: bar.progress(d / t, text=f"Window {d} of {t}"))
             st.session_state["analysis"] = result
             st.session_state["analysis_id"] = None
             st.session_state["case_label"] = case_label
             bar.progress(1.0, text="Saving to the case history…")
-            st.session_state["analysis_id"] = save_result(result, case_label.strip() or "unlabelled", case_store())
+            st.session_state["analysis_id"] = save_analysis(result, case_label.strip() or "unlabelled", case_store())
         except TILscopeError as err:
             st.error(str(err))
         except Exception:  # the browser gets a message, the log gets the traceback
@@ -131,7 +130,7 @@ if image is not None:
 
 result = st.session_state.get("analysis")
 if result is not None:
-    sc = get_scenario(result.scenario_key)
+    sc = result.scenario
     s = result.summary
     st.divider()
     st.subheader(f"Result: {s['image']['name']} · {sc.title}")
@@ -151,20 +150,19 @@ if result is not None:
 
     if sc.trained_on_synthetic:
         st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon="🧪")
-    if result.denoised is not None:
+    for name, restored in result.restored.items():  # e.g. a denoised image
         left, right = st.columns(2)
-        left.image(result.image.pixels, caption="Input", width="stretch")
-        right.image(result.denoised, caption="Denoised by the model", width="stretch")
-    if "mask" in result.masks:
-        from core.scenarios.tnrd import mask_overlay
-
-        shown = result.denoised if result.denoised is not None else result.image.pixels
-        st.image(mask_overlay(shown, result.masks["mask"], sc.classes[0].color),
-                 caption="Classification mask over the image (full colour = classified, half = borderline)", width="stretch")
-    labels = {c.name: c.label for c in sc.classes}
+        left.image(result.image.rgb, caption="Input", width="stretch")
+        right.image(restored, caption=sc.output(name).description, width="stretch")
+    for name, dense in result.dense.items():  # probability maps, masks, class maps
+        with st.expander(f"{name.replace('_', ' ').capitalize()} map: {dense.description}",
+                         expanded=dense.meaning == "mask"):
+            st.image(dense_overlay(result, dense), width="stretch",
+                     caption=f"{dense.description}, over the image (full colour = 1)")
+    labels = sc.class_labels
     visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
     st.plotly_chart(
-        cell_figure(result.image.pixels, result.cells, sc.class_colors, labels, visible),
+        cell_figure(result.image.rgb, result.cells, sc.class_colors, labels, visible),
         width="stretch", config={"scrollZoom": True},
     )
     counts = [
@@ -183,18 +181,17 @@ if result is not None:
     analysis_id = st.session_state.get("analysis_id")
     if analysis_id is None:
         st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")
-        files = {"cells.csv": result.cells.to_csv(index=False, float_format="%.3f").encode(),
-                 "summary.json": json.dumps(s, indent=2, ensure_ascii=False).encode()}
+        files = build_exports(result, case_label=st.session_state.get("case_label") or None)
     else:
         st.success(f"Saved as analysis {analysis_id} in the case history.", icon=":material/database:")
         files = {}
         try:
             store = case_store()
             stored = {f["name"] for f in store.get_analysis(analysis_id)["files"]}
-            files = {name: store.get_file(analysis_id, name) for name in EXPORT_MEDIA_TYPES if name in stored}
+            files = {name: store.get_file(analysis_id, name) for name in sorted(stored)}
         except TILscopeError as err:
             st.error(str(err))
     stem = s["image"]["name"].rsplit(".", 1)[0]
     cols = st.columns(max(1, len(files)))
     for col, (name, data) in zip(cols, sorted(files.items())):
-        col.download_button(name, data, f"{stem}-{name}", EXPORT_MEDIA_TYPES.get(name, "application/octet-stream"))
+        col.download_button(name, data, f"{stem}-{name}", media_type(name))

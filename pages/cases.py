@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import records as rec
 from core.errors import TILscopeError
-from core.report import format_value
-from core.store import StoreError
+from core.outputs import records as rec
+from core.outputs.key_figures import format_value, key_figure_rows
+from core.outputs.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 
@@ -98,14 +98,16 @@ with right:
         hide_index=True,
         width="stretch",
     )
-    spatial = rec.flatten_scalars(rec.spatial(record))
+    st.markdown("**Key figures**")
+    st.dataframe(pd.DataFrame(key_figure_rows(record)), hide_index=True, width="stretch")
+    spatial = rec.spatial_statistics(rec.spatial(record))
     if spatial:
-        st.markdown("**Spatial statistics**")
-        st.dataframe(
-            pd.DataFrame({"statistic": list(spatial), "value": [format_value(v, 4) for v in spatial.values()]}),
-            hide_index=True,
-            width="stretch",
-        )
+        with st.expander("Every spatial statistic"):
+            st.dataframe(
+                pd.DataFrame({"statistic": list(spatial), "value": [format_value(v, 4) for v in spatial.values()]}),
+                hide_index=True,
+                width="stretch",
+            )
     for warning in summary.get("warnings") or []:
         st.warning(warning)
 

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import __version__
-from core.registry import list_scenarios
+from core.scenarios.registry import list_scenarios
 from pages._router import through_app_router
 
 through_app_router()

@@ -12,12 +12,12 @@ import streamlit as st
 from PIL import Image
 
 from core import review as rv
-from core.corrections import CorrectionLog
 from core.errors import InputError, TILscopeError
-from core.overlay import hex_to_rgb
-from core.plots import density_heatmap, distance_figure, region_density_figure, ripley_figure
-from core.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regions_geojson, regions_to_geojson
-from core.registry import get_scenario
+from core.outputs.figures import hex_to_rgb
+from core.outputs.plots import density_heatmap, distance_figure, region_density_figure, ripley_figure
+from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regions_geojson, regions_to_geojson
+from core.review import CorrectionLog
+from core.scenarios.registry import get_scenario
 from core.spatial import SpatialParams, cell_spatial_table
 from pages._resources import case_store
 from pages._router import through_app_router
@@ -257,8 +257,8 @@ def show_plots(stats, cells, shown, frame, result, params: SpatialParams) -> Non
 
 
 def save_review(result, stats: dict, params: SpatialParams) -> None:
-    from core.exports import save_result
-    from core.report import EXPORT_MEDIA_TYPES, build_exports
+    from core.outputs.exports import MEDIA_TYPES as EXPORT_MEDIA_TYPES
+    from core.outputs.exports import build_exports, save_result
 
     regions = st.session_state["regions"]
     log_: CorrectionLog = st.session_state["corrections"]

@@ -6,13 +6,13 @@ import logging
 
 import streamlit as st
 
-from core.analysis import analyze
+from core.pipeline import analyze
 from core.errors import TILscopeError
+from core.evaluation.tnrd import SCENARIO_RECIPE, recipe_for, score_section
 from core.generator import generate
 from core.io import ImageData
-from core.registry import SCENARIOS, get_scenario
+from core.scenarios.registry import SCENARIOS, get_scenario
 from core.scenarios.tnrd import mask_overlay
-from core.tnrd_eval import SCENARIO_RECIPE, recipe_for, score_section
 from pages._resources import cached_model
 from pages._router import through_app_router
 
@@ -60,7 +60,8 @@ if st.button("Generate and run", type="primary"):
             result = analyze(image, key, model=model)
         st.session_state["teaching"] = {
             "key": key, "section": section, "result": result,
-            "scores": score_section(key, section, result.cells, result.denoised, result.masks["mask"], model.min_area_px),
+            "scores": score_section(key, section, result.cells, result.restored["denoised"], result.dense["mask"].values,
+                                    model.min_area_px),
         }
     except TILscopeError as err:
         st.error(str(err))
@@ -83,11 +84,11 @@ if state and state["key"] == key:
     left, mid, right = st.columns(3)
     left.image(section.noisy_uint8, caption="Input: noisy synthetic section", width="stretch")
     mid.image(clean_u8, caption="Ground truth: clean image", width="stretch")
-    right.image(result.denoised, caption="Prediction: denoised image", width="stretch")
+    right.image(result.restored["denoised"], caption="Prediction: denoised image", width="stretch")
     left, mid, right = st.columns(3)
     left.image(section.mask, clamp=True, caption="Ground-truth mask (1 classified, 0.5 borderline)", width="stretch")
     mid.image(mask_overlay(clean_u8, section.mask, color), caption="Ground truth over the clean image", width="stretch")
-    right.image(mask_overlay(result.denoised, result.masks["mask"], color), caption="Predicted mask over the denoised image",
+    right.image(mask_overlay(result.restored["denoised"], result.dense["mask"].values, color), caption="Predicted mask over the denoised image",
                 width="stretch")
     with st.expander("How the ground truth is made"):
         st.markdown(

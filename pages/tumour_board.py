@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import TILscopeError
-from core.report import build_comparison_pdf, comparison_numeric, comparison_table, format_value, key_figures
-from core.store import StoreError
+from core.outputs.key_figures import format_value
+from core.outputs.store import StoreError
+from core.outputs.tumour_board import build_comparison_pdf, comparison_numeric, comparison_table, key_figure_table
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 
@@ -61,7 +62,11 @@ formatted = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) els
 formatted.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.subheader("Side by side")
 every = st.toggle("Every statistic", value=False, help="Off: the key figures only. On: every number saved with the analyses.")
-shown = formatted if every else key_figures(formatted)
+if every:
+    shown = formatted
+else:
+    shown = key_figure_table(records)
+    shown.columns = formatted.columns
 st.dataframe(
     shown, width="stretch", height=min(800, 38 + 35 * len(shown)),
     column_config={"_index": st.column_config.Column("measure", width="large")},

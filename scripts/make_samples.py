@@ -8,8 +8,8 @@ from pathlib import Path
 
 import tifffile
 
-from core.datasets import cd3_patch_table
-from core.mosaic import build_mosaic
+from core.evaluation.datasets import cd3_patch_table
+from core.evaluation.mosaic import build_mosaic
 
 OUT = Path(__file__).resolve().parent.parent / "samples"
 MPP = 0.2

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.datasets import CD3_DATA_DIR
+from core.evaluation.datasets import CD3_DATA_DIR
 
 
 @pytest.fixture(scope="session")
 def cd3_table():
-    """The CD3 patch table with its split; skipped where ../shared/data is absent."""
+    """The CD3 patch table with its split (../shared/data beside the checkout; a missing set fails the test)."""
     if not CD3_DATA_DIR.is_dir():
-        pytest.skip(f"CD3 data set not found at {CD3_DATA_DIR} (it lives in ../shared/data beside the checkout)")
-    from core.datasets import cd3_patch_table
+        pytest.fail(f"CD3 data set not found at {CD3_DATA_DIR} (it lives in ../shared/data beside the checkout)")
+    from core.evaluation.datasets import cd3_patch_table
 
     return cd3_patch_table()
 
@@ -32,7 +32,7 @@ def cd3_table():
 @pytest.fixture(scope="session")
 def cd3_model():
     """The shipped cd3-ihc model on CPU."""
-    from core.analysis import load_model
+    from core.pipeline import load_model
 
     return load_model("cd3-ihc", "cpu")
 
@@ -62,7 +62,7 @@ def _free_port() -> int:
 def serve_app(data_dir: Path):
     """``streamlit run app.py`` on a free port with ``TILSCOPE_DATA_DIR=data_dir``; yields its URL."""
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (make test installs it)")
+        pytest.fail("Debian chromium is not installed (make test installs it)")
     port = _free_port()
     env = {**os.environ, "TILSCOPE_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(

@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 from skimage.transform import rescale
 
-from core.analysis import analyze
-from core.evaluate import CD3_MATCH_RADIUS_UM
+from core.pipeline import analyze
+from core.evaluation.cd3 import CD3_MATCH_RADIUS_UM
+from core.evaluation.metrics import detection_metrics, match_points
+from core.evaluation.mosaic import build_mosaic
 from core.io import ImageData
-from core.metrics import detection_metrics, match_points
-from core.mosaic import build_mosaic
 from core.samples import get_sample
 
 
 def test_validation_mosaics_reproduce_the_model_card(cd3_model, cd3_table):
     """The card's detection figures come from this very evaluation (4 mosaics of held-out patches)."""
-    from core.evaluate import evaluate_cd3
-    from core.registry import get_scenario
+    from core.evaluation.cd3 import evaluate_cd3
+    from core.scenarios.registry import get_scenario
 
     result = evaluate_cd3("validation", mosaic=True, device="cpu")
     card = get_scenario("cd3-ihc").card()["metrics"]["validation_mosaic_detection"]
@@ -45,7 +45,7 @@ def test_hematoxylin_only_nuclei_are_not_counted(cd3_model):
 
     image = get_sample("skimage-ihc").load()
     result = analyze(image, "cd3-ihc", model=cd3_model)
-    dab = gaussian_filter(rgb2hed(image.pixels)[..., 2], 2.0)
+    dab = gaussian_filter(rgb2hed(image.rgb)[..., 2], 2.0)
     # DAB rings the nucleus (membranous): look within 3 µm (6 px at 0.5 µm/px) of each centroid
     dab_positive = maximum_filter(dab, size=13) > np.percentile(dab, 50)
     x = np.clip(result.cells.x_px.round().astype(int), 0, image.shape[1] - 1)
@@ -58,7 +58,7 @@ def test_hematoxylin_only_nuclei_are_not_counted(cd3_model):
 def test_same_tissue_at_two_mpp_gives_same_um_and_mm2(cd3_model):
     sample = get_sample("cd3-mosaic")
     fine = sample.load()
-    coarse_px = np.clip(rescale(fine.pixels, 0.5, channel_axis=2, anti_aliasing=True, preserve_range=True) + 0.5, 0, 255)
+    coarse_px = np.clip(rescale(fine.rgb, 0.5, channel_axis=2, anti_aliasing=True, preserve_range=True) + 0.5, 0, 255)
     coarse = ImageData(coarse_px.astype(np.uint8), 0.4, "coarse", "", "user")
     a = analyze(fine, "cd3-ihc", model=cd3_model)
     b = analyze(coarse, "cd3-ihc", model=cd3_model)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.models.cd3_cnn import CD3CNN
-from core.registry import get_scenario
+from core.nets.cd3_cnn import CD3CNN
+from core.scenarios.registry import get_scenario
 from core.scenarios.cd3_ihc import CD3IHCModel
 
 
@@ -50,13 +50,12 @@ def test_dense_map_equals_per_window_classification():
     np.testing.assert_allclose(prob, model.classify_patches(windows).reshape(19, 17), atol=1e-5)
 
 
-def test_dense_map_blocks_equal_one_pass(monkeypatch):
-    import core.scenarios.cd3_ihc as mod
-
+def test_dense_map_blocks_equal_one_pass():
     model = _random_model(2)
     image = np.random.default_rng(3).integers(0, 256, (200, 210, 3), dtype=np.uint8)
+    assert model.tile_px == 768  # the registry's 153.6 µm at 0.2 µm/px: 96 windows of 8 px
     whole = model.probability_map(image)
-    monkeypatch.setattr(mod, "BLOCK_GRID", 7)
+    model.tile_px = 8 * 7  # blocks of 7 x 7 windows
     calls = []
     tiled = model.probability_map(image, progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_allclose(tiled, whole, atol=1e-5)

@@ -57,7 +57,7 @@ def test_analyze_without_mpp_reports_pixels_only(tmp_path, capsys):
     from core.samples import get_sample
 
     png = tmp_path / "field.png"
-    Image.fromarray(get_sample("cd3-mosaic").load().pixels[:210, :280]).save(png)
+    Image.fromarray(get_sample("cd3-mosaic").load().rgb[:210, :280]).save(png)
     assert main(["analyze", str(png), "--scenario", "cd3-ihc", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["mpp"] is None and summary["density_per_mm2"] is None and summary["area_mm2"] is None
@@ -142,15 +142,17 @@ def test_an_image_without_colour_is_refused_before_any_output(tmp_path, capsys, 
 def test_a_single_channel_scenario_accepts_grey():
     from dataclasses import replace
 
-    from core.analysis import check_colour
     from core.errors import InputError
     from core.io import ImageData
-    from core.registry import SCENARIOS
+    from core.scenarios.base import check_colour
+    from core.scenarios.registry import SCENARIOS
 
-    grey = ImageData(np.full((32, 32, 3), 128, np.uint8), 0.5, "g.png", "", "user")
-    with pytest.raises(InputError, match="no colour"):
-        check_colour(grey, SCENARIOS["cd3-ihc"])
-    check_colour(grey, replace(SCENARIOS["cd3-ihc"], reads_colour=False))
+    cd3 = SCENARIOS["cd3-ihc"]
+    for grey in (ImageData(np.full((32, 32, 3), 128, np.uint8), 0.5, "g.png", "", "user"),
+                 ImageData(np.full((32, 32), 128, np.uint8), 0.5, "g.png", "", "user")):
+        with pytest.raises(InputError, match="no colour"):
+            check_colour(grey, cd3)
+        check_colour(grey, replace(cd3, input=replace(cd3.input, reads_colour=False)))
 
 
 def test_bfloat16_is_refused_for_a_scenario_not_validated_at_it(tmp_path, capsys):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from core.cells import make_cell_table
-from core.corrections import CorrectionLog
 from core.errors import InputError
+from core.review.corrections import CorrectionLog
 from core.spatial import SpatialParams, compute_spatial_stats
 
 

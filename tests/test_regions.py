@@ -9,7 +9,7 @@ import pytest
 
 from core.cells import make_cell_table
 from core.errors import InputError
-from core.regions import (
+from core.spatial.regions import (
     Region,
     cells_to_geojson,
     points_in_regions,

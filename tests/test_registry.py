@@ -6,7 +6,10 @@ import pytest
 
 from core.cells import ROLES
 from core.errors import UnknownScenarioError, WeightsError
-from core.registry import get_scenario, list_scenarios, load_verified_state_dict, sha256_file
+from core.evaluation import EVALUATIONS
+from core.scenarios.registry import get_scenario, list_scenarios
+from core.scenarios.spec import DENSE_MEANINGS, OUTPUT_KINDS
+from core.scenarios.weights import load_verified_state_dict, sha256_file
 
 
 def test_unknown_key_lists_known_keys():
@@ -16,8 +19,13 @@ def test_unknown_key_lists_known_keys():
 
 @pytest.mark.parametrize("scenario", list_scenarios(), ids=lambda s: s.key)
 def test_every_entry_is_complete_and_its_weights_match(scenario):
-    assert scenario.input_mpp > 0 and scenario.patch_size_px > 0
+    assert scenario.input_mpp > 0 and scenario.tiling.tile_px(scenario.input_mpp) > 0 and scenario.min_side_um > 0
+    assert scenario.tiling.kind in ("dense", "cells") and scenario.tiling.blend in ("linear", "none")
     assert all(c.role in ROLES and c.color.startswith("#") for c in scenario.classes)
+    assert all(o.kind in OUTPUT_KINDS for o in scenario.outputs) and scenario.outputs_of("cells")
+    assert all(o.meaning in DENSE_MEANINGS for o in scenario.outputs_of("dense"))
+    assert len({o.name for o in scenario.outputs}) == len(scenario.outputs)
+    assert scenario.evaluation in EVALUATIONS
     assert sha256_file(scenario.weights_path) == scenario.sha256
     card = scenario.card()
     for field in ("version", "training_data", "metrics", "intended_use", "limitations"):
@@ -42,3 +50,15 @@ def test_tampered_weights_are_refused(tmp_path):
 def test_missing_weights_file_is_reported(tmp_path):
     with pytest.raises(WeightsError, match="missing"):
         load_verified_state_dict(tmp_path / "nothing.safetensors", "0" * 64)
+
+
+def test_importing_the_registry_loads_no_scenario_module():
+    """The registry names runners as strings: no import cycle registry → scenario → base → registry."""
+    import subprocess
+    import sys
+
+    code = ("import sys, core.scenarios.registry as r; "
+            "assert not [m for m in sys.modules if m.startswith('core.scenarios.') and m not in "
+            "('core.scenarios.registry', 'core.scenarios.spec')], sorted(sys.modules); "
+            "import core.scenarios.base as b; assert 'core.scenarios.registry' not in vars(b)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,5 +1,7 @@
 """Reports and exports: the PDF carries every required item, its text holds the counts
-of summary.json, GeoJSON is valid and round-trips regions, the comparison builds."""
+of summary.json, GeoJSON is valid and round-trips regions, every dense output and restored
+image gets its file, the same result gives the same bytes, the comparison builds, and the
+key figures are selected once for every page and report."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import report
 from core.cells import make_cell_table
 from core.errors import InputError
 from core.io import ImageData
-from core.results import AnalysisResult
+from core.outputs import exports, figures, records, report_pdf, tumour_board
+from core.outputs.key_figures import format_figure, key_figure_rows, key_figures
+from core.results import AnalysisResult, DenseOutput, RunInfo
+from core.scenarios.registry import get_scenario
 
 needs_poppler = pytest.mark.skipif(
     shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
@@ -92,8 +96,9 @@ def count_on_class_line(text: str, cls: str, count: int) -> bool:
 @needs_poppler
 def test_report_pdf_text_holds_every_required_item(tmp_path):
     record = make_record()
-    overlay = report.render_overlay_png(np.full((48, 64, 3), 200, np.uint8), make_cells(5, 64, 48))
-    pdf = report.build_report_pdf(record, overlay_png=overlay)
+    rgb = np.full((48, 64, 3), 200, np.uint8)
+    overlay = figures.png_bytes(figures.render_overlay(rgb, make_cells(5, 64, 48), {"cd3-positive": "#e8341c"}, 0.5))
+    pdf = report_pdf.build_report_pdf(record, overlay_png=overlay)
     assert pdf.startswith(b"%PDF")
     text = pdf_text(pdf, tmp_path)
     flat = " ".join(text.split())
@@ -104,7 +109,8 @@ def test_report_pdf_text_holds_every_required_item(tmp_path):
         "B-2024-0113", "2025-01-31", "field-7.tif", IMAGE_SHA, WEIGHTS_SHA, "0.5 µm/px", "mm²",
         "cd3-ihc", "1.2.0", "Manual corrections 7", "tumour 1", "radius_um", "inflamed", "12.50",
         CARD["intended_use"], CARD["limitations"][0], CARD["limitations"][1],
-        "Research use only, not for diagnostic decisions.", "Image with detections", "Plots",
+        "Research use only, not for diagnostic decisions.", "Image with detections", "Plots", "Key figures",
+        "cd3-positive density",
     ):
         assert needle in flat, f"{needle!r} missing from the report text"
     # Every page is rendered, and carries the research-use footer.
@@ -116,7 +122,7 @@ def test_report_pdf_text_holds_every_required_item(tmp_path):
 @needs_poppler
 def test_report_without_mpp_spatial_or_card_still_builds(tmp_path):
     record = {"summary": {"scenario": "cd3-ihc", "mpp": None, "counts": {"cd3-positive": 3}, "density_per_mm2": None}}
-    text = " ".join(pdf_text(report.build_report_pdf(record, case_label="C-1"), tmp_path).split())
+    text = " ".join(pdf_text(report_pdf.build_report_pdf(record, case_label="C-1"), tmp_path).split())
     assert "cd3-positive 3" in text
     assert "unknown: densities not reported" in text
     assert "No spatial statistics were computed" in text
@@ -125,11 +131,11 @@ def test_report_without_mpp_spatial_or_card_still_builds(tmp_path):
 
 def test_report_needs_a_summary():
     with pytest.raises(InputError, match="summary"):
-        report.build_report_pdf({"counts": {}})
+        report_pdf.build_report_pdf({"counts": {}})
 
 
 def test_spatial_curves_found_by_um_axis():
-    curves = report.spatial_curves(make_record()["spatial"])
+    curves = figures.spatial_curves(make_record()["spatial"])
     assert len(curves) == 1
     title, x_name, x, ys = curves[0]
     assert (title, x_name) == ("ripley", "r_um")
@@ -139,7 +145,7 @@ def test_spatial_curves_found_by_um_axis():
 
 def test_comparison_table_side_by_side():
     records = [make_record(seed=0, case_label="A"), make_record(seed=1, case_label="B")]
-    table = report.comparison_table(records)
+    table = tumour_board.comparison_table(records)
     assert list(table.columns) == ["A · #17 · field-7.tif", "B · #18 · field-7.tif"]
     assert table.loc["count: cd3-positive"].tolist() == [412, 413]
     assert table.loc["spatial: nearest_neighbour_um.median"].tolist() == [12.5, 13.5]
@@ -150,9 +156,9 @@ def test_comparison_table_side_by_side():
 @needs_poppler
 def test_comparison_pdf_holds_both_analyses(tmp_path):
     records = [make_record(seed=0, case_label="Case-A"), make_record(seed=5, case_label="Case-B")]
-    pdf = report.build_comparison_pdf(records)
+    pdf = tumour_board.build_comparison_pdf(records)
     text = " ".join(pdf_text(pdf, tmp_path).split())
-    assert "Case-A" in text and "Case-B" in text
+    assert "Case-A" in text and "Case-B" in text and "Key figures" in text and "Every statistic" in text
     assert "count: cd3-positive 412 417" in text
     assert "Research use only" in text
     assert len(pdf_pages_png(pdf, tmp_path)) >= 2  # table, then charts
@@ -160,7 +166,7 @@ def test_comparison_pdf_holds_both_analyses(tmp_path):
 
 def test_comparison_pdf_needs_records():
     with pytest.raises(InputError, match="at least one"):
-        report.build_comparison_pdf([])
+        tumour_board.build_comparison_pdf([])
 
 
 # --------------------------------------------------------------------------- exports
@@ -173,52 +179,120 @@ def make_cells(n: int, w: int, h: int, mpp: float | None = 0.5) -> pd.DataFrame:
     return make_cell_table(xy, classes, "immune", rng.random(n), mpp)
 
 
-def make_result(mpp: float | None = 0.5) -> AnalysisResult:
+def make_result(mpp: float | None = 0.5, dense=None, restored=None, spatial: bool = False) -> AnalysisResult:
     h, w = 120, 160
     cells = make_cells(30, w, h, mpp)
-    counts = cells["cell_class"].value_counts().to_dict()
-    area = None if mpp is None else h * w * mpp**2 / 1e6
-    summary = {
-        "scenario": "cd3-ihc",
-        "weights_sha256": WEIGHTS_SHA,
-        "weights_version": "1.2.0",
-        "image": {"name": "field.png", "sha256": IMAGE_SHA, "width_px": w, "height_px": h},
-        "mpp": mpp,
-        "area_mm2": area,
-        "n_cells": len(cells),
-        "counts": {k: int(v) for k, v in counts.items()},
-        "density_per_mm2": None if area is None else {k: v / area for k, v in counts.items()},
-        "runtime_s": 0.1,
-        "device": "cpu",
-        "warnings": [],
-        "spatial": {"nearest_neighbour_um": {"median": 3.0}},
-    }
-    image = ImageData(np.full((h, w, 3), 220, np.uint8), mpp, "field.png", IMAGE_SHA)
-    return AnalysisResult("cd3-ihc", image, cells, summary)
+    rgb = np.full((h, w, 3), 220, np.uint8)
+    rgb[40:80, 50:110] = (150, 90, 60)
+    image = ImageData.from_rgb(rgb, mpp, "field.png", IMAGE_SHA)
+    run = RunInfo(
+        scenario_key="cd3-ihc", scenario_title="CD3+ lymphocytes in CD3 IHC", weights_file="cd3.safetensors",
+        weights_sha256=WEIGHTS_SHA, weights_version="1.2.0", trained_on_synthetic=False, device="cpu",
+        precision="float32", runtime_s=0.1, app_version="0.0.test", torch_version="2.x",
+        python_version="3.x", created_at="2025-01-31T10:02:11+00:00",
+    )
+    result = AnalysisResult(image, cells, run, get_scenario("cd3-ihc"), dense=dense or {}, restored=restored or {})
+    if spatial:
+        from core.pipeline import spatial_statistics
+        from core.spatial import SpatialParams
+
+        result.spatial = spatial_statistics(result, params=SpatialParams(n_simulations=9))
+    return result
+
+
+def probability_output(h: int = 120, w: int = 160) -> DenseOutput:
+    values = np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))
+    return DenseOutput("probability", "probability", "P(test) at each pixel", values, color="#e8341c")
+
+
+def denoised_image(h: int = 120, w: int = 160) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+
+
+def png_array(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(pd.io.common.BytesIO(data)))
 
 
 @needs_poppler
 def test_exports_agree_with_each_other(tmp_path):
-    result = make_result()
-    files = report.build_exports(result, model_card=CARD, case_label="B-1", class_colors={"cd3-positive": "#e8341c"})
-    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png"} <= set(files)
+    result = make_result(spatial=True)
+    files = exports.build_exports(result, model_card=CARD, case_label="B-1")
+    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png", "cells.geojson"} == set(files)
     summary = json.loads(files["summary.json"])
     assert summary["counts"] == result.summary["counts"]
-    assert summary["spatial"] == {"nearest_neighbour_um": {"median": 3.0}}
+    assert summary["spatial"] == json.loads(json.dumps(result.spatial.to_dict()))
     cells = pd.read_csv(pd.io.common.BytesIO(files["cells.csv"]))
     assert len(cells) == len(result.cells)
-    assert cells["cell_class"].value_counts().to_dict() == summary["counts"]
+    observed = {k: v for k, v in summary["counts"].items() if v}
+    assert cells["cell_class"].value_counts().to_dict() == observed
     text = pdf_text(files["report.pdf"], tmp_path)
     for cls, n in summary["counts"].items():
         assert count_on_class_line(text, cls, n)
-    assert files["overlay.png"].startswith(b"\x89PNG")
+    overlay = png_array(files["overlay.png"])
+    assert overlay.shape == (120, 160, 3)
+    # every cell is ringed in its class colour: the class colour appears, the background stays
+    assert (overlay == (0xE8, 0x34, 0x1C)).all(axis=-1).any()
+    assert not np.array_equal(overlay, result.image.rgb)
+
+
+@needs_poppler
+def test_build_exports_writes_one_png_per_dense_output_and_restored_image(tmp_path):
+    dense = probability_output()
+    restored = denoised_image()
+    result = make_result(dense={"probability": dense}, restored={"denoised": restored})
+    files = exports.build_exports(result, model_card=CARD)
+    assert list(files)[:5] == ["cells.csv", "summary.json", "overlay.png", "probability.png", "denoised.png"]
+    grey = png_array(files["probability.png"])
+    assert grey.shape == (120, 160) and grey.dtype == np.uint8
+    np.testing.assert_array_equal(grey, np.clip(dense.values * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(png_array(files["denoised.png"]), restored)
+    assert all(exports.media_type(name) == "image/png" for name in files if name.endswith(".png"))
+    text = " ".join(pdf_text(files["report.pdf"], tmp_path).split())
+    assert "P(test) at each pixel" in text and "Probability (probability)" in text
+    assert "Denoised (restored image)" in text
+
+
+def test_class_probabilities_are_written_as_their_arg_max_in_class_colours():
+    values = np.zeros((120, 160, 2), np.float32)
+    values[:, :80, 0] = 1.0
+    values[:, 80:, 1] = 1.0
+    out = DenseOutput("compartments", "class_probabilities", "P(tumour), P(stroma)", values, ("tumour", "stroma"))
+    files = exports.build_exports(make_result(dense={"compartments": out}), model_card=CARD)
+    rgb = png_array(files["compartments.png"])
+    colors = figures.plane_colors(out)
+    assert tuple(rgb[0, 0]) == figures.hex_to_rgb(colors["tumour"])
+    assert tuple(rgb[0, -1]) == figures.hex_to_rgb(colors["stroma"])
+
+
+def test_two_builds_of_the_same_result_are_byte_identical():
+    result = make_result(dense={"probability": probability_output()}, restored={"denoised": denoised_image()}, spatial=True)
+    first = exports.build_exports(result, model_card=CARD, case_label="B-1")
+    second = exports.build_exports(result, model_card=CARD, case_label="B-1")
+    assert list(first) == list(second)
+    for name in first:
+        assert first[name] == second[name], f"{name} differs between two builds"
+    record = records.record_from_result(result, model_card=CARD)
+    assert exports.build_exports(result, record=record) == exports.build_exports(result, record=dict(record))
+
+
+def test_overlay_is_bounded_and_rings_scale_with_it():
+    rgb = np.zeros((300, 9000, 3), np.uint8)
+    cells = make_cell_table(np.array([[4500.0, 150.0]]), "cd3-positive", "immune", np.ones(1), 0.5)
+    out = figures.render_overlay(rgb, cells, {"cd3-positive": "#ffffff"}, 0.5)
+    assert out.shape == (133, 4000, 3)
+    ys, xs = np.nonzero(out[..., 0])
+    assert abs(xs.mean() - 2000) < 1 and abs(ys.mean() - 66.5) < 1.5  # the ring is centred on the cell
 
 
 def test_geojson_export_is_valid_and_round_trips_regions(tmp_path):
-    regions_mod = pytest.importorskip("core.regions", reason="core.regions is not there yet")
+    from core.spatial.regions import Region, read_regions_geojson
+
     result = make_result()
-    region = regions_mod.Region("Tumour 1", "tumour", np.array([[5.0, 5.0], [60.0, 5.0], [60.0, 50.0], [5.0, 50.0]]))
-    files = report.build_exports(result, regions=[region], model_card=CARD)
+    region = Region("Tumour 1", "tumour", np.array([[5.0, 5.0], [60.0, 5.0], [60.0, 50.0], [5.0, 50.0]]))
+    files = exports.build_exports(result, regions=[region], model_card=CARD)
     data = json.loads(files["cells.geojson"])
     assert data["type"] == "FeatureCollection"
     kinds = [f["properties"]["objectType"] for f in data["features"]]
@@ -227,51 +301,55 @@ def test_geojson_export_is_valid_and_round_trips_regions(tmp_path):
         assert f["type"] == "Feature" and f["geometry"]["type"] in ("Point", "Polygon")
         assert isinstance(f["properties"]["classification"]["name"], str)
         assert len(f["properties"]["classification"]["color"]) == 3
-    back = regions_mod.read_regions_geojson(files["cells.geojson"], mpp=result.image.mpp)
+    back = read_regions_geojson(files["cells.geojson"], mpp=result.image.mpp)
     assert [(r.name, r.kind) for r in back] == [("Tumour 1", "tumour")]
     np.testing.assert_allclose(back[0].polygon_um, region.polygon_um, atol=1e-9)
-    record = report.record_from_result(result, regions=[region])
+    record = records.record_from_result(result, regions=[region])
     assert record["regions"]["features"][0]["properties"]["name"] == "Tumour 1"
 
 
 def test_no_geojson_without_mpp():
-    files = report.build_exports(make_result(mpp=None), model_card=CARD)
+    files = exports.build_exports(make_result(mpp=None), model_card=CARD)
     assert "cells.geojson" not in files and "report.pdf" in files
 
 
-def test_write_report_files(tmp_path):
-    pytest.importorskip("core.regions", reason="core.regions is not there yet")
-    from core.exports import write_report_files
+def test_write_analysis_writes_the_same_bytes(tmp_path):
+    from core.pipeline import write_analysis
 
-    written = write_report_files(make_result(), tmp_path / "out", case_label="B-9", model_card=CARD)
-    assert set(written) == {"report.pdf", "cells.geojson"}
-    assert all(p.is_file() and p.stat().st_size > 0 for p in written.values())
+    result = make_result(dense={"probability": probability_output()})
+    written = write_analysis(result, tmp_path / "out", case_label="B-9")
+    assert set(written) == {"cells.csv", "summary.json", "overlay.png", "probability.png"}
+    with_report = write_analysis(result, tmp_path / "full", report=True, case_label="B-9")
+    assert set(with_report) == set(written) | set(exports.REPORT_FILES)
+    files = exports.build_exports(result, case_label="B-9")
+    assert all(p.read_bytes() == files[name] for name, p in with_report.items())
 
 
 @needs_poppler
 def test_save_result_keeps_every_export_and_rebuilds_the_report(tmp_path):
-    from core.exports import save_result
-    from core.store import CaseStore
+    from core.outputs.store import CaseStore
 
     store = CaseStore(f"sqlite:///{tmp_path / 'cases.sqlite3'}")
-    result = make_result()
-    aid = save_result(result, "B-5", store, model_card=CARD, corrections={"edits": [1, 2]})
-    names = {f["name"] for f in store.get_analysis(aid)["files"]}
-    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png"} <= names
+    result = make_result(spatial=True, dense={"probability": probability_output()})
+    aid = exports.save_result(result, "B-5", store, model_card=CARD, corrections={"edits": [1, 2]})
+    files = {f["name"]: f["media_type"] for f in store.get_analysis(aid)["files"]}
+    assert files == {name: exports.media_type(name) for name in exports.build_exports(result, model_card=CARD)}
     saved_text = " ".join(pdf_text(store.get_file(aid, "report.pdf"), tmp_path).split())
     assert f"Analysis id {aid}" in saved_text and "Manual corrections 2" in saved_text
+    # The CLI's files and the stored ones are the same bytes (the PDF carries the analysis id).
+    cli = exports.build_exports(result, model_card=CARD, case_label="B-5", corrections={"edits": [1, 2]})
+    for name in ("cells.csv", "summary.json", "overlay.png", "probability.png", "cells.geojson"):
+        assert store.get_file(aid, name) == cli[name], name
     # A report rebuilt later from the stored record carries the same numbers and card.
     record = store.get_record(aid)
-    rebuilt = " ".join(pdf_text(report.build_report_pdf(record, store.get_file(aid, "overlay.png")), tmp_path).split())
+    rebuilt = " ".join(pdf_text(report_pdf.build_report_pdf(record, store.get_file(aid, "overlay.png")), tmp_path).split())
     for cls, n in json.loads(store.get_file(aid, "summary.json"))["counts"].items():
         assert f"{cls} {n}" in rebuilt
-    assert CARD["intended_use"] in rebuilt and "nearest_neighbour_um.median" in rebuilt
+    assert CARD["intended_use"] in rebuilt and "counts.n_cells_used" in rebuilt
     store.close()
 
 
 def test_spatial_statistics_and_regions_from_the_spatial_schema():
-    from core import records
-
     stats = {
         "schema": 1, "available": True, "params": {"radius_um": 30.0},
         "distances": {"available": True, "definition": "text", "immune_to_nearest_tumour_um": {"median_um": 6.9},
@@ -293,10 +371,11 @@ def test_spatial_statistics_and_regions_from_the_spatial_schema():
     }
 
 
-def test_key_figures_keep_the_board_rows_of_a_real_spatial_result():
-    from core.cells import make_cell_table
-    from core.regions import Region
-    from core.spatial import SpatialParams, compute_spatial_stats
+# --------------------------------------------------------------------------- key figures
+
+
+def real_spatial() -> dict:
+    from core.spatial import Region, SpatialParams, compute_spatial_stats
 
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 400, (300, 2))
@@ -304,16 +383,52 @@ def test_key_figures_keep_the_board_rows_of_a_real_spatial_result():
     roles[::7] = "stroma"
     cells = make_cell_table(xy / 0.5, roles, roles, np.ones(len(xy)), 0.5)
     tumour = Region("t", "tumour", np.array([[0, 0], [200, 0], [200, 400], [0, 400]], float))
+    return compute_spatial_stats(cells, [tumour], SpatialParams(n_simulations=9, window_um=(0, 0, 400, 400)))
+
+
+def test_key_figures_of_a_record_read_the_summary_and_the_statistics():
     record = make_record()
-    record["spatial"] = compute_spatial_stats(cells, [tumour], SpatialParams(n_simulations=9, window_um=(0, 0, 400, 400)))
-    table = report.comparison_table([record])
-    key = report.key_figures(table)
-    names = [str(i) for i in key.index]
-    assert len(table) > 2 * len(key)
-    for wanted in ("case", "count: cd3-positive", "spatial: distances.immune_to_nearest_tumour_um.median_um",
-                   "spatial: distances.within_radius[20 µm].fraction_immune_within",
-                   "spatial: compartments.ratio_intratumoral_to_stromal",
-                   "spatial: invasive_margin.ct.immune_density_per_mm2", "spatial: phenotype.call", "manual corrections"):
-        assert wanted in names, wanted
-    assert not any("n_pairs" in n or "note" in n or "label" in n for n in names)
-    assert names == [n for n in map(str, table.index) if n in names]  # table order kept
+    record["spatial"] = real_spatial()
+    figs = {f.measure: f for f in key_figures(record)}
+    assert figs["cd3-positive cells"].value_text == "412"
+    assert figs["cd3-positive density"].value_text == f"{412 / 0.0768:,.0f} cells/mm²"
+    d = record["spatial"]["distances"]
+    median = figs["immune → nearest tumour cell, median"]
+    assert median.value == d["immune_to_nearest_tumour_um"]["median_um"] and median.unit == "µm"
+    within = figs["immune cells within 20 µm of a tumour cell"]
+    assert within.value_text == f"{100 * d['within_radius'][1]['fraction_immune_within']:.1f} %"
+    assert "r = 20 µm" in within.setting
+    assert figs["immune phenotype"].value == record["spatial"]["phenotype"]["call"]
+    assert figs["cells corrected by hand"].value == 7
+    # a record, its summary with the statistics inside, and the statistics object read the same
+    from core.spatial import SpatialStats
+
+    summary = dict(record["summary"], spatial=record["spatial"])
+    assert key_figures(summary, spatial=None)[-1].measure != "cells corrected by hand"  # no count outside a record
+    assert [f for f in key_figures(summary) if f.key.startswith("distances")] == \
+        [f for f in key_figures(SpatialStats.from_dict(record["spatial"])) if f.key.startswith("distances")]
+
+
+def test_key_figures_say_why_a_figure_is_missing():
+    rows = {r["measure"]: r for r in key_figure_rows({"available": False, "reason": "needs an mpp", "counts": {"n_cells": 4}})}
+    assert rows["spatial statistics"] == {"measure": "spatial statistics", "value": "n/a", "setting": "needs an mpp"}
+    assert rows["cells"]["value"] == "4"
+    rows = key_figure_rows({"summary": {"counts": {"a": 3}, "density_per_mm2": None}})
+    assert rows[-1] == {"measure": "spatial statistics", "value": "n/a", "setting": "not computed for this analysis"}
+    assert {"measure": "a density", "value": "n/a", "setting": "mpp unknown: no density"} in rows
+    assert format_figure(1 / 11, "fraction") == "9.1 %" and format_figure(None, "cells/mm²") == "n/a"
+    assert format_figure(20.04, "µm", with_unit=True) == "20.0 µm" and format_figure(1234, "cells") == "1,234"
+
+
+def test_key_figure_table_puts_the_same_figures_side_by_side():
+    first, second = make_record(seed=0, case_label="A"), make_record(seed=1, case_label="B")
+    first["spatial"] = real_spatial()
+    table = tumour_board.key_figure_table([first, second])
+    assert list(table.columns) == ["A · #17 · field-7.tif", "B · #18 · field-7.tif"]
+    assert list(table.index[:6]) == list(tumour_board.PROVENANCE_ROWS)
+    assert table.loc["cd3-positive cells"].tolist() == ["412", "413"]
+    for f in key_figures(first):
+        assert table.at[f.measure, "A · #17 · field-7.tif"] == f.value_text
+    assert table.at["immune phenotype", "B · #18 · field-7.tif"] == "n/a"  # older statistics: not read
+    full = tumour_board.comparison_table([first, second])
+    assert len(full) > len(table)

@@ -14,11 +14,11 @@ from streamlit.testing.v1 import AppTest
 
 from core import review as rv
 from core.cells import make_cell_table
-from core.corrections import CorrectionLog
 from core.errors import InputError
 from core.io import ImageData
-from core.regions import Region, regions_to_geojson
+from core.spatial.regions import Region, regions_to_geojson
 from core.results import AnalysisResult
+from core.review import CorrectionLog
 from core.spatial import SpatialParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_reviewed_cells_and_summary_follow_the_log():
 
 
 def test_correction_classes_offer_roles_the_scenario_lacks():
-    from core.registry import get_scenario
+    from core.scenarios.registry import get_scenario
 
     classes = rv.correction_classes(get_scenario("cd3-ihc").classes)
     assert classes[0]["name"] == "cd3-positive"
@@ -244,7 +244,7 @@ def test_render_review_image_draws_markers_and_regions():
 
 
 def test_store_update_review(tmp_path):
-    from core.store import CaseStore, StoreError
+    from core.outputs.store import CaseStore, StoreError
 
     store = CaseStore(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     res = small_result()
@@ -323,7 +323,7 @@ def test_review_page_shows_numbers_and_follows_corrections(data_dir):
 
 
 def test_review_page_resets_for_another_analysis_and_saves(data_dir):
-    from core.store import CaseStore
+    from core.outputs.store import CaseStore
 
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["analysis"] = small_result()

@@ -8,14 +8,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from core.datasets_he import HE_DATA_DIR, IGNORE_LABEL, disk_targets
-from core.models.sdrdin import SDRDIN, VARIANTS
-from core.registry import SCENARIOS, CellClass, Scenario
+from core.evaluation.datasets_he import HE_DATA_DIR, IGNORE_LABEL, disk_targets
+from core.nets.sdrdin import SDRDIN, VARIANTS
+from core.scenarios.registry import SCENARIOS, get_scenario
 from core.scenarios.he_til import HETILModel, PostprocessParams, classify_cells, detect_peaks
 from core.training.sdrdin import class_weights, pixel_weighted_cross_entropy, sdrdin_loss
 
-HAS_WEIGHTS = "he-til" in SCENARIOS
-HAS_DATA = (HE_DATA_DIR / "validation").is_dir()
 
 
 # --- architecture -------------------------------------------------------------------------
@@ -281,17 +279,13 @@ class StubNet(torch.nn.Module):
 
 
 def _scenario():
-    classes = (CellClass("epithelial", "tumour", "#d62728", "e"), CellClass("inflammatory", "immune", "#1f77b4", "i"),
-               CellClass("fibroblast", "stroma", "#2ca02c", "f"), CellClass("other", "other", "#7f7f7f", "o"))
-    return Scenario(key="he-til", title="", stain="H&E", modality="brightfield", input_mpp=0.55, classes=classes,
-                    weights="", sha256="", model_card="", runner="", patch_size_px=1216, overlap_px=192,
-                    trained_on_synthetic=False, description="")
+    return get_scenario("he-til")
 
 
 class StubModel(HETILModel):
     def build(self, metadata):
-        self.mean = torch.zeros(1, 3, 1, 1)
-        self.std = torch.ones(1, 3, 1, 1)
+        self.mean = np.zeros((1, 1, 3), np.float32)
+        self.std = np.ones((1, 1, 3), np.float32)
         self.params = PostprocessParams(threshold=0.5)
         return StubNet()
 
@@ -326,10 +320,9 @@ def test_tiled_equals_untiled_with_an_analytic_model():
     assert len(np.unique(np.round(tiled[0]), axis=0)) == len(tiled[0])  # no cell twice
 
 
-@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
 def test_tiled_equals_untiled_with_the_shipped_network():
-    from core.analysis import load_model
-    from core.datasets_he import read_he_split
+    from core.pipeline import load_model
+    from core.evaluation.datasets_he import read_he_split
 
     model = load_model("he-til", "cpu")
     img = read_he_split("validation")[0].pixels[:400, :456]
@@ -343,7 +336,6 @@ def test_tiled_equals_untiled_with_the_shipped_network():
 # --- product ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
 def test_cli_analyze_writes_the_cd3_files_with_he_classes(tmp_path):
     import pandas as pd
 
@@ -367,8 +359,8 @@ def test_cli_analyze_writes_the_cd3_files_with_he_classes(tmp_path):
 
 
 def test_evaluation_scores_known_matches():
-    from core.datasets_he import HEImage
-    from core.he_eval import score_detections
+    from core.evaluation.datasets_he import HEImage
+    from core.evaluation.he import score_detections
 
     im = HEImage("x", np.zeros((10, 10, 3), np.uint8), np.array([[0.0, 0], [10, 0], [20, 0], [30, 0]]), np.array([0, 1, -1, 1]))
     pred = np.array([[1.0, 0], [10, 2], [20, 9], [50, 50]])  # 2 matched within 6 px, 2 false positives
@@ -379,10 +371,9 @@ def test_evaluation_scores_known_matches():
     assert c["weighted_f1"] == pytest.approx(0.5 * (2 / 3) + 0.5 * 0.0)
 
 
-@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
 def test_evaluation_reproduces_the_model_card():
-    from core.analysis import load_model
-    from core.he_eval import evaluate_he
+    from core.pipeline import load_model
+    from core.evaluation.he import evaluate_he
 
     card = SCENARIOS["he-til"].card()
     got = evaluate_he("validation", model=load_model("he-til", "cpu"))
@@ -394,10 +385,9 @@ def test_evaluation_reproduces_the_model_card():
         assert cls["weighted_f1"] == pytest.approx(want["classification"]["weighted_f1"], abs=3e-3)
 
 
-@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
 def test_bfloat16_evaluation_reproduces_the_model_card():
-    from core.analysis import load_model
-    from core.he_eval import evaluate_he
+    from core.pipeline import load_model
+    from core.evaluation.he import evaluate_he
     from core.scenarios.base import bfloat16_supported
 
     if not bfloat16_supported(torch.device("cpu")):
@@ -413,8 +403,8 @@ def test_bfloat16_evaluation_reproduces_the_model_card():
 
 
 def test_bootstrap_interval_resamples_images():
-    from core.he_eval import bootstrap_ci, match_images, pool_matches
-    from core.datasets_he import HEImage
+    from core.evaluation.he import bootstrap_ci, match_images, pool_matches
+    from core.evaluation.datasets_he import HEImage
 
     truth = np.array([[10.0, 10], [40, 10], [70, 10], [100, 10]])
     good = HEImage("good", np.zeros((20, 120, 3), np.uint8), truth, np.array([1, 1, 0, 2]))
@@ -454,7 +444,7 @@ def test_hed_stain_jitter_changes_stain_strength_not_geometry():
 
 
 def test_focus_sampling_puts_the_focus_class_in_the_crops():
-    from core.datasets_he import HEImage
+    from core.evaluation.datasets_he import HEImage
     from core.training.sdrdin import CropSampler
 
     # one inflammatory nucleus (label 1) in a corner of a 200 px image, epithelial elsewhere
@@ -474,11 +464,11 @@ def test_focus_sampling_puts_the_focus_class_in_the_crops():
         CropSampler([image], 3.0, 48, torch.Generator(), focus_label=3, focus_share=0.5)
 
 
-@pytest.mark.skipif(not HAS_DATA, reason="needs ../shared/data/he-crc-cell-points")
 def test_weight_averaging_ships_the_mean_of_the_snapshots(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from core.training import sdrdin as training
+    from core.training import sdrdin_card
 
     snapshots = []
     update = torch.optim.swa_utils.AveragedModel.update_parameters
@@ -503,13 +493,13 @@ def test_weight_averaging_ships_the_mean_of_the_snapshots(tmp_path, monkeypatch)
     # batch-norm statistics are re-estimated for the averaged weights, not kept from the last step
     bn = next(k for k in shipped if k.endswith("running_var"))
     assert not torch.allclose(shipped[bn], snapshots[-1][bn])
-    assert "--swa-start 0 --swa-every 2" in training._train_command(record_json, "w.safetensors")
+    assert "--swa-start 0 --swa-every 2" in sdrdin_card._train_command(record_json, "w.safetensors")
 
 
 def test_restain_scales_haematoxylin_and_keeps_unstained_pixels():
     from skimage.color import hed2rgb, rgb2hed
 
-    from core.he_eval import restain_he
+    from core.evaluation.he import restain_he
 
     rng = np.random.default_rng(1)
     conc = rng.uniform(0, 1, (16, 16, 3)) * [0.08, 0.05, 0.005]  # an H&E-like image
@@ -538,10 +528,9 @@ def test_precision_is_checked_and_recorded():
             check_precision("bfloat16", cpu, ("float32", "bfloat16"), "he-til")
 
 
-@pytest.mark.skipif(not (HAS_WEIGHTS and HAS_DATA), reason="needs the shipped he-til weights and the H&E data")
 def test_bfloat16_analysis_is_recorded_and_close_to_float32():
-    from core.analysis import analyze, load_model
-    from core.datasets_he import read_he_split
+    from core.pipeline import analyze, load_model
+    from core.evaluation.datasets_he import read_he_split
     from core.io import ImageData
     from core.scenarios.base import bfloat16_supported
 

@@ -11,9 +11,10 @@ import pytest
 
 from core.cells import make_cell_table
 from core.errors import InputError
-from core.regions import Region
 from core.spatial import (
+    SCHEMA,
     SpatialParams,
+    SpatialStats,
     class_to_role,
     compute_spatial_stats,
     cell_spatial_table,
@@ -21,7 +22,9 @@ from core.spatial import (
     morisita_horn,
     read_cell_table_csv,
     signed_distance_to_border_um,
+    spatial_stats,
 )
+from core.spatial.regions import Region
 
 FAST = SpatialParams(n_simulations=19, ripley_radii_um=(0.0, 10.0, 20.0, 30.0, 40.0, 50.0))
 
@@ -329,7 +332,7 @@ def test_read_qupath_and_tilscope_tables(tmp_path):
 
 
 def test_plots_build_from_stats():
-    from core import plots
+    from core.outputs import plots
 
     xy, roles = lattice_case()
     regions = [Region("T", "tumour", square(0, 0, 1000)), Region("S", "stroma", square(1000, 0, 1000))]
@@ -347,9 +350,75 @@ def test_plots_build_from_stats():
 
 
 def test_headline_shows_the_median_distance():
-    from core.ui_helpers import spatial_headline
+    from core.outputs.key_figures import key_figure_rows as spatial_headline
 
     xy, roles = lattice_case()  # immune cells at 5, 15, 25 and 45 µm: median 20 µm
     rows = {r["measure"]: r for r in spatial_headline(compute_spatial_stats(table(xy, roles), params=FAST))}
     assert rows["immune → nearest tumour cell, median"]["value"] == "20.0 µm"
     assert rows["immune cells within 20 µm of a tumour cell"]["value"] == "50.0 %"
+
+
+def _zero_runtime(d):
+    return {**d, "runtime_s": 0.0} if "runtime_s" in d else d
+
+
+def test_spatial_stats_round_trip_keeps_the_json_byte_for_byte():
+    xy, roles = lattice_case()
+    regions = [Region("T", "tumour", square(0, 0, 1000)), Region("S", "stroma", square(1000, 0, 1000))]
+    cells = table(xy, roles)
+    d = compute_spatial_stats(cells, regions, FAST, seed=2)
+    s = SpatialStats.from_dict(d)
+    assert s.schema == SCHEMA == "tilscope.spatial/1" and s.available is True and s.reason is None
+    assert s.phenotype == d["phenotype"] and s.ripley == d["ripley"] and s.warnings == d["warnings"]
+    assert s.extra == {}
+    # Same keys in the same order: the JSON text, not only the dict, is unchanged.
+    assert json.dumps(s.to_dict(), ensure_ascii=False) == json.dumps(d, ensure_ascii=False)
+    assert SpatialStats.from_dict(s.to_dict()) == s
+    typed = spatial_stats(cells, regions, FAST, seed=2)
+    assert isinstance(typed, SpatialStats)
+    assert json.dumps(_zero_runtime(typed.to_dict())) == json.dumps(_zero_runtime(d))
+    # to_dict hands out a copy.
+    s.to_dict()["phenotype"]["call"] = "changed"
+    assert s.phenotype["call"] == d["phenotype"]["call"] != "changed"
+    # The whole-result "unavailable" layout (no mpp) round-trips too.
+    no_mpp = compute_spatial_stats(make_cell_table(np.array([[1.0, 2.0]]), "x", ["immune"], np.ones(1), None))
+    back = SpatialStats.from_dict(no_mpp)
+    assert back.available is False and "mpp" in back.reason and back.distances is None
+    assert json.dumps(back.to_dict()) == json.dumps(no_mpp)
+
+
+def test_spatial_stats_reads_dicts_the_store_kept():
+    xy, roles = lattice_case()
+    stored = compute_spatial_stats(table(xy, roles), params=FAST)
+    stored["corrections"] = {"n_corrections": 2, "users": ["s"]}  # what review_statistics adds
+    stored = json.loads(json.dumps(stored))  # as read back from the store's JSON column
+    s = SpatialStats.from_dict(stored)
+    assert s.extra == {"corrections": {"n_corrections": 2, "users": ["s"]}}
+    assert s.to_dict() == stored and list(s.to_dict())[-1] == "corrections"
+    # Without a schema key and unavailable: read with the current layout.
+    old = {"available": False, "reason": "spatial statistics need µm coordinates, but the image has no mpp"}
+    s = SpatialStats.from_dict(old)
+    assert s.available is False and s.reason == old["reason"] and s.counts is None and s.extra == {}
+    assert s.to_dict() == {"schema": SCHEMA, **old}
+    # Without "available" (readers always took that as unavailable); unknown keys are kept.
+    legacy = {"thresholds": {"radius_um": 30.0}, "immune_phenotype": "inflamed"}
+    s = SpatialStats.from_dict(legacy)
+    assert s.available is False and s.extra == legacy
+    assert s.to_dict() == {"schema": SCHEMA, "available": False, **legacy}
+
+
+def test_spatial_stats_refuses_an_unknown_schema_and_wrong_types():
+    xy, roles = lattice_case()
+    d = compute_spatial_stats(table(xy, roles), params=FAST)
+    with pytest.raises(InputError, match=r"schema 'tilscope\.spatial/2'.*\['tilscope\.spatial/1'\]"):
+        SpatialStats.from_dict({**d, "schema": "tilscope.spatial/2"})
+    with pytest.raises(InputError, match="schema"):
+        SpatialStats.from_dict({"schema": "something-else/1", "available": True})
+    with pytest.raises(InputError, match="schema"):
+        SpatialStats(schema="tilscope.spatial/0", available=False)
+    with pytest.raises(InputError, match="'ripley' must be a dict"):
+        SpatialStats.from_dict({**d, "ripley": [1.0, 2.0]})
+    with pytest.raises(InputError, match="'warnings' must be a list of str"):
+        SpatialStats.from_dict({**d, "warnings": "none"})
+    with pytest.raises(InputError, match="must be a dict"):
+        SpatialStats.from_dict([("available", True)])

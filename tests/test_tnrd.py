@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from core.models.tnrd import TNRD, rbf, rbf_eval, tnrd_loss
-from core.scenarios.tnrd import blend_tiles, mask_to_cells
+from core.nets.tnrd import TNRD, rbf, rbf_eval, tnrd_loss
+from core.scenarios.tnrd import mask_to_cells
+from core.tiling import tile_dense
 
 REPO = Path(__file__).resolve().parent.parent
 TNRD_KEYS = ("tnrd-if-melanoma", "tnrd-he-melanoma")
@@ -132,9 +133,9 @@ def test_forward_shapes_range_and_determinism():
 def test_tiled_equals_untiled_for_pointwise_models(shape):
     img = np.random.default_rng(0).random(shape).astype(np.float32)
     calls = []
-    out = blend_tiles(lambda x: (calls.append(1), x + 1)[1], img, tile=48, overlap=12, progress=None)
+    out = tile_dense(lambda x: (calls.append(1), x + 1)[1], img, 48, 12, progress=None)
     np.testing.assert_allclose(out, img + 1, rtol=0, atol=1e-6)
-    out2 = blend_tiles(lambda x: x * 2 - x ** 2, img, tile=48, overlap=12)
+    out2 = tile_dense(lambda x: x * 2 - x ** 2, img, 48, 12)
     np.testing.assert_allclose(out2, img * 2 - img ** 2, atol=1e-6)
 
 
@@ -153,17 +154,9 @@ def test_mask_to_cells_splits_touching_cells_and_drops_small_ones():
     assert len(mask_to_cells(np.zeros((10, 10)), 0.5)[0]) == 0
 
 
-def _registered(key: str) -> bool:
-    from core.registry import SCENARIOS
-
-    return key in SCENARIOS and SCENARIOS[key].weights_path.is_file()
-
-
 @pytest.fixture(scope="module", params=TNRD_KEYS)
 def model(request):
-    if not _registered(request.param):
-        pytest.skip(f"{request.param} is not registered with weights yet")
-    from core.analysis import load_model
+    from core.pipeline import load_model
 
     return load_model(request.param, "cpu")
 
@@ -171,28 +164,27 @@ def model(request):
 def test_shipped_weights_smoke(model):
     from core.generator import generate
     from core.io import ImageData
-    from core.tnrd_eval import recipe_for
+    from core.evaluation.tnrd import recipe_for
 
     sec = generate(recipe_for(model.scenario.key), (96, 112), seed=10001)
     image = ImageData(sec.noisy_uint8, model.scenario.input_mpp, "s", "", "user")
-    cells, masks, denoised, notes = model.analyze(image)
+    out = model.analyze(image)
+    denoised, mask = out.restored["denoised"], out.dense["mask"]
     assert denoised.shape == (96, 112, 3) and denoised.dtype == np.uint8
-    assert masks["mask"].shape == (96, 112) and masks["mask"].dtype == np.float32
-    assert np.isfinite(masks["mask"]).all() and 0 <= masks["mask"].min() and masks["mask"].max() <= 1
-    assert set(cells["cell_class"]) <= {"classified-immune"} and set(cells["role"]) <= {"immune"}
+    assert mask.shape == (96, 112) and mask.dtype == np.float32
+    assert np.isfinite(mask).all() and 0 <= mask.min() and mask.max() <= 1
+    assert set(out.cells["cell_class"]) <= {"classified-immune"} and set(out.cells["role"]) <= {"immune"}
     again = model.analyze(image)
-    np.testing.assert_array_equal(again[2], denoised)
-    np.testing.assert_array_equal(again[1]["mask"], masks["mask"])
-    assert any("synthetic" in n for n in notes)
+    np.testing.assert_array_equal(again.restored["denoised"], denoised)
+    np.testing.assert_array_equal(again.dense["mask"], mask)
+    assert any("synthetic" in n for n in out.notes)
 
 
 def test_cli_analyze_writes_denoised_and_mask_and_evaluate_prints_json(tmp_path, capsys, monkeypatch):
     key = "tnrd-if-melanoma"
-    if not _registered(key):
-        pytest.skip(f"{key} is not registered with weights yet")
     from PIL import Image
 
-    import core.tnrd_eval
+    import core.evaluation.tnrd
     from core.cli import main
     from core.generator import generate
 
@@ -208,7 +200,7 @@ def test_cli_analyze_writes_denoised_and_mask_and_evaluate_prints_json(tmp_path,
     cells = pd.read_csv(tmp_path / "out" / "cells.csv")
     assert set(cells["cell_class"]) <= {"classified-immune"}
     capsys.readouterr()
-    monkeypatch.setattr(core.tnrd_eval, "EVAL_SHAPE", (96, 96))
+    monkeypatch.setattr(core.evaluation.tnrd, "EVAL_SHAPE", (96, 96))
     assert main(["evaluate", "--scenario", key, "--synthetic", "1", "--seed", "10003", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == [10003, 10003] and out["shape"] == [96, 96]
@@ -220,7 +212,7 @@ def test_cli_analyze_writes_denoised_and_mask_and_evaluate_prints_json(tmp_path,
 
 def test_evaluate_rejects_bad_arguments():
     from core.errors import InputError
-    from core.tnrd_eval import evaluate_synthetic, recipe_for
+    from core.evaluation.tnrd import evaluate_synthetic, recipe_for
 
     with pytest.raises(InputError, match="no synthetic recipe"):
         recipe_for("cd3-ihc")
@@ -229,8 +221,6 @@ def test_evaluate_rejects_bad_arguments():
 
 
 def test_teaching_page_generates_runs_and_scores():
-    if not all(_registered(k) for k in TNRD_KEYS):
-        pytest.skip("TNRD scenarios are not registered with weights yet")
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "pages" / "teaching.py"), default_timeout=120).run()
@@ -249,13 +239,13 @@ def test_saved_analysis_keeps_the_denoised_image_and_the_mask(model, tmp_path):
 
     from PIL import Image
 
-    from core.analysis import analyze
-    from core.exports import save_result
+    from core.pipeline import analyze
+    from core.outputs.exports import save_result
     from core.generator import generate
     from core.io import ImageData
-    from core.overlay import mask_to_uint8
-    from core.store import CaseStore
-    from core.tnrd_eval import recipe_for
+    from core.outputs.figures import mask_to_uint8
+    from core.outputs.store import CaseStore
+    from core.evaluation.tnrd import recipe_for
 
     sec = generate(recipe_for(model.scenario.key), (96, 96), seed=10004)
     result = analyze(ImageData(sec.noisy_uint8, model.scenario.input_mpp, "s.png", "", "user"), model.scenario.key, model=model)
@@ -265,5 +255,5 @@ def test_saved_analysis_keeps_the_denoised_image_and_the_mask(model, tmp_path):
     assert {"denoised.png", "mask.png", "report.pdf", "cells.csv"} <= names
     denoised = np.asarray(Image.open(io.BytesIO(store.get_file(analysis_id, "denoised.png"))))
     mask = np.asarray(Image.open(io.BytesIO(store.get_file(analysis_id, "mask.png"))))
-    np.testing.assert_array_equal(denoised, result.denoised)
-    np.testing.assert_array_equal(mask, mask_to_uint8(result.masks["mask"]))
+    np.testing.assert_array_equal(denoised, result.restored["denoised"])
+    np.testing.assert_array_equal(mask, mask_to_uint8(result.dense["mask"].values))

@@ -1,25 +1,37 @@
-"""The one model interface every scenario implements.
+"""The one model interface every scenario implements, and the skeleton they share.
 
-Modelled on tiatoolbox's ``ModelABC``: pre-process an image into the model's input
-contract (resampling to the scenario's mpp), infer under ``torch.inference_mode()``,
-post-process into a cell table and masks. A page or command that can run one
-scenario can run all of them.
+Modelled on tiatoolbox's ``ModelABC``: a scenario implements only
+
+- :meth:`ScenarioModel.preprocess`: one window of the image at the model's mpp → the
+  network's input (normalisation, padding);
+- :meth:`ScenarioModel.infer_batch`: the network on a batch, run under
+  ``torch.inference_mode()`` (and bfloat16 autocast where validated);
+- :meth:`ScenarioModel.postprocess` (dense tiling) or :meth:`ScenarioModel.postprocess_window`
+  (cell tiling): network outputs → cells, dense maps, a restored image.
+
+The base class does the rest, the same way for every scenario: select the declared
+input channels, resample to the scenario's mpp, refuse an image too small for the model,
+note an unknown mpp, cut the image with the tiler the registry names
+(:mod:`core.tiling`), report ``progress(done, total)``, and map the results back to the
+input image's pixels with one convention (:func:`to_image_xy`). A page or command that can
+run one scenario runs all of them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
+from core.cells import make_cell_table
+from core.errors import InputError
 from core.io import ImageData
-from core.registry import Scenario, load_verified_state_dict
-
-#: ``progress(done, total)`` callback; ``core`` never imports a UI.
-Progress = Callable[[int, int], None]
-
+from core.scenarios.spec import Scenario
+from core.scenarios.weights import load_verified_state_dict
+from core.tiling import Progress, detect_in_blocks, tile_dense
 
 def pick_device(requested: str | None = None) -> torch.device:
     """Return the torch device to run on: CUDA when available, else CPU.
@@ -34,8 +46,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     core.errors.InputError
         If CUDA is requested but not available.
     """
-    from core.errors import InputError
-
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -72,8 +82,6 @@ def check_precision(precision: str, device: torch.device, supported: tuple[str, 
         If the precision is unknown, not validated for this scenario, or (bfloat16) not
         supported natively by the device, where it would be slower than float32.
     """
-    from core.errors import InputError
-
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision not in supported:
@@ -84,15 +92,83 @@ def check_precision(precision: str, device: torch.device, supported: tuple[str, 
     return precision
 
 
-class ScenarioModel(ABC):
-    """A scenario's network with its pre- and post-processing.
+@dataclass
+class Prediction:
+    """What a scenario's post-processing returns, in the pixels of the image it was given.
 
-    Subclasses set up ``self.net`` in :meth:`build` and implement :meth:`analyze`; a subclass
-    that runs its network under :meth:`autocast` lists ``bfloat16`` in ``supported_precisions``.
+    Attributes
+    ----------
+    xy : (N, 2) float64
+        Cell centroids x, y in pixels (pixel centres at integer coordinates).
+    class_index : (N,) int64
+        Index into the scenario's ``classes``.
+    probability : (N,) float64 in [0, 1]
+        Confidence of each cell's class.
+    columns : dict of str to (N,) ndarray
+        Extra per-cell columns for the cell table (e.g. ``detection_probability``).
+    dense : dict of str to ndarray
+        Dense outputs named as the registry declares them: (H, W) or (H, W, K) float32.
+    restored : dict of str to ndarray
+        Restored images named as declared: (H, W, 3) float32 in [0, 1].
+    notes : list of str
+        Messages for the user.
+    """
+
+    xy: np.ndarray
+    class_index: np.ndarray
+    probability: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    restored: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScenarioOutput:
+    """A scenario's results in the pixels of the input image (what :meth:`ScenarioModel.analyze` returns).
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        Cell table (:data:`core.cells.CELL_COLUMNS` + the scenario's extra columns).
+    dense : dict of str to ndarray
+        (H, W) or (H, W, K) float32 at the image's size, named as declared.
+    restored : dict of str to ndarray
+        (H, W, 3) uint8 RGB at the image's size, named as declared.
+    notes : list of str
+    """
+
+    cells: pd.DataFrame
+    dense: dict[str, np.ndarray]
+    restored: dict[str, np.ndarray]
+    notes: list[str]
+
+
+class ScenarioModel(ABC):
+    """A scenario's network with its pre- and post-processing (tiatoolbox ``ModelABC`` shape).
+
+    Subclasses build ``self.net`` in :meth:`build` and implement :meth:`preprocess`, and
+    :meth:`postprocess` (registry tiling ``"dense"``) or :meth:`postprocess_window`
+    (tiling ``"cells"``); :meth:`infer_batch` runs ``self.net`` unless overridden. A
+    subclass that runs its network under :meth:`autocast` lists ``bfloat16`` in
+    ``supported_precisions``.
+
+    Attributes
+    ----------
+    tile_px, overlap_px : int
+        The registry's tile and overlap (µm) in pixels at the input mpp; tests may shrink them.
+    output_stride_px, field_px : int
+        Geometry of a dense network: a window of ``field_px + output_stride_px * (n - 1)``
+        input pixels gives ``n`` outputs (1, 1 for a same-size network).
+    channels_last : bool
+        Feed the network NHWC tensors (faster on CPU for some networks).
     """
 
     #: Precisions this scenario's card has validation figures for.
     supported_precisions: tuple[str, ...] = ("float32",)
+    output_stride_px: int = 1
+    field_px: int = 1
+    channels_last: bool = False
 
     def __init__(self, scenario: Scenario, device: torch.device, state_dict: dict, metadata: dict,
                  precision: str = "float32"):
@@ -100,6 +176,8 @@ class ScenarioModel(ABC):
         self.device = device
         self.precision = check_precision(precision, device, self.supported_precisions, scenario.key)
         self.metadata = metadata
+        self.tile_px = scenario.tiling.tile_px(scenario.input_mpp)
+        self.overlap_px = scenario.tiling.overlap_px(scenario.input_mpp)
         self.net = self.build(metadata)
         self.net.load_state_dict(state_dict, strict=True)
         self.net.to(device).eval()
@@ -119,37 +197,276 @@ class ScenarioModel(ABC):
         """Context for the network's forward pass: bfloat16 autocast when ``precision`` says so."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
+    # ------------------------------------------------------------------ what a scenario implements
+
     @abstractmethod
     def build(self, metadata: dict) -> torch.nn.Module:
         """Return the untrained network described by the weights' metadata."""
 
     @abstractmethod
-    def analyze(self, image: ImageData, progress: Progress | None = None):
-        """Run the scenario on one image.
+    def preprocess(self, window: np.ndarray) -> np.ndarray:
+        """One window at the input mpp → the network's input.
+
+        Parameters
+        ----------
+        window : (h, w, C) array of what :meth:`prepare` returned (default: the declared
+            input channels in the declared dtype)
 
         Returns
         -------
-        cells : pandas.DataFrame
-            Cell table in the pixels of ``image``.
-        masks : dict of str to ndarray
-        denoised : ndarray or None
-        notes : list of str
+        (h', w', C') float32, channels last
         """
 
+    def infer_batch(self, batch: torch.Tensor):
+        """The network on a batch ``(N, C', h', w')`` on the model's device.
 
-def resample_to_mpp(pixels: np.ndarray, mpp: float | None, target_mpp: float) -> tuple[np.ndarray, float]:
-    """Resample (H, W, 3) uint8 RGB from ``mpp`` to ``target_mpp``.
+        Called under ``torch.inference_mode()`` and :meth:`autocast`. Returns an
+        ``(N, K, h'', w'')`` tensor (dense maps, cropped by the tiler to the window's output size).
+        """
+        return self.net(batch)
 
-    Returns the resampled image and the scale factor (new pixels per old pixel).
-    With ``mpp`` None, or within 2 % of the target, the image is returned as is (scale 1).
-    Anti-aliased (Gaussian) when downsampling (scikit-image ``rescale``).
+    def postprocess(self, maps: np.ndarray, work: np.ndarray) -> Prediction:
+        """Dense tiling: the stitched network output → a :class:`Prediction` in ``work``'s pixels.
+
+        Parameters
+        ----------
+        maps : (H', W', K) float32, the output grid (H' = H for a same-size network)
+        work : (H, W, C) the image at the input mpp (as given to :meth:`prepare`)
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares dense tiling but no postprocess")
+
+    def postprocess_window(self, maps: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """Cell tiling: one block's network output → its cells.
+
+        Parameters
+        ----------
+        maps : (h, w, K) float32, the network output over the block with its context
+
+        Returns
+        -------
+        xy : (N, 2) float64 centroids in the block's pixels
+        columns : dict of str to (N,) arrays, per-cell values (must include ``class_index``
+            and ``probability``)
+        dense : (h, w[, K']) float32 map to stitch into the image-wide dense output, or None
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares cell tiling but no postprocess_window")
+
+    def finish_cells(self, xy: np.ndarray, columns: dict[str, np.ndarray], dense: np.ndarray | None,
+                     work: np.ndarray) -> Prediction:
+        """Cell tiling: the cells of every block → a :class:`Prediction` (default: as they are)."""
+        extra = {k: v for k, v in columns.items() if k not in ("class_index", "probability")}
+        return Prediction(xy, columns["class_index"], columns["probability"], extra)
+
+    def prepare(self, work: np.ndarray) -> np.ndarray:
+        """Image-wide step before tiling (default: none); e.g. padding a valid-convolution network's border."""
+        return work
+
+    # ------------------------------------------------------------------ the shared skeleton
+
+    def input_pixels(self, image: ImageData) -> np.ndarray:
+        """The declared input channels of ``image``, (H, W, C) in the declared dtype.
+
+        Raises
+        ------
+        InputError
+            If the image lacks the channels the scenario reads (e.g. a 5-channel fluorescence
+            stack for an RGB scenario, or a greyscale image for one that reads colours).
+        """
+        spec = self.scenario.input
+        if spec.is_rgb:
+            check_colour(image, self.scenario)
+            return image.rgb
+        missing = [c for c in spec.channels if c not in image.channel_names]
+        if missing:
+            raise InputError(
+                f"{image.name}: the {self.scenario.key} model reads the channels {', '.join(spec.channels)}; "
+                f"the image has {', '.join(image.channel_names)}: export the image with those channels"
+            )
+        idx = [image.channel_names.index(c) for c in spec.channels]
+        return np.ascontiguousarray(image.data[..., idx])
+
+    def predict(self, work: np.ndarray, progress: Progress | None = None) -> Prediction:
+        """Run the scenario on an image at its input mpp with the registry's tiler.
+
+        Parameters
+        ----------
+        work : (H, W, C) the declared input channels at ``scenario.input_mpp``
+        progress : callable(done, total), optional, called after each window
+
+        Returns
+        -------
+        Prediction in the pixels of ``work``
+        """
+        x = self.prepare(work)
+        tiling = self.scenario.tiling
+        if tiling.kind == "dense":
+            maps = tile_dense(self.infer_window, x, self.tile_px, self.overlap_px, blend=tiling.blend,
+                              stride_px=self.output_stride_px, field_px=self.field_px, progress=progress)
+            return self.postprocess(maps, work)
+        xy, columns, dense = detect_in_blocks(lambda w: self.postprocess_window(self.infer_window(w)), x,
+                                              self.tile_px, self.overlap_px, progress=progress)
+        return self.finish_cells(xy, columns, dense, work)
+
+    def infer_window(self, window: np.ndarray) -> np.ndarray:
+        """:meth:`preprocess`, :meth:`infer_batch` on a batch of one, outputs cropped to the window's grid.
+
+        Returns
+        -------
+        (n_h, n_w, K) float32, n = (window side - field_px) // output_stride_px + 1
+        """
+        h, w = window.shape[:2]
+        nh = (h - self.field_px) // self.output_stride_px + 1
+        nw = (w - self.field_px) // self.output_stride_px + 1
+        x = torch.from_numpy(np.ascontiguousarray(self.preprocess(window))).to(self.device).permute(2, 0, 1)[None]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self.autocast():
+            out = self.infer_batch(x)
+        return np.ascontiguousarray(out[0, :, :nh, :nw].float().cpu().permute(1, 2, 0).numpy())
+
+    def min_side_px(self) -> int:
+        """Smallest image side the model analyses, in pixels at its input mpp."""
+        return int(round(self.scenario.min_side_um / self.scenario.input_mpp))
+
+    def analyze(self, image: ImageData, progress: Progress | None = None) -> ScenarioOutput:
+        """Run the scenario on one image.
+
+        Parameters
+        ----------
+        image : ImageData, with the channels the scenario declares; mpp None allowed
+            (analysed as if at the model's mpp, positions in pixels only)
+        progress : callable(done, total), optional
+
+        Returns
+        -------
+        ScenarioOutput in the pixels of ``image``
+
+        Raises
+        ------
+        InputError
+            If the image lacks the declared channels or is too small for the model.
+        """
+        notes = []
+        work = resample_to_mpp(self.input_pixels(image), image.mpp, self.scenario.input_mpp)
+        need = self.min_side_px()
+        if min(work.shape[:2]) < need:
+            h, w = image.shape
+            raise InputError(
+                f"image is {w} x {h} px, {work.shape[1]} x {work.shape[0]} px at {self.scenario.input_mpp} µm/px: "
+                f"the {self.scenario.key} model needs at least {need} px ({self.scenario.min_side_um:g} µm) on each side"
+            )
+        if image.mpp is None:
+            notes.append(
+                f"mpp unknown: the image was analysed at its own pixel size, assumed to be the model's "
+                f"{self.scenario.input_mpp} µm/px; positions are in pixels and densities are not reported"
+            )
+        pred = self.predict(work, progress)
+        h, w = image.shape
+        xy = to_image_xy(pred.xy, work.shape[:2], (h, w))
+        classes = self.scenario.classes
+        names = np.array([c.name for c in classes], dtype=object)
+        roles = np.array([c.role for c in classes], dtype=object)
+        idx = np.asarray(pred.class_index, np.int64)
+        cells = make_cell_table(xy, names[idx], roles[idx], np.asarray(pred.probability, np.float64), image.mpp)
+        for name, values in pred.columns.items():
+            cells[name] = values
+        dense = {k: resize_map(v, (h, w)) for k, v in pred.dense.items()}
+        restored = {k: np.clip(resize_map(v, (h, w)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                    for k, v in pred.restored.items()}
+        return ScenarioOutput(cells, dense, restored, notes + pred.notes)
+
+
+def check_colour(image: ImageData, scenario: Scenario) -> None:
+    """Refuse an image without colour for a scenario whose model reads colours.
+
+    A greyscale file (one channel), or a colour file whose red, green and blue are equal
+    at every pixel, cannot show an H&E or DAB + hematoxylin model its stains; it would
+    return a plausible-looking but meaningless result.
+
+    Parameters
+    ----------
+    image : ImageData
+    scenario : Scenario, checked when ``scenario.input.reads_colour``
+
+    Raises
+    ------
+    InputError
+        If the image is grey, or has channels other than red, green and blue.
+    """
+    if not scenario.input.reads_colour:
+        return
+    grey = image.n_channels == 1
+    if image.is_rgb:
+        px = image.data
+        grey = np.array_equal(px[..., 0], px[..., 1]) and np.array_equal(px[..., 1], px[..., 2])
+    if grey:
+        raise InputError(
+            f"{image.name}: the image has no colour (red, green and blue are equal at every pixel: a greyscale "
+            f"image or a blank field), but the {scenario.key} model reads the colours of {scenario.stain}; "
+            "upload the colour (RGB) image as scanned"
+        )
+    if not image.is_rgb:
+        raise InputError(
+            f"{image.name}: the {scenario.key} model reads a colour (RGB) image of {scenario.stain}; this image has "
+            f"{image.n_channels} channels ({', '.join(image.channel_names)}): upload the RGB image or an RGB "
+            "rendering, or choose a scenario for these channels"
+        )
+
+
+def to_image_xy(xy: np.ndarray, work_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
+    """Map points from the resampled image back to the input image's pixels.
+
+    The one convention of TILscope: integer coordinates are pixel centres, so a point at
+    ``x`` in an image resampled by ``s`` (new pixels per old pixel) came from
+    ``(x + 0.5) / s - 0.5``, clipped to the image. Identity when the sizes agree.
+
+    Parameters
+    ----------
+    xy : (N, 2) float x, y in pixels of the resampled image (H', W')
+    work_hw, image_hw : (H', W') and (H, W)
+
+    Returns
+    -------
+    (N, 2) float64 x, y in pixels of the input image, in [0, W - 1] x [0, H - 1]
+    """
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    (wh, ww), (h, w) = work_hw, image_hw
+    if (wh, ww) != (h, w):
+        xy = (xy + 0.5) / np.array([ww / w, wh / h]) - 0.5
+    return np.clip(xy, 0, [w - 1, h - 1]) if len(xy) else xy
+
+
+def resize_map(values: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (H', W') or (H', W', K) float map to (H, W[, K]) float32 (pixel-centre aligned)."""
+    values = np.asarray(values, np.float32)
+    if values.shape[:2] == tuple(image_hw):
+        return values
+    t = torch.from_numpy(np.ascontiguousarray(values if values.ndim == 3 else values[..., None])).permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(t, size=tuple(image_hw), mode="bilinear", align_corners=False)[0]
+    out = out.permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(out if values.ndim == 3 else out[..., 0])
+
+
+def resample_to_mpp(pixels: np.ndarray, mpp: float | None, target_mpp: float) -> np.ndarray:
+    """Resample an (H, W, C) image from ``mpp`` to ``target_mpp``, keeping its dtype.
+
+    With ``mpp`` None, or within 2 % of the target, the image is returned as is.
+    Linear interpolation, anti-aliased (Gaussian) when downsampling (scikit-image
+    ``rescale``); integer data are rounded and clipped to their dtype's range.
+
+    Returns
+    -------
+    (H', W', C) array of ``pixels``' dtype
     """
     if mpp is None:
-        return pixels, 1.0
+        return pixels
     scale = mpp / target_mpp
     if abs(scale - 1.0) < 0.02:
-        return pixels, 1.0
+        return pixels
     from skimage.transform import rescale
 
     out = rescale(pixels, scale, order=1, channel_axis=2, anti_aliasing=scale < 1, preserve_range=True)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), scale
+    if np.issubdtype(pixels.dtype, np.integer):
+        top = np.iinfo(pixels.dtype).max
+        return np.clip(out + 0.5, 0, top).astype(pixels.dtype)
+    return out.astype(pixels.dtype)

@@ -8,10 +8,11 @@ each cell's class is the arg-max of the class channels averaged over a square ar
 (§2.5, eq. 3). All post-processing sizes are physical (µm), converted from the paper's
 pixels at 0.44 µm/px.
 
-Large images run in blocks (stardist ``big.py``): each block is a core tile plus a context
-margin wider than the network's receptive field and the post-processing footprint; cells are
-detected in the whole block and kept only when their centroid lies in the block's core, so
-each cell belongs to exactly one block and the tiled result equals the untiled one.
+Large images run through the cell tiler (:func:`core.tiling.detect_in_blocks`): each block
+is a core tile plus a context margin wider than the network's receptive field and the
+post-processing footprint; cells are detected in the whole block and kept only when their
+centroid lies in the block's core, so each cell belongs to exactly one block and the tiled
+result equals the untiled one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from core.cells import make_cell_table
 from core.errors import InputError
-from core.io import ImageData
-from core.models.sdrdin import SDRDIN, SIZE_MULTIPLE_PX, probabilities
-from core.scenarios.base import Progress, ScenarioModel, resample_to_mpp
+from core.nets.sdrdin import SDRDIN, SIZE_MULTIPLE_PX, probabilities
+from core.scenarios.base import Prediction, ScenarioModel
+from core.tiling import Progress, detect_in_blocks
 
 #: Pixel size of the S-DRDIN paper's images (§2.2); its post-processing sizes are in these pixels.
 PAPER_MPP = 0.44
@@ -150,13 +150,16 @@ def classify_cells(class_prob: np.ndarray, xy: np.ndarray, window_px: int) -> tu
 
 
 class HETILModel(ScenarioModel):
-    """S-DRDIN on H&E at 0.55 µm/px with block-wise inference and §2.5 post-processing."""
+    """S-DRDIN on H&E at 0.55 µm/px with block-wise inference and §2.5 post-processing.
 
-    #: Core tile side and context margin (px at the input mpp; multiples of 8). The margin
-    #: covers the receptive field plus the post-processing footprint (see tests).
-    tile_px: int = 1024
-    margin_px: int = 96
+    The registry's tiling (1024 px blocks with 96 px of context) is ``tile_px`` /
+    ``overlap_px``; the margin covers the receptive field plus the post-processing
+    footprint (see tests).
+    """
+
     supported_precisions = ("float32", "bfloat16")
+    # NHWC layout: about a third faster on CPU for these convolutions (benchmarks/bench_he_til.py)
+    channels_last = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -169,44 +172,78 @@ class HETILModel(ScenarioModel):
                      int(metadata.get("base_features", 16)))
         if not (net.has_detection and net.has_classification):
             raise InputError(f"the he-til scenario needs both branches; weights are variant {net.variant!r}")
-        self.mean = torch.tensor(json.loads(metadata["normalization_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(json.loads(metadata["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = np.asarray(json.loads(metadata["normalization_mean"]), np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(json.loads(metadata["normalization_std"]), np.float32).reshape(1, 1, 3)
         self.params = PostprocessParams(threshold=float(metadata.get("threshold", 0.5)))
         if "class_window_um" in metadata:
             self.params = replace(self.params, class_window_um=float(metadata["class_window_um"]))
-        self.tile_px = int(self.scenario.params.get("tile_px", self.tile_px))
-        self.margin_px = int(self.scenario.params.get("margin_px", self.margin_px))
-        # NHWC layout: about a third faster on CPU for these convolutions (benchmarks/bench_he_til.py);
-        # the loaded weights keep it, since loading copies values into the existing tensors.
+        # the loaded weights keep the layout, since loading copies values into the existing tensors
         return net.to(memory_format=torch.channels_last)
+
+    @property
+    def margin_px(self) -> int:
+        """Context around each block (the registry's overlap), px at the input mpp."""
+        return self.overlap_px
+
+    @margin_px.setter
+    def margin_px(self, value: int) -> None:
+        self.overlap_px = value
+
+    def preprocess(self, window: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 RGB → normalised float32, reflected at the bottom and right to a multiple of 8 px."""
+        h, w = window.shape[:2]
+        ph, pw = -h % SIZE_MULTIPLE_PX, -w % SIZE_MULTIPLE_PX
+        if ph or pw:
+            window = np.pad(window, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        return (window.astype(np.float32) / np.float32(255.0) - self.mean) / self.std
+
+    def infer_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) → (N, 1 + K + 1, h, w): detection probability, then the softmax over K classes + background."""
+        cls, det = probabilities(self.net(batch))
+        return torch.cat([det.float()[:, None], cls.float()], dim=1)
 
     def predict_maps(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network probabilities for one window.
 
         Parameters
         ----------
-        pixels : (H, W, 3) uint8 RGB at the scenario's mpp; reflected at the bottom and right
-            to a multiple of 8 px and cropped back.
+        pixels : (H, W, 3) uint8 RGB at the scenario's mpp
 
         Returns
         -------
         detection_prob : (H, W) float32 in [0, 1]
         class_prob : (K + 1, H, W) float32, softmax over the K classes and background
         """
-        h, w = pixels.shape[:2]
-        ph, pw = -h % SIZE_MULTIPLE_PX, -w % SIZE_MULTIPLE_PX
-        if ph or pw:
-            pixels = np.pad(pixels, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        x = ((x - self.mean.to(self.device)) / self.std.to(self.device)).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self.autocast():
-            cls, det = probabilities(self.net(x))
-        return (np.ascontiguousarray(det[0, :h, :w].float().cpu().numpy()),
-                np.ascontiguousarray(cls[0, :, :h, :w].float().cpu().numpy()))
+        maps = self.infer_window(pixels)
+        return np.ascontiguousarray(maps[..., 0]), np.ascontiguousarray(maps[..., 1:].transpose(2, 0, 1))
+
+    def postprocess_window(self, maps: np.ndarray, params: PostprocessParams | None = None):
+        """One block's maps → its cells (§2.5): peaks of the detection map, class by eq. 3.
+
+        Returns
+        -------
+        xy : (N, 2) float64 in the block's pixels
+        columns : ``class_index`` (N,) int64, ``probability`` (N,) class confidence,
+            ``detection_probability`` (N,) detection probability at each centroid
+        dense : (h, w) float32 detection probability
+        """
+        params = params or self.params
+        mpp = self.scenario.input_mpp
+        det = np.ascontiguousarray(maps[..., 0])
+        cls = np.ascontiguousarray(maps[..., 1:-1].transpose(2, 0, 1))
+        xy = detect_peaks(det, params, mpp)
+        lab, share = classify_cells(cls, xy, params.in_pixels(mpp)["class_window_px"])
+        col = np.clip(np.round(xy[:, 0]).astype(int), 0, det.shape[1] - 1)
+        row = np.clip(np.round(xy[:, 1]).astype(int), 0, det.shape[0] - 1)
+        return xy, {"class_index": lab, "probability": share, "detection_probability": det[row, col].astype(np.float64)}, det
+
+    def finish_cells(self, xy, columns, dense, work) -> Prediction:
+        return Prediction(xy, columns["class_index"], columns["probability"],
+                          {"detection_probability": columns["detection_probability"]}, {"probability": dense})
 
     def detect(self, pixels: np.ndarray, progress: Progress | None = None, params: PostprocessParams | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Cells of a field at the scenario's mpp, block by block.
+        """Cells of a field at the scenario's mpp, block by block (for evaluation and tuning).
 
         Parameters
         ----------
@@ -221,59 +258,8 @@ class HETILModel(ScenarioModel):
         detection_at_cell : (N,) float64 detection probability at each centroid
         detection_prob : (H, W) float32 the stitched detection probability map
         """
-        params = params or self.params
-        mpp = self.scenario.input_mpp
-        h, w = pixels.shape[:2]
-        t, m = self.tile_px, self.margin_px
-        det_full = np.zeros((h, w), np.float32)
-        blocks = [(y, x) for y in range(0, h, t) for x in range(0, w, t)]
-        out_xy, out_lab, out_share, out_det = [], [], [], []
-        for n, (y0, x0) in enumerate(blocks):
-            wy0, wx0 = max(0, y0 - m), max(0, x0 - m)
-            wy1, wx1 = min(h, y0 + t + m), min(w, x0 + t + m)
-            det, cls = self.predict_maps(pixels[wy0:wy1, wx0:wx1])
-            xy = detect_peaks(det, params, mpp)
-            lab, share = classify_cells(cls[:-1], xy, params.in_pixels(mpp)["class_window_px"])
-            gx, gy = xy[:, 0] + wx0, xy[:, 1] + wy0
-            own = (gx >= x0) & (gx < x0 + t) & (gy >= y0) & (gy < y0 + t)
-            out_xy.append(np.stack([gx[own], gy[own]], axis=1))
-            out_lab.append(lab[own])
-            out_share.append(share[own])
-            col = np.clip(np.round(xy[own, 0]).astype(int), 0, det.shape[1] - 1)
-            row = np.clip(np.round(xy[own, 1]).astype(int), 0, det.shape[0] - 1)
-            out_det.append(det[row, col].astype(np.float64))
-            cy1, cx1 = min(h, y0 + t), min(w, x0 + t)
-            det_full[y0:cy1, x0:cx1] = det[y0 - wy0 : cy1 - wy0, x0 - wx0 : cx1 - wx0]
-            if progress is not None:
-                progress(n + 1, len(blocks))
-        xy = np.concatenate(out_xy) if out_xy else np.zeros((0, 2))
-        return (xy, np.concatenate(out_lab) if out_lab else np.zeros(0, np.int64),
-                np.concatenate(out_share) if out_share else np.zeros(0),
-                np.concatenate(out_det) if out_det else np.zeros(0), det_full)
-
-    def analyze(self, image: ImageData, progress: Progress | None = None):
-        notes = []
-        work, _ = resample_to_mpp(image.pixels, image.mpp, self.scenario.input_mpp)
-        if min(work.shape[:2]) < 2 * SIZE_MULTIPLE_PX:
-            raise InputError(
-                f"image is {image.pixels.shape[1]} x {image.pixels.shape[0]} px, "
-                f"{work.shape[1]} x {work.shape[0]} px at {self.scenario.input_mpp} µm/px: "
-                f"the H&E model needs at least {2 * SIZE_MULTIPLE_PX} px on each side"
-            )
-        if image.mpp is None:
-            notes.append(
-                f"mpp unknown: the image was analysed at its own pixel size, assumed to be the model's "
-                f"{self.scenario.input_mpp} µm/px (20x); positions are in pixels and densities are not reported"
-            )
-        xy, lab, share, det_at, det_map = self.detect(work, progress)
-        h, w = image.pixels.shape[:2]
-        sy, sx = work.shape[0] / h, work.shape[1] / w
-        xy_orig = np.clip((xy + 0.5) / np.array([sx, sy]) - 0.5, 0, [w - 1, h - 1]) if len(xy) else xy
-        names = np.array([c.name for c in self.scenario.classes], dtype=object)
-        roles = np.array([c.role for c in self.scenario.classes], dtype=object)
-        cells = make_cell_table(xy_orig, names[lab], roles[lab], share, image.mpp)
-        cells["detection_probability"] = det_at
-        if det_map.shape != (h, w):
-            t = torch.from_numpy(det_map)[None, None]
-            det_map = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-        return cells, {"probability": det_map.astype(np.float32)}, None, notes
+        xy, cols, det = detect_in_blocks(lambda w: self.postprocess_window(self.infer_window(w), params), pixels,
+                                         self.tile_px, self.margin_px, progress=progress)
+        if not cols:
+            cols = {"class_index": np.zeros(0, np.int64), "probability": np.zeros(0), "detection_probability": np.zeros(0)}
+        return xy, cols["class_index"], cols["probability"], cols["detection_probability"], det

@@ -1,14 +1,14 @@
 """Scenarios ``tnrd-if-melanoma`` and ``tnrd-he-melanoma``: TNRD denoising + classification.
 
 Method (TNRD melanoma paper, §2.1): the variational network of
-:mod:`core.models.tnrd` evolves the noisy RGB image together with a mask channel
+:mod:`core.nets.tnrd` evolves the noisy RGB image together with a mask channel
 that starts as uniform noise; it returns a denoised image and a classification mask
 that is 1 on immune cells that matter (scenario 1: touching melanoma cells in
 CD45/gp100/DAPI immunofluorescence; scenario 2: in dense infiltrates in H&E).
 
 Inference here: the image is resampled to the scenario's mpp, split into
-overlapping windows that are blended with linear ramps (:func:`blend_tiles`, the
-dense-map tiler), and the mask is turned into cells (:func:`mask_to_cells`):
+overlapping windows that are blended with linear ramps (the dense-map tiler,
+:func:`core.tiling.tile_dense`), and the mask is turned into cells (:func:`mask_to_cells`):
 connected regions of mask >= threshold, split where touching cells merge
 (watershed on the distance transform), regions below a minimum area dropped. Every
 region becomes a row of the cell table with role ``immune`` and cell_class
@@ -25,89 +25,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from core.cells import make_cell_table
 from core.errors import InputError
-from core.io import ImageData
-from core.models.tnrd import TNRD
-from core.scenarios.base import Progress, ScenarioModel, resample_to_mpp
+from core.nets.tnrd import TNRD
+from core.scenarios.base import Prediction, ScenarioModel
+from core.tiling import Progress, tile_dense
 
 #: Seed of the uniform-noise initial mask u0_m (fixed, so results are reproducible).
 MASK_SEED = 0
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of windows of size ``tile`` covering ``length`` with at least ``overlap``.
-
-    Returns
-    -------
-    list of int, first 0, last ``length - tile`` (a single 0 when ``length <= tile``).
-    """
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
-
-
-def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
-    """(n,) blending weight: linear ramps of ``overlap`` px at inner edges, 1 elsewhere."""
-    w = np.ones(n, np.float64)
-    r = min(overlap, n // 2)
-    if r > 0:
-        ramp = (np.arange(r) + 0.5) / r
-        if not at_start:
-            w[:r] = ramp
-        if not at_end:
-            w[n - r :] = ramp[::-1]
-    return w
-
-
-def blend_tiles(fn, image: np.ndarray, tile: int, overlap: int, progress: Progress | None = None) -> np.ndarray:
-    """Apply a dense model window by window and blend the overlaps (dense-map tiler).
-
-    Parameters
-    ----------
-    fn : callable
-        (h, w, C) float32 → (h, w, C') float32, the same size as its input.
-    image : (H, W, C) float32
-    tile : int > overlap
-        Window side, pixels.
-    overlap : int >= 0
-        Overlap between neighbouring windows; linear ramps there (weights sum to 1).
-    progress : callable(done, total), optional
-
-    Returns
-    -------
-    (H, W, C') float32
-
-    Raises
-    ------
-    InputError
-        If ``tile <= overlap``.
-    """
-    if tile <= overlap:
-        raise InputError(f"tile ({tile} px) must be larger than the overlap ({overlap} px)")
-    h, w = image.shape[:2]
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    out = None
-    weight = np.zeros((h, w, 1), np.float64)
-    total, done = len(ys) * len(xs), 0
-    for y in ys:
-        for x in xs:
-            th, tw = min(tile, h), min(tile, w)
-            res = np.asarray(fn(image[y : y + th, x : x + tw]), np.float64)
-            if out is None:
-                out = np.zeros((h, w, res.shape[2]), np.float64)
-            wy = _ramp(th, overlap, y == 0, y + th >= h)
-            wx = _ramp(tw, overlap, x == 0, x + tw >= w)
-            wt = (wy[:, None] * wx[None, :])[..., None]
-            out[y : y + th, x : x + tw] += res * wt
-            weight[y : y + th, x : x + tw] += wt
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    return (out / np.maximum(weight, 1e-12)).astype(np.float32)
 
 
 def mask_to_cells(mask: np.ndarray, threshold: float = 0.5, min_area_px: float = 10.0,
@@ -179,6 +103,23 @@ class TNRDModel(ScenarioModel):
         self.min_distance_px = float(metadata.get("min_distance_px", self.scenario.params.get("min_distance_px", 3)))
         return TNRD(**config)
 
+    def prepare(self, work: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB → (H, W, 4) float32: RGB in [0, 1] and the initial mask u0_m.
+
+        The initial mask is uniform noise drawn for the whole image from a generator seeded
+        with :data:`MASK_SEED`, then cut into the same windows as the image, so the result
+        does not depend on how the image is tiled except through each window's context.
+        """
+        return stack_with_mask_noise(work.astype(np.float32) / 255.0)
+
+    def preprocess(self, window: np.ndarray) -> np.ndarray:
+        return window
+
+    def infer_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 4, h, w) RGB + mask → (N, 4, h, w) denoised RGB + classification mask (§2.1)."""
+        out_rgb, out_m = self.net(batch[:, :3], batch[:, 3:4])
+        return torch.cat([out_rgb, out_m], 1)
+
     def infer(self, rgb: np.ndarray, progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Denoise and classify an image at the scenario's mpp.
 
@@ -190,53 +131,26 @@ class TNRDModel(ScenarioModel):
         -------
         denoised : (H, W, 3) float32 in [0, 1]
         mask : (H, W) float32 in [0, 1]
-
-        Notes
-        -----
-        The initial mask is uniform noise drawn for the whole image from a generator
-        seeded with :data:`MASK_SEED`, then cut into the same windows as the image,
-        so the result does not depend on how the image is tiled except through each
-        window's context.
         """
-        h, w = rgb.shape[:2]
-        gen = torch.Generator().manual_seed(MASK_SEED)
-        noise = torch.rand((h, w), generator=gen).numpy()[..., None]
-        stacked = np.concatenate([rgb.astype(np.float32), noise.astype(np.float32)], axis=2)
-
-        def run(window: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)[None].to(self.device)
-            with torch.inference_mode():
-                out_rgb, out_m = self.net(x[:, :3], x[:, 3:4])
-            return torch.cat([out_rgb, out_m], 1)[0].permute(1, 2, 0).float().cpu().numpy()
-
-        out = blend_tiles(run, stacked, self.scenario.patch_size_px, self.scenario.overlap_px, progress)
+        out = tile_dense(self.infer_window, stack_with_mask_noise(rgb), self.tile_px, self.overlap_px,
+                         blend=self.scenario.tiling.blend, progress=progress)
         return np.clip(out[..., :3], 0, 1), np.clip(out[..., 3], 0, 1)
 
-    def analyze(self, image: ImageData, progress: Progress | None = None):
-        notes = ["TNRD weights were trained on synthetic images only (research use, not a diagnostic device)"]
-        h, w = image.shape
-        if min(h, w) < 16:
-            raise InputError(f"image is {w} x {h} px; the TNRD model needs at least 16 px on each side")
-        work, _ = resample_to_mpp(image.pixels, image.mpp, self.scenario.input_mpp)
-        if image.mpp is None:
-            notes.append(
-                f"mpp unknown: the image was analysed at its own pixel size, assumed to be the model's "
-                f"{self.scenario.input_mpp} µm/px; positions are in pixels and densities are not reported"
-            )
-        denoised, mask = self.infer(work.astype(np.float32) / 255.0, progress)
+    def postprocess(self, maps: np.ndarray, work: np.ndarray) -> Prediction:
+        """Blended RGB + mask → the denoised image, the mask and its cells (:func:`mask_to_cells`)."""
+        denoised, mask = np.clip(maps[..., :3], 0, 1), np.clip(maps[..., 3], 0, 1)
         xy, mean, _, _ = mask_to_cells(mask, self.threshold, self.min_area_px, self.min_distance_px)
-        if work.shape[:2] != (h, w):
-            from skimage.transform import resize
+        return Prediction(xy, np.zeros(len(xy), np.int64), np.clip(mean, 0, 1), dense={"mask": mask},
+                          restored={"denoised": denoised},
+                          notes=["TNRD weights were trained on synthetic images only (research use, not a diagnostic device)"])
 
-            sy, sx = work.shape[0] / h, work.shape[1] / w
-            xy = (xy + 0.5) / np.array([sx, sy]) - 0.5
-            denoised = resize(denoised, (h, w, 3), order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
-            mask = resize(mask, (h, w), order=1, anti_aliasing=False, preserve_range=True).astype(np.float32)
-        cls = self.scenario.classes[0]
-        cells = make_cell_table(np.clip(xy, 0, [w - 1, h - 1]) if len(xy) else xy, cls.name, cls.role,
-                                np.clip(mean, 0, 1), image.mpp)
-        denoised_u8 = np.clip(denoised * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return cells, {"mask": mask.astype(np.float32)}, denoised_u8, notes
+
+def stack_with_mask_noise(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] → (H, W, 4) float32 with the seeded uniform-noise initial mask."""
+    h, w = rgb.shape[:2]
+    gen = torch.Generator().manual_seed(MASK_SEED)
+    noise = torch.rand((h, w), generator=gen).numpy()[..., None]
+    return np.concatenate([rgb.astype(np.float32), noise.astype(np.float32)], axis=2)
 
 
 def mask_overlay(rgb: np.ndarray, mask: np.ndarray, color: str = "#ffd400", alpha: float = 0.55) -> np.ndarray:

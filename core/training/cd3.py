@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
-from core.metrics import best_f1_threshold, binary_metrics
-from core.models.cd3_cnn import CD3CNN
+from core.evaluation.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
+from core.evaluation.metrics import best_f1_threshold, binary_metrics
+from core.nets.cd3_cnn import CD3CNN
 
 SHIFT_PX = 4
 CONTEXT_POSITIVE_PX = 4.0
@@ -207,9 +207,9 @@ TUNE_SEEDS = (11, 12, 13, 14, 15)
 
 def tune_detection_threshold(model: nn.Module, mean, std, tune_table, seeds=TUNE_SEEDS) -> dict:
     """Choose detection threshold and NMS box/IoU for F1 on mosaics of ``tune`` patches (never validation)."""
-    from core.metrics import detection_metrics
-    from core.mosaic import build_mosaic
-    from core.registry import get_scenario
+    from core.evaluation.metrics import detection_metrics
+    from core.evaluation.mosaic import build_mosaic
+    from core.scenarios.registry import get_scenario
     from core.scenarios.cd3_ihc import CD3IHCModel
 
     scenario = get_scenario("cd3-ihc")

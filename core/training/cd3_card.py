@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from core.model_card import write_card
-from core.registry import sha256_file
+from core.scenarios.weights import sha256_file
 
 PAPER_TEST = {"accuracy": 0.940, "precision": 0.9583, "recall": 0.920, "f1": 0.9388,
               "note": "paper Table III, its own test set of 2174 augmented patches (not ours)"}

@@ -1,4 +1,4 @@
-"""Train S-DRDIN on the H&E colorectal nuclei, and write its model card.
+"""Train S-DRDIN on the H&E colorectal nuclei, and write its model card (:mod:`core.training.sdrdin_card`).
 
 Usage::
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
-from core.he_eval import restain
-from core.model_card import write_card
+from core.evaluation.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
+from core.evaluation.he import restain
+from core.training import sdrdin_card
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -103,7 +103,7 @@ def sdrdin_loss(out: dict, class_target: torch.Tensor, detection_target: torch.T
 
 
 def hed_stain_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Random re-staining of RGB crops (:func:`core.he_eval.restain`), as between laboratories.
+    """Random re-staining of RGB crops (:func:`core.evaluation.he.restain`), as between laboratories.
 
     The haematoxylin and eosin concentrations are multiplied by factors drawn from
     U(1 - strength, 1 + strength) and shifted by U(-strength / 10, strength / 10), the
@@ -212,7 +212,7 @@ def tune_scores(runner, images, thresholds, radius_px: float, class_window_um: f
     """Detection/classification metrics on ``images`` for each threshold (maps computed once)."""
     from dataclasses import replace
 
-    from core.he_eval import score_detections
+    from core.evaluation.he import score_detections
     from core.scenarios.he_til import classify_cells, detect_peaks
 
     mpp = runner.scenario.input_mpp
@@ -236,14 +236,10 @@ def tune_scores(runner, images, thresholds, radius_px: float, class_window_um: f
 
 def make_runner(net, mean, std, threshold: float = 0.5, variant: str = "s-drdin", base: int = 16):
     """An :class:`HETILModel` around an in-memory network (for tuning during training)."""
-    from core.registry import CellClass, Scenario
     from core.scenarios.he_til import HETILModel
+    from core.scenarios.registry import get_scenario
 
-    scenario = Scenario(
-        key="he-til", title="", stain="H&E", modality="brightfield", input_mpp=HE_MPP,
-        classes=tuple(CellClass(n, r, "#000000", n) for n, r in zip(HE_CLASSES, ("tumour", "immune", "stroma", "other"))),
-        weights="", sha256="", model_card="", runner="", patch_size_px=1216, overlap_px=192,
-        trained_on_synthetic=False, description="")
+    scenario = get_scenario("he-til")
     meta = metadata(mean, std, threshold, variant, base)
     runner = HETILModel(scenario, torch.device("cpu"), net.state_dict(), meta)
     return runner
@@ -262,8 +258,8 @@ def metadata(mean, std, threshold: float, variant: str, base: int) -> dict:
 
 
 def train(args: argparse.Namespace) -> dict:
-    from core.he_eval import MATCH_RADII_UM, PRIMARY_RADIUS
-    from core.models.sdrdin import SDRDIN
+    from core.evaluation.he import MATCH_RADII_UM, PRIMARY_RADIUS
+    from core.nets.sdrdin import SDRDIN
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -374,13 +370,13 @@ def retune(weights: Path, train_json: Path, data: str | None = None, windows_um=
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from core.he_eval import MATCH_RADII_UM, PRIMARY_RADIUS
+    from core.evaluation.he import MATCH_RADII_UM, PRIMARY_RADIUS
 
     with safe_open(str(weights), framework="pt") as fh:
         meta = dict(fh.metadata())
         state = {k: fh.get_tensor(k) for k in fh.keys()}
     rec = json.loads(train_json.read_text())
-    from core.models.sdrdin import SDRDIN
+    from core.nets.sdrdin import SDRDIN
 
     net = SDRDIN(int(meta["n_classes"]), meta["variant"], int(meta["base_features"]))
     net.load_state_dict(state, strict=True)
@@ -405,226 +401,6 @@ def retune(weights: Path, train_json: Path, data: str | None = None, windows_um=
     rec["tune_at_threshold"] = best_win
     train_json.write_text(json.dumps(rec, indent=2))
     return rec["retune"]
-
-
-def _train_command(train: dict, name: str, init: str | None = None) -> str:
-    return (f"python -m core.training.sdrdin train --minutes {train['minutes']} --base {train['base_features']} "
-            f"--crop {train['crop_px']} --batch {train['batch']} --lr {train['lr']} --seed {train['seed']}"
-            + (f" --eval-minutes {train['eval_minutes']:g}" if "eval_minutes" in train else "")
-            + (f" --eval-thresholds {' '.join(f'{t:g}' for t in train['eval_thresholds'])}" if "eval_thresholds" in train else "")
-            + (f" --stain-jitter {train['stain_jitter']:g}" if train.get("stain_jitter") else "")
-            + (" --bf16" if train.get("bf16_autocast") else "")
-            + (f" --focus-class {train['focus_class']} --focus-share {train['focus_share']:g}" if train.get("focus_class") else "")
-            + (f" --swa-start {train['swa_start']:g} --swa-every {train['swa_every']}" if train.get("swa_start") is not None else "")
-            + (f" --init {init}" if init else "") + f" --out weights/{name}")
-
-
-def _stages_with(stages: list[dict], key: str) -> str:
-    """``"3, 4"``: the 1-based numbers of the training stages whose record sets ``key``."""
-    return ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get(key))
-
-
-def _version(weights: Path) -> str:
-    """``"N.0.0"`` from a weights name ending in ``-vN`` (``he-til-sdrdin-v2.safetensors`` → ``"2.0.0"``)."""
-    tail = weights.stem.rsplit("-v", 1)
-    return f"{int(tail[1])}.0.0" if len(tail) == 2 and tail[1].isdigit() else "1.0.0"
-
-
-def _validation_size(evaluation: dict | None) -> str:
-    """The card's limitation on the size of the validation set, with its intervals when evaluated."""
-    ci = evaluation["radii"]["usual_6px_at_0.55"].get("ci95_image_bootstrap") if evaluation else None
-    if not ci:
-        return "Validated on 10 images (about 2,850 nuclei): the confidence intervals of the metrics are a few points wide."
-    return (f"Validated on {evaluation['n_images']} images ({evaluation['n_annotated_nuclei']} nuclei); 95% intervals from "
-            f"resampling images (3.3 µm): detection F1 {ci['detection_f1'][0]:.2f}-{ci['detection_f1'][1]:.2f}, weighted class F1 "
-            f"{ci['classification_weighted_f1'][0]:.2f}-{ci['classification_weighted_f1'][1]:.2f}, inflammatory F1 "
-            f"{ci['inflammatory_f1'][0]:.2f}-{ci['inflammatory_f1'][1]:.2f}.")
-
-
-def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: str | None,
-               earlier: list[dict] | None = None, evaluation_bf16: dict | None = None) -> dict:
-    """Model card (MONAI-bundle-like) from the training records, the evaluations and the benchmark.
-
-    ``earlier``: training records of the stages before ``train``, in order (each later stage
-    warm-started from the one before with ``--init``). ``evaluation_bf16``: the validation
-    evaluation at ``--precision bfloat16``.
-    """
-    stages = [*(earlier or []), train]
-    multi = len(stages) > 1
-    from core.he_eval import PAPER_RESULTS
-    from core.registry import sha256_file
-    from core.scenarios.he_til import PostprocessParams
-
-    pp = PostprocessParams(threshold=train["threshold"])
-    if "class_window_um" in train:
-        pp = PostprocessParams(threshold=train["threshold"], class_window_um=train["class_window_um"])
-    budget_minutes = " + ".join(f"{t['minutes']:g}" for t in stages)
-    total_train_s = sum(t["train_time_s"] for t in stages)
-    stain = max(t.get("stain_jitter", 0.0) for t in stages)
-    focused = {t["focus_class"] for t in stages if t.get("focus_class")}
-    bf16_stages = _stages_with(stages, "bf16_autocast")
-    swa_stages = ", ".join(str(i + 1) for i, t in enumerate(stages) if t.get("swa_start") is not None)  # "4": stages with SWA
-    card = {
-        "name": f"S-DRDIN for H&E tumour / immune / stromal cells (base width {train['base_features']})",
-        "scenario": "he-til",
-        "version": _version(weights),
-        "weights_file": weights.name,
-        "weights_sha256": sha256_file(weights),
-        "weights_dtype": "float32",
-        "trained_on_synthetic": False,
-        "architecture": {
-            "variant": train["variant"], "base_features": train["base_features"], "parameters": train["parameters"],
-            "description": (
-                "S-DRDIN §2.3: U-Net with inception blocks (1x1; 1x1-3x3; 1x1-3x3-3x3; 3x3 average pool of a 1x1, "
-                "concatenated, batch norm, ReLU); encoder of 4 blocks joined by 2x2 average pooling (widths f, 2f, 4f, 8f); "
-                "two decoders (bilinear x2, concatenated skip, inception block); classification head 1x1 conv to 5 channels "
-                "(softmax: epithelial, inflammatory, fibroblast, other, background); detection branch with stop-gradient on "
-                "every encoder skip, its last inception output concatenated with the classification branch's, then two 3x3 "
-                "convolutions and a 1x1 convolution (sigmoid). Variants drdin-detection, drdin-classification and "
-                "s-drdin-gradient are selectable (core.models.sdrdin.SDRDIN(variant=...))."
-            ),
-        },
-        "input": {
-            "dtype": "float32", "channels": "RGB", "value_range": "(x / 255 - mean) / std",
-            "normalization_mean": train["normalization_mean"], "normalization_std": train["normalization_std"],
-            "mpp": HE_MPP, "size": "H, W multiples of 8 (reflected); whole images in 1024 px tiles with a 96 px context margin",
-        },
-        "output": {
-            "classes": [{"cell_class": c, "role": r} for c, r in zip(HE_CLASSES, ("tumour", "immune", "stroma", "other"))],
-            "note": "epithelial = tumour, inflammatory = immune (lymphocytes and other leukocytes), fibroblast = stroma, others = other",
-        },
-        "thresholds": {
-            "detection": train["threshold"],
-            "tuned_on": f"tune split: {len(train['tune_images'])} images held out of train/ ({', '.join(train['tune_images'])}); "
-                        "detection F1 at 3.3 µm (6 px); never validation/",
-            "tune_at_threshold": train["tune_at_threshold"],
-            "postprocess_um": {"min_area_um2": round(pp.min_area_um2, 3), "peak_window_um": round(pp.peak_window_um, 3),
-                               "peak_dilation_um": round(pp.peak_dilation_um, 3), "class_window_um": round(pp.class_window_um, 3)},
-            "postprocess_px_at_0.55": pp.in_pixels(HE_MPP),
-            "postprocess_note": "§2.5 sizes from the paper's pixels at 0.44 µm/px: 50 px area, 15 x 15 px maxima window, 2 px dilation, 49 x 49 px class square (21.56 µm)",
-        },
-        "training_data": {
-            "name": "CRCHistoPhenotypes: H&E colorectal adenocarcinoma nuclei with class points (../shared/data/he-crc-cell-points)",
-            "source": "Sirinukunwattana et al., IEEE TMI 2016 (Warwick), via zhuyiche/sfcn-opi commit 15a25c8; research use only",
-            "images": f"{len(train['fit_images'])} of the 70 train/ images (500 x 500 px, 20x, ~0.55 µm/px); "
-                      f"{len(train['tune_images'])} train/ images held out for tuning; validation/ (10 images) untouched",
-            "n_fit_nuclei": train["n_fit_nuclei"],
-            "targets": f"disks of radius {train['radius_um']} µm ({train['radius_px']:.1f} px) around each dot; class map with a "
-                       "background channel; detection map = channel-wise maximum (every annotated nucleus, classed or not); "
-                       "pixels of nuclei without a class are ignored by the class loss",
-            "radius_choice": "The paper's 2 px at 0.44 µm/px (0.88 µm) covers a fraction of an H&E nucleus (~6-8 µm across). "
-                             "2.2 µm (4 px) covers the nucleus centre while disks of neighbours stay apart: 95% of nuclei here "
-                             "have their nearest neighbour more than 8.3 px away, so at most the closest 5% of disks touch.",
-        },
-        "training": {
-            "command": [_train_command(t, weights.name, f"<stage {i} weights>" if i else None) for i, t in enumerate(stages)]
-                       if multi else _train_command(train, weights.name),
-            "loss": "pixel-weighted cross-entropy (eq. 1-2, weights recomputed per batch) + binary cross-entropy of detection"
-                    + (f" x {train['det_weight']}" if train["det_weight"] != 1 else ""),
-            "optimizer": (f"Adam, lr {train['lr']} with 50-step warm-up and cosine decay over the time budget; Glorot-uniform init"
-                          if not swa_stages else "Adam with 50-step warm-up; Glorot-uniform init; " + "; ".join(
-                f"stage {i + 1}: lr {t['lr']}, " + (f"constant, stochastic weight averaging of the weights every {t['swa_every']} steps "
-                                                  f"from {t['swa_start']:.0%} of the budget on ({t['swa_n_averaged']} snapshots), "
-                                                  f"batch-norm statistics re-estimated on {t['swa_bn_batches']} batches of fit crops"
-                                                  if t.get("swa_start") is not None else "cosine decay over the time budget")
-                for i, t in enumerate(stages))),
-            "batch": train["batch"], "crop_px": train["crop_px"], "steps": train["steps"], "best_step_on_tune": train["best_step"],
-            "augmentation": "horizontal/vertical flips (paper), transposes, colour jitter (saturation/contrast ±"
-                            f"{2 * train['jitter']:.0%}, channel gain and brightness ±{train['jitter']:.0%}) (ours, not ablated)"
-                            + (f"; HED stain jitter in stage(s) {_stages_with(stages, 'stain_jitter')}: "
-                               f"haematoxylin and eosin concentrations x U({1 - stain:g}, {1 + stain:g}) and shifted (Tellez et al. 2019), "
-                               "for other laboratories' staining" if stain else ""),
-            **({"crop_sampling": "uniform over the fit images; in stage(s) " + ", ".join(
-                f"{i + 1} ({t['focus_share']:.0%} of crops around a nucleus of class {t['focus_class']})" for i, t in enumerate(stages)
-                if t.get("focus_class")) + ", hard-example sampling for the class with the lowest recall (ours)"}
-               if focused else {}),
-            "numeric_precision": "float32 weights; " + (f"forward pass in bfloat16 autocast in stage(s) {bf16_stages} (losses in float32)"
-                                                         if bf16_stages else "float32 training"),
-            "seed": train["seed"], "hardware": f"CPU, {train['threads']} threads (shared machine)",
-            "train_time_s": round(total_train_s, 1),
-            "stages": [{"stage": i + 1, "minutes": t["minutes"], "steps": t["steps"], "best_step": t["best_step"], "lr": t["lr"],
-                        "seed": t["seed"], "stain_jitter": t.get("stain_jitter", 0.0), "bf16_autocast": t.get("bf16_autocast", False),
-                        **({"focus_class": t["focus_class"], "focus_share": t["focus_share"]} if t.get("focus_class") else {}),
-                        **({"swa_start": t["swa_start"], "swa_every": t["swa_every"], "swa_n_averaged": t["swa_n_averaged"]}
-                           if t.get("swa_start") is not None else {}),
-                        "start": f"warm start from stage {i} (--init)" if i else "Glorot-uniform init"}
-                       for i, t in enumerate(stages)] if multi else None,
-            "history": [{k: h[k] for k in ("step", "elapsed_s", "tune")} for h in train["history"]],
-        },
-        "metrics": {"published_for_comparison": PAPER_RESULTS},
-        "departures_from_paper": [
-            f"Width chosen for 2 CPU cores: base {train['base_features']} features ({train['parameters']} parameters), trained for "
-            f"{budget_minutes} minutes in a developer session; the paper trains 100 epochs on a GPU (its text gives no widths).",
-            f"Random {train['crop_px']} x {train['crop_px']} px crops, batch {train['batch']}, instead of 224 x 224 patches at stride 120 and batch 4.",
-            *([f"A share of the crops in the later stage(s) is drawn around {' and '.join(sorted(focused))} nuclei, hard-example "
-               "sampling for the class with the lowest recall; the paper samples patches on a regular grid."] if focused else []),
-            "Time-budgeted training with cosine learning-rate decay; checkpoint chosen on the tune split (detection F1 + weighted class F1)"
-            + (f"; stage(s) {swa_stages} instead keep the learning rate constant and ship the average of the "
-               "weights along the run (stochastic weight averaging, Izmailov et al. 2018), chosen because on the tune split an average "
-               "of two checkpoints beat both end points." if swa_stages else "."),
-            f"Target disks of {train['radius_um']} µm instead of 2 px (0.88 µm): H&E nuclei at 0.55 µm/px are larger in pixels than the paper's mIHC dots call for.",
-            "Transposes and colour jitter added to the flips" + (", and HED stain jitter (haematoxylin / eosin strength) in the later "
-                                                                  "stage(s), for other laboratories' staining." if stain else "."),
-            "Nuclei annotated without a class are detection targets but ignored by the classification loss (the paper's data had a class for every dot).",
-            "The decoders upsample bilinearly; the four 1x1 convolutions of each inception block are computed as one (same function, fewer passes).",
-            "Post-processing sizes are converted to µm; the detection threshold is tuned on held-out train/ images, not on the reported split.",
-        ],
-        "intended_use": "Research use, not a diagnostic device: locating and counting tumour (epithelial), immune (inflammatory) and stromal (fibroblast) nuclei in H&E fields of colorectal cancer at 20x for research and teaching, with results reviewed by a pathologist.",
-        "limitations": [
-            f"Trained on {len(train['fit_images'])} fields of one centre's colorectal adenocarcinoma (H&E, 20x); other organs, stains, scanners and magnifications may shift its accuracy.",
-            "Not yet checked on another organ or laboratory (e.g. breast cancer H&E): the project holds no labelled H&E of another organ, so how reliably it finds immune cells there is unknown.",
-            "Images are resampled to 0.55 µm/px; a wrong mpp changes the results.",
-            "'inflammatory' includes all leukocytes (lymphocytes, plasma cells, neutrophils, eosinophils...), not lymphocytes only; 'other' is a small, mixed class with the lowest accuracy.",
-            f"The class of a cell is the average over a {pp.class_window_um:g} µm square (eq. 3), so a cell surrounded by cells of another class can take their class.",
-            _validation_size(evaluation),
-        ],
-        "references": [
-            "S-DRDIN: simultaneous detection and classification of cells in mIHC (shared/papers/s-drdin-mihc-detection-classification.txt), §2.2-2.5, eq. 1-3",
-            "Sirinukunwattana et al., Locality Sensitive Deep Learning for Detection and Classification of Nuclei in Routine Colon Cancer Histology Images, IEEE TMI 2016",
-        ],
-    }
-    if "retune" in train:
-        rt = train["retune"]
-        card["thresholds"]["tune_split_choices"] = {
-            "command": f"python -m core.training.sdrdin tune --weights weights/{weights.name} --train <training record>",
-            "class_window_sweep": rt["class_window_sweep"], "paper_class_window_on_tune": rt["paper_class_window"],
-            "chosen": rt["chosen"],
-        }
-        if abs(pp.class_window_um - 49 * 0.44) > 0.01:
-            card["departures_from_paper"].append(
-                f"Class square of eq. 3 is {pp.class_window_um} µm instead of the paper's 49 px (21.56 µm): it gave a higher "
-                "weighted class F1 on the tune split (sweep in thresholds.tune_split_choices); H&E immune cells are scattered "
-                "among stromal and tumour cells, and a 21.6 µm square averages over several neighbours.")
-    if evaluation:
-        r6 = evaluation["radii"]["usual_6px_at_0.55"]
-        r8 = evaluation["radii"]["paper_10px_at_0.44"]
-        card["limitations"].insert(0, (
-            f"Below the published results on this data: validation detection F1 {r6['detection']['f1']:.3f} (3.3 µm) / "
-            f"{r8['detection']['f1']:.3f} (4.4 µm) and weighted class F1 {r6['classification']['weighted_f1']:.3f} / "
-            f"{r8['classification']['weighted_f1']:.3f}, against 0.802 and 0.784 (Sirinukunwattana et al. 2016): the "
-            f"base-{train['base_features']} network trained for {total_train_s / 60:.0f} minutes on 2 CPU cores is undertrained; "
-            "the 'other' and 'inflammatory' classes are the weakest."))
-        card["metrics"]["validation"] = {k: evaluation[k] for k in ("split", "n_images", "n_annotated_nuclei", "n_classified_nuclei", "threshold", "radii")}
-        card["metrics"]["reproduce"] = "python -m core evaluate --scenario he-til --split validation" + (" --restained" if "restained" in evaluation else "")
-        if "restained" in evaluation:
-            rs = evaluation["restained"]
-            card["metrics"]["validation_restained"] = rs
-            worst_name, worst = min(((k, v) for k, v in rs.items() if isinstance(v, dict) and k != "unchanged"),
-                                    key=lambda kv: kv[1]["classification_weighted_f1"])
-            card["limitations"].append(
-                "Stain variation (a stand-in for other laboratories): with the validation images re-stained at fixed haematoxylin / "
-                f"eosin strengths (metrics.validation_restained), the weighted class F1 falls from {rs['unchanged']['classification_weighted_f1']:.3f} "
-                f"to {worst['classification_weighted_f1']:.3f} at worst ({worst_name}), inflammatory F1 to {worst['inflammatory_f1']:.3f}, "
-                f"detection F1 to {min(v['detection_f1'] for k, v in rs.items() if isinstance(v, dict)):.3f}.")
-    if evaluation_bf16:
-        card["inference_precisions"] = ["float32", "bfloat16"]
-        card["metrics"]["validation_bfloat16"] = {
-            "note": "the same validation run with the network in bfloat16 autocast (opt-in: --precision bfloat16, the app's fast mode)",
-            "reproduce": "python -m core evaluate --scenario he-til --split validation --precision bfloat16",
-            "radii": evaluation_bf16["radii"]}
-    if benchmark:
-        card["benchmark_cpu"] = benchmark.strip()
-    return card
 
 
 def main(argv=None) -> int:
@@ -665,15 +441,7 @@ def main(argv=None) -> int:
     r.add_argument("--train", required=True)
     r.add_argument("--data", default=None)
     c = sub.add_parser("card", help="write the model card beside the weights")
-    c.add_argument("--weights", required=True)
-    c.add_argument("--train", required=True)
-    c.add_argument("--evaluation")
-    c.add_argument("--benchmark")
-    c.add_argument("--earlier", nargs="+", default=[],
-                   help="training records of the earlier stages, in order (each warm-started the next with --init)")
-    c.add_argument("--evaluation-bf16", help="the validation evaluation at --precision bfloat16")
-    c.add_argument("--limitation", action="append", default=[],
-                   help="a limitation seen outside the evaluation (e.g. a look at another centre's slides); repeatable")
+    sdrdin_card.add_arguments(c)
     args = p.parse_args(argv)
     if args.cmd == "train":
         result = train(args)
@@ -683,15 +451,7 @@ def main(argv=None) -> int:
         out = retune(Path(args.weights), Path(args.train), args.data)
         print(json.dumps({k: v for k, v in out.items() if k != "threshold_sweep"}, indent=2))
         return 0
-    weights = Path(args.weights)
-    load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
-    bench = Path(args.benchmark).read_text() if args.benchmark else None
-    card = build_card(weights, load(args.train), load(args.evaluation), bench, [load(f) for f in args.earlier],
-                      load(args.evaluation_bf16))
-    card["limitations"].extend(args.limitation)
-    js, md = write_card(weights, card)
-    print(f"wrote {js} and {md}")
-    return 0
+    return sdrdin_card.run(args)
 
 
 if __name__ == "__main__":

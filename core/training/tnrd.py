@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.evaluation.tnrd import MATCH_RADIUS_PX, TRAIN_SEEDS, TUNE_SEEDS, match_cells, psnr_db, recipe_for, truth_points
 from core.generator import generate
-from core.models.tnrd import TNRD, psnr, tnrd_loss
-from core.scenarios.tnrd import MASK_SEED, blend_tiles, mask_to_cells
-from core.tnrd_eval import MATCH_RADIUS_PX, TRAIN_SEEDS, TUNE_SEEDS, match_cells, psnr_db, recipe_for, truth_points
+from core.nets.tnrd import TNRD, psnr, tnrd_loss
+from core.scenarios.tnrd import mask_to_cells, stack_with_mask_noise
+from core.tiling import tile_dense
 
 #: Post-processing per scenario: watershed marker spacing (about the smallest semi-axis).
 MIN_DISTANCE_PX = {"tnrd-if-melanoma": 6.0, "tnrd-he-melanoma": 3.0}
@@ -76,9 +77,7 @@ def sample_batch(pool: dict, batch: int, crop: int, gen: torch.Generator):
 
 def predict(net: TNRD, noisy: np.ndarray, tile: int = 256, overlap: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Denoised (H, W, 3) and mask (H, W) of one (H, W, 3) float image, as the runner computes them."""
-    h, w = noisy.shape[:2]
-    noise = torch.rand((h, w), generator=torch.Generator().manual_seed(MASK_SEED)).numpy()[..., None]
-    stacked = np.concatenate([noisy, noise], 2).astype(np.float32)
+    stacked = stack_with_mask_noise(noisy)
 
     def run(window):
         x = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1)[None]
@@ -86,7 +85,7 @@ def predict(net: TNRD, noisy: np.ndarray, tile: int = 256, overlap: int = 32) ->
             r, m = net(x[:, :3], x[:, 3:4])
         return torch.cat([r, m], 1)[0].permute(1, 2, 0).numpy()
 
-    out = blend_tiles(run, stacked, tile, overlap)
+    out = tile_dense(run, stacked, tile, overlap)
     return np.clip(out[..., :3], 0, 1), np.clip(out[..., 3], 0, 1)
 
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from core.model_card import write_card
-from core.registry import sha256_file
+from core.scenarios.weights import sha256_file
 
 PAPER = {
     "n_steps": 10, "nf1": 24, "nf2": 24, "k1": 11, "k2": 5, "n_rbf": 31, "rbf_range": 1.2,
@@ -136,7 +136,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
             f"{iterations} Adam iterations (paper 20 000) on {crops} px crops "
             f"(paper whole 500 x 500 images) of {train['pool']} sections (paper 200); batch {train['batch']} as in the paper.",
             f"Adam step {train['lr']} with a cosine decay (paper 0.001 constant), because of the far shorter training.",
-            "Training backpropagates through the truncation to [0, 1] with a recovering gradient (core.models.tnrd."
+            "Training backpropagates through the truncation to [0, 1] with a recovering gradient (core.nets.tnrd."
             "clip01): the exact derivative is 0 outside [0, 1], and a first run collapsed to an all-zero mask that no "
             "gradient could leave; the forward pass is the paper's truncation.",
             "RBF activations evaluated from tables of the analytic sums (interpolation error < 1e-3 of the weights' scale).",

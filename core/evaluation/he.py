@@ -1,7 +1,7 @@
-"""Evaluation of ``he-til`` on the H&E colorectal nuclei (``python -m core evaluate --scenario he-til``).
+"""Evaluation of ``he-til`` on the H&E colorectal nuclei (recipe ``he-points``; ``python -m core evaluate --scenario he-til``).
 
 Detection (S-DRDIN §2.5): a predicted cell is a true positive when it is matched one-to-one
-to an annotated nucleus within a radius (:func:`core.metrics.match_points`); precision,
+to an annotated nucleus within a radius (:func:`core.evaluation.metrics.match_points`); precision,
 recall and F1 are pooled over the images of the split. Two radii are reported: the paper's
 10 px at 0.44 µm/px (4.4 µm, 8 px here) and 6 px at 0.55 µm/px (3.3 µm), the radius usually
 used on this data set.
@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from core.datasets_he import HE_CLASSES, HE_MPP, HEImage, read_he_split
-from core.metrics import match_points, precision_recall_f1
+from core.evaluation.datasets_he import HE_CLASSES, HE_MPP, HEImage, read_he_split
+from core.evaluation.metrics import match_points, precision_recall_f1
 
 #: Match radii in µm: the S-DRDIN paper's 10 px at 0.44 µm/px, and 6 px at this data's 0.55 µm/px.
 MATCH_RADII_UM = {"paper_10px_at_0.44": 10 * 0.44, "usual_6px_at_0.55": 6 * HE_MPP}
@@ -235,7 +235,7 @@ def evaluate_he(split: str = "validation", data: str | None = None, device: str 
     InputError (precision not supported on the device), FileNotFoundError (no data)
     """
     if model is None:
-        from core.analysis import load_model
+        from core.pipeline import load_model
 
         model = load_model("he-til", device, precision)
     images = read_he_split(split, data)

@@ -1,4 +1,4 @@
-"""Readers for the real labelled data sets in ``../shared/data/``.
+"""Reader of the CD3 IHC gastric patches, one of the real labelled data sets in ``../shared/data/``.
 
 Nothing is downloaded: these functions only read folders that already exist.
 """
@@ -15,7 +15,7 @@ from PIL import Image
 from core.errors import InputError
 
 #: Default location of the CD3 IHC gastric patches, relative to the repository root.
-CD3_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cd3-ihc-gastric"
+CD3_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cd3-ihc-gastric"
 CD3_FOLDERS = {"positive": 1, "negative": 0, "background": 0}
 #: Fractions of the deterministic split: train / tune (epoch and threshold choice) / validation (reported).
 SPLIT_FRACTIONS = {"train": 0.70, "tune": 0.10, "validation": 0.20}

@@ -1,13 +1,12 @@
-"""``python -m core evaluate``: reproduce a model card's metrics on held-out data."""
+"""Evaluation of ``cd3-ihc`` on the held-out CD3 IHC gastric patches (recipe ``cd3-patches``).
+
+Patch metrics on one split of :func:`core.evaluation.datasets.cd3_patch_table`, and optionally
+cell detection on mosaics of that split's patches (:func:`core.evaluation.mosaic.build_mosaic`).
+"""
 
 from __future__ import annotations
 
-import argparse
-
-import numpy as np
-
 from core.errors import InputError
-from core.registry import get_scenario
 
 #: Detection match radius for CD3+ lymphocytes: about half a lymphocyte nucleus (7 µm).
 CD3_MATCH_RADIUS_UM = 4.0
@@ -15,45 +14,18 @@ CD3_MOSAIC_SEEDS = (101, 102, 103, 104)
 CD3_MOSAIC_GRID = (12, 12)
 
 
-def evaluate(key: str, args: argparse.Namespace) -> dict:
-    """Evaluate scenario ``key``; see :func:`evaluate_cd3` for ``cd3-ihc``.
-
-    Raises
-    ------
-    UnknownScenarioError, InputError
-    """
-    get_scenario(key)
-    precision = getattr(args, "precision", "float32") or "float32"
-    restained = bool(getattr(args, "restained", False))
-    if key != "he-til" and (precision != "float32" or restained):
-        raise InputError(f"--precision bfloat16 and --restained are defined for he-til only, not {key!r}")
-    if key == "cd3-ihc":
-        return evaluate_cd3(args.split, args.data, args.mosaic, args.device)
-    if key == "he-til":
-        from core.he_eval import evaluate_he
-
-        return evaluate_he(args.split, args.data, getattr(args, "device", None), precision=precision, restained=restained)
-    if key.startswith("tnrd-"):
-        from core.tnrd_eval import evaluate_synthetic
-
-        if not getattr(args, "synthetic", None):
-            raise InputError(f"scenario {key!r} is evaluated on synthetic sections: pass --synthetic N (and --seed S >= 10000)")
-        return evaluate_synthetic(key, args.synthetic, args.seed, getattr(args, "device", None))
-    raise InputError(f"no evaluation is defined for scenario {key!r} yet")
-
-
 def evaluate_cd3(split: str = "validation", data: str | None = None, mosaic: bool = False, device: str | None = None) -> dict:
     """Patch metrics (accuracy, precision, recall, F1) of ``cd3-ihc`` on one split.
 
     With ``mosaic``, also detection precision/recall/F1 on mosaics of that split's
-    patches (:func:`core.mosaic.build_mosaic`, seeds :data:`CD3_MOSAIC_SEEDS`), a
+    patches (:func:`core.evaluation.mosaic.build_mosaic`, seeds :data:`CD3_MOSAIC_SEEDS`), a
     detection matching a positive centre within :data:`CD3_MATCH_RADIUS_UM`.
     """
-    from core.analysis import analyze, load_model
-    from core.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
+    from core.pipeline import analyze, load_model
+    from core.evaluation.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
+    from core.evaluation.metrics import binary_metrics, detection_metrics
+    from core.evaluation.mosaic import build_mosaic
     from core.io import ImageData
-    from core.metrics import binary_metrics, detection_metrics
-    from core.mosaic import build_mosaic
 
     table = cd3_patch_table(data or CD3_DATA_DIR)
     part = table[table.split == split]

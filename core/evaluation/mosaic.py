@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.datasets import read_patches
+from core.evaluation.datasets import read_patches
 
 PATCH = 70
 
@@ -41,7 +41,7 @@ def build_mosaic(table: pd.DataFrame, rows: int, cols: int, seed: int, positive_
     Parameters
     ----------
     table : DataFrame with ``path`` and ``label`` columns (e.g. the validation split
-        of :func:`core.datasets.cd3_patch_table`)
+        of :func:`core.evaluation.datasets.cd3_patch_table`)
     rows, cols : int >= 1
     seed : int, seeds one ``numpy.random.Generator``
     positive_fraction : float in [0, 1], share of tiles drawn from positive patches

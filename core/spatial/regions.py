@@ -26,8 +26,8 @@ margin      ``Invasive margin``          margin, invasive margin, invasive front
 ==========  ===========================  ============================================
 
 A ``margin`` region's outline is the tumour border that the invasive-margin band is
-built around (see :mod:`core.spatial`); without one the outline of the tumour regions
-is used.
+built around (see :func:`core.spatial.compartments.invasive_margin_section`); without
+one the outline of the tumour regions is used.
 
 References
 ----------

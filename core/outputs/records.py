@@ -1,7 +1,8 @@
 """The plain-dict "analysis record" that reports, the case store and the pages share.
 
 A record describes one finished analysis with JSON-ready values only, so a result
-just computed and one read back from the case store look the same::
+just computed (:func:`record_from_result`) and one read back from the case store
+(:meth:`core.outputs.store.CaseStore.get_record`) look the same::
 
     record = {
         "summary": {                       # AnalysisResult.summary
@@ -19,10 +20,10 @@ just computed and one read back from the case store look the same::
                                    "densities_per_mm2": {"cd3-positive": 387.1}}},
             "runtime_s": 4.2, "device": "cpu", "warnings": [],
         },
-        "spatial": {...} or None,         # compute_spatial_stats output (else summary["spatial"])
+        "spatial": {...} or None,         # SpatialStats.to_dict() (else summary["spatial"])
         "n_corrections": 3 or None,       # manual corrections (CorrectionLog.n_corrections)
         "case_label": "B-2024-0113",
-        "created_at": "2025-01-31T10:02:11+00:00",
+        "created_at": "2025-01-31T10:02:11+00:00",  # when the analysis ran (RunInfo.created_at)
         "analysis_id": 17 or None,        # set by the case store
         "app_version": "0.1.0",
         "params": {...},                  # analysis parameters and thresholds
@@ -38,7 +39,11 @@ below never raise on a missing key: a report shows "n/a" instead.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import core
+from core.errors import TILscopeError
 
 
 def image_info(summary: dict[str, Any]) -> dict[str, Any]:
@@ -80,12 +85,20 @@ def densities_per_mm2(summary: dict[str, Any]) -> dict[str, float | None]:
     return {str(k): (None if v is None else float(v)) for k, v in raw.items()}
 
 
+def as_dict(stats: Any) -> dict[str, Any] | None:
+    """Spatial statistics as their JSON-ready dict: a :class:`core.spatial.SpatialStats`
+    (``to_dict()``) or a dict as it is; ``None`` for anything else."""
+    if hasattr(stats, "to_dict"):
+        stats = stats.to_dict()
+    return stats if isinstance(stats, dict) else None
+
+
 def spatial(record: dict[str, Any]) -> dict[str, Any]:
     """The spatial statistics: ``record["spatial"]``, else ``summary["spatial"]``, else ``{}``."""
-    value = record.get("spatial")
-    if not isinstance(value, dict):
-        value = (record.get("summary") or {}).get("spatial")
-    return value if isinstance(value, dict) else {}
+    value = as_dict(record.get("spatial"))
+    if value is None:
+        value = as_dict((record.get("summary") or {}).get("spatial"))
+    return value or {}
 
 
 def region_stats(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -226,6 +239,8 @@ def json_default(value: Any) -> Any:
 
     import numpy as np
 
+    if hasattr(value, "to_dict"):  # typed statistics (core.spatial.SpatialStats)
+        return value.to_dict()
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -233,3 +248,153 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (datetime, Path)):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# --------------------------------------------------------------------------- building a record
+
+
+def record_from_result(
+    result: Any,
+    *,
+    spatial: Any = None,
+    regions: Any = None,
+    corrections: Any = None,
+    params: dict | None = None,
+    model_card: dict | None = None,
+    case_label: str | None = None,
+) -> dict[str, Any]:
+    """The analysis record of a fresh :class:`core.results.AnalysisResult`.
+
+    Deterministic: the same result gives the same record (``created_at`` is the run's
+    time, :attr:`core.results.RunInfo.created_at`, not the time this is called).
+
+    Parameters
+    ----------
+    result : core.results.AnalysisResult
+        The finished analysis; its ``summary`` is copied as JSON data.
+    spatial : core.spatial.SpatialStats or dict, optional
+        Spatial statistics; default ``result.spatial`` (as in the summary).
+    regions : list of core.spatial.Region or GeoJSON dict, optional
+        Annotated regions (µm); stored as a GeoJSON FeatureCollection of annotations.
+    corrections : core.review.CorrectionLog or dict, optional
+        Manual edits; ``n_corrections`` is taken from it.
+    params : dict, optional
+        Analysis parameters and thresholds.
+    model_card : dict, optional
+        The scenario's model card; default the registry's card of ``result.scenario_key``.
+    case_label : str, optional
+        Case the analysis belongs to.
+
+    Returns
+    -------
+    dict
+        A JSON-ready record; ``analysis_id`` is ``None`` until the store saves it.
+    """
+    summary = json.loads(json.dumps(result.summary, default=json_default))
+    spatial = as_dict(spatial)
+    if spatial is None:
+        spatial = as_dict(summary.get("spatial"))
+    else:
+        spatial = json.loads(json.dumps(spatial, default=json_default))
+    if model_card is None:
+        model_card = scenario_card(result.scenario_key)
+    warnings = list(summary.get("warnings") or [])
+    warnings += [w for w in result.warnings if w not in warnings]
+    summary["warnings"] = warnings
+    return {
+        "summary": summary,
+        "spatial": spatial,
+        "n_corrections": corrections_count(corrections),
+        "corrections": corrections_json(corrections),
+        "case_label": case_label,
+        "created_at": summary.get("created_at"),
+        "analysis_id": None,
+        "app_version": summary.get("app_version") or core.__version__,
+        "params": params or {},
+        "regions": regions_geojson(regions, result.image.mpp),
+        "model_card": model_card,
+    }
+
+
+def _scenario(key: str | None):
+    if not key:
+        return None
+    try:
+        from core.scenarios.registry import get_scenario
+
+        return get_scenario(key)
+    except (ImportError, TILscopeError):
+        return None
+
+
+def scenario_card(key: str | None) -> dict | None:
+    """The registry's model card of scenario ``key``, or ``None`` if it cannot be read."""
+    scenario = _scenario(key)
+    try:
+        return None if scenario is None else scenario.card()
+    except TILscopeError:
+        return None
+
+
+def scenario_caution(key: str | None) -> str:
+    """The registry's caution of scenario ``key`` ("" for none or an unknown key)."""
+    scenario = _scenario(key)
+    return "" if scenario is None else (scenario.caution or "")
+
+
+def scenario_colors(key: str | None) -> dict[str, str]:
+    """``{class: "#rrggbb"}`` of scenario ``key`` from the registry; ``{}`` if unknown."""
+    scenario = _scenario(key)
+    return {} if scenario is None else dict(scenario.class_colors)
+
+
+def corrections_count(corrections: Any) -> int | None:
+    """Number of manual corrections in a CorrectionLog, its JSON, or ``None``."""
+    if corrections is None:
+        return None
+    if hasattr(corrections, "n_corrections"):
+        return int(corrections.n_corrections)
+    return count_corrections(corrections_json(corrections))
+
+
+def corrections_json(corrections: Any) -> Any:
+    """A CorrectionLog (``to_json()`` str or dict), a JSON string or a dict, as JSON data."""
+    if corrections is None:
+        return None
+    if hasattr(corrections, "to_json"):
+        corrections = corrections.to_json()
+    if isinstance(corrections, (bytes, str)):
+        return json.loads(corrections)
+    return corrections
+
+
+def regions_geojson(regions: Any, mpp: float | None = None) -> dict | None:
+    """Regions as a GeoJSON FeatureCollection dict (annotations only), or ``None``.
+
+    Accepts a FeatureCollection dict, a GeoJSON string, or a list of
+    :class:`core.spatial.Region` (converted with
+    :func:`core.spatial.regions.regions_to_geojson`, which needs ``mpp``).
+    """
+    if regions is None:
+        return None
+    if isinstance(regions, (str, bytes)):
+        regions = json.loads(regions)
+    if isinstance(regions, dict):
+        return regions
+    regions = list(regions)
+    if not regions:
+        return None
+    from core.spatial.regions import regions_to_geojson
+
+    return regions_to_geojson(regions, mpp)
+
+
+def card_summary(card: dict) -> dict:
+    """The parts of a model card a clinician reads first: intended use, limitations, metrics."""
+    return {
+        "intended_use": card.get("intended_use", "not stated"),
+        "limitations": card.get("limitations", []),
+        "metrics": card.get("metrics", {}),
+        "training_data": card.get("training_data", {}),
+        "version": card.get("version"),
+    }

@@ -1,8 +1,10 @@
-"""Plotly figures of the spatial statistics (pure functions: no Streamlit, no I/O).
+"""Interactive plotly figures for the pages (pure functions: no Streamlit, no I/O).
 
-Every builder takes the dict :func:`core.spatial.compute_spatial_stats` returns (or a
-cell table) and returns a :class:`plotly.graph_objects.Figure`; axes carry units (µm,
-µm², cells/mm²) and the thresholds that produced a figure are drawn on it.
+:func:`cell_figure` shows the image with the cells, one marker trace per class; the
+spatial figures take the statistics dict (:meth:`core.spatial.SpatialStats.to_dict`,
+i.e. :func:`core.spatial.compute_spatial_stats`) or a cell table and return a
+:class:`plotly.graph_objects.Figure`; axes carry units (µm, µm², cells/mm²) and the
+thresholds that produced a figure are drawn on it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,59 @@ _IMMUNE = "#7b3fa0"
 _TUMOUR = "#c82020"
 _BAND = "rgba(120, 120, 120, 0.25)"
 _BAND_GLOBAL = "rgba(120, 120, 120, 0.12)"
+#: Longest side, in pixels, of the image sent to the browser; cells keep full-resolution coordinates.
+DISPLAY_MAX_SIDE_PX = 2000
+
+
+def cell_figure(
+    pixels: np.ndarray,
+    cells: pd.DataFrame,
+    class_colors: dict[str, str],
+    class_labels: dict[str, str] | None = None,
+    visible_classes: list[str] | None = None,
+    marker_size: int = 9,
+) -> go.Figure:
+    """Zoomable plotly figure: the image with one marker trace per cell class.
+
+    Parameters
+    ----------
+    pixels : (H, W, 3) uint8 RGB
+        The image's display rendering (:attr:`core.io.ImageData.rgb`).
+    cells : cell table (``x_px``, ``y_px``, ``cell_class``, ``probability``)
+    class_colors : cell_class → '#rrggbb'
+    class_labels : cell_class → legend label (defaults to the class name)
+    visible_classes : classes to draw (default: all)
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        Axes in pixels of the full-resolution image, y downwards; images larger
+        than :data:`DISPLAY_MAX_SIDE_PX` are shown downsampled.
+    """
+    h, w = pixels.shape[:2]
+    step = max(1, int(np.ceil(max(h, w) / DISPLAY_MAX_SIDE_PX)))
+    shown = pixels[::step, ::step]
+    fig = go.Figure(go.Image(z=shown, dx=step, dy=step, hoverinfo="skip"))
+    labels = class_labels or {}
+    for cls in class_colors:
+        if visible_classes is not None and cls not in visible_classes:
+            continue
+        sub = cells[cells["cell_class"] == cls]
+        fig.add_trace(
+            go.Scatter(
+                x=sub["x_px"], y=sub["y_px"], mode="markers", name=f"{labels.get(cls, cls)} ({len(sub)})",
+                marker=dict(size=marker_size, color="rgba(0,0,0,0)", line=dict(color=class_colors[cls], width=2)),
+                customdata=np.stack([sub["probability"]], axis=-1) if len(sub) else None,
+                hovertemplate="x=%{x:.0f} px, y=%{y:.0f} px<br>p=%{customdata[0]:.2f}<extra>" + str(cls) + "</extra>",
+            )
+        )
+    fig.update_layout(
+        margin=dict(l=0, r=0, t=30, b=0), height=min(900, max(400, int(700 * h / max(w, 1)))),
+        legend=dict(orientation="h", y=1.02, x=0), dragmode="pan",
+    )
+    fig.update_xaxes(showgrid=False, range=[-0.5, w - 0.5], constrain="domain")
+    fig.update_yaxes(showgrid=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain")
+    return fig
 
 
 def _empty(title: str, reason: str) -> go.Figure:
@@ -29,9 +84,14 @@ def _empty(title: str, reason: str) -> go.Figure:
     return fig
 
 
+def _stats(stats) -> dict:
+    """The statistics as a dict (a :class:`core.spatial.SpatialStats` is converted)."""
+    return stats.to_dict() if hasattr(stats, "to_dict") else stats
+
+
 def _section(stats: dict, key: str) -> dict | None:
     if not isinstance(stats, dict):
-        raise InputError("expected the dict returned by core.spatial.compute_spatial_stats")
+        raise InputError(f"expected the spatial statistics dict (SpatialStats.to_dict()), got {type(stats).__name__}")
     if not stats.get("available", False):
         return None
     sec = stats.get(key)
@@ -53,7 +113,7 @@ def distance_figure(stats: dict) -> go.Figure:
     Parameters
     ----------
     stats : dict
-        Output of :func:`core.spatial.compute_spatial_stats`.
+        Spatial statistics (:meth:`core.spatial.SpatialStats.to_dict`).
 
     Returns
     -------
@@ -62,6 +122,7 @@ def distance_figure(stats: dict) -> go.Figure:
         immune cells within x µm (ECDF); dashed lines at each ``radii_um`` labelled
         with the fraction within it. A figure with a message when unavailable.
     """
+    stats = _stats(stats)
     title = "Immune cell → nearest tumour cell distance"
     d = _section(stats, "distances")
     if d is None:
@@ -100,7 +161,7 @@ def ripley_figure(stats: dict, which: str = "L") -> go.Figure:
     Parameters
     ----------
     stats : dict
-        Output of :func:`core.spatial.compute_spatial_stats`.
+        Spatial statistics (:meth:`core.spatial.SpatialStats.to_dict`).
     which : {"L", "K", "G"}
         ``"L"``: L(r) - r in µm with the pointwise and global envelopes (0 = no
         attraction beyond random labelling); ``"K"``: K(r) in µm² with πr²;
@@ -115,6 +176,7 @@ def ripley_figure(stats: dict, which: str = "L") -> go.Figure:
     InputError
         If ``which`` is not "L", "K" or "G".
     """
+    stats = _stats(stats)
     if which not in ("L", "K", "G"):
         raise InputError(f"which must be 'L', 'K' or 'G', got {which!r}")
     key = "cross_g" if which == "G" else "ripley"
@@ -244,7 +306,7 @@ def region_density_figure(stats: dict, role: str = "immune") -> go.Figure:
     Parameters
     ----------
     stats : dict
-        Output of :func:`core.spatial.compute_spatial_stats`.
+        Spatial statistics (:meth:`core.spatial.SpatialStats.to_dict`).
     role : str
         Role whose density is shown, default ``"immune"``.
 
@@ -254,6 +316,7 @@ def region_density_figure(stats: dict, role: str = "immune") -> go.Figure:
         One bar per region (hover: area in mm², count), then CT and IM when available,
         y in cells/mm².
     """
+    stats = _stats(stats)
     title = f"{role} cell density per region"
     if not stats.get("available", False):
         return _empty(title, stats.get("reason", "statistics unavailable"))

@@ -1,4 +1,4 @@
-"""Review of one analysis: regions drawn on the image, manual corrections, statistics again.
+"""Regions and clicks drawn on the Review page's canvas, and the image the canvas shows.
 
 Pure helpers for the Review page (no Streamlit here, so they are unit-tested and usable
 from notebooks):
@@ -11,11 +11,8 @@ from notebooks):
   applying each object's position, origin, scale and rotation the way fabric.js does.
 * :func:`canvas_objects_to_regions` turns drawn shapes into :class:`core.regions.Region`
   polygons in µm; :func:`canvas_click_points` turns point-tool clicks into image pixels.
-* :func:`nearest_cell` finds the cell under a click; :func:`reviewed_cells` replays the
-  :class:`core.corrections.CorrectionLog`; :func:`review_statistics` recomputes
-  :func:`core.spatial.compute_spatial_stats` on the corrected cells with the image extent
-  as the study window; :func:`key_figures` picks the numbers the page shows, each with
-  its unit and the threshold that produced it.
+* :func:`downscale` and :func:`render_review_image` make the canvas background: the image
+  at canvas size with the regions and cell markers drawn on it.
 
 Coordinates: canvas and image pixels are (x, y) with x = column, origin at the top-left
 corner; µm = image pixels × mpp.
@@ -29,21 +26,15 @@ References
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from core.cells import ROLES
-from core.corrections import CorrectionLog
 from core.errors import InputError
-from core.regions import KIND_COLORS, REGION_KINDS, Region
-from core.results import AnalysisResult
-from core.spatial import SpatialParams, compute_spatial_stats
+from core.spatial.regions import KIND_COLORS, REGION_KINDS, Region
 
 #: Labels of the region kinds, as the page shows them.
 KIND_LABELS = {
@@ -52,14 +43,6 @@ KIND_LABELS = {
     "exclude": "Exclude (artefact, necrosis)",
     "margin": "Invasive-margin border",
 }
-#: Classes offered for hand-marked cells of roles the scenario does not detect
-#: (name, role, colour, label); a CD3 model finds no tumour cells, but a pathologist can
-#: mark some so that distances to tumour cells can be measured.
-MANUAL_CLASSES = (
-    ("tumour-cell", "tumour", "#1f5fbf", "Tumour cell (marked by hand)"),
-    ("stromal-cell", "stroma", "#2e8b57", "Stromal cell (marked by hand)"),
-    ("other-cell", "other", "#7f7f7f", "Other cell (marked by hand)"),
-)
 _ORIGIN = {"left": -0.5, "top": -0.5, "center": 0.0, "right": 0.5, "bottom": 0.5}
 #: Shapes whose bounding box is smaller than this (canvas pixels, either side) are taken
 #: for stray clicks and ignored.
@@ -371,319 +354,6 @@ def canvas_click_points(objects: Iterable[dict], frame: CanvasFrame) -> np.ndarr
     return frame.to_image_px(np.asarray(pts, dtype=np.float64).reshape(-1, 2))
 
 
-# ----------------------------------------------------------------------------- cells
-
-
-def nearest_cell(
-    cells: pd.DataFrame, x: float, y: float, max_distance: float, units: str = "um"
-) -> tuple[int, float] | None:
-    """The cell nearest to a click, if it is close enough.
-
-    Parameters
-    ----------
-    cells : pandas.DataFrame
-        Cell table with ``cell_id`` (as :func:`reviewed_cells` returns) and ``x_um``,
-        ``y_um`` (``units="um"``) or ``x_px``, ``y_px`` (``units="px"``).
-    x, y : float
-        The click, in ``units``.
-    max_distance : float >= 0
-        Search radius in ``units``; farther cells are not picked.
-    units : {"um", "px"}
-        µm (default) or image pixels (for images without an mpp).
-
-    Returns
-    -------
-    (cell_id, distance) or None
-        ``cell_id`` (int) of the nearest cell and its distance in ``units``, or None when
-        no cell lies within ``max_distance``.
-
-    Raises
-    ------
-    InputError
-        If ``units`` is unknown, columns are missing or ``max_distance`` is negative.
-    """
-    if units not in ("um", "px"):
-        raise InputError(f"units must be 'um' or 'px', got {units!r}")
-    cx, cy = ("x_um", "y_um") if units == "um" else ("x_px", "y_px")
-    missing = [c for c in ("cell_id", cx, cy) if c not in cells.columns]
-    if missing:
-        raise InputError(f"cell table is missing {missing}: pass the table reviewed_cells() returns")
-    if not (math.isfinite(max_distance) and max_distance >= 0):
-        raise InputError(f"max_distance must be a finite number >= 0, got {max_distance!r}")
-    if len(cells) == 0:
-        return None
-    xy = cells[[cx, cy]].to_numpy(dtype=np.float64)
-    d = np.hypot(xy[:, 0] - float(x), xy[:, 1] - float(y))
-    d[~np.isfinite(d)] = np.inf
-    i = int(np.argmin(d))
-    if d[i] > max_distance:
-        return None
-    return int(cells["cell_id"].iloc[i]), float(d[i])
-
-
-def reviewed_cells(result: AnalysisResult, log: CorrectionLog | None) -> pd.DataFrame:
-    """The analysis's cell table with the manual corrections applied.
-
-    Parameters
-    ----------
-    result : AnalysisResult
-    log : CorrectionLog or None
-
-    Returns
-    -------
-    pandas.DataFrame
-        :meth:`CorrectionLog.apply` of ``result.cells``: deleted cells removed, added
-        cells appended, plus ``cell_id`` (int64) and ``edited`` (``""``, ``"added"``,
-        ``"relabelled"``). The original table is not modified.
-    """
-    return (log or CorrectionLog()).apply(result.cells)
-
-
-def correction_classes(scenario_classes: Iterable[Any]) -> list[dict[str, str]]:
-    """Classes a cell can be added as or relabelled to.
-
-    Parameters
-    ----------
-    scenario_classes : iterable of core.registry.CellClass
-        The scenario's classes (``name``, ``role``, ``color``, ``label``).
-
-    Returns
-    -------
-    list of dict
-        ``{"name", "role", "color", "label"}``: the scenario's classes, then one
-        :data:`MANUAL_CLASSES` entry for each role the scenario has no class for.
-    """
-    out = [{"name": c.name, "role": c.role, "color": c.color, "label": c.label} for c in scenario_classes]
-    roles = {c["role"] for c in out}
-    names = {c["name"] for c in out}
-    for name, role, color, label in MANUAL_CLASSES:
-        if role not in roles and name not in names:
-            out.append({"name": name, "role": role, "color": color, "label": label})
-    return out
-
-
-def reviewed_summary(result: AnalysisResult, cells: pd.DataFrame, log: CorrectionLog | None) -> dict:
-    """``result.summary`` with counts and densities of the corrected cells.
-
-    Returns
-    -------
-    dict
-        A copy of the summary: ``n_cells``, ``counts``, ``counts_by_role``,
-        ``density_per_mm2`` and ``density_by_role_per_mm2`` recomputed from ``cells``;
-        ``review`` = the correction log's summary plus ``detected_n_cells`` (before
-        correction).
-    """
-    s = json.loads(json.dumps(result.summary, default=_json_default))
-    counts = dict.fromkeys(s.get("counts") or {}, 0)
-    for k, v in cells["cell_class"].astype(str).value_counts().items():
-        counts[str(k)] = int(v)
-    roles = {r: int((cells["role"] == r).sum()) for r in ROLES}
-    area = s.get("area_mm2")
-    s["n_cells"] = int(len(cells))
-    s["counts"] = counts
-    s["counts_by_role"] = roles
-    if area:
-        s["density_per_mm2"] = {k: v / area for k, v in counts.items()}
-        s["density_by_role_per_mm2"] = {k: v / area for k, v in roles.items()}
-    s["review"] = {**(log or CorrectionLog()).summary(), "detected_n_cells": int(len(result.cells))}
-    return s
-
-
-def reviewed_result(result: AnalysisResult, log: CorrectionLog | None, spatial: dict | None = None) -> AnalysisResult:
-    """A copy of ``result`` whose cells and summary carry the manual corrections.
-
-    ``spatial``, when given, is stored as ``summary["spatial"]`` (what reports read).
-    The image and masks are shared with ``result``, not copied.
-    """
-    cells = reviewed_cells(result, log)
-    summary = reviewed_summary(result, cells, log)
-    if spatial is not None:
-        summary["spatial"] = spatial
-    return replace(result, cells=cells, summary=summary)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def review_key(result: AnalysisResult) -> str:
-    """Identity of an analysis run: image SHA-256, scenario and run time.
-
-    Regions and corrections belong to one run; the page resets them when this changes.
-    """
-    return f"{result.image.sha256}|{result.scenario_key}|{result.summary.get('created_at', '')}"
-
-
-def review_params(result: AnalysisResult, params: SpatialParams | None = None) -> SpatialParams:
-    """``params`` with the study window set to the image extent in µm.
-
-    Returns
-    -------
-    SpatialParams
-        ``window_um = (0, 0, W·mpp, H·mpp)`` (x_min, y_min, x_max, y_max in µm, the
-        analysed image's full extent); unchanged when the image has no mpp.
-    """
-    params = params or SpatialParams()
-    mpp = result.image.mpp
-    if mpp is None:
-        return params
-    h, w = result.image.shape
-    return replace(params, window_um=(0.0, 0.0, float(w) * mpp, float(h) * mpp))
-
-
-def review_statistics(
-    result: AnalysisResult,
-    log: CorrectionLog | None,
-    regions: list[Region] | None,
-    params: SpatialParams | None = None,
-    seed: int = 0,
-) -> dict:
-    """Spatial statistics of the corrected cells within the drawn regions.
-
-    Parameters
-    ----------
-    result : AnalysisResult
-    log : CorrectionLog or None
-    regions : list of Region or None
-    params : SpatialParams, optional
-        Its ``window_um`` is replaced by the image extent (:func:`review_params`).
-    seed : int
-        Seeds the Monte-Carlo envelopes (same seed, same envelopes).
-
-    Returns
-    -------
-    dict
-        :func:`core.spatial.compute_spatial_stats` output, plus ``corrections`` (the
-        log's summary: n_added, n_deleted, n_relabelled, n_corrections, users, times).
-    """
-    cells = reviewed_cells(result, log)
-    stats = compute_spatial_stats(cells, regions, review_params(result, params), seed=seed)
-    stats["corrections"] = (log or CorrectionLog()).summary()
-    return stats
-
-
-def state_fingerprint(log: CorrectionLog | None, regions: Iterable[Region], params: SpatialParams) -> str:
-    """A short hash of what the statistics depend on (active edits, regions, parameters)."""
-    h = hashlib.sha256()
-    edits = [] if log is None else [(e.op, e.cell_id, e.x_px, e.y_px, e.cell_class, e.role, e.undone) for e in log.edits]
-    h.update(json.dumps(edits, default=str).encode())
-    for r in regions:
-        h.update(r.kind.encode())
-        for ring in r.rings():
-            h.update(np.ascontiguousarray(ring, dtype=np.float64).tobytes())
-    h.update(json.dumps(params.to_dict(), sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def _fmt_list(values: Iterable[float]) -> str:
-    return ", ".join(f"{v:g}" for v in values)
-
-
-def key_figures(stats: dict) -> list[dict[str, Any]]:
-    """The headline numbers of a review, each with its unit and the thresholds behind it.
-
-    Parameters
-    ----------
-    stats : dict
-        :func:`review_statistics` (or :func:`core.spatial.compute_spatial_stats`) output.
-
-    Returns
-    -------
-    list of dict
-        ``{"label", "value" (float, int, str or None), "unit", "note"}``; ``note`` names
-        the definition or threshold (e.g. "within 20 µm of a tumour cell") or why the
-        value is missing. Order: counts, densities per region kind, compartments and
-        their ratio, CT/IM, fractions within r, phenotype.
-    """
-    rows: list[dict[str, Any]] = []
-
-    def add(label, value, unit="", note=""):
-        rows.append({"label": label, "value": value, "unit": unit, "note": note})
-
-    corr = stats.get("corrections") or {}
-    if not stats.get("available", False):
-        counts = stats.get("counts") or {}
-        add("Cells", counts.get("n_cells"), "cells", stats.get("reason", ""))
-        if corr:
-            add("Cells corrected by hand", corr.get("n_corrections"), "cells", _corr_note(corr))
-        return rows
-    c = stats["counts"]
-    p = stats["params"]
-    add("Cells", c["n_cells_used"], "cells",
-        f"{c['n_excluded_by_regions']} in exclusion regions left out" if c["n_excluded_by_regions"] else "all cells of the image")
-    add("Immune cells", c["by_role"]["immune"], "cells", "")
-    add("Tumour cells", c["by_role"]["tumour"], "cells", "")
-    dens = (c.get("density_per_mm2_in_window") or {}).get("immune")
-    win = stats.get("window") or {}
-    add("Immune density, whole image", dens, "cells/mm²",
-        f"study window {win.get('area_mm2', 0):.4f} mm² (image extent minus exclusions)" if win.get("available", True) and "area_mm2" in win else "")
-    by_kind = (stats.get("regions") or {}).get("by_kind") or {}
-    for kind in ("tumour", "stroma", "margin"):
-        k = by_kind.get(kind)
-        if k:
-            label = KIND_LABELS[kind].split(" (")[0]
-            add(f"Immune cells in {label.lower()} regions", k["counts_by_role"]["immune"], "cells",
-                f"{k['n_regions']} region(s), {k['area_mm2']:.4f} mm²")
-            add(f"Immune density in {label.lower()} regions", k["density_per_mm2_by_role"]["immune"], "cells/mm²",
-                f"{k['n_regions']} region(s), {k['area_mm2']:.4f} mm² (exclusions subtracted)")
-    comp = stats.get("compartments") or {}
-    add("Intratumoral immune density", comp.get("intratumoral_immune_density_per_mm2"), "cells/mm²",
-        comp.get("source", ""))
-    add("Stromal immune density", comp.get("stromal_immune_density_per_mm2"), "cells/mm²", comp.get("source", ""))
-    add("Intratumoral / stromal density ratio", comp.get("ratio_intratumoral_to_stromal"), "",
-        "needs both compartments" if comp.get("ratio_intratumoral_to_stromal") is None else "")
-    im = stats.get("invasive_margin") or {}
-    if im.get("available"):
-        h = im["half_width_um"]
-        add("CT immune density", im["ct"]["immune_density_per_mm2"], "cells/mm²",
-            f"tumour centre: inside the tumour, > {h:g} µm from the border ({im['ct']['area_mm2']:.4f} mm²)")
-        add("IM immune density", im["im"]["immune_density_per_mm2"], "cells/mm²",
-            f"invasive margin: within ±{h:g} µm of the border ({im['im']['area_mm2']:.4f} mm²)")
-    else:
-        add("CT immune density", None, "cells/mm²", im.get("reason", "not available"))
-        add("IM immune density", None, "cells/mm²", im.get("reason", "not available"))
-    dist = stats.get("distances") or {}
-    if dist.get("available"):
-        for row in dist["within_radius"]:
-            add(f"Immune cells within {row['radius_um']:g} µm of a tumour cell", row["fraction_immune_within"], "fraction",
-                f"{row['n_immune_within']} of {dist['n_immune']} immune cells (r = {row['radius_um']:g} µm)")
-    else:
-        add(f"Immune cells within r of a tumour cell (r = {_fmt_list(p['radii_um'])} µm)", None, "fraction",
-            dist.get("reason", "not available"))
-    ph = stats.get("phenotype") or {}
-    add("Immune phenotype", ph.get("call"), "", ph.get("rule", "") if ph.get("available") else ph.get("reason", ""))
-    if corr:
-        add("Cells corrected by hand", corr.get("n_corrections"), "cells", _corr_note(corr))
-    return rows
-
-
-def _corr_note(corr: dict) -> str:
-    return f"{corr.get('n_added', 0)} added, {corr.get('n_deleted', 0)} deleted, {corr.get('n_relabelled', 0)} relabelled"
-
-
-def format_figure(value: Any, unit: str) -> str:
-    """A key figure as text: ``"n/a"`` for None, percent for fractions, thousands separators."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    if unit == "fraction":
-        return f"{100 * float(value):.1f} %"
-    if isinstance(value, (int, np.integer)) or unit == "cells":
-        return f"{int(value):,}"
-    v = float(value)
-    if unit == "cells/mm²":
-        return f"{v:,.0f}"
-    return f"{v:.2f}"
-
-
 # ----------------------------------------------------------------------------- display
 
 
@@ -724,7 +394,7 @@ def render_review_image(
     """
     from PIL import Image, ImageDraw
 
-    from core.overlay import hex_to_rgb
+    from core.outputs.figures import hex_to_rgb
 
     img = Image.fromarray(np.ascontiguousarray(shown[..., :3], dtype=np.uint8))
     draw = ImageDraw.Draw(img, "RGBA")

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.errors import InputError
 
-HE_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "he-crc-cell-points"
+HE_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "he-crc-cell-points"
 HE_MPP = 0.55
 #: Class names in channel order, their file stems, and the roles they map to.
 HE_CLASSES = ("epithelial", "inflammatory", "fibroblast", "other")

@@ -1,4 +1,4 @@
-"""Evaluation of the TNRD scenarios on held-out synthetic sections.
+"""Evaluation of the TNRD scenarios on held-out synthetic sections (recipe ``tnrd-synthetic``).
 
 ``python -m core evaluate --scenario tnrd-if-melanoma --synthetic 20 --seed 10000``
 generates ``n`` sections with seeds ``seed, seed + 1, ...`` (never used in training:
@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from core.errors import InputError
-from core.metrics import precision_recall_f1
+from core.evaluation.metrics import precision_recall_f1
 
 #: Stain recipe of each TNRD scenario (core.generator.RECIPES).
 SCENARIO_RECIPE = {"tnrd-if-melanoma": "if-melanoma", "tnrd-he-melanoma": "he-melanoma"}
@@ -90,7 +90,7 @@ def match_cells(pred_xy: np.ndarray, find_xy: np.ndarray, ignore_xy: np.ndarray,
     -------
     dict with ``tp``, ``fp``, ``fn`` (int).
     """
-    from core.metrics import match_points
+    from core.evaluation.metrics import match_points
 
     pred = np.asarray(pred_xy, float).reshape(-1, 2)
     pi, _ = match_points(pred, find_xy, radius_px)
@@ -170,7 +170,7 @@ def evaluate_synthetic(key: str, n: int, seed: int, device: str | None = None, s
     InputError
         If ``key`` is not a TNRD scenario or ``n``/``seed`` are out of range.
     """
-    from core.analysis import analyze, load_model
+    from core.pipeline import analyze, load_model
     from core.generator import generate
     from core.io import ImageData
 
@@ -233,9 +233,9 @@ def real_he_check(model, data_dir, mpp: float = 0.55, radius_um: float = 4.0) ->
 
     import scipy.io as sio
 
-    from core.analysis import analyze
+    from core.pipeline import analyze
     from core.io import load_image
-    from core.metrics import match_points
+    from core.evaluation.metrics import match_points
 
     folders = sorted(p for p in Path(data_dir).iterdir() if (p / f"{p.name}.png").is_file())
     if not folders:
@@ -284,7 +284,7 @@ def real_if_check(model, data_dir, mpp: float = 1.0) -> dict:
 
     import tifffile
 
-    from core.analysis import analyze
+    from core.pipeline import analyze
 
     files = sorted(p for p in Path(data_dir).glob("*.tif"))
     if not files:

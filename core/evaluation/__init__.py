@@ -1,0 +1,115 @@
+"""``python -m core evaluate``: reproduce a model card's metrics on held-out data.
+
+An *evaluation recipe* names how a scenario is measured: the held-out data it reads, the
+matching rule and the metrics it reports. :func:`evaluate` looks up the scenario's recipe
+(:func:`recipe_for`) and runs it from :data:`EVALUATIONS`.
+
+Modules
+-------
+- :mod:`core.evaluation.metrics`: precision, recall, F1 and one-to-one point matching.
+- :mod:`core.evaluation.datasets`, :mod:`core.evaluation.datasets_he`: readers of the real
+  labelled data sets (CD3 IHC patches; H&E nuclei with class points).
+- :mod:`core.evaluation.mosaic`: field images tiled from labelled patches, with known centres.
+- :mod:`core.evaluation.cd3` (``cd3-patches``), :mod:`core.evaluation.he` (``he-points``),
+  :mod:`core.evaluation.tnrd` (``tnrd-synthetic``): one module per recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from core.errors import InputError
+
+#: Evaluation recipe of each scenario key. The scenario registry will carry the recipe name
+#: (one field of each entry); until then the mapping lives here, in this one place.
+SCENARIO_RECIPES = {
+    "cd3-ihc": "cd3-patches",
+    "he-til": "he-points",
+    "tnrd-if-melanoma": "tnrd-synthetic",
+    "tnrd-he-melanoma": "tnrd-synthetic",
+}
+
+
+def recipe_for(key: str) -> str:
+    """The evaluation recipe of scenario ``key``, a key of :data:`EVALUATIONS`.
+
+    Raises
+    ------
+    InputError
+        If no evaluation is defined for the scenario.
+    """
+    try:
+        return SCENARIO_RECIPES[key]
+    except KeyError:
+        raise InputError(f"no evaluation is defined for scenario {key!r} yet") from None
+
+
+def _float32_only(key: str, args: argparse.Namespace) -> None:
+    """Refuse the he-til-only options (``--precision bfloat16``, ``--restained``) for ``key``."""
+    precision = getattr(args, "precision", "float32") or "float32"
+    if precision != "float32" or bool(getattr(args, "restained", False)):
+        raise InputError(f"--precision bfloat16 and --restained are defined for he-til only, not {key!r}")
+
+
+def _cd3_patches(key: str, args: argparse.Namespace) -> dict:
+    from core.evaluation.cd3 import evaluate_cd3
+
+    _float32_only(key, args)
+    return evaluate_cd3(args.split, args.data, args.mosaic, args.device)
+
+
+def _he_points(key: str, args: argparse.Namespace) -> dict:
+    from core.evaluation.he import evaluate_he
+
+    precision = getattr(args, "precision", "float32") or "float32"
+    restained = bool(getattr(args, "restained", False))
+    return evaluate_he(args.split, args.data, getattr(args, "device", None), precision=precision, restained=restained)
+
+
+def _tnrd_synthetic(key: str, args: argparse.Namespace) -> dict:
+    from core.evaluation.tnrd import evaluate_synthetic
+
+    _float32_only(key, args)
+    if not getattr(args, "synthetic", None):
+        raise InputError(f"scenario {key!r} is evaluated on synthetic sections: pass --synthetic N (and --seed S >= 10000)")
+    return evaluate_synthetic(key, args.synthetic, args.seed, getattr(args, "device", None))
+
+
+#: Evaluation recipes: name → function of (scenario key, parsed ``evaluate`` arguments)
+#: returning the JSON-ready metrics.
+EVALUATIONS: dict[str, Callable[[str, argparse.Namespace], dict]] = {
+    "cd3-patches": _cd3_patches,
+    "he-points": _he_points,
+    "tnrd-synthetic": _tnrd_synthetic,
+}
+
+
+def evaluate(key: str, args: argparse.Namespace) -> dict:
+    """Evaluate scenario ``key`` with its recipe (see :func:`core.evaluation.cd3.evaluate_cd3`,
+    :func:`core.evaluation.he.evaluate_he`, :func:`core.evaluation.tnrd.evaluate_synthetic`).
+
+    Parameters
+    ----------
+    key : str
+        A registered scenario key.
+    args : argparse.Namespace
+        The ``python -m core evaluate`` arguments (``split``, ``data``, ``mosaic``,
+        ``synthetic``, ``seed``, ``device``, ``precision``, ``restained``).
+
+    Returns
+    -------
+    dict
+        JSON-ready metrics.
+
+    Raises
+    ------
+    UnknownScenarioError, InputError
+    """
+    from core.scenarios.registry import get_scenario
+
+    get_scenario(key)
+    return EVALUATIONS[recipe_for(key)](key, args)
+
+
+__all__ = ["EVALUATIONS", "SCENARIO_RECIPES", "evaluate", "recipe_for"]

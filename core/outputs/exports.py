@@ -1,0 +1,284 @@
+"""The export files of one analysis: one writer for each, whichever door the analysis came in by.
+
+:func:`build_exports` makes every file as bytes (the CLI writes them with
+:func:`write_exports` through :func:`core.pipeline.write_analysis`; the app stores them with
+:func:`save_result`), so the same result gives the same bytes in both:
+
+- ``cells.csv``: the cell table (:func:`cells_csv`);
+- ``summary.json``: the record's summary with statistics and provenance (:func:`summary_json`);
+- ``overlay.png``: the image with every cell ringed in its class colour, full resolution
+  up to :data:`core.outputs.figures.OVERLAY_MAX_SIDE_PX` on the longest side;
+- ``<name>.png`` for each dense output (:func:`core.outputs.figures.dense_to_image`: 8-bit
+  grey = value x 255 for a probability or a mask; the arg-max in its class colours for
+  class probabilities) and each restored image ((H, W, 3) uint8 as it is);
+- ``cells.geojson`` when the mpp is known (QuPath: cells as detections, regions as annotations);
+- ``report.pdf`` (:func:`core.outputs.report_pdf.build_report_pdf`), which shows the same
+  pictures smaller.
+
+Outputs are rendered by kind (cells, dense, restored), never by scenario or output name.
+Media types follow the file suffix (:func:`media_type`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.cells import CELL_COLUMNS
+from core.errors import TILscopeError
+from core.outputs import records as rec
+from core.outputs.figures import (
+    class_palette,
+    dense_over_image,
+    dense_to_image,
+    downscale,
+    plane_colors,
+    png_bytes,
+    render_overlay,
+)
+from core.outputs.report_pdf import ReportImage, build_report_pdf
+
+__all__ = ["build_exports", "write_exports", "save_result", "summary_json", "cells_csv", "cells_geojson",
+           "media_type", "MEDIA_TYPES", "REPORT_FILES", "REPORT_IMAGE_MAX_SIDE_PX"]
+
+#: Media type by file suffix.
+MEDIA_TYPES = {
+    ".pdf": "application/pdf",
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".geojson": "application/geo+json",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".txt": "text/plain",
+}
+#: Files the CLI writes only with ``--report`` (:func:`core.pipeline.write_analysis`).
+REPORT_FILES = ("report.pdf", "cells.geojson")
+#: Longest side, in pixels, of the pictures inside report.pdf.
+REPORT_IMAGE_MAX_SIDE_PX = 1600
+
+
+def media_type(name: str) -> str:
+    """The media type of an export file from its suffix (``application/octet-stream`` if unknown)."""
+    return MEDIA_TYPES.get(Path(str(name)).suffix.lower(), "application/octet-stream")
+
+
+def build_exports(
+    result: Any,
+    *,
+    spatial: Any = None,
+    regions: Any = None,
+    corrections: Any = None,
+    params: dict | None = None,
+    model_card: dict | None = None,
+    case_label: str | None = None,
+    record: dict | None = None,
+) -> dict[str, bytes]:
+    """All export files of one analysis, as ``{file name: bytes}``.
+
+    Deterministic: the same result (and record) gives byte-identical files; nothing reads
+    the clock (the PDF's creation date is the record's ``created_at``).
+
+    Parameters
+    ----------
+    result : core.results.AnalysisResult
+        The analysis (image, cell table, dense outputs, restored images, run, statistics).
+    spatial, regions, corrections, params, model_card, case_label
+        As for :func:`core.outputs.records.record_from_result`; ``regions`` (a list of
+        :class:`core.spatial.Region` in µm) also go into cells.geojson as annotations.
+    record : dict, optional
+        A record already built (e.g. with the store's ``analysis_id``); built here if absent.
+
+    Returns
+    -------
+    dict of str to bytes
+        In this order: ``cells.csv``, ``summary.json``, ``overlay.png``, one
+        ``<name>.png`` per entry of ``result.dense`` then of ``result.restored``,
+        ``cells.geojson`` (mpp known), ``report.pdf``. Media types: :func:`media_type`.
+
+    Raises
+    ------
+    TILscopeError
+        If an output's name would overwrite another export (e.g. a dense output named "overlay").
+    """
+    if record is None:
+        record = rec.record_from_result(
+            result, spatial=spatial, regions=regions, corrections=corrections, params=params,
+            model_card=model_card, case_label=case_label,
+        )
+    class_colors = dict(result.scenario.class_colors)
+    rgb, mpp, cells = result.image.rgb, result.image.mpp, result.cells
+    files = {
+        "cells.csv": cells_csv(cells),
+        "summary.json": summary_json(record),
+        "overlay.png": png_bytes(render_overlay(rgb, cells, class_colors, mpp)),
+    }
+    small_rgb, scale = downscale(rgb, REPORT_IMAGE_MAX_SIDE_PX)
+    pictures = []
+    for name, out in result.dense.items():
+        _add(files, f"{name}.png", png_bytes(dense_to_image(out, class_colors)))
+        small = replace(out, values=_downscale_values(out.values, small_rgb.shape[:2])) if scale < 1 else out
+        pictures.append(ReportImage(f"{_title(name)} ({out.meaning.replace('_', ' ')})",
+                                    png_bytes(dense_over_image(small_rgb, small, class_colors)),
+                                    _dense_caption(out, class_colors)))
+    descriptions = {o.name: o.description for o in result.scenario.outputs_of("restored")}
+    for name, image in result.restored.items():
+        _add(files, f"{name}.png", png_bytes(image))
+        pictures.append(ReportImage(f"{_title(name)} (restored image)", png_bytes(downscale(image, REPORT_IMAGE_MAX_SIDE_PX)[0]),
+                                    descriptions.get(name, "")))
+    geojson = cells_geojson(result, regions, class_palette(sorted(set(cells["cell_class"].astype(str))), class_colors))
+    if geojson is not None:
+        files["cells.geojson"] = geojson
+    overlay_small = png_bytes(render_overlay(rgb, cells, class_colors, mpp, REPORT_IMAGE_MAX_SIDE_PX))
+    files["report.pdf"] = build_report_pdf(record, overlay_png=overlay_small, images=pictures)
+    return files
+
+
+def _add(files: dict[str, bytes], name: str, data: bytes) -> None:
+    if name in files:
+        raise TILscopeError(f"the output {name!r} would overwrite another export; rename the output in the registry")
+    files[name] = data
+
+
+def _title(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _dense_caption(out: Any, class_colors: dict[str, str]) -> str:
+    if np.ndim(out.values) == 3:
+        legend = ", ".join(f"{k} {c}" for k, c in plane_colors(out, class_colors).items())
+        return f"{out.description}. Each pixel in the colour of its most probable class ({legend}), over the image."
+    return f"{out.description}. Drawn in {out.color} over the image, opacity proportional to the value (0 to 1)."
+
+
+def _downscale_values(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) or (H, W, K) float values area-averaged to ``shape`` (h, w)."""
+    from PIL import Image
+
+    planes = values[..., None] if values.ndim == 2 else values
+    size = (shape[1], shape[0])
+    out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(planes[..., k], dtype=np.float32), mode="F")
+                               .resize(size, Image.Resampling.BOX)) for k in range(planes.shape[-1])], axis=-1)
+    return out[..., 0] if values.ndim == 2 else out
+
+
+def cells_csv(cells: pd.DataFrame) -> bytes:
+    """``cells.csv``: :data:`core.cells.CELL_COLUMNS` first, then the scenario's extra columns, floats to 3 decimals."""
+    columns = list(CELL_COLUMNS) + [c for c in cells.columns if c not in CELL_COLUMNS]
+    return cells.to_csv(index=False, columns=columns, float_format="%.3f").encode("utf-8")
+
+
+def summary_json(record: dict[str, Any]) -> bytes:
+    """``summary.json``: the summary plus spatial statistics, corrections count and provenance."""
+    data = dict(record.get("summary") or {})
+    data["spatial"] = rec.spatial(record) or None
+    data["n_corrections"] = record.get("n_corrections")
+    data["case_label"] = record.get("case_label")
+    data["created_at"] = record.get("created_at") or data.get("created_at")
+    data["app_version"] = record.get("app_version") or data.get("app_version")
+    data["params"] = record.get("params") or {}
+    return json.dumps(data, indent=2, ensure_ascii=False, default=rec.json_default).encode("utf-8")
+
+
+def cells_geojson(result: Any, regions: Any, colors: dict[str, str]) -> bytes | None:
+    """``cells.geojson`` (QuPath): cells as detections with class name and colour, regions as annotations.
+
+    ``None`` without an mpp (QuPath coordinates are pixels, regions are in µm).
+    """
+    from core.spatial.regions import cells_to_geojson
+
+    if not result.image.mpp:
+        return None
+    region_list = None if regions is None or isinstance(regions, (dict, str, bytes)) else list(regions)
+    data = cells_to_geojson(result.cells, colors, result.image.mpp, regions=region_list)
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data, ensure_ascii=False, default=rec.json_default)
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def write_exports(files: dict[str, bytes], out_dir: str | Path) -> list[Path]:
+    """Write ``{name: bytes}`` into ``out_dir`` (created if needed); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in files.items():
+        path = out / Path(name).name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def save_result(
+    result: Any,
+    case_label: str,
+    store: Any = None,
+    *,
+    spatial: Any = None,
+    regions: Any = None,
+    corrections: Any = None,
+    params: dict | None = None,
+    model_card: dict | None = None,
+) -> int:
+    """Save an analysis with all its exports in the case store; return its id.
+
+    The files saved are those of :func:`build_exports`. The numbers are saved first and
+    the files in a second transaction, so the report carries the analysis id and the
+    database's write lock is not held while the PDF is drawn; should drawing fail, the
+    analysis and its numbers are kept.
+
+    Parameters
+    ----------
+    result : core.results.AnalysisResult
+        The finished analysis.
+    case_label : str
+        The case it belongs to (created if new).
+    store : core.outputs.store.CaseStore, optional
+        Default: a store on :func:`core.outputs.store.database_url`.
+    spatial, regions, corrections, params, model_card
+        As for :func:`core.outputs.records.record_from_result`; ``spatial`` defaults to
+        ``result.spatial``.
+
+    Returns
+    -------
+    int
+        The analysis id.
+
+    Raises
+    ------
+    InputError
+        If the case label is empty.
+    StoreError
+        If the database cannot be opened.
+    """
+    from core.outputs.store import CaseStore
+
+    own = store is None
+    store = store or CaseStore()
+    try:
+        record = rec.record_from_result(
+            result, spatial=spatial, regions=regions, corrections=corrections, params=params,
+            model_card=model_card, case_label=case_label,
+        )
+        analysis_id = store.save_analysis(
+            case_label,
+            record["summary"],
+            params=record["params"],
+            spatial=record["spatial"],
+            regions=record["regions"],
+            corrections=record["corrections"],
+            n_corrections=record["n_corrections"],
+            model_card=record["model_card"],
+            app_version=record["app_version"],
+        )
+        record["analysis_id"] = analysis_id
+        record["case_label"] = store.get_analysis(analysis_id)["case_label"]
+        files = build_exports(result, regions=regions, record=record)
+        store.add_files(analysis_id, files)
+        return analysis_id
+    finally:
+        if own:
+            store.close()
