@@ -31,7 +31,7 @@ from core.samples import get_sample  # noqa: E402
 
 def field(side: int) -> np.ndarray:
     """A side x side RGB field tiled from the bundled CD3 mosaic (real IHC texture)."""
-    tile = get_sample("cd3-mosaic").load().pixels
+    tile = get_sample("cd3-mosaic").load().rgb
     reps = (side // tile.shape[0] + 1, side // tile.shape[1] + 1, 1)
     return np.ascontiguousarray(np.tile(tile, reps)[:side, :side])
 

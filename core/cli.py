@@ -47,13 +47,24 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from core.io import load_image
-    from core.pipeline import load_model, run_analysis, write_analysis
+    from core.pipeline import load_model, run_analysis, save_analysis, write_analysis, write_stored
 
     image = load_image(args.image, mpp=args.mpp)
     regions = _read_regions(args.regions, image.mpp)
     model = load_model(args.scenario, args.device, args.precision)
     result = run_analysis(image, args.scenario, model=model, regions=regions)
-    files = write_analysis(result, args.out, report=args.report, case_label=args.case)
+    if args.no_store:
+        files = write_analysis(result, args.out, report=args.report, case_label=args.case or None)
+    else:  # as the app does: saved in the case history, and the stored files written
+        from core.outputs.store import CaseStore
+
+        store = CaseStore()
+        try:
+            analysis_id = save_analysis(result, args.case or "unlabelled", store)
+            files = write_stored(store, analysis_id, args.out, report=args.report)
+        finally:
+            store.close()
+        print(f"saved as analysis {analysis_id} of case {args.case or 'unlabelled'!r} in the case history")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     s = result.summary
@@ -174,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
     a.add_argument("--regions", help="GeoJSON regions (tumour, stroma, exclude, margin) for the statistics")
     a.add_argument("--report", action="store_true", help="also write report.pdf and cells.geojson (the files the app saves)")
-    a.add_argument("--case", default="", help="case label printed on the report")
+    a.add_argument("--case", default="", help="case the analysis is saved under in the case history (default 'unlabelled')")
+    a.add_argument("--no-store", action="store_true",
+                   help="do not save the analysis in the case history ($TILSCOPE_DATA_DIR or $TILSCOPE_DATABASE_URL)")
     a.set_defaults(func=_cmd_analyze)
 
     c = sub.add_parser("classify-patches", help="classify single-cell patches; prints CSV path,probability,label")

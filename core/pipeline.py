@@ -3,7 +3,8 @@
 - :func:`run_analysis`: load (or take) the model, analyse the image, compute the spatial
   statistics → :class:`~core.results.AnalysisResult`.
 - :func:`save_analysis`: the result with all its exports into the case store.
-- :func:`write_analysis`: the result's export files into a folder.
+- :func:`write_analysis`: the result's export files into a folder, or :func:`write_stored`:
+  the files the case store keeps for a saved analysis (what the app downloads).
 
 Every output file has one writer (:func:`core.outputs.exports.build_exports`), so the same
 image and settings give the same files whichever door they came in by (apart from the
@@ -28,7 +29,7 @@ from core.scenarios.registry import get_scenario, runner_class
 from core.tiling import Progress
 
 __all__ = ["load_model", "analyze", "spatial_statistics", "run_analysis", "save_analysis", "write_analysis",
-           "check_input", "device_name", "fast_mode"]
+           "write_stored", "check_input", "device_name", "fast_mode"]
 
 
 def load_model(key: str, device: str | None = None, precision: str = "float32") -> ScenarioModel:
@@ -214,6 +215,31 @@ def write_analysis(result: AnalysisResult, out_dir: str | Path, *, report: bool 
     files = build_exports(result, case_label=case_label)
     if not report:
         files = {k: v for k, v in files.items() if k not in REPORT_FILES}
+    return {p.name: p for p in write_exports(files, out_dir)}
+
+
+def write_stored(store, analysis_id: int, out_dir: str | Path, *, report: bool = False) -> dict[str, Path]:
+    """Write the files the case store keeps for an analysis (what the app downloads) into ``out_dir``.
+
+    Parameters
+    ----------
+    store : core.outputs.store.CaseStore
+    analysis_id : int
+    report : bool
+        Also ``report.pdf`` and ``cells.geojson``.
+
+    Returns
+    -------
+    dict of file name to Path written
+
+    Raises
+    ------
+    StoreError
+    """
+    from core.outputs.exports import REPORT_FILES, write_exports
+
+    names = sorted(f["name"] for f in store.get_analysis(analysis_id)["files"])
+    files = {n: store.get_file(analysis_id, n) for n in names if report or n not in REPORT_FILES}
     return {p.name: p for p in write_exports(files, out_dir)}
 
 

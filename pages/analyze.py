@@ -12,7 +12,9 @@ from core.model_card import markdown_path, render_markdown
 from core.pipeline import check_input, device_name, fast_mode, run_analysis, save_analysis
 from core.samples import list_samples
 from core.scenarios.registry import get_scenario, list_scenarios
-from core.outputs.key_figures import key_figure_rows as spatial_headline
+from core.outputs.exports import build_exports, media_type
+from core.outputs.figures import dense_over_image
+from core.outputs.key_figures import key_figure_rows
 from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
 from pages._resources import cached_model, case_store
@@ -157,7 +159,7 @@ if result is not None:
     for name, dense in result.dense.items():  # probability maps, masks, class maps
         with st.expander(f"{name.replace('_', ' ').capitalize()} map: {dense.description}",
                          expanded=dense.meaning == "mask"):
-            st.image(dense_overlay(result, dense), width="stretch",
+            st.image(dense_over_image(result.image.rgb, dense, sc.class_colors), width="stretch",
                      caption=f"{dense.description}, over the image (full colour = 1)")
     labels = sc.class_labels
     visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
@@ -173,7 +175,7 @@ if result is not None:
     st.dataframe(counts, hide_index=True)
     with st.expander(f"Cell table ({len(result.cells)} rows)"):
         st.dataframe(result.cells, hide_index=True)
-    headline = spatial_headline(s.get("spatial"))
+    headline = key_figure_rows(s.get("spatial"))
     if headline:
         st.markdown("**Spatial statistics** (whole image; draw regions on the Review page)")
         st.dataframe(headline, hide_index=True)

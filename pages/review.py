@@ -13,12 +13,11 @@ from PIL import Image
 
 from core import review as rv
 from core.errors import InputError, TILscopeError
-from core.outputs.figures import hex_to_rgb
 from core.outputs.plots import density_heatmap, distance_figure, region_density_figure, ripley_figure
-from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regions_geojson, regions_to_geojson
 from core.review import CorrectionLog
 from core.scenarios.registry import get_scenario
 from core.spatial import SpatialParams, cell_spatial_table
+from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, read_regions_geojson, regions_to_geojson
 from pages._resources import case_store
 from pages._router import through_app_router
 
@@ -257,7 +256,6 @@ def show_plots(stats, cells, shown, frame, result, params: SpatialParams) -> Non
 
 
 def save_review(result, stats: dict, params: SpatialParams) -> None:
-    from core.outputs.exports import MEDIA_TYPES as EXPORT_MEDIA_TYPES
     from core.outputs.exports import build_exports, save_result
 
     regions = st.session_state["regions"]
@@ -276,7 +274,7 @@ def save_review(result, stats: dict, params: SpatialParams) -> None:
                     summary=reviewed.summary,
                 )
                 files = build_exports(reviewed, regions=regions or None, record=store.get_record(saved["id"]))
-                store.add_files(saved["id"], files, EXPORT_MEDIA_TYPES)
+                store.add_files(saved["id"], files)
             st.success(f"Review saved in analysis #{saved['id']}: {len(regions)} region(s), "
                        f"{log_.n_corrections} cell(s) corrected by hand.")
         return
@@ -312,7 +310,7 @@ def main(result) -> None:
     frame = rv.display_frame(result.image.shape, max_width_px=1000, max_height_px=720)
     shown_key = (key, frame)
     if st.session_state.get("review_shown_key") != shown_key:
-        st.session_state["review_shown"] = rv.downscale(result.image.pixels, frame)
+        st.session_state["review_shown"] = rv.downscale(result.image.rgb, frame)
         st.session_state["review_shown_key"] = shown_key
     shown = st.session_state["review_shown"]
     cells = rv.reviewed_cells(result, log_)

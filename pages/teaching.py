@@ -12,7 +12,8 @@ from core.evaluation.tnrd import SCENARIO_RECIPE, recipe_for, score_section
 from core.generator import generate
 from core.io import ImageData
 from core.scenarios.registry import SCENARIOS, get_scenario
-from core.scenarios.tnrd import mask_overlay
+from core.outputs.figures import dense_over_image
+from core.results import DenseOutput
 from pages._resources import cached_model
 from pages._router import through_app_router
 
@@ -87,8 +88,9 @@ if state and state["key"] == key:
     right.image(result.restored["denoised"], caption="Prediction: denoised image", width="stretch")
     left, mid, right = st.columns(3)
     left.image(section.mask, clamp=True, caption="Ground-truth mask (1 classified, 0.5 borderline)", width="stretch")
-    mid.image(mask_overlay(clean_u8, section.mask, color), caption="Ground truth over the clean image", width="stretch")
-    right.image(mask_overlay(result.restored["denoised"], result.dense["mask"].values, color), caption="Predicted mask over the denoised image",
+    truth = DenseOutput("mask", "mask", "ground-truth mask", section.mask.astype("float32"), color=color)
+    mid.image(dense_over_image(clean_u8, truth), caption="Ground truth over the clean image", width="stretch")
+    right.image(dense_over_image(result.restored["denoised"], result.dense["mask"]), caption="Predicted mask over the denoised image",
                 width="stretch")
     with st.expander("How the ground truth is made"):
         st.markdown(

@@ -19,6 +19,13 @@ import pytest
 from core.evaluation.datasets import CD3_DATA_DIR
 
 
+@pytest.fixture(autouse=True)
+def _own_case_store(tmp_path_factory, monkeypatch):
+    """Every test gets its own case store folder: nothing is written into the checkout's ./data."""
+    monkeypatch.delenv("TILSCOPE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(tmp_path_factory.mktemp("case-store")))
+
+
 @pytest.fixture(scope="session")
 def cd3_table():
     """The CD3 patch table with its split (../shared/data beside the checkout; a missing set fails the test)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import CaseStore
+from core.outputs.store import CaseStore
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = str(REPO / "pages" / "cases.py")
@@ -75,6 +75,8 @@ def test_cases_page_lists_opens_and_searches(two_analyses):
     assert not at.exception
     assert f"#{a} · B-2024-0113 · first.tif" in at.subheader[0].value
     assert any(m.label == "Cells" and m.value == "40" for m in at.metric)
+    figures = [d.value for d in at.dataframe if "measure" in d.value.columns]  # as on the report and the board
+    assert figures and figures[0].set_index("measure").loc["cd3-positive density", "value"] == "400 cells/mm²"
     at.text_input[0].input("second").run()
     assert len(at.selectbox[0].options) == 1 and "C-7" in at.selectbox[0].options[0]
 
@@ -103,7 +105,8 @@ def test_tumour_board_compares_and_exports(two_analyses):
     assert not at.exception and not at.error
     assert at.multiselect[0].value == [a, b]
     table = at.dataframe[0].value  # key figures first
-    assert list(table.loc["count: cd3-positive"]) == ["40", "90"]
+    assert list(table.loc["cd3-positive cells"]) == ["40", "90"]
+    assert list(table.loc["cd3-positive density"]) == ["400 cells/mm²", "900 cells/mm²"]
     assert "spatial: immune_phenotype" not in table.index
     at.toggle[0].set_value(True).run()  # "Every statistic"
     table = at.dataframe[0].value

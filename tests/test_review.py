@@ -17,7 +17,8 @@ from core.cells import make_cell_table
 from core.errors import InputError
 from core.io import ImageData
 from core.spatial.regions import Region, regions_to_geojson
-from core.results import AnalysisResult
+from core.results import AnalysisResult, RunInfo
+from core.scenarios.registry import get_scenario
 from core.review import CorrectionLog
 from core.spatial import SpatialParams
 
@@ -38,14 +39,9 @@ def small_result(mpp: float = 0.5, created: str = "2026-01-01T00:00:00+00:00") -
         ],
         ignore_index=True,
     )
-    area_mm2 = 200 * 300 * mpp**2 / 1e6
-    summary = {
-        "scenario": "cd3-ihc", "image": {"name": "tiny.png", "sha256": "ab" * 32, "width_px": 300, "height_px": 200},
-        "mpp": mpp, "area_mm2": area_mm2, "n_cells": 14, "counts": {"cd3-positive": 10, "tumour-cell": 4},
-        "density_per_mm2": {"cd3-positive": 10 / area_mm2, "tumour-cell": 4 / area_mm2}, "created_at": created,
-        "runtime_s": 0.1, "device": "cpu", "warnings": [],
-    }
-    return AnalysisResult("cd3-ihc", ImageData(pixels, mpp, "tiny.png", "ab" * 32, "user"), cells, summary)
+    run = RunInfo("cd3-ihc", "CD3", "w.safetensors", "0" * 64, "1", False, "cpu", "float32", 0.1, "test", "test",
+                  created_at=created)
+    return AnalysisResult(ImageData(pixels, mpp, "tiny.png", "ab" * 32, "user"), cells, run, get_scenario("cd3-ihc"))
 
 
 # ----------------------------------------------------------------------------- canvas → regions
@@ -231,7 +227,7 @@ def test_statistics_change_with_regions_and_corrections():
 def test_render_review_image_draws_markers_and_regions():
     res = small_result()
     frame = rv.display_frame(res.image.shape, 150, 100)
-    shown = rv.downscale(res.image.pixels, frame)
+    shown = rv.downscale(res.image.rgb, frame)
     assert shown.shape == (100, 150, 3)
     tumour = Region("Tumour 1", "tumour", [[0, 50], [150, 50], [150, 100], [0, 100]])
     out = rv.render_review_image(shown, frame, rv.reviewed_cells(res, None), {"cd3-positive": "#ff0000"}, [tumour], 0.5,

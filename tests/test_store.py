@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from core import store as store_mod
 from core.errors import InputError
-from core.store import CaseStore, StoreError
+from core.outputs import store as store_mod
+from core.outputs.store import CaseStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,7 +258,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {repo!r})
-    from core.store import CaseStore
+    from core.outputs.store import CaseStore
     store = CaseStore({url!r})  # both writers also race to create and migrate the schema
     for i in range({n}):
         store.save_analysis(

@@ -2,7 +2,7 @@
 
 An *evaluation recipe* names how a scenario is measured: the held-out data it reads, the
 matching rule and the metrics it reports. :func:`evaluate` looks up the scenario's recipe
-(:func:`recipe_for`) and runs it from :data:`EVALUATIONS`.
+(the registry entry's ``evaluation``, :func:`recipe_for`) and runs it from :data:`EVALUATIONS`.
 
 Modules
 -------
@@ -20,29 +20,22 @@ import argparse
 from typing import Callable
 
 from core.errors import InputError
-
-#: Evaluation recipe of each scenario key. The scenario registry will carry the recipe name
-#: (one field of each entry); until then the mapping lives here, in this one place.
-SCENARIO_RECIPES = {
-    "cd3-ihc": "cd3-patches",
-    "he-til": "he-points",
-    "tnrd-if-melanoma": "tnrd-synthetic",
-    "tnrd-he-melanoma": "tnrd-synthetic",
-}
-
+from core.scenarios.registry import get_scenario
 
 def recipe_for(key: str) -> str:
-    """The evaluation recipe of scenario ``key``, a key of :data:`EVALUATIONS`.
+    """The evaluation recipe of scenario ``key`` (its registry entry's ``evaluation``), a key of :data:`EVALUATIONS`.
 
     Raises
     ------
+    UnknownScenarioError
+        If ``key`` is not registered.
     InputError
-        If no evaluation is defined for the scenario.
+        If no evaluation is defined for the scenario's recipe.
     """
-    try:
-        return SCENARIO_RECIPES[key]
-    except KeyError:
-        raise InputError(f"no evaluation is defined for scenario {key!r} yet") from None
+    recipe = get_scenario(key).evaluation
+    if recipe not in EVALUATIONS:
+        raise InputError(f"no evaluation is defined for scenario {key!r} yet")
+    return recipe
 
 
 def _float32_only(key: str, args: argparse.Namespace) -> None:
@@ -106,10 +99,7 @@ def evaluate(key: str, args: argparse.Namespace) -> dict:
     ------
     UnknownScenarioError, InputError
     """
-    from core.scenarios.registry import get_scenario
-
-    get_scenario(key)
     return EVALUATIONS[recipe_for(key)](key, args)
 
 
-__all__ = ["EVALUATIONS", "SCENARIO_RECIPES", "evaluate", "recipe_for"]
+__all__ = ["EVALUATIONS", "evaluate", "recipe_for"]

@@ -21,11 +21,11 @@ def evaluate_cd3(split: str = "validation", data: str | None = None, mosaic: boo
     patches (:func:`core.evaluation.mosaic.build_mosaic`, seeds :data:`CD3_MOSAIC_SEEDS`), a
     detection matching a positive centre within :data:`CD3_MATCH_RADIUS_UM`.
     """
-    from core.pipeline import analyze, load_model
     from core.evaluation.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
     from core.evaluation.metrics import binary_metrics, detection_metrics
     from core.evaluation.mosaic import build_mosaic
     from core.io import ImageData
+    from core.pipeline import analyze, load_model
 
     table = cd3_patch_table(data or CD3_DATA_DIR)
     part = table[table.split == split]

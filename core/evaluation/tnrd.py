@@ -170,9 +170,9 @@ def evaluate_synthetic(key: str, n: int, seed: int, device: str | None = None, s
     InputError
         If ``key`` is not a TNRD scenario or ``n``/``seed`` are out of range.
     """
-    from core.pipeline import analyze, load_model
     from core.generator import generate
     from core.io import ImageData
+    from core.pipeline import analyze, load_model
 
     recipe = recipe or recipe_for(key)
     shape = shape or EVAL_SHAPE
@@ -187,7 +187,7 @@ def evaluate_synthetic(key: str, n: int, seed: int, device: str | None = None, s
         sec = generate(recipe, shape, s)
         image = ImageData(sec.noisy_uint8, model.scenario.input_mpp, f"synthetic-{recipe.key}-{s}", "", "user")
         result = analyze(image, key, model=model)
-        row = score_section(key, sec, result.cells, result.denoised, result.masks["mask"], model.min_area_px)
+        row = score_section(key, sec, result.cells, result.restored["denoised"], result.dense["mask"].values, model.min_area_px)
         for k in tot:
             tot[k] += row[k]
         rows.append({"seed": s, **row})
@@ -233,9 +233,9 @@ def real_he_check(model, data_dir, mpp: float = 0.55, radius_um: float = 4.0) ->
 
     import scipy.io as sio
 
-    from core.pipeline import analyze
-    from core.io import load_image
     from core.evaluation.metrics import match_points
+    from core.io import load_image
+    from core.pipeline import analyze
 
     folders = sorted(p for p in Path(data_dir).iterdir() if (p / f"{p.name}.png").is_file())
     if not folders:

@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    p = argparse.ArgumentParser(description="Synthetic tissue generator utilities")
+    p = argparse.ArgumentParser(prog="python -m core.generator", description="Synthetic tissue generator utilities")
     p.add_argument("--estimate-he", nargs="?", const=str(Path(__file__).resolve().parents[3] / "shared/data/he-crc-cell-points/train"),
                    help="estimate H&E colours from he-crc-cell-points/train")
     p.add_argument("--sample", help="write a sample section: RECIPE:SEED:OUT.png")

@@ -41,30 +41,16 @@ from core.outputs.figures import (
     png_bytes,
     render_overlay,
 )
+from core.outputs.media import MEDIA_TYPES, media_type
 from core.outputs.report_pdf import ReportImage, build_report_pdf
 
 __all__ = ["build_exports", "write_exports", "save_result", "summary_json", "cells_csv", "cells_geojson",
            "media_type", "MEDIA_TYPES", "REPORT_FILES", "REPORT_IMAGE_MAX_SIDE_PX"]
 
-#: Media type by file suffix.
-MEDIA_TYPES = {
-    ".pdf": "application/pdf",
-    ".csv": "text/csv",
-    ".json": "application/json",
-    ".geojson": "application/geo+json",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".txt": "text/plain",
-}
 #: Files the CLI writes only with ``--report`` (:func:`core.pipeline.write_analysis`).
 REPORT_FILES = ("report.pdf", "cells.geojson")
 #: Longest side, in pixels, of the pictures inside report.pdf.
 REPORT_IMAGE_MAX_SIDE_PX = 1600
-
-
-def media_type(name: str) -> str:
-    """The media type of an export file from its suffix (``application/octet-stream`` if unknown)."""
-    return MEDIA_TYPES.get(Path(str(name)).suffix.lower(), "application/octet-stream")
 
 
 def build_exports(
@@ -105,6 +91,8 @@ def build_exports(
     TILscopeError
         If an output's name would overwrite another export (e.g. a dense output named "overlay").
     """
+    if regions is None:
+        regions = result.regions or None
     if record is None:
         record = rec.record_from_result(
             result, spatial=spatial, regions=regions, corrections=corrections, params=params,
@@ -259,6 +247,8 @@ def save_result(
     own = store is None
     store = store or CaseStore()
     try:
+        if regions is None:
+            regions = result.regions or None
         record = rec.record_from_result(
             result, spatial=spatial, regions=regions, corrections=corrections, params=params,
             model_card=model_card, case_label=case_label,

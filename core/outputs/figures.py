@@ -128,13 +128,16 @@ def render_overlay(
     dy, dx = _ring_offsets(radius, thickness)
     classes = cells["cell_class"].astype(str)
     colors = class_palette(sorted(set(classes) - set(class_colors)), None) | dict(class_colors)
+    step = max(1, 4_000_000 // len(dy))  # cells per batch: about 4 million ring pixels at a time
     for cls in dict.fromkeys(classes):
         sel = (classes == cls).to_numpy()
-        y = np.rint(cells["y_px"].to_numpy(dtype=float)[sel] * scale).astype(np.int64)
-        x = np.rint(cells["x_px"].to_numpy(dtype=float)[sel] * scale).astype(np.int64)
-        yy, xx = (y[:, None] + dy[None, :]).ravel(), (x[:, None] + dx[None, :]).ravel()
-        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        out[yy[ok], xx[ok]] = hex_to_rgb(colors[cls])
+        y_all = np.rint(cells["y_px"].to_numpy(dtype=float)[sel] * scale).astype(np.int64)
+        x_all = np.rint(cells["x_px"].to_numpy(dtype=float)[sel] * scale).astype(np.int64)
+        for start in range(0, len(y_all), step):
+            y, x = y_all[start:start + step], x_all[start:start + step]
+            yy, xx = (y[:, None] + dy[None, :]).ravel(), (x[:, None] + dx[None, :]).ravel()
+            ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            out[yy[ok], xx[ok]] = hex_to_rgb(colors[cls])
     return out
 
 

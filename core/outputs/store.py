@@ -36,8 +36,8 @@ from sqlalchemy.orm import Session, selectinload
 import core
 from core.errors import InputError
 from core.outputs import records as rec
-from core.outputs.exports import media_type
-from core.outputs.store_schema import (  # noqa: F401  (SCHEMA_VERSION, MIGRATIONS, current_schema_version: the store's API)
+from core.outputs.media import media_type
+from core.outputs.store_schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     SQLITE_BUSY_TIMEOUT_S,
@@ -51,6 +51,9 @@ from core.outputs.store_schema import (  # noqa: F401  (SCHEMA_VERSION, MIGRATIO
     current_schema_version,
     migrate,
 )
+
+__all__ = ["CaseStore", "StoreError", "DB_FILENAME", "SQLITE_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "MIGRATIONS",
+           "current_schema_version", "migrate", "create_engine", "database_url", "data_dir", "repo_root"]
 
 #: Default SQLite file name inside the data folder.
 DB_FILENAME = "tilscope.sqlite3"

@@ -9,7 +9,7 @@ from notebooks):
   ``streamlit-drawable-canvas`` returns (``Rect``, ``Polygon``, ``Path`` from the polygon
   and freehand tools, ``Circle`` from the point tool) into vertices in canvas pixels,
   applying each object's position, origin, scale and rotation the way fabric.js does.
-* :func:`canvas_objects_to_regions` turns drawn shapes into :class:`core.regions.Region`
+* :func:`canvas_objects_to_regions` turns drawn shapes into :class:`core.spatial.regions.Region`
   polygons in µm; :func:`canvas_click_points` turns point-tool clicks into image pixels.
 * :func:`downscale` and :func:`render_review_image` make the canvas background: the image
   at canvas size with the regions and cell markers drawn on it.
@@ -284,7 +284,7 @@ def canvas_objects_to_regions(
     mpp : float > 0
         Microns per pixel of the analysed image.
     kind : str
-        One of :data:`core.regions.REGION_KINDS`, given to every new region.
+        One of :data:`core.spatial.regions.REGION_KINDS`, given to every new region.
     existing : iterable of Region
         Regions already there, so new names continue their numbering ("Tumour 3").
 

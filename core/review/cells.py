@@ -13,7 +13,6 @@ Coordinates: image pixels are (x, y) with x = column, origin at the top-left cor
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from typing import Any, Iterable
@@ -21,7 +20,6 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from core.cells import ROLES
 from core.errors import InputError
 from core.results import AnalysisResult
 from core.review.corrections import CorrectionLog
@@ -125,48 +123,33 @@ def correction_classes(scenario_classes: Iterable[Any]) -> list[dict[str, str]]:
 
 
 def reviewed_summary(result: AnalysisResult, cells: pd.DataFrame, log: CorrectionLog | None) -> dict:
-    """``result.summary`` with counts and densities of the corrected cells.
+    """``result.summary`` with the counts and densities of the corrected ``cells``.
 
     Returns
     -------
     dict
-        A copy of the summary: ``n_cells``, ``counts``, ``counts_by_role``,
-        ``density_per_mm2`` and ``density_by_role_per_mm2`` recomputed from ``cells``;
-        ``review`` = the correction log's summary plus ``detected_n_cells`` (before
-        correction).
+        The summary of :func:`reviewed_result`: ``n_cells``, ``counts``, ``counts_by_role``,
+        ``density_per_mm2`` and ``density_by_role_per_mm2`` of ``cells``; ``review`` = the
+        correction log's summary plus ``detected_n_cells`` (before correction).
     """
-    s = json.loads(json.dumps(result.summary, default=_json_default))
-    counts = dict.fromkeys(s.get("counts") or {}, 0)
-    for k, v in cells["cell_class"].astype(str).value_counts().items():
-        counts[str(k)] = int(v)
-    roles = {r: int((cells["role"] == r).sum()) for r in ROLES}
-    area = s.get("area_mm2")
-    s["n_cells"] = int(len(cells))
-    s["counts"] = counts
-    s["counts_by_role"] = roles
-    if area:
-        s["density_per_mm2"] = {k: v / area for k, v in counts.items()}
-        s["density_by_role_per_mm2"] = {k: v / area for k, v in roles.items()}
-    s["review"] = {**(log or CorrectionLog()).summary(), "detected_n_cells": int(len(result.cells))}
-    return s
+    return replace(result, cells=cells, review=_review(result, log)).summary
 
 
-def reviewed_result(result: AnalysisResult, log: CorrectionLog | None, spatial: dict | None = None) -> AnalysisResult:
-    """A copy of ``result`` whose cells and summary carry the manual corrections.
+def reviewed_result(result: AnalysisResult, log: CorrectionLog | None, spatial: Any = None) -> AnalysisResult:
+    """A copy of ``result`` whose cells carry the manual corrections and whose ``review`` says which.
 
-    ``spatial``, when given, is stored as ``summary["spatial"]`` (what reports read).
-    The image and masks are shared with ``result``, not copied.
+    ``spatial`` (a :class:`core.spatial.SpatialStats` or its dict), when given, becomes the
+    result's statistics (what reports read). The image and dense outputs are shared with
+    ``result``, not copied.
     """
+    from core.spatial import SpatialStats
+
     cells = reviewed_cells(result, log)
-    summary = reviewed_summary(result, cells, log)
-    if spatial is not None:
-        summary["spatial"] = spatial
-    return replace(result, cells=cells, summary=summary)
+    if isinstance(spatial, dict):
+        spatial = SpatialStats.from_dict(spatial)
+    return replace(result, cells=cells, review=_review(result, log),
+                   spatial=result.spatial if spatial is None else spatial)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def _review(result: AnalysisResult, log: CorrectionLog | None) -> dict:
+    return {**(log or CorrectionLog()).summary(), "detected_n_cells": int(len(result.cells))}

@@ -17,13 +17,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from core.spatial.regions import Region
 from core.outputs.key_figures import format_figure as outputs_format_figure
 from core.outputs.key_figures import key_figures as select_key_figures
 from core.results import AnalysisResult
 from core.review.cells import reviewed_cells
 from core.review.corrections import CorrectionLog
 from core.spatial import SpatialParams, compute_spatial_stats
+from core.spatial.regions import Region
 
 
 def review_key(result: AnalysisResult) -> str:

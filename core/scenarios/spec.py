@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cells import ROLES  # noqa: F401  (re-exported: the roles a CellClass may take)
 from core.errors import WeightsError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent.parent / "weights"
@@ -29,7 +28,7 @@ DENSE_MEANINGS = ("probability", "class_probabilities", "mask")
 
 @dataclass(frozen=True)
 class CellClass:
-    """One output class: ``name`` (the table's cell_class), ``role`` (:data:`ROLES`), hex ``color``, display ``label``."""
+    """One output class: ``name`` (the table's cell_class), ``role`` (one of :data:`core.cells.ROLES`), hex ``color``, display ``label``."""
 
     name: str
     role: str

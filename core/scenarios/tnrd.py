@@ -151,33 +151,3 @@ def stack_with_mask_noise(rgb: np.ndarray) -> np.ndarray:
     gen = torch.Generator().manual_seed(MASK_SEED)
     noise = torch.rand((h, w), generator=gen).numpy()[..., None]
     return np.concatenate([rgb.astype(np.float32), noise.astype(np.float32)], axis=2)
-
-
-def mask_overlay(rgb: np.ndarray, mask: np.ndarray, color: str = "#ffd400", alpha: float = 0.55) -> np.ndarray:
-    """The classification mask drawn over an image, for display.
-
-    Parameters
-    ----------
-    rgb : (H, W, 3) uint8 RGB
-    mask : (H, W) float in [0, 1]
-        Blended in proportion to its value (0.5 cells show half as strongly).
-    color : hex colour, e.g. the class colour from the registry
-    alpha : float in [0, 1]
-        Opacity where the mask is 1.
-
-    Returns
-    -------
-    (H, W, 3) uint8 RGB
-
-    Raises
-    ------
-    InputError
-        If the shapes differ.
-    """
-    rgb = np.asarray(rgb)
-    mask = np.asarray(mask, np.float32)
-    if rgb.shape[:2] != mask.shape:
-        raise InputError(f"mask is {mask.shape[1]} x {mask.shape[0]} px but the image is {rgb.shape[1]} x {rgb.shape[0]} px")
-    c = np.array([int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)], np.float32)
-    a = (alpha * np.clip(mask, 0, 1))[..., None]
-    return np.clip(rgb.astype(np.float32) * (1 - a) + c * a + 0.5, 0, 255).astype(np.uint8)

@@ -65,8 +65,8 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
     stages = [*(earlier or []), train]
     multi = len(stages) > 1
     from core.evaluation.he import PAPER_RESULTS
-    from core.scenarios.weights import sha256_file
     from core.scenarios.he_til import PostprocessParams
+    from core.scenarios.weights import sha256_file
 
     pp = PostprocessParams(threshold=train["threshold"])
     if "class_window_um" in train:
