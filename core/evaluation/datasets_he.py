@@ -43,12 +43,18 @@ class HEImage:
     points_xy : (N, 2) float64 x, y in pixels: every annotated nucleus
     labels : (N,) int64
         Class index into :data:`HE_CLASSES` per nucleus, ``-1`` where it has none.
+    source : str
+        Which data set it comes from (:data:`core.evaluation.he_sources.HE_SOURCES`).
+    annotated : tuple of int
+        Class indices its source annotates (the loss leaves the others out).
     """
 
     name: str
     pixels: np.ndarray
     points_xy: np.ndarray
     labels: np.ndarray
+    source: str = "crc"
+    annotated: tuple[int, ...] = (0, 1, 2, 3)
 
 
 def _load_points(path: Path) -> np.ndarray:
