@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="he-til: numeric precision of inference")
     e.add_argument("--restained", action="store_true",
                    help="he-til: also score the split re-stained at fixed haematoxylin/eosin strengths (staining of other laboratories)")
+    e.add_argument("--dataset", help="he-til: score one H&E source within 3 µm (crc, brca-m2c, consep) or all; default: the CRC model-card evaluation")
     e.set_defaults(func=_cmd_evaluate)
     return p
 

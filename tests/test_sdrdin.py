@@ -542,3 +542,46 @@ def test_bfloat16_analysis_is_recorded_and_close_to_float32():
     fast = analyze(image, "he-til", model=load_model("he-til", "cpu", "bfloat16"))
     assert full.summary["inference_precision"] == "float32" and fast.summary["inference_precision"] == "bfloat16"
     assert abs(len(fast.cells) - len(full.cells)) <= 0.05 * len(full.cells) + 2
+
+
+# --- three sources (core/training/he_sources.py) ------------------------------------------------
+
+
+def _image(name, source, annotated, n=12, side=200, seed=0):
+    from core.evaluation.datasets_he import HEImage
+
+    rng = np.random.default_rng(seed)
+    return HEImage(name, rng.integers(0, 255, (side, side, 3), dtype=np.uint8), rng.uniform(10, side - 10, (n, 2)),
+                   rng.integers(0, len(annotated), n).astype(np.int64), source, annotated)
+
+
+def test_multi_source_sampler_draws_sources_evenly_and_says_what_each_annotates():
+    from core.training.he_sources import MultiSourceSampler
+
+    by_source = {"crc": [_image(f"c{i}", "crc", (0, 1, 2, 3), seed=i) for i in range(8)],
+                 "brca-m2c": [_image("b0", "brca-m2c", (0, 1, 2), seed=9)]}
+    sampler = MultiSourceSampler(by_source, 4.0, 64, torch.Generator().manual_seed(0), scale_jitter=0.15,
+                                 blur_share=0.5, jpeg_share=0.5)
+    seen, shapes = [], set()
+    for _ in range(40):
+        x, ct, dt, allowed = sampler.batch(4)
+        shapes.add((tuple(x.shape), tuple(ct.shape), tuple(dt.shape), tuple(allowed.shape)))
+        seen += [bool(a[3]) for a in allowed]  # "other" is annotated by crc only
+        assert x.min() >= 0 and x.max() <= 1 and set(torch.unique(dt).tolist()) <= {0.0, 1.0}
+    assert shapes == {((4, 3, 64, 64), (4, 64, 64), (4, 64, 64), (4, 5))}
+    share_brca = 1 - np.mean(seen)
+    assert 0.35 < share_brca < 0.65  # one BRCA image against eight CRC images, yet half the crops
+
+
+def test_unannotated_classes_leave_the_softmax():
+    from core.training.he_sources import mask_unannotated
+    from core.training.sdrdin import pixel_weighted_cross_entropy
+
+    logits = torch.zeros(2, 5, 4, 4, requires_grad=True)
+    allowed = torch.tensor([[True] * 5, [True, True, True, False, True]])
+    masked = mask_unannotated(logits, allowed)
+    p = torch.softmax(masked, 1)
+    assert torch.allclose(p[0, :, 0, 0], torch.full((5,), 0.2)) and p[1, 3].max() < 1e-6
+    target = torch.full((2, 4, 4), 1, dtype=torch.long)
+    pixel_weighted_cross_entropy(masked, target).backward()
+    assert logits.grad[1, 3].abs().max() == 0 and logits.grad[0, 3].abs().max() > 0

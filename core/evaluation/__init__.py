@@ -10,7 +10,8 @@ Modules
 - :mod:`core.evaluation.datasets`, :mod:`core.evaluation.datasets_he`: readers of the real
   labelled data sets (CD3 IHC patches; H&E nuclei with class points).
 - :mod:`core.evaluation.mosaic`: field images tiled from labelled patches, with known centres.
-- :mod:`core.evaluation.cd3` (``cd3-patches``), :mod:`core.evaluation.he` (``he-points``),
+- :mod:`core.evaluation.cd3` (``cd3-patches``), :mod:`core.evaluation.he` (``he-points``; with
+  ``--dataset``, :mod:`core.evaluation.he_sources_eval`, per H&E source),
   :mod:`core.evaluation.tnrd` (``tnrd-synthetic``): one module per recipe.
 """
 
@@ -39,10 +40,15 @@ def recipe_for(key: str) -> str:
 
 
 def _float32_only(key: str, args: argparse.Namespace) -> None:
-    """Refuse the he-til-only options (``--precision bfloat16``, ``--restained``) for ``key``."""
+    """Refuse the he-til-only options (``--precision bfloat16``, ``--restained``, ``--dataset``) for ``key``."""
     precision = getattr(args, "precision", "float32") or "float32"
     if precision != "float32" or bool(getattr(args, "restained", False)):
         raise InputError(f"--precision bfloat16 and --restained are defined for he-til only, not {key!r}")
+    if getattr(args, "dataset", None):
+        from core.evaluation.he_sources import HE_SOURCES
+
+        raise InputError(f"--dataset (an H&E source: {', '.join(HE_SOURCES)} or all) is defined for he-til only, "
+                         f"not {key!r}; leave it out (use --data for another data folder)")
 
 
 def _cd3_patches(key: str, args: argparse.Namespace) -> dict:
@@ -57,6 +63,13 @@ def _he_points(key: str, args: argparse.Namespace) -> dict:
 
     precision = getattr(args, "precision", "float32") or "float32"
     restained = bool(getattr(args, "restained", False))
+    dataset = getattr(args, "dataset", None)
+    if dataset:  # per-source evaluation; without --dataset the CRC output of the model card, unchanged
+        from core.evaluation.he_sources_eval import evaluate_he_dataset
+
+        if restained:
+            raise InputError("--restained is defined on the CRC evaluation only: leave out --dataset or --restained")
+        return evaluate_he_dataset(dataset, args.split, args.data, getattr(args, "device", None), precision=precision)
     return evaluate_he(args.split, args.data, getattr(args, "device", None), precision=precision, restained=restained)
 
 
@@ -88,7 +101,7 @@ def evaluate(key: str, args: argparse.Namespace) -> dict:
         A registered scenario key.
     args : argparse.Namespace
         The ``python -m core evaluate`` arguments (``split``, ``data``, ``mosaic``,
-        ``synthetic``, ``seed``, ``device``, ``precision``, ``restained``).
+        ``synthetic``, ``seed``, ``device``, ``precision``, ``restained``, ``dataset``).
 
     Returns
     -------
