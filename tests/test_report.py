@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import functools
 import shutil
 import subprocess
 
@@ -23,10 +24,15 @@ from core.outputs.key_figures import format_figure, key_figure_rows, key_figures
 from core.results import AnalysisResult, DenseOutput, RunInfo
 from core.scenarios.registry import get_scenario
 
-needs_poppler = pytest.mark.skipif(
-    shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None,
-    reason="poppler-utils (pdftotext, pdftoppm) is not installed: apt-get install -y poppler-utils",
-)
+def needs_poppler(test):
+    """The test reads PDFs with poppler-utils, which ``make test`` installs; missing, the test fails."""
+
+    def wrapper(*args, **kwargs):
+        if shutil.which("pdftotext") is None or shutil.which("pdftoppm") is None:
+            pytest.fail("poppler-utils (pdftotext, pdftoppm) is not installed: make test installs it")
+        return test(*args, **kwargs)
+
+    return functools.wraps(test)(wrapper)
 
 IMAGE_SHA = hashlib.sha256(b"image").hexdigest()
 WEIGHTS_SHA = hashlib.sha256(b"weights").hexdigest()

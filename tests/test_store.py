@@ -68,11 +68,11 @@ def pg_server():
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("PostgreSQL driver psycopg (3) is not installed: pip install 'psycopg[binary]'")
+        pytest.fail("PostgreSQL driver psycopg (3) is not installed: pip install -r requirements.txt")
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     initdb = bins[-1] if bins else shutil.which("initdb")
     if not initdb:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install -y postgresql")
+        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: make test installs postgresql")
     pg_ctl = str(Path(initdb).with_name("pg_ctl"))
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot start PostgreSQL as a non-root user")
