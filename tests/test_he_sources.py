@@ -214,3 +214,16 @@ def test_he_til_refuses_an_unknown_dataset_and_restained_with_dataset(capsys):
     assert "choose one of crc, brca-m2c, consep or all" in capsys.readouterr().err
     assert main(["evaluate", "--scenario", "he-til", "--dataset", "crc", "--restained"]) == 2
     assert "--restained" in capsys.readouterr().err
+
+
+def test_the_per_source_evaluation_reproduces_the_model_card():
+    """Every per-source figure in the he-til card comes out of `evaluate --dataset all` with the shipped weights."""
+    import json
+
+    from core.evaluation.he_sources_eval import evaluate_he_dataset
+    from core.scenarios.registry import get_scenario
+
+    card = get_scenario("he-til").card()
+    out = json.loads(json.dumps(evaluate_he_dataset("all", "validation", device="cpu")))
+    assert out["sources"] == card["metrics"]["validation_by_source"]
+    assert out["mean_over_sources"] == card["metrics"]["validation_mean_over_sources"]

@@ -234,13 +234,20 @@ def tune_scores(runner, images, thresholds, radius_px: float, class_window_um: f
     return rows
 
 
-def make_runner(net, mean, std, threshold: float = 0.5, variant: str = "s-drdin", base: int = 16):
-    """An :class:`HETILModel` around an in-memory network (for tuning during training)."""
+def make_runner(net, mean, std, threshold: float = 0.5, variant: str = "s-drdin", base: int = 16,
+                class_window_um: float | None = None):
+    """An :class:`HETILModel` around an in-memory network (for tuning during training).
+
+    ``class_window_um``: the eq. 3 square (default the paper's 21.56 µm); a warm start scores
+    with the window its ``--init`` weights were tuned with.
+    """
     from core.scenarios.he_til import HETILModel
     from core.scenarios.registry import get_scenario
 
     scenario = get_scenario("he-til")
     meta = metadata(mean, std, threshold, variant, base)
+    if class_window_um is not None:
+        meta["class_window_um"] = str(class_window_um)
     runner = HETILModel(scenario, torch.device("cpu"), net.state_dict(), meta)
     return runner
 
@@ -286,7 +293,9 @@ def train(args: argparse.Namespace) -> dict:
             meta = fh.metadata()
         mean = np.asarray(json.loads(meta["normalization_mean"]), np.float32)
         std = np.asarray(json.loads(meta["normalization_std"]), np.float32)
+        window = float(meta["class_window_um"]) if "class_window_um" in meta else None
     else:
+        window = None
         allpix = torch.stack([p.reshape(3, -1) for p in sampler.pixels], 0).permute(1, 0, 2).reshape(3, -1)
         mean, std = allpix.mean(1).numpy(), allpix.std(1).numpy()
     m = torch.as_tensor(mean).view(1, 3, 1, 1)
@@ -303,7 +312,8 @@ def train(args: argparse.Namespace) -> dict:
     init_score = None
     if multi:  # the acceptance rule compares the stage with its --init weights on the same tune splits
         net.eval()
-        init_rows = hs.score_sources(make_runner(net, mean, std, 0.5, args.variant, args.base), tune_by, sweep_thresholds)
+        init_rows = hs.score_sources(make_runner(net, mean, std, 0.5, args.variant, args.base, window), tune_by,
+                                     sweep_thresholds)
         init_score = max(init_rows, key=lambda r: r["score"])
         print(json.dumps({"init_tune": init_score}), flush=True)
     budget = args.minutes * 60.0
@@ -338,7 +348,7 @@ def train(args: argparse.Namespace) -> dict:
         if time.time() - t0 >= next_eval or last:
             next_eval += args.eval_minutes * 60.0
             net.eval()
-            runner = make_runner(net, mean, std, 0.5, args.variant, args.base)
+            runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
             if multi:
                 top = max(hs.score_sources(runner, tune_by, args.eval_thresholds), key=lambda r: r["score"])
                 score = top["score"]
@@ -360,7 +370,7 @@ def train(args: argparse.Namespace) -> dict:
     train_time = time.time() - t0
     net.load_state_dict(best["state"], strict=True)
     net.eval()
-    runner = make_runner(net, mean, std, 0.5, args.variant, args.base)
+    runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
     if multi:
         sweep = hs.score_sources(runner, tune_by, sweep_thresholds)
         chosen = max(sweep, key=lambda r: (r["score"], -abs(r["threshold"] - 0.5)))
