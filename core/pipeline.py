@@ -21,10 +21,10 @@ import torch
 
 from core import __version__
 from core.allocator import tune_allocator
-from core.errors import InputError
 from core.io import ImageData
 from core.results import AnalysisResult, DenseOutput, RunInfo
-from core.scenarios.base import ScenarioModel, check_colour, pick_device
+from core.scenarios.base import ScenarioModel, pick_device
+from core.scenarios.base import check_input as check_scenario_input
 from core.scenarios.registry import get_scenario, runner_class
 from core.tiling import Progress
 
@@ -55,16 +55,7 @@ def check_input(image: ImageData, key: str) -> None:
     ------
     UnknownScenarioError, InputError
     """
-    scenario = get_scenario(key)
-    if scenario.input.is_rgb:
-        check_colour(image, scenario)
-    else:
-        missing = [c for c in scenario.input.channels if c not in image.channel_names]
-        if missing:
-            raise InputError(
-                f"{image.name}: the {key} model reads the channels {', '.join(scenario.input.channels)}; the image has "
-                f"{', '.join(image.channel_names)}: export the image with those channels"
-            )
+    check_scenario_input(image, get_scenario(key))
 
 
 def analyze(

@@ -273,15 +273,9 @@ class ScenarioModel(ABC):
             stack for an RGB scenario, or a greyscale image for one that reads colours).
         """
         spec = self.scenario.input
+        check_input(image, self.scenario)
         if spec.is_rgb:
-            check_colour(image, self.scenario)
             return image.rgb
-        missing = [c for c in spec.channels if c not in image.channel_names]
-        if missing:
-            raise InputError(
-                f"{image.name}: the {self.scenario.key} model reads the channels {', '.join(spec.channels)}; "
-                f"the image has {', '.join(image.channel_names)}: export the image with those channels"
-            )
         idx = [image.channel_names.index(c) for c in spec.channels]
         return np.ascontiguousarray(image.data[..., idx])
 
@@ -374,6 +368,26 @@ class ScenarioModel(ABC):
         restored = {k: np.clip(resize_map(v, (h, w)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
                     for k, v in pred.restored.items()}
         return ScenarioOutput(cells, dense, restored, notes + pred.notes)
+
+
+def check_input(image: ImageData, scenario: Scenario) -> None:
+    """Refuse an image the scenario cannot read: no colour for a colour scenario, or missing named channels.
+
+    Raises
+    ------
+    InputError
+        See :func:`check_colour`; or, for a scenario that reads named channels, when the
+        image lacks one of them.
+    """
+    spec = scenario.input
+    if spec.is_rgb:
+        check_colour(image, scenario)
+        return
+    if any(c not in image.channel_names for c in spec.channels):
+        raise InputError(
+            f"{image.name}: the {scenario.key} model reads the channels {', '.join(spec.channels)}; "
+            f"the image has {', '.join(image.channel_names)}: export the image with those channels"
+        )
 
 
 def check_colour(image: ImageData, scenario: Scenario) -> None:

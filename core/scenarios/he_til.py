@@ -260,6 +260,4 @@ class HETILModel(ScenarioModel):
         """
         xy, cols, det = detect_in_blocks(lambda w: self.postprocess_window(self.infer_window(w), params), pixels,
                                          self.tile_px, self.margin_px, progress=progress)
-        if not cols:
-            cols = {"class_index": np.zeros(0, np.int64), "probability": np.zeros(0), "detection_probability": np.zeros(0)}
         return xy, cols["class_index"], cols["probability"], cols["detection_probability"], det
