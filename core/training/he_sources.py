@@ -16,10 +16,14 @@
   F1 and immune (inflammatory) F1 within 3 µm; the score of a checkpoint is the mean over
   sources of detection F1 + immune F1 at the threshold that maximises it. The rule that
   accepts a stage (written before its scores are seen): its final score beats the score of
-  the ``--init`` weights on the same tune splits.
+  the ``--init`` weights (and of ``--baseline``, each scored with its own class window) on the
+  same tune splits, and with ``--guard-sources`` no guarded source's detection F1 + immune F1
+  falls below theirs.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import torch
@@ -56,6 +60,7 @@ class MultiSourceSampler(CropSampler):
     ----------
     by_source : dict of source → list of HEImage (each at least ``crop_px * 1.15`` px a side)
     radius_px, crop_px, gen, jitter, stain_jitter : as :class:`CropSampler`
+    source_weights : relative share of crops per source, in ``by_source`` order (None = equal)
     scale_jitter : float
         Crops of ``crop_px / s`` px resized to ``crop_px``, s ~ U(1 - scale_jitter, 1 + scale_jitter), one s per batch.
     blur_share, jpeg_share : float
@@ -64,7 +69,7 @@ class MultiSourceSampler(CropSampler):
 
     def __init__(self, by_source: dict, radius_px: float, crop_px: int, gen: torch.Generator, jitter: float = 0.06,
                  stain_jitter: float = 0.0, scale_jitter: float = 0.15, blur_share: float = 0.25,
-                 jpeg_share: float = 0.25):
+                 jpeg_share: float = 0.25, source_weights: list[float] | None = None):
         images = [im for ims in by_source.values() for im in ims]
         super().__init__(images, radius_px, crop_px, gen, jitter, stain_jitter)
         self.sources = list(by_source)
@@ -77,13 +82,17 @@ class MultiSourceSampler(CropSampler):
             row[list(im.annotated)] = True
             row[-1] = True  # background is always annotated
             self.allowed.append(row)
+        w = np.ones(len(self.sources)) if source_weights is None else np.asarray(source_weights, np.float64)
+        if w.shape != (len(self.sources),) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"--source-weights needs {len(self.sources)} non-negative numbers (one per source), got {source_weights}")
+        self.source_p = torch.as_tensor(w / w.sum(), dtype=torch.float64)
         self.scale_jitter, self.blur_share, self.jpeg_share = scale_jitter, blur_share, jpeg_share
         self._size = crop_px
         self._last = []
 
     def _corner(self) -> tuple[int, int, int]:
         g, c = self.gen, self._size
-        s = self.sources[int(torch.randint(len(self.sources), (1,), generator=g))]
+        s = self.sources[int(torch.multinomial(self.source_p, 1, generator=g))]
         idx = self.index_of[s]
         i = idx[int(torch.randint(len(idx), (1,), generator=g))]
         h, w = self.pixels[i].shape[1:]
@@ -185,3 +194,34 @@ def score_sources(runner, tune: dict[str, list], thresholds, maps: dict | None =
         score = float(np.mean([v["detection_f1"] + v["immune_f1"] for v in by_source.values()]))
         rows.append({"threshold": round(float(thr), 3), "score": round(score, 4), "by_source": by_source})
     return rows
+
+
+def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
+    """Best-threshold :func:`score_sources` row of a weights file, with its own normalisation and class window.
+
+    Parameters
+    ----------
+    weights : path of an S-DRDIN ``.safetensors`` with the metadata written by training
+    tune : source → tune images (:func:`tune_images`)
+    thresholds : detection thresholds tried
+
+    Returns
+    -------
+    dict, as one row of :func:`score_sources`
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from core.nets.sdrdin import SDRDIN
+    from core.training.sdrdin import make_runner
+
+    with safe_open(weights, framework="pt") as fh:
+        meta = fh.metadata()
+    net = SDRDIN(len(HE_CLASSES), meta["variant"], int(meta["base_features"]))
+    net.load_state_dict(load_file(weights), strict=True)
+    net.eval()
+    window = float(meta["class_window_um"]) if "class_window_um" in meta else None
+    runner = make_runner(net, np.asarray(json.loads(meta["normalization_mean"]), np.float32),
+                         np.asarray(json.loads(meta["normalization_std"]), np.float32), 0.5, meta["variant"],
+                         int(meta["base_features"]), window)
+    return max(score_sources(runner, tune, thresholds), key=lambda r: r["score"])

@@ -280,7 +280,7 @@ def train(args: argparse.Namespace) -> dict:
         fit = [im for ims in fit_by.values() for im in ims]
         tune = [im for ims in tune_by.values() for im in ims]
         sampler = hs.MultiSourceSampler(fit_by, radius_px, args.crop, gen, args.jitter, args.stain_jitter,
-                                        args.scale_jitter, args.blur_share, args.jpeg_share)
+                                        args.scale_jitter, args.blur_share, args.jpeg_share, args.source_weights)
     else:
         fit = read_he_split("fit", args.data)
         tune = read_he_split("tune", args.data)
@@ -298,6 +298,8 @@ def train(args: argparse.Namespace) -> dict:
         window = None
         allpix = torch.stack([p.reshape(3, -1) for p in sampler.pixels], 0).permute(1, 0, 2).reshape(3, -1)
         mean, std = allpix.mean(1).numpy(), allpix.std(1).numpy()
+    if args.class_window_um is not None:
+        window = float(args.class_window_um)
     m = torch.as_tensor(mean).view(1, 3, 1, 1)
     s = torch.as_tensor(std).view(1, 3, 1, 1)
     net = SDRDIN(len(HE_CLASSES), args.variant, args.base)
@@ -316,6 +318,9 @@ def train(args: argparse.Namespace) -> dict:
                                      sweep_thresholds)
         init_score = max(init_rows, key=lambda r: r["score"])
         print(json.dumps({"init_tune": init_score}), flush=True)
+        if args.baseline:  # the stage must beat these weights (e.g. the shipped version), scored with their own window
+            init_score = max(init_score, hs.baseline_score(args.baseline, tune_by, sweep_thresholds), key=lambda r: r["score"])
+            print(json.dumps({"baseline_tune": init_score}), flush=True)
     budget = args.minutes * 60.0
     history, best = [], {"score": -1.0}
     t0 = time.time()
@@ -381,8 +386,10 @@ def train(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out),
-              metadata=metadata(mean, std, chosen["threshold"], args.variant, args.base))
+    meta_out = metadata(mean, std, chosen["threshold"], args.variant, args.base)
+    if window is not None:
+        meta_out["class_window_um"] = str(window)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out), metadata=meta_out)
     result = {
         "variant": args.variant, "base_features": args.base,
         "parameters": int(sum(p.numel() for p in net.parameters())),
@@ -396,11 +403,16 @@ def train(args: argparse.Namespace) -> dict:
         "threads": args.threads, "train_time_s": round(train_time, 1),
         "fit_images": [im.name for im in fit] if multi else [p.name for p in he_folders("fit", args.data)],
         "tune_images": [im.name for im in tune] if multi else [p.name for p in he_folders("tune", args.data)],
-        **({"sources": list(args.sources), "scale_jitter": args.scale_jitter, "blur_share": args.blur_share,
-            "jpeg_share": args.jpeg_share, "tune_radius_um": hs.TUNE_RADIUS_UM,
+        **({"sources": list(args.sources), "source_weights": args.source_weights, "scale_jitter": args.scale_jitter,
+            "blur_share": args.blur_share, "jpeg_share": args.jpeg_share, "tune_radius_um": hs.TUNE_RADIUS_UM,
+            "class_window_um": window, "baseline": args.baseline,
             "acceptance_rule": ("accepted when the mean over sources of detection F1 + immune F1 within 3 µm on the "
-                                "tune splits, at the best threshold, beats that of the --init weights"),
-            "init_tune": init_score, "accepted": bool(init_score is None or chosen["score"] > init_score["score"])}
+                                "tune splits, at the best threshold, beats that of the --init weights and of the "
+                                "--baseline weights (each scored with its own class window)"),
+            "guard_sources": args.guard_sources, "init_tune": init_score,
+            "accepted": bool(init_score is None or (chosen["score"] > init_score["score"] and all(
+                sum(chosen["by_source"][g].values()) >= sum(init_score["by_source"][g].values())
+                for g in args.guard_sources or [])))}
            if multi else {}),
         "n_fit_nuclei": int(sum(len(im.points_xy) for im in fit)),
         "threshold": chosen["threshold"], "tune_at_threshold": chosen, "tune_sweep": sweep,
@@ -489,6 +501,15 @@ def main(argv=None) -> int:
     t.add_argument("--scale-jitter", type=float, default=0.15, help="with --sources: scale jitter around the mpp (0.15 = ±15 %%)")
     t.add_argument("--blur-share", type=float, default=0.25, help="with --sources: share of crops blurred")
     t.add_argument("--jpeg-share", type=float, default=0.25, help="with --sources: share of crops JPEG-compressed")
+    t.add_argument("--source-weights", type=float, nargs="+", default=None,
+                   help="with --sources: relative share of crops drawn from each source, in --sources order (default equal)")
+    t.add_argument("--class-window-um", type=float, default=None,
+                   help="eq. 3 class window used for scoring and saved with the weights (default: --init's, else the paper's 21.56 µm)")
+    t.add_argument("--guard-sources", nargs="+", choices=["crc", "brca-m2c", "consep"], default=None,
+                   help="with --sources: the stage is accepted only if on each of these sources detection F1 + immune F1 "
+                        "on the tune split is not below the --baseline's (or --init's)")
+    t.add_argument("--baseline", default=None,
+                   help="with --sources: weights (e.g. the shipped version) that the stage must also beat on the tune splits")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", required=True)
