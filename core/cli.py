@@ -52,8 +52,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     image = load_image(args.image, mpp=args.mpp)
     regions = _read_regions(args.regions, image.mpp)
     model = load_model(args.scenario, args.device, args.precision)
-    result = run_analysis(image, args.scenario, model=model, regions=regions)
-    if args.no_store:
+    result = run_analysis(image, args.scenario, model=model, regions=regions,
+                          outside_validated_use=args.outside_validated_use,
+                          antigen_confirmed=True if args.confirm_antigen else None)
+    if args.no_store or result.scenario.trained_on_synthetic:
+        if not args.no_store:
+            print(f"not saved in the case history: the {result.scenario.title} model was trained on synthetic images "
+                  "only (teaching and method development); the files are written below", file=sys.stderr)
         files = write_analysis(result, args.out, report=args.report, case_label=args.case or None)
     else:  # as the app does: saved in the case history, and the stored files written
         from core.outputs.store import CaseStore
@@ -67,6 +72,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"saved as analysis {analysis_id} of case {args.case or 'unlabelled'!r} in the case history")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for w in result.outside_validated_use:
+        print(f"OUTSIDE THE VALIDATED USE: {w}", file=sys.stderr)
     s = result.summary
     density = s["density_per_mm2"]
     counts = ", ".join(
@@ -184,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
     a.add_argument("--regions", help="GeoJSON regions (tumour, stroma, exclude, margin) for the statistics")
+    a.add_argument("--outside-validated-use", action="store_true",
+                   help="run even when the image fails a fitness check (stain, magnification, tissue); the result is "
+                        "marked as outside the validated use in every output")
+    a.add_argument("--confirm-antigen", action="store_true",
+                   help="the slide is stained for the antibody the scenario counts (e.g. CD3 for cd3-ihc)")
     a.add_argument("--report", action="store_true", help="also write report.pdf and cells.geojson (the files the app saves)")
     a.add_argument("--case", default="", help="case the analysis is saved under in the case history (default 'unlabelled')")
     a.add_argument("--no-store", action="store_true",

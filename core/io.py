@@ -304,9 +304,14 @@ def _read_pil(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, bool
                 return np.asarray(im), im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise ImageReadError(
-            f"{name}: not a readable image ({type(err).__name__}); upload a PNG, JPEG or TIFF file"
+            f"{name}: the image is larger than the {max_pixels / 1e6:.0f} megapixels accepted; crop a region of "
+            "interest or downsample it"
+        ) from err
+    except UnidentifiedImageError as err:
+        raise ImageReadError(
+            f"{name}: this file is not an image TILscope can read; upload a PNG, JPEG, BMP or TIFF / OME-TIFF file"
         ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{name}: the image data is damaged or truncated ({err}); export it again") from err

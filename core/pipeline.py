@@ -21,6 +21,8 @@ import torch
 
 from core import __version__
 from core.allocator import tune_allocator
+from core.errors import InputError
+from core.fitness import OutsideValidatedUse, outside_use_message
 from core.io import ImageData
 from core.results import AnalysisResult, DenseOutput, RunInfo
 from core.scenarios.base import ScenarioModel, pick_device
@@ -29,7 +31,7 @@ from core.scenarios.registry import get_scenario, runner_class
 from core.tiling import Progress
 
 __all__ = ["load_model", "analyze", "spatial_statistics", "run_analysis", "save_analysis", "write_analysis",
-           "write_stored", "check_input", "device_name", "fast_mode"]
+           "write_stored", "check_input", "assess_fitness", "previous_runs", "device_name", "fast_mode"]
 
 
 def load_model(key: str, device: str | None = None, precision: str = "float32") -> ScenarioModel:
@@ -153,39 +155,115 @@ def run_analysis(
     regions=None,
     progress: Progress | None = None,
     seed: int = 0,
+    outside_validated_use: bool = False,
+    antigen_confirmed: bool | None = None,
 ) -> AnalysisResult:
-    """Analyse an image and compute its spatial statistics: what every door runs.
+    """Check the image against the scenario's validated use, analyse it, compute its statistics.
 
-    Parameters are those of :func:`analyze`; ``regions`` (µm) are kept on the result and
-    used by the statistics; ``seed`` seeds their Monte-Carlo envelopes.
+    What every door runs. Parameters are those of :func:`analyze`; ``regions`` (µm) are
+    kept on the result and used by the statistics; ``seed`` seeds their Monte-Carlo
+    envelopes. The fitness checks (:func:`core.fitness.assess`: stain, magnification,
+    tissue, focus) come first: a mismatch stops the run unless ``outside_validated_use``,
+    in which case the result carries the reasons (shown and exported everywhere).
+    ``antigen_confirmed``: the user confirmed the antibody of a one-antigen scenario (True),
+    denied it (False), or was not asked (None, the command line: a warning says so).
 
     Returns
     -------
-    AnalysisResult with ``spatial`` set
+    AnalysisResult with ``spatial``, ``tissue`` and ``outside_validated_use`` set
 
     Raises
     ------
+    core.fitness.OutsideValidatedUse
+        The image fails a fitness check and ``outside_validated_use`` is False.
     UnknownScenarioError, WeightsError, InputError
     """
+    check_input(image, key)  # what the model cannot read at all comes first, with its own message
+    fitness = assess_fitness(image, key, antigen_confirmed)
+    if fitness.problems and not outside_validated_use:
+        raise OutsideValidatedUse(outside_use_message(get_scenario(key), fitness.problems), fitness.problems)
     result = analyze(image, key, model=model, device=device, progress=progress, precision=precision)
+    result.tissue = fitness.tissue
+    result.outside_validated_use = list(fitness.problems)
+    result.warnings.extend(fitness.notes)
     if regions:
         result.regions = list(regions)
     result.spatial = spatial_statistics(result, seed=seed)
     return result
 
 
+def assess_fitness(image: ImageData, key: str, antigen_confirmed: bool | None = None):
+    """The fitness checks of ``image`` for scenario ``key`` (:func:`core.fitness.assess`), before any model runs.
+
+    Returns
+    -------
+    core.fitness.FitnessReport: ``problems`` stop a run unless overridden, ``notes`` are warnings
+
+    Raises
+    ------
+    UnknownScenarioError
+    """
+    from core.fitness import assess
+
+    return assess(image, get_scenario(key), antigen_confirmed)
+
+
 def save_analysis(result: AnalysisResult, case_label: str, store=None, **kwargs) -> int:
     """Save ``result`` with all its exports in the case store; return the analysis id.
 
     See :func:`core.outputs.exports.save_result` for ``store`` and the keyword arguments.
+    A model trained on synthetic images only is for teaching and method development: its
+    results are never saved as case analyses.
 
     Raises
     ------
-    InputError, StoreError
+    InputError
+        The scenario was trained on synthetic images only.
+    StoreError
     """
     from core.outputs.exports import save_result
 
+    if result.scenario.trained_on_synthetic:
+        raise InputError(
+            f"The {result.scenario.title} model was trained on synthetic images only: its results are for teaching "
+            "and method development and are not saved as case analyses. Download the files instead, or analyse "
+            "the image with a validated scenario."
+        )
+
     return save_result(result, case_label, store, **kwargs)
+
+
+def previous_runs(store, case_label: str, result: AnalysisResult) -> list[int]:
+    """Saved analyses of the same image, scenario and settings in the same case (to ask before saving a copy).
+
+    Settings compared: the weights (SHA-256), the mpp and the inference precision.
+
+    Parameters
+    ----------
+    store : core.outputs.store.CaseStore
+    case_label : str
+    result : AnalysisResult, not yet saved
+
+    Returns
+    -------
+    list of int, analysis ids, newest first (empty when none)
+
+    Raises
+    ------
+    StoreError
+    """
+    label = (case_label or "").strip() or "unlabelled"
+    s = result.summary
+    same = []
+    for row in store.list_analyses(search=result.image.sha256 or None, limit=100):
+        if row["case_label"] != label or row["image_sha256"] != result.image.sha256 or row["scenario_key"] != result.scenario_key:
+            continue
+        saved = store.get_analysis(row["id"])
+        ss = saved.get("detected_summary") or saved["summary"]
+        if (saved.get("weights_sha256") in (None, s["weights_sha256"]) and ss.get("mpp") == s["mpp"]
+                and ss.get("inference_precision", "float32") == s["inference_precision"]):
+            same.append(row["id"])
+    return same
 
 
 def write_analysis(result: AnalysisResult, out_dir: str | Path, *, report: bool = False,

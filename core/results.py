@@ -96,6 +96,12 @@ class AnalysisResult:
         Spatial statistics, once computed.
     review : dict or None
         The manual review's summary (corrections made), once reviewed.
+    outside_validated_use : list of str
+        Why the image is outside what the model was validated for, when a user ran it
+        anyway (:mod:`core.fitness`); empty within the validated use.
+    tissue : core.fitness.TissueMask or None
+        Tissue of the image (glass excluded), the denominator of every density; computed
+        from the image on first use when not given (:attr:`tissue_mask`).
     """
 
     image: ImageData
@@ -108,18 +114,34 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     spatial: Any = None
     review: dict | None = None
+    outside_validated_use: list[str] = field(default_factory=list)
+    tissue: Any = None
 
     @property
     def scenario_key(self) -> str:
         return self.run.scenario_key
 
     @property
-    def area_mm2(self) -> float | None:
-        """Analysed area (the whole image) in mm², None without an mpp."""
+    def tissue_mask(self):
+        """The image's :class:`core.fitness.TissueMask` (computed once from the image)."""
+        if self.tissue is None:
+            from core.fitness import tissue_mask
+
+            self.tissue = tissue_mask(self.image)
+        return self.tissue
+
+    @property
+    def image_area_mm2(self) -> float | None:
+        """Area of the whole image in mm², None without an mpp."""
         if self.image.mpp is None:
             return None
         h, w = self.image.shape
         return h * w * self.image.mpp**2 / 1e6
+
+    @property
+    def area_mm2(self) -> float | None:
+        """Analysed area in mm²: the tissue of the image (glass excluded), None without an mpp."""
+        return self.tissue_mask.area_mm2(self.image.mpp)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -129,7 +151,10 @@ class AnalysisResult:
         ``weights_version``, ``trained_on_synthetic``, ``image`` (name, sha256, width_px,
         height_px, channels), ``mpp``, ``mpp_source``, ``analysed_area``, ``area_mm2``,
         ``n_cells``, ``counts``, ``counts_by_role``, ``density_per_mm2`` and
-        ``density_by_role_per_mm2`` (cells/mm², None without mpp), ``runtime_s``, ``device``,
+        ``density_by_role_per_mm2`` (cells/mm² of tissue, None without mpp),
+        ``density_ci95_per_mm2`` (exact Poisson 95 % interval per class), ``image_area_mm2``,
+        ``tissue_area_mm2`` (= ``area_mm2``, the densities' denominator), ``tissue_fraction``,
+        ``outside_validated_use`` (reasons, empty within it), ``runtime_s``, ``device``,
         ``inference_precision``, ``torch``, ``app_version``, ``python``, ``created_at``,
         ``warnings``, and when present ``spatial`` and ``review``.
         """
@@ -151,13 +176,17 @@ class AnalysisResult:
                       "channels": list(self.image.channel_names)},
             "mpp": self.image.mpp,
             "mpp_source": self.image.mpp_source,
-            "analysed_area": "whole image",
+            "analysed_area": "tissue: " + self.tissue_mask.method,
             "area_mm2": area_mm2,
+            "image_area_mm2": self.image_area_mm2,
+            "tissue_area_mm2": area_mm2,
+            "tissue_fraction": round(self.tissue_mask.fraction, 4),
             "n_cells": int(len(cells)),
             "counts": counts,
             "counts_by_role": roles,
             "density_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in counts.items()},
             "density_by_role_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in roles.items()},
+            "density_ci95_per_mm2": None if not area_mm2 else {k: poisson_ci_per_mm2(v, area_mm2) for k, v in counts.items()},
             "runtime_s": round(run.runtime_s, 3),
             "device": run.device,
             "inference_precision": run.precision,
@@ -166,9 +195,35 @@ class AnalysisResult:
             "python": run.python_version,
             "created_at": run.created_at,
             "warnings": list(self.warnings),
+            "outside_validated_use": list(self.outside_validated_use),
         }
         if self.spatial is not None:
             out["spatial"] = self.spatial.to_dict()
         if self.review is not None:
             out["review"] = self.review
         return out
+
+
+def poisson_ci_per_mm2(count: int, area_mm2: float, level: float = 0.95) -> list[float]:
+    """Exact (Garwood) Poisson interval of a density.
+
+    Parameters
+    ----------
+    count : int >= 0, cells counted
+    area_mm2 : float > 0, area they were counted in
+    level : float in (0, 1)
+
+    Returns
+    -------
+    [low, high] in cells/mm²
+
+    References
+    ----------
+    Garwood, Fiducial limits for the Poisson distribution, Biometrika 1936.
+    """
+    from scipy.stats import chi2
+
+    a = 1.0 - level
+    low = 0.0 if count == 0 else chi2.ppf(a / 2, 2 * count) / 2
+    high = chi2.ppf(1 - a / 2, 2 * count + 2) / 2
+    return [float(low) / area_mm2, float(high) / area_mm2]

@@ -9,7 +9,8 @@ import streamlit as st
 from core.errors import TILscopeError
 from core.io import PLAUSIBLE_MPP_RANGE, load_image
 from core.model_card import markdown_path, render_markdown
-from core.pipeline import check_input, device_name, fast_mode, run_analysis, save_analysis
+from core.fitness import STAIN_LABELS
+from core.pipeline import assess_fitness, check_input, device_name, fast_mode, previous_runs, run_analysis, save_analysis
 from core.samples import list_samples
 from core.scenarios.registry import get_scenario, list_scenarios
 from core.outputs.exports import build_exports, media_type
@@ -24,17 +25,40 @@ through_app_router()
 
 log = logging.getLogger("tilscope.analyze")
 
+#: Where the pixel size came from, in words.
+MPP_SOURCES = {"ome": "from the OME-TIFF metadata", "tiff-resolution": "from the TIFF resolution tags",
+               "imagej-resolution": "from the ImageJ calibration", "tiff-description": "from the scanner's description",
+               "user": "entered by you", "sample": "given with the sample"}
+
+
+def fitness_of(image, key: str):
+    """The fitness checks of this image, model and pixel size, computed once per combination."""
+    cache = st.session_state.setdefault("fitness_cache", {})
+    k = (image.sha256, image.name, image.mpp, key)
+    if k not in cache:
+        cache.clear()
+        cache[k] = assess_fitness(image, key)
+    return cache[k]
+
+
+def saved_by() -> dict:
+    """The user the analysis is saved under (when the page knows one)."""
+    user = st.session_state.get("user_name")
+    return {"created_by": user} if user else {}
+
 
 st.title("Analyze an image")
 
-scenarios = list_scenarios()
+scenarios = [s for s in list_scenarios() if not s.trained_on_synthetic]  # synthetic-only models: Teaching page
 key = st.selectbox(
-    "Scenario model", [s.key for s in scenarios], format_func=lambda k: f"{get_scenario(k).title}  ({k})"
+    "What is the slide stained with?", [s.key for s in scenarios],
+    format_func=lambda k: f"{get_scenario(k).stain}: {get_scenario(k).title}",
+    help="Models trained on synthetic images only are on the Teaching page, not here.",
 )
 scenario = get_scenario(key)
-st.caption(f"Stain: {scenario.stain} · model input {scenario.input_mpp} µm/px")
-if scenario.trained_on_synthetic:
-    st.warning("This model was trained on synthetic images only.", icon="🧪")
+lo, hi = scenario.use.mpp_range
+st.caption(f"Validated for {STAIN_LABELS[scenario.use.stain]} images at {lo:g} to {hi:g} µm per pixel "
+           f"(about {10 / hi:.0f}x to {10 / lo:.0f}x).")
 if scenario.caution:
     st.warning(scenario.caution, icon="⚠️")
 try:
@@ -51,24 +75,32 @@ except TILscopeError as err:
 
 source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
 image = None
+context = None
 try:
     if source == "Upload a file":
-        wanted = "colour" if scenario.input.is_rgb else ", ".join(scenario.input.channels)
-        upload = st.file_uploader(f"PNG, JPEG or TIFF/OME-TIFF (8/16-bit, {wanted})",
-                                  type=["png", "jpg", "jpeg", "tif", "tiff"])
+        upload = st.file_uploader("PNG, JPEG, BMP or TIFF / OME-TIFF (8 or 16 bit)",
+                                  type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"])
         if upload is not None:
+            context = (key, "upload", upload.file_id)
             image = load_image(upload.getvalue(), name=upload.name)
     else:
         samples = list_samples()
         matching = [i for i, smp in enumerate(samples) if smp.scenario == key]
         sample = st.selectbox("Sample", samples, index=matching[0] if matching else 0, format_func=lambda s: s.title)
         st.caption(sample.description + f" ({sample.mpp_note})")
+        context = (key, "sample", sample.key)
         image = sample.load()
     if image is not None:
         check_input(image, key)  # refused now, not after pressing Run
 except TILscopeError as err:
     st.error(f"{err}")
     image = None
+finally:
+    # One case, one result: a new image or model clears the previous result and case label.
+    if context is not None and st.session_state.get("analysis_context") != context:
+        for name in ("analysis", "analysis_id", "pending_save", "case_label_box", "case_label"):
+            st.session_state.pop(name, None)
+        st.session_state["analysis_context"] = context
 
 if image is not None:
     for note in image.notes:
@@ -84,17 +116,36 @@ if image is not None:
         )
     with col2:
         h, w = image.shape
-        st.caption(f"{image.name}: {w} x {h} px · mpp from {image.mpp_source if image.mpp else 'nowhere'}")
+        where = MPP_SOURCES.get(image.mpp_source, image.mpp_source) if image.mpp else "not recorded in the file"
+        st.caption(f"{image.name}: {w} x {h} px · pixel size {where}")
         if not known:
             st.warning(
                 "Without the pixel size, TILscope reports cell counts only: densities per mm² and distances "
                 "in µm need the microns per pixel. The image is analysed as if it were at the model's "
                 f"{scenario.input_mpp} µm/px."
             )
+    chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
+    antigen_ok = True
+    if scenario.use.antigen:
+        antigen_ok = st.checkbox(
+            f"This section is stained for {scenario.use.antigen} (DAB) with a hematoxylin counterstain",
+            key=f"antigen_{key}",
+            help=f"The colours cannot tell {scenario.use.antigen} from another DAB stain such as Ki67: the model "
+                 f"would count the other antigen's cells as {scenario.use.antigen}+.",
+        )
+    fitness = fitness_of(chosen, key)
+    override = False
+    if fitness.problems:
+        st.error("**Outside the validated use.** " + " ".join(fitness.problems), icon="🛑")
+        override = st.checkbox(
+            "Run outside the validated use", value=False, key=f"override_{key}",
+            help="The result is then marked 'outside the validated use' on screen, in the case history and in "
+                 "every download.",
+        )
+    for note in fitness.notes:
+        st.warning(note)
     # Keyed, so that the box keeps one identity when a run stores its label: an unkeyed box
     # built from that label would be replaced by a new one, and typing in the old one lost.
-    if "case_label_box" not in st.session_state:
-        st.session_state["case_label_box"] = st.session_state.get("case_label", "")
     case_label = st.text_input(
         "Case label", key="case_label_box", placeholder="e.g. study ID or anonymised case number",
         help="Every run is saved under this case in the case history (Cases page).",
@@ -109,19 +160,30 @@ if image is not None:
                  + ("" if fast_ok else " Not available: this processor has no native bfloat16."),
         )
         precision = "bfloat16" if fast else "float32"
-    if st.button("Run", type="primary"):
+    blocked = (not antigen_ok and f"Confirm that the section is stained for {scenario.use.antigen} first.") or (
+        fitness.problems and not override and "The image is outside the validated use (see above).")
+    if blocked:
+        st.caption(blocked)
+    if st.button("Run", type="primary", disabled=bool(blocked)):
         device = device_name()
         bar = st.progress(0.0, text="Running the model…")
+        st.session_state.pop("analysis", None)  # an error replaces the old result, never sits under it
+        st.session_state.pop("analysis_id", None)
+        st.session_state.pop("pending_save", None)
         try:
-            chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
             model = cached_model(key, device, precision)
-            result = run_analysis(chosen, key, model=model,
+            result = run_analysis(chosen, key, model=model, outside_validated_use=override,
+                                  antigen_confirmed=True if scenario.use.antigen else None,
                                   progress=lambda d, t: bar.progress(d / t, text=f"Window {d} of {t}"))
             st.session_state["analysis"] = result
-            st.session_state["analysis_id"] = None
             st.session_state["case_label"] = case_label
             bar.progress(1.0, text="Saving to the case history…")
-            st.session_state["analysis_id"] = save_analysis(result, case_label.strip() or "unlabelled", case_store())
+            label = case_label.strip() or "unlabelled"
+            earlier = previous_runs(case_store(), label, result)
+            if earlier:
+                st.session_state["pending_save"] = earlier
+            else:
+                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), **saved_by())
         except TILscopeError as err:
             st.error(str(err))
         except Exception:  # the browser gets a message, the log gets the traceback
@@ -136,16 +198,22 @@ if result is not None:
     s = result.summary
     st.divider()
     st.subheader(f"Result: {s['image']['name']} · {sc.title}")
+    if s.get("outside_validated_use"):
+        st.error("**Outside the validated use:** " + " ".join(s["outside_validated_use"])
+                 + " Treat these numbers as exploratory.", icon="🛑")
     for w in result.warnings:
         st.warning(w)
     cols = st.columns(4)
     cols[0].metric("Cells", s["n_cells"])
-    if s["density_per_mm2"]:
-        cols[1].metric("Density (cells/mm²)", f"{s['n_cells'] / s['area_mm2']:,.0f}")
-        cols[2].metric("Analysed area (mm²)", f"{s['area_mm2']:.4f}", help="The whole image.")
+    tissue_help = (f"Tissue found in {100 * s['tissue_fraction']:.0f} % of the image (glass and empty background left "
+                   "out); every density is per mm² of tissue.")
+    if s["density_per_mm2"] and s["area_mm2"]:
+        cols[1].metric("Density (cells/mm² of tissue)", f"{s['n_cells'] / s['area_mm2']:,.0f}", help=tissue_help)
+        cols[2].metric("Tissue area (mm²)", f"{s['area_mm2']:.4f}",
+                       help=tissue_help + f" The whole image is {s['image_area_mm2']:.4f} mm².")
     else:
         cols[1].metric("Density (cells/mm²)", "n/a", help="Needs the microns per pixel.")
-        cols[2].metric("Analysed area (mm²)", "n/a", help="Needs the microns per pixel.")
+        cols[2].metric("Tissue area (mm²)", "n/a", help="Needs the microns per pixel.")
     used = s.get("inference_precision", "float32")
     cols[3].metric(f"Run time (s, {s['device'].upper()}{', ' + used if used != 'float32' else ''})",
                    f"{s['runtime_s']:.1f}", help=f"Numeric precision of the network: {used}")
@@ -167,9 +235,11 @@ if result is not None:
         cell_figure(result.image.rgb, result.cells, sc.class_colors, labels, visible),
         width="stretch", config={"scrollZoom": True},
     )
+    ci = s.get("density_ci95_per_mm2") or {}
     counts = [
         {"class": labels.get(k, k), "count": v,
-         "cells/mm²": None if not s["density_per_mm2"] else round(s["density_per_mm2"][k], 1)}
+         "cells/mm² of tissue": None if not s["density_per_mm2"] else round(s["density_per_mm2"][k], 1),
+         "95 % interval (Poisson)": f"{ci[k][0]:,.0f} – {ci[k][1]:,.0f}" if k in ci else "n/a"}
         for k, v in s["counts"].items()
     ]
     st.dataframe(counts, hide_index=True)
@@ -181,8 +251,27 @@ if result is not None:
         st.dataframe(headline, hide_index=True)
 
     analysis_id = st.session_state.get("analysis_id")
+    pending = st.session_state.get("pending_save")
+    if analysis_id is None and pending:
+        label = (st.session_state.get("case_label") or "").strip() or "unlabelled"
+        st.warning(f"Case {label!r} already holds this image analysed with the same model and settings "
+                   f"(analysis {', '.join(str(i) for i in pending)}). Save a second copy?", icon="⚠️")
+        yes, no = st.columns(2)
+        if yes.button("Save a second copy"):
+            try:
+                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), **saved_by())
+                st.session_state.pop("pending_save", None)
+                st.rerun()
+            except TILscopeError as err:
+                st.error(str(err))
+        if no.button("Don't save"):
+            st.session_state["pending_save"] = []
+            st.rerun()
     if analysis_id is None:
-        st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")
+        if pending is None:
+            st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")
+        elif not pending:
+            st.info("Not saved again: the earlier analysis stays in the case history; the downloads below still work.")
         files = build_exports(result, case_label=st.session_state.get("case_label") or None)
     else:
         st.success(f"Saved as analysis {analysis_id} in the case history.", icon=":material/database:")

@@ -1,8 +1,9 @@
-"""Home: what TILscope is and what each scenario model does."""
+"""Home: who TILscope is for, what to do first, and which models it has, by stain."""
 
 import streamlit as st
 
 from core import __version__
+from core.fitness import STAIN_LABELS
 from core.scenarios.registry import list_scenarios
 from pages._router import through_app_router
 
@@ -10,19 +11,37 @@ through_app_router()
 
 st.title("TILscope")
 st.markdown(
-    "Count, locate and score **tumour-infiltrating lymphocytes (TILs)** in microscope images. "
-    "Upload an IHC, H&E or fluorescence image, pick the scenario model that matches its stain, "
-    "and TILscope marks every cell it finds, counts them, and reports densities in cells/mm²."
+    "For **pathologists, oncologists and tumour boards** who need **tumour-infiltrating lymphocytes (TILs)** "
+    "counted, located and scored in a microscope image. Upload a field from your slide, choose what it is "
+    "stained with, and TILscope marks every cell it finds, counts them per mm² of tissue, measures how close the "
+    "lymphocytes come to the tumour cells, and writes a report you can bring to the tumour board."
 )
 st.warning("Research use only, not for diagnostic decisions.", icon="⚠️")
-st.markdown("Start with **Analyze** in the menu on the left.")
+if st.button("Analyze an image", type="primary", icon=":material/biotech:"):
+    st.switch_page("pages/analyze.py")
+st.markdown(
+    "**First time?** On *Analyze*, pick *Bundled sample* to see a result in a few seconds. Then upload your own "
+    "image with its pixel size (microns per pixel, from the scanner: about 0.25 at 40x, 0.5 at 20x). "
+    "*Review* lets you correct cells and draw tumour and stroma regions; *Cases* keeps every analysis; "
+    "*Tumour board* puts cases side by side."
+)
 
-st.subheader("Scenario models")
-for s in list_scenarios():
+st.subheader("What TILscope can read")
+clinical = [s for s in list_scenarios() if not s.trained_on_synthetic]
+teaching = [s for s in list_scenarios() if s.trained_on_synthetic]
+for s in clinical:
+    lo, hi = s.use.mpp_range
     with st.container(border=True):
-        st.markdown(f"**{s.title}** — `{s.key}`")
-        st.caption(f"{s.stain} · trained at {s.input_mpp} µm/px · classes: {', '.join(c.label for c in s.classes)}")
-        st.write(s.description)
-        if s.trained_on_synthetic:
-            st.info("Trained on synthetic images only: check its results against a pathologist's reading.")
-st.caption(f"TILscope {__version__}")
+        st.markdown(f"**{s.stain}** — {s.title}")
+        st.caption(f"Validated on real labelled images · {STAIN_LABELS[s.use.stain]} at {lo:g}-{hi:g} µm/px "
+                   f"(about {10 / hi:.0f}x to {10 / lo:.0f}x) · finds: "
+                   + ", ".join(c.label for c in s.classes))
+        if s.caution:
+            st.caption(f"What to know: {s.caution}")
+if teaching:
+    st.subheader("For teaching and method development")
+    st.caption("Trained on synthetic images only: shown on the Teaching page, never used for case counts.")
+    for s in teaching:
+        st.markdown(f"- {s.stain}: {s.title}")
+st.caption(f"TILscope {__version__}. Each model's card (on Analyze) gives its training data, validation figures "
+           "and limitations.")

@@ -1,18 +1,18 @@
 """Tumour board: compare saved analyses side by side (densities, proximity figures,
-phenotype calls) in a table and charts, and export the comparison as PDF."""
+phenotype calls) in a table and charts, and export the comparison as PDF (one row per
+analysis with its overlay thumbnail, the same charts, every key figure)."""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
 
-import pandas as pd
 import streamlit as st
 
 from core.errors import TILscopeError
 from core.outputs.key_figures import format_value
 from core.outputs.store import StoreError
-from core.outputs.tumour_board import build_comparison_pdf, comparison_numeric, comparison_table, key_figure_table
+from core.outputs.tumour_board import build_comparison_pdf, comparison_figures_png, comparison_table, key_figure_table
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 
@@ -58,6 +58,7 @@ if not records:
     st.stop()
 
 table = comparison_table(records)
+key_table = key_figure_table(records)
 formatted = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
 formatted.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
 st.subheader("Side by side")
@@ -65,40 +66,35 @@ every = st.toggle("Every statistic", value=False, help="Off: the key figures onl
 if every:
     shown = formatted
 else:
-    shown = key_figure_table(records)
+    shown = key_table.copy()
     shown.columns = formatted.columns
 st.dataframe(
     shown, width="stretch", height=min(800, 38 + 35 * len(shown)),
     column_config={"_index": st.column_config.Column("measure", width="large")},
 )
 
-numeric = comparison_numeric(records)
-if not numeric["density"].empty:
-    st.subheader("Density per class (cells/mm²)")
-    density = numeric["density"].copy()
-    density.columns = formatted.columns
-    st.bar_chart(density, stack=False, y_label="cells/mm²")
-else:
-    st.info("No densities to chart: the analyses picked have no pixel size (mpp).")
-if not numeric["spatial"].empty:
-    st.subheader("Spatial statistics")
-    spatial = numeric["spatial"].copy()
-    spatial.columns = formatted.columns
-    cols = st.columns(3)
-    for i, (name, values) in enumerate(spatial.iterrows()):
-        with cols[i % 3]:
-            st.caption(str(name))
-            values.index = [str(k + 1) for k in range(len(values))]  # numbered as in the table
-            st.bar_chart(pd.DataFrame({"value": values}), height=200, x_label="analysis")
-calls = [i for i in table.index if str(i).startswith("spatial: phenotype.")]
-if calls:
+st.subheader("Charts")
+charts = comparison_figures_png(records)
+if not charts:
+    st.info("No densities or distances to chart: the analyses picked have no pixel size (mpp) or no spatial statistics.")
+for title, png in charts:
+    st.image(png, caption=f"{title} (analyses numbered as in the table)", width="stretch")
+if "immune phenotype" in key_table.index:
     st.subheader("Phenotype calls")
-    st.dataframe(formatted.loc[calls], width="stretch")
+    calls = key_table.loc[["immune phenotype"]].copy()
+    calls.columns = formatted.columns
+    st.dataframe(calls, width="stretch")
 
 st.divider()
 if st.button("Prepare comparison PDF", type="primary"):
     try:
-        st.session_state["board_pdf"] = (tuple(picked), build_comparison_pdf(records))
+        overlays = []
+        for record in records:
+            try:
+                overlays.append(store.get_file(record["analysis_id"], "overlay.png"))
+            except StoreError:  # saved without an overlay: the row says so
+                overlays.append(None)
+        st.session_state["board_pdf"] = (tuple(picked), build_comparison_pdf(records, overlays=overlays))
     except TILscopeError as err:
         st.error(str(err))
     except Exception:

@@ -34,12 +34,15 @@ def test_analyze_runs_bundled_sample():
     card = [b for b in at.get("download_button") if b.label == "Download the whole model card (Markdown)"]
     assert len(card) == 1  # the scenario's Markdown card, before any run
     run = next(b for b in at.button if b.label == "Run")
+    assert run.disabled  # a CD3 count needs the user to confirm the antibody: colours cannot tell CD3 from Ki67
+    next(c for c in at.checkbox if "stained for CD3" in c.label).check().run()
+    run = next(b for b in at.button if b.label == "Run")
     run.click().run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Cells"]) > 20
-    assert float(metrics["Density (cells/mm²)"].replace(",", "")) > 1000
+    assert float(metrics["Density (cells/mm² of tissue)"].replace(",", "")) > 1000
     assert at.session_state["analysis"].scenario_key == "cd3-ihc"
     assert at.session_state["analysis_id"] is not None
     downloads = {b.label for b in at.get("download_button")}

@@ -19,13 +19,15 @@ def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
     page.get_by_text("Analyze an image").first.wait_for(timeout=60_000)
     page.locator("input[type=file]").set_input_files(str(get_sample("cd3-mosaic").path))
     page.get_by_text("cd3-ihc-mosaic.tif: 980 x 700 px").wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Run", exact=True).is_disabled()  # the antibody is confirmed first
+    page.get_by_text("This section is stained for CD3").click()
     page.get_by_role("button", name="Run", exact=True).click()
     label = page.get_by_test_id("stMetricLabel").get_by_text("Cells", exact=True)
     metric = page.get_by_test_id("stMetric").filter(has=label)
     metric.wait_for(timeout=180_000)
     count = int(metric.locator("[data-testid=stMetricValue]").inner_text().replace(",", ""))
     assert count > 20
-    assert page.get_by_test_id("stMetricLabel").get_by_text("Density (cells/mm²)").count() == 1
+    assert page.get_by_test_id("stMetricLabel").get_by_text("Density (cells/mm² of tissue)").count() == 1
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
     page.screenshot(path=str(tmp_path / "analyze.png"), full_page=True)
     shutil.copy(tmp_path / "analyze.png", os.environ.get("TILSCOPE_SCREENSHOT", tmp_path / "analyze-copy.png"))

@@ -88,7 +88,7 @@ def test_classify_patches_refuses_wrong_size(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content, expected",
-    [(b"", "empty"), (b"hello, not an image", "not a readable image"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "truncated|readable")],
+    [(b"", "empty"), (b"hello, not an image", "not an image TILscope can read"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "truncated|readable")],
     ids=["empty", "not-image", "truncated"],
 )
 def test_bad_images_exit_2_with_one_line(tmp_path, content, expected):
@@ -131,12 +131,20 @@ def test_an_image_without_colour_is_refused_before_any_output(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "grey.png: the image has no colour" in err and "upload the colour (RGB) image" in err
     assert not (tmp_path / "o").exists()
-    # The same pixels with colour are analysed.
+    # The same pixels with colour are read; noise is no stain the model was validated for, so it runs
+    # only when asked to, marked as outside the validated use.
     coloured = tmp_path / "colour.png"
     Image.fromarray(np.stack([field, (field * 0.6).astype(np.uint8), field], axis=2)).save(coloured)
-    assert main(["analyze", str(coloured), "--scenario", scenario, "--mpp", "0.5", "--out", str(tmp_path / "c"),
-                 "--device", "cpu"]) == 0
+    args = ["analyze", str(coloured), "--scenario", scenario, "--mpp", "0.5", "--out", str(tmp_path / "c"), "--device", "cpu"]
+    if scenario == "cd3-ihc":
+        assert main(args) == 2 and "outside what the" in capsys.readouterr().err
+        assert not (tmp_path / "c").exists()
+    assert main(args + ["--outside-validated-use"]) == 0
     assert (tmp_path / "c" / "cells.csv").is_file()
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert isinstance(summary["outside_validated_use"], list)
+    if scenario == "cd3-ihc":
+        assert any("0.15 to 0.3 µm/px" in why for why in summary["outside_validated_use"])
 
 
 def test_a_single_channel_scenario_accepts_grey():

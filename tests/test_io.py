@@ -93,7 +93,7 @@ def test_user_mpp_overrides_and_is_checked(rgb_image):
 
 @pytest.mark.parametrize(
     "data, message",
-    [(b"", "empty"), (b"this is not an image at all", "not a readable image"), (b"II*\x00garbage", "TIFF")],
+    [(b"", "empty"), (b"this is not an image at all", "not an image TILscope can read"), (b"II*\x00garbage", "TIFF")],
 )
 def test_bad_files_raise_clear_errors(data, message):
     with pytest.raises(ImageReadError, match=message):

@@ -1,7 +1,8 @@
-"""Reports and exports: the PDF carries every required item, its text holds the counts
+"""Reports and exports: page 1 of the PDF holds the case, the thumbnail, every key figure and
+warning and the research-use statement, no page prints a raw key, its text holds the counts
 of summary.json, GeoJSON is valid and round-trips regions, every dense output and restored
-image gets its file, the same result gives the same bytes, the comparison builds, and the
-key figures are selected once for every page and report."""
+image gets its file, the same result gives the same bytes, the tumour-board PDF has one row
+with an image per analysis, and the key figures are selected once for every page and report."""
 
 from __future__ import annotations
 
@@ -81,11 +82,35 @@ def make_record(counts=None, seed: int = 0, case_label: str = "B-2024-0113") -> 
     }
 
 
-def pdf_text(pdf: bytes, tmp_path) -> str:
+def pdf_text(pdf: bytes, tmp_path, page: int | None = None, layout: bool = True) -> str:
+    """The PDF's text (``page``: that page only, from 1); ``layout`` keeps table rows on one line."""
     path = tmp_path / "out.pdf"
     path.write_bytes(pdf)
-    out = subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, timeout=60)
+    pages = ["-f", str(page), "-l", str(page)] if page else []
+    out = subprocess.run(["pdftotext", *(["-layout"] if layout else []), *pages, str(path), "-"], check=True,
+                         capture_output=True, timeout=60)
     return out.stdout.decode("utf-8")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def images_on_page(pdf: bytes, tmp_path, page: int) -> int:
+    """Number of images drawn on ``page`` (poppler's pdfimages)."""
+    path = tmp_path / "images.pdf"
+    path.write_bytes(pdf)
+    out = subprocess.run(["pdfimages", "-list", "-f", str(page), "-l", str(page), str(path)], check=True,
+                         capture_output=True, timeout=60).stdout.decode()
+    return sum(1 for line in out.splitlines()[2:] if line.split() and line.split()[2] == "image")
+
+
+#: What a raw key looks like in text: snake_case words, dotted paths, indexed lists.
+RAW_KEY = re.compile(r"\b[a-z]{2,}_[a-z0-9_]{2,}\b|\b[a-z_]+\.[a-z_]+\[|\b[a-z_]+\.[a-z_]+_[a-z_]+\b")
+
+
+def raw_keys(text: str) -> list[str]:
+    return sorted(set(m.group(0) for m in RAW_KEY.finditer(text)))
 
 
 def pdf_pages_png(pdf: bytes, tmp_path) -> list:
@@ -99,40 +124,130 @@ def count_on_class_line(text: str, cls: str, count: int) -> bool:
     return any(re.search(rf"(^|\s){re.escape(cls)}\s+{count}(\s|$)", line) for line in text.splitlines())
 
 
-@needs_poppler
-def test_report_pdf_text_holds_every_required_item(tmp_path):
-    record = make_record()
+def overlay_png() -> bytes:
     rgb = np.full((48, 64, 3), 200, np.uint8)
-    overlay = figures.png_bytes(figures.render_overlay(rgb, make_cells(5, 64, 48), {"cd3-positive": "#e8341c"}, 0.5))
-    pdf = report_pdf.build_report_pdf(record, overlay_png=overlay)
+    return figures.png_bytes(figures.render_overlay(rgb, make_cells(5, 64, 48), {"cd3-positive": "#e8341c"}, 0.5))
+
+
+def full_record(**summary) -> dict:
+    record = make_record()
+    record["spatial"] = real_spatial()
+    record["summary"].update(summary)
+    return record
+
+
+@needs_poppler
+def test_page_one_holds_every_key_figure_and_warning(tmp_path):
+    record = full_record(outside_validated_use=["the pixel size 0.2 µm/px is outside 0.45-0.65 µm/px",
+                                                "the stain does not look like CD3 IHC"],
+                         tissue_area_mm2=0.0512)
+    record["spatial"]["warnings"] = ["radii above half the window were dropped"]
+    pdf = report_pdf.build_report_pdf(record, overlay_png=overlay_png())
     assert pdf.startswith(b"%PDF")
-    text = pdf_text(pdf, tmp_path)
-    flat = " ".join(text.split())
-    for cls, n in record["summary"]["counts"].items():
-        assert count_on_class_line(text, cls, n), f"count of {cls} ({n}) not on its line"
-    assert count_on_class_line(text, "total", sum(record["summary"]["counts"].values()))
+    page1 = flat(pdf_text(pdf, tmp_path, page=1, layout=False))
     for needle in (
-        "B-2024-0113", "2025-01-31", "field-7.tif", IMAGE_SHA, WEIGHTS_SHA, "0.5 µm/px", "mm²",
-        "cd3-ihc", "1.2.0", "Manual corrections 7", "tumour 1", "radius_um", "inflamed", "12.50",
-        CARD["intended_use"], CARD["limitations"][0], CARD["limitations"][1],
-        "Research use only, not for diagnostic decisions.", "Image with detections", "Plots", "Key figures",
-        "cd3-positive density",
+        "B-2024-0113", "field-7.tif", "Research use only, not for diagnostic decisions.",
+        "Outside the validated use: the pixel size 0.2 µm/px is outside 0.45-0.65 µm/px; "
+        "the stain does not look like CD3 IHC",
+        "faint staining in the lower left", "radii above half the window were dropped",
+        "0.0512 mm² of tissue", "reviewed by hand: 7 cell(s) corrected", "Immune phenotype",
+        record["spatial"]["phenotype"]["rule"].replace(">=", "≥"),
     ):
-        assert needle in flat, f"{needle!r} missing from the report text"
-    # Every page is rendered, and carries the research-use footer.
+        assert needle in page1, f"{needle!r} missing from page 1"
+    figs = key_figures(record)
+    assert len(figs) > 15
+    for f in figs:
+        if f.key.startswith(("count.", "density.")) or f.key == "cells":  # the class table: number, unit in its heading
+            assert format_figure(f.value, f.unit) in page1, f.measure
+        elif f.key.startswith("distances.within_radius["):  # one row, the values side by side
+            assert f.value_text in page1, f.measure
+        elif f.key != "phenotype" or f.value is not None:
+            assert f.measure[1:] in page1 and f.value_text in page1, f"{f.measure}: {f.value_text} not on page 1"
+    radii = " / ".join(f"{r['radius_um']:g}" for r in record["spatial"]["distances"]["within_radius"])
+    assert f"Immune cells within {radii} µm" in page1
+    assert "cells/mm²" in page1 and "µm" in page1 and "%" in page1
+    assert images_on_page(pdf, tmp_path, 1) == 1  # the thumbnail of the overlay
+    # No page prints a raw key; every page has the research-use footer.
+    text = pdf_text(pdf, tmp_path, layout=False)
+    assert raw_keys(text) == [], raw_keys(text)
+    for bad in ("within_radius", "n_without_um", "window.area_mm2", "immune_per_tumour_cell"):
+        assert bad not in text
     pages = pdf_pages_png(pdf, tmp_path)
-    assert len(pages) >= 2
-    assert flat.count("not for diagnostic decisions") >= len(pages)
+    assert flat(text).count("Research use only, not for diagnostic decisions.") >= len(pages) + 1
+
+
+@needs_poppler
+def test_report_follows_page_one_with_figures_and_a_methods_appendix(tmp_path):
+    record = full_record()
+    pdf = report_pdf.build_report_pdf(record, overlay_png=overlay_png())
+    text = flat(pdf_text(pdf, tmp_path, layout=False))
+    order = ["Immune phenotype", "Figures", "Immune-cell density by compartment",
+             "Distance from each immune cell to the nearest tumour cell", "Are immune cells closer to tumour cells than chance?",
+             "Image with detections", "Methods appendix", "Validation on held-out data", "Settings of the spatial statistics",
+             "Definitions"]
+    at = [text.find(needle) for needle in order]
+    assert -1 not in at and at == sorted(at), dict(zip(order, at))
+    for needle in (IMAGE_SHA, WEIGHTS_SHA, "CD3 CNN, version 1.2.0", CARD["intended_use"], *CARD["limitations"],
+                   "F1 87.0 %",  # the card's held-out figure, in words
+                   "Distances r for 'immune cells within r of a tumour cell' 10, 20, 30, 50 µm",
+                   "Random relabellings of tumour/immune labels for the envelopes 9",
+                   "Minimum cell probability 0.5"):
+        assert needle in text, f"{needle!r} missing"
+    # the figures are pictures: compartments, distances, envelopes, the overlay
+    assert sum(images_on_page(pdf, tmp_path, p) for p in range(2, len(pdf_pages_png(pdf, tmp_path)) + 1)) >= 4
+
+
+@needs_poppler
+def test_a_reviewed_analysis_says_so_and_reports_the_corrected_counts(tmp_path):
+    record = full_record(n_cells=1705, counts={"cd3-positive": 415, "cd3-negative": 1290},
+                         review={"n_added": 4, "n_deleted": 1, "n_relabelled": 0, "n_corrections": 5,
+                                 "detected_n_cells": 1702, "users": ["dr-a"], "first_time": "2025-02-01T09:00:00+00:00",
+                                 "last_time": "2025-02-01T09:30:00+00:00"})
+    record["n_corrections"] = 5
+    page1 = flat(pdf_text(report_pdf.build_report_pdf(record), tmp_path, page=1, layout=False))
+    assert "reviewed by hand: 5 cell(s) corrected (4 added, 1 deleted, 0 relabelled); 1,702 cells detected, 1,705 after review" \
+        in page1
+    assert "415" in page1 and "1,705" in page1
+    assert "No picture of the detections was supplied" in page1
+
+
+@needs_poppler
+def test_a_very_long_case_label_is_shortened_and_page_one_still_holds_everything(tmp_path):
+    label = "B-2024-" + "x" * 4993
+    record = full_record(outside_validated_use=["the stain does not look like CD3 IHC"])
+    pdf = report_pdf.build_report_pdf(record, overlay_png=overlay_png(), case_label=label)
+    page1 = flat(pdf_text(pdf, tmp_path, page=1, layout=False))
+    assert "(5,000 characters, shortened)" in page1 and "x" * 200 not in page1
+    assert "Outside the validated use: the stain does not look like CD3 IHC" in page1
+    assert "Research use only, not for diagnostic decisions." in page1
+    last = [f for f in key_figures(record) if f.value is not None][-1]
+    assert last.value_text in page1  # the last key figure still fits on page 1
 
 
 @needs_poppler
 def test_report_without_mpp_spatial_or_card_still_builds(tmp_path):
     record = {"summary": {"scenario": "cd3-ihc", "mpp": None, "counts": {"cd3-positive": 3}, "density_per_mm2": None}}
-    text = " ".join(pdf_text(report_pdf.build_report_pdf(record, case_label="C-1"), tmp_path).split())
+    text = flat(pdf_text(report_pdf.build_report_pdf(record, case_label="C-1"), tmp_path))
     assert "cd3-positive 3" in text
-    assert "unknown: densities not reported" in text
+    assert "unknown: counts only" in text
     assert "No spatial statistics were computed" in text
     assert "not stated in the model card" in text
+
+
+@needs_poppler
+def test_statistics_in_an_older_layout_are_shown_in_words(tmp_path):
+    text = pdf_text(report_pdf.build_report_pdf(make_record(), overlay_png=overlay_png()), tmp_path, layout=False)
+    assert "Statistics saved in an older layout" in text and "inflamed" in text and "12.50" in text
+    assert raw_keys(text) == [], raw_keys(text)
+
+
+def test_report_helpers_read_absent_and_present_keys():
+    assert report_pdf.outside_validated_use({}) == [] and report_pdf.outside_validated_use({"outside_validated_use": []}) == []
+    assert report_pdf.outside_validated_use({"outside_validated_use": "not H&E"}) == ["not H&E"]
+    record = full_record(warnings=["a", "a", "b"])
+    record["spatial"]["warnings"] = ["b", "c"]
+    assert report_pdf.report_warnings(record)[-3:] == ["a", "b", "c"]
+    assert report_pdf.review_text({"summary": {}}) == "not reviewed by hand: the numbers are the model's"
 
 
 def test_report_needs_a_summary():
@@ -160,14 +275,43 @@ def test_comparison_table_side_by_side():
 
 
 @needs_poppler
-def test_comparison_pdf_holds_both_analyses(tmp_path):
-    records = [make_record(seed=0, case_label="Case-A"), make_record(seed=5, case_label="Case-B")]
-    pdf = tumour_board.build_comparison_pdf(records)
-    text = " ".join(pdf_text(pdf, tmp_path).split())
-    assert "Case-A" in text and "Case-B" in text and "Key figures" in text and "Every statistic" in text
-    assert "count: cd3-positive 412 417" in text
-    assert "Research use only" in text
-    assert len(pdf_pages_png(pdf, tmp_path)) >= 2  # table, then charts
+def test_comparison_pdf_has_one_row_with_an_image_per_analysis(tmp_path):
+    records = [full_record(), make_record(seed=5, case_label="Case-B"),
+               full_record(outside_validated_use=["the pixel size is outside 0.45-0.65 µm/px"])]
+    records[0]["case_label"], records[2]["case_label"] = "Case-A", "Case-C"
+    overlays = [overlay_png(), None, overlay_png()]
+    pdf = tumour_board.build_comparison_pdf(records, overlays=overlays)
+    page1 = flat(pdf_text(pdf, tmp_path, page=1, layout=False))
+    assert "Research use only, not for diagnostic decisions." in page1
+    at = [page1.find(label) for label in ("Case-A", "Case-B", "Case-C")]
+    assert -1 not in at and at == sorted(at)  # one row each, in order
+    assert "no overlay image saved" in page1
+    assert images_on_page(pdf, tmp_path, 1) == 2  # a thumbnail in each row that has an overlay
+    assert "Outside the validated use: the pixel size is outside 0.45-0.65 µm/px" in page1
+    board = tumour_board.board_table(records)
+    for column in ("Immune cells/mm²", "Intratumoral · stromal (cells/mm²)", "Immune → tumour, median", "Phenotype"):
+        for value in board[column]:
+            assert value in page1, (column, value)
+    text = pdf_text(pdf, tmp_path, layout=False)
+    assert "Charts comparing the analyses" in text and "Every key figure side by side" in text
+    assert "412" in text and "417" in text
+    assert raw_keys(text) == [], raw_keys(text)
+    assert len(pdf_pages_png(pdf, tmp_path)) >= 2  # rows, then charts
+
+
+def test_board_table_and_charts_compare_what_means_something():
+    records = [full_record(), make_record(seed=1, case_label="B")]
+    board = tumour_board.board_table(records)
+    assert list(board.index) == ["1. B-2024-0113 · #17 · field-7.tif", "2. B · #18 · field-7.tif"]
+    figs = {f.key: f for f in key_figures(records[0])}
+    assert board.iloc[0]["Immune → tumour, median"] == figs["distances.median_um"].value_text
+    assert board.iloc[0]["Within 20 µm of tumour"] == figs["distances.within_radius[20]"].value_text
+    assert board.iloc[1]["Phenotype"] == "n/a"  # older statistics: not read
+    titles = [t for t, _ in tumour_board.comparison_figures_png(records)]
+    assert titles[:2] == ["Immune-cell density by compartment", "Share of immune cells within r of a tumour cell"]
+    spatial = tumour_board.comparison_numeric(records)["spatial"]
+    assert not [i for i in spatial.index if "_" in i or "window" in i or "n_without" in i]
+    assert "immune → nearest tumour cell, median (µm)" in spatial.index
 
 
 def test_comparison_pdf_needs_records():
@@ -341,17 +485,18 @@ def test_save_result_keeps_every_export_and_rebuilds_the_report(tmp_path):
     files = {f["name"]: f["media_type"] for f in store.get_analysis(aid)["files"]}
     assert files == {name: exports.media_type(name) for name in exports.build_exports(result, model_card=CARD)}
     saved_text = " ".join(pdf_text(store.get_file(aid, "report.pdf"), tmp_path).split())
-    assert f"Analysis id {aid}" in saved_text and "Manual corrections 2" in saved_text
+    assert f"analysis #{aid}" in saved_text and "reviewed by hand: 2 cell(s) corrected" in saved_text
     # The CLI's files and the stored ones are the same bytes (the PDF carries the analysis id).
     cli = exports.build_exports(result, model_card=CARD, case_label="B-5", corrections={"edits": [1, 2]})
     for name in ("cells.csv", "summary.json", "overlay.png", "probability.png", "cells.geojson"):
         assert store.get_file(aid, name) == cli[name], name
     # A report rebuilt later from the stored record carries the same numbers and card.
     record = store.get_record(aid)
-    rebuilt = " ".join(pdf_text(report_pdf.build_report_pdf(record, store.get_file(aid, "overlay.png")), tmp_path).split())
+    rebuilt = flat(pdf_text(report_pdf.build_report_pdf(record, store.get_file(aid, "overlay.png")), tmp_path, layout=False))
     for cls, n in json.loads(store.get_file(aid, "summary.json"))["counts"].items():
         assert f"{cls} {n}" in rebuilt
-    assert CARD["intended_use"] in rebuilt and "counts.n_cells_used" in rebuilt
+    assert CARD["intended_use"] in rebuilt and "Immune → nearest tumour cell, median" in rebuilt
+    assert raw_keys(rebuilt) == [], raw_keys(rebuilt)
     store.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -294,7 +295,11 @@ def test_grid_compartments_without_regions_and_bad_input():
     c = s["compartments"]
     assert c["source"].startswith("grid")
     assert c["n_immune_intratumoral"] == 0 and c["n_immune_stromal"] == 100
-    assert s["phenotype"]["call"] == "excluded"
+    # 0.25 mm² of tumour is under the 0.5 mm² a call needs: "not enough tissue", not a call
+    assert c["tumour_area_mm2"] < 0.5
+    assert s["phenotype"]["call"] is None and "not enough tissue" in s["phenotype"]["reason"]
+    small = replace(FAST, min_compartment_area_mm2=0.2)
+    assert compute_spatial_stats(table(xy, roles), params=small)["phenotype"]["call"] == "excluded"
     with pytest.raises(InputError, match="role"):
         compute_spatial_stats(pd.DataFrame({"x_um": [1.0], "y_um": [1.0]}))
     with pytest.raises(InputError, match="radii_um"):

@@ -8,7 +8,9 @@
   probabilities); :func:`dense_over_image` lays one over the image for the report.
 - Restored images are (H, W, 3) uint8 already: :func:`png_bytes`.
 - Charts for the PDF (matplotlib's object API, no ``pyplot`` state, so safe in
-  Streamlit's threads): :func:`density_figure_png`, :func:`spatial_figures_png`.
+  Streamlit's threads): :func:`compartment_density_figure_png`, :func:`distance_figure_png`,
+  :func:`envelope_figure_png`; :func:`thumbnail_png` for small copies of the overlay; the older
+  generic :func:`density_figure_png`, :func:`spatial_figures_png`.
 
 Nothing here names a scenario or an output: what to draw is read from the result.
 """
@@ -297,3 +299,260 @@ def spatial_figures_png(spatial: dict | None, max_figures: int = 4) -> list[tupl
         ax.grid(alpha=0.3)
         out.append((title, figure_png(fig)))
     return out
+
+
+# --------------------------------------------------------------------------- report figures
+
+#: Colours of the report figures: immune cells, tumour, stroma, envelopes.
+IMMUNE_COLOR = "#7b3fa0"
+TUMOUR_COLOR = "#c82020"
+STROMA_COLOR = "#5a9a5a"
+MARGIN_COLOR = "#d9a400"
+OTHER_COLOR = "#3b6fb6"
+
+
+def thumbnail_png(png: bytes, max_side_px: int = 600) -> bytes:
+    """``png`` downscaled (area filter) so its longest side is at most ``max_side_px``, as RGB PNG.
+
+    Parameters
+    ----------
+    png : bytes
+        Any image PIL reads (e.g. ``overlay.png``).
+    max_side_px : int > 0
+
+    Returns
+    -------
+    bytes
+        PNG of an (h, w, 3) uint8 RGB image.
+
+    Raises
+    ------
+    ValueError
+        If ``png`` is not an image (PIL's ``UnidentifiedImageError``).
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return png_bytes(downscale(rgb, max_side_px)[0])
+
+
+def compartment_densities(record: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """Immune-cell density (cells/mm²) in each compartment an analysis measured.
+
+    Parameters
+    ----------
+    record : dict
+        An analysis record (:mod:`core.outputs.records`).
+
+    Returns
+    -------
+    list of (label, density in cells/mm², colour)
+        In this order, each only when measured: the whole analysed area (the summary's
+        immune density by role, else the study window's), the intratumoral and stromal
+        compartments, the drawn tumour / stroma / margin regions, the tumour centre (CT)
+        and the invasive margin (IM).
+    """
+    summary = record.get("summary") or {}
+    s = rec.spatial(record)
+    out: list[tuple[str, float, str]] = []
+    whole = (summary.get("density_by_role_per_mm2") or {}).get("immune")
+    if whole is None:
+        whole = ((s.get("counts") or {}).get("density_per_mm2_in_window") or {}).get("immune")
+    if whole is not None:
+        out.append(("whole\nanalysed area", float(whole), OTHER_COLOR))
+    comp = s.get("compartments") or {}
+    for key, label, color in (("intratumoral_immune_density_per_mm2", "intratumoral\ncompartment", TUMOUR_COLOR),
+                              ("stromal_immune_density_per_mm2", "stromal\ncompartment", STROMA_COLOR)):
+        if comp.get(key) is not None:
+            out.append((label, float(comp[key]), color))
+    kind_colors = {"tumour": TUMOUR_COLOR, "stroma": STROMA_COLOR, "margin": MARGIN_COLOR}
+    for kind, k in ((s.get("regions") or {}).get("by_kind") or {}).items():
+        value = (k.get("density_per_mm2_by_role") or {}).get("immune")
+        if kind != "exclude" and value is not None:
+            out.append((f"{kind}\nregions (drawn)", float(value), kind_colors.get(kind, OTHER_COLOR)))
+    im = s.get("invasive_margin") or {}
+    if im.get("available"):
+        for key, label in (("ct", "tumour\ncentre (CT)"), ("im", "invasive\nmargin (IM)")):
+            value = (im.get(key) or {}).get("immune_density_per_mm2")
+            if value is not None:
+                out.append((label, float(value), MARGIN_COLOR if key == "im" else TUMOUR_COLOR))
+    return out
+
+
+def compartment_density_figure_png(record: dict[str, Any]) -> bytes | None:
+    """Bar chart of immune-cell density by compartment, with the phenotype thresholds.
+
+    Parameters
+    ----------
+    record : dict
+        An analysis record (:mod:`core.outputs.records`).
+
+    Returns
+    -------
+    bytes or None
+        PNG (7 x 3.2 in, 150 dpi): one bar per compartment of
+        :func:`compartment_densities` (cells/mm², value printed on the bar); the
+        phenotype's "inflamed" and "excluded" thresholds as dashed lines when the
+        statistics carry them. None when fewer than two compartments were measured
+        (no mpp, or neither tumour cells nor regions).
+    """
+    bars = compartment_densities(record)
+    if len(bars) < 2:  # the whole image alone compares nothing: its density is on page 1
+        return None
+    fig = new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(bars))
+    values = [v for _, v, _ in bars]
+    ax.bar(x, values, color=[c for _, _, c in bars], width=0.6)
+    for xi, v in zip(x, values):
+        ax.annotate(f"{v:,.0f}", (xi, v), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, [label for label, _, _ in bars], fontsize=7)
+    ax.set_ylabel("immune cells/mm²")
+    th = (rec.spatial(record).get("phenotype") or {}).get("thresholds") or {}
+    for key, text, color in (("inflamed_min_intratumoral_per_mm2", "inflamed from (intratumoral)", TUMOUR_COLOR),
+                             ("excluded_min_stromal_per_mm2", "excluded from (stromal)", STROMA_COLOR)):
+        if isinstance(th.get(key), (int, float)):
+            ax.axhline(th[key], color=color, linestyle="--", linewidth=0.9,
+                       label=f"{text}: {th[key]:g} cells/mm²")
+    if th:
+        fig.legend(fontsize=6.5, loc="outside lower center", ncols=2, frameon=False)
+    ax.set_ylim(0, max(values + [float(v) for v in th.values() if isinstance(v, (int, float))]) * 1.15 or 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    return figure_png(fig)
+
+
+def distance_figure_png(spatial: dict | None, max_bins: int = 40) -> bytes | None:
+    """Immune cell → nearest tumour cell distances: histogram and cumulative share, radii marked.
+
+    Parameters
+    ----------
+    spatial : dict or None
+        Spatial statistics (:meth:`core.spatial.SpatialStats.to_dict`); reads
+        ``distances.histogram`` (``bin_edges_um``, ``counts``, ``n_overflow``),
+        ``distances.ecdf`` (``radius_um``, ``fraction``), ``within_radius`` and the median.
+    max_bins : int > 0
+        Adjacent histogram bins are merged down to at most this many.
+
+    Returns
+    -------
+    bytes or None
+        PNG (7 x 2.8 in): left, immune cells per distance bin (µm) with the median;
+        right, the share of immune cells within each distance with the radii r marked
+        and labelled. None when distances were not computed.
+    """
+    d = (spatial or {}).get("distances") or {}
+    if not d.get("available") or not isinstance(d.get("histogram"), dict):
+        return None
+    edges = np.asarray(d["histogram"]["bin_edges_um"], dtype=float)
+    counts = np.asarray(d["histogram"]["counts"], dtype=float)
+    n_bins = len(counts)
+    merge = max(1, int(np.ceil(n_bins / max_bins)))  # a few immune cells over 100 narrow bins read as noise
+    if merge > 1:
+        keep = (n_bins // merge) * merge
+        counts = np.r_[counts[:keep].reshape(-1, merge).sum(axis=1), counts[keep:].sum()] if keep < n_bins \
+            else counts.reshape(-1, merge).sum(axis=1)
+        edges = np.r_[edges[:keep + 1:merge], edges[-1]] if keep < n_bins else edges[::merge]
+    fig = new_figure(7.0, 2.8)
+    left, right = fig.subplots(1, 2)
+    left.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=IMMUNE_COLOR)
+    median = (d.get("immune_to_nearest_tumour_um") or {}).get("median_um")
+    if median is not None:
+        left.axvline(median, color="black", linestyle="--", linewidth=0.9, label=f"median {median:.1f} µm")
+        left.legend(fontsize=6.5)
+    left.set_xlabel("distance to the nearest tumour cell (µm)", fontsize=7)
+    left.set_ylabel("immune cells", fontsize=7)
+    n_over = d["histogram"].get("n_overflow", 0)
+    left.set_title(f"{d.get('n_immune', int(counts.sum()))} immune cells"
+                   + (f" ({n_over} beyond {edges[-1]:g} µm)" if n_over else ""), fontsize=8)
+    ecdf = d.get("ecdf") or {}
+    if ecdf.get("radius_um"):
+        right.step(ecdf["radius_um"], 100 * np.asarray(ecdf["fraction"], dtype=float), where="post", color=IMMUNE_COLOR)
+    marks = []
+    for row in d.get("within_radius") or []:
+        r, f = row["radius_um"], 100 * row["fraction_immune_within"]
+        right.axvline(r, color="grey", linestyle=":", linewidth=0.8)
+        right.plot([r], [f], "o", color="black", markersize=3)
+        marks.append(f"within {r:g} µm: {f:.1f} %")
+    if marks:
+        right.text(0.03, 0.97, "\n".join(marks), transform=right.transAxes, va="top", ha="left", fontsize=6.5,
+                   bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#bbbbbb"})
+    right.set_ylim(0, 102)
+    right.set_xlabel("distance r (µm)", fontsize=7)
+    right.set_ylabel("immune cells within r (%)", fontsize=7)
+    right.set_title("Share of immune cells within r of a tumour cell", fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(labelsize=6.5)
+        ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def _floats(values: Any) -> np.ndarray | None:
+    if values is None:
+        return None
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def envelope_figure_png(spatial: dict | None) -> bytes | None:
+    """Cross-G and cross-L of immune around tumour cells with their random-relabelling envelopes.
+
+    Parameters
+    ----------
+    spatial : dict or None
+        Spatial statistics (:meth:`core.spatial.SpatialStats.to_dict`); reads
+        ``cross_g`` (``radius_um``, ``G``, ``G_envelope_lo/hi``, ``G_sim_mean``) and
+        ``ripley`` (``radius_um``, ``L_minus_r_um`` and its pointwise and global envelopes,
+        ``global_test``).
+
+    Returns
+    -------
+    bytes or None
+        PNG (7 x 2.8 in): left, cross-G(r), the share of immune cells with a tumour cell
+        within r, against the envelope of random labelling; right, L(r) − r in µm with
+        the pointwise and global envelopes and the global test's p. None when neither was
+        computed.
+    """
+    s = spatial or {}
+    g, k = s.get("cross_g") or {}, s.get("ripley") or {}
+    have_g, have_k = bool(g.get("available") and g.get("radius_um")), bool(k.get("available") and k.get("radius_um"))
+    if not (have_g or have_k):
+        return None
+    fig = new_figure(7.0, 2.8)
+    axes = fig.subplots(1, int(have_g) + int(have_k), squeeze=False).ravel()
+    i = 0
+    if have_g:
+        ax, i = axes[i], i + 1
+        r = _floats(g["radius_um"])
+        lo, hi, mean = _floats(g.get("G_envelope_lo")), _floats(g.get("G_envelope_hi")), _floats(g.get("G_sim_mean"))
+        if lo is not None and hi is not None:
+            ax.fill_between(r, 100 * lo, 100 * hi, color="grey", alpha=0.3, linewidth=0,
+                            label=f"random labelling ({g.get('n_simulations', '?')} runs)")
+        if mean is not None:
+            ax.plot(r, 100 * mean, color="grey", linestyle=":", linewidth=0.9)
+        ax.plot(r, 100 * _floats(g["G"]), color=IMMUNE_COLOR, marker="o", markersize=2.5, label="observed")
+        ax.set_ylim(0, 102)
+        ax.set_xlabel("r (µm)", fontsize=7)
+        ax.set_ylabel("immune cells with a tumour cell within r (%)", fontsize=6.5)
+        ax.set_title("Cross-G: nearest-tumour distances", fontsize=8)
+    if have_k:
+        ax = axes[i]
+        r = _floats(k["radius_um"])
+        glo, ghi = _floats(k.get("L_minus_r_global_envelope_lo_um")), _floats(k.get("L_minus_r_global_envelope_hi_um"))
+        lo, hi = _floats(k.get("L_minus_r_envelope_lo_um")), _floats(k.get("L_minus_r_envelope_hi_um"))
+        test = k.get("global_test") or {}
+        if glo is not None and ghi is not None:
+            ax.fill_between(r, glo, ghi, color="grey", alpha=0.15, linewidth=0,
+                            label=f"global envelope (α = {test.get('global_alpha', 0.05):g})")
+        if lo is not None and hi is not None:
+            ax.fill_between(r, lo, hi, color="grey", alpha=0.35, linewidth=0, label="pointwise envelope")
+        ax.axhline(0, color="grey", linestyle=":", linewidth=0.9)
+        ax.plot(r, _floats(k["L_minus_r_um"]), color=IMMUNE_COLOR, marker="o", markersize=2.5, label="observed")
+        p = test.get("global_p_value")
+        ax.set_title("Cross-L(r) − r" + (f", global test p = {p:.3f}" if p is not None else ""), fontsize=8)
+        ax.set_xlabel("r (µm)", fontsize=7)
+        ax.set_ylabel("L(r) − r (µm)", fontsize=7)
+    for ax in axes:
+        ax.tick_params(labelsize=6.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return figure_png(fig)

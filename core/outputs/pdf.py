@@ -95,40 +95,109 @@ def banner(pdf, text: str = RESEARCH_USE) -> None:
     pdf.ln(2)
 
 
-def caution_box(pdf, lines: list[str]) -> None:
+def alert_box(pdf, text: str, font_size: float = 9.5) -> None:
+    """A red box with one statement a reader must see first (e.g. "Outside the validated use: ...")."""
+    pdf.set_fill_color(253, 236, 234)
+    pdf.set_draw_color(192, 57, 43)
+    pdf.set_line_width(0.5)
+    pdf.set_text_color(150, 30, 20)
+    pdf.set_font("DejaVu", "B", font_size)
+    pdf.multi_cell(0, font_size * 0.5, text, border=1, fill=True, padding=1.2, align="L", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_line_width(0.2)
+    pdf.set_text_color(0)
+    pdf.set_draw_color(0)
+    pdf.set_fill_color(255)
+    pdf.set_font("DejaVu", "", 9)
+    pdf.ln(1.5)
+
+
+def caution_box(pdf, lines: list[str], font_size: float = 9) -> None:
     """An amber box listing what a reader must know before trusting the numbers."""
     if not lines:
         return
     pdf.set_fill_color(255, 244, 214)
     pdf.set_draw_color(200, 140, 0)
-    pdf.set_font("DejaVu", "B", 9)
+    pdf.set_font("DejaVu", "B" if font_size >= 9 else "", font_size)
     text = "\n".join(f"⚠ {line}" for line in lines)
-    pdf.multi_cell(0, 5, text, border=1, fill=True, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, font_size * 0.5, text, border=1, fill=True, padding=1, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_draw_color(0)
     pdf.set_fill_color(255)
     pdf.set_font("DejaVu", "", 9)
     pdf.ln(2)
 
 
-def table(pdf, rows: list[list[str]], col_widths: tuple[float, ...], header: bool = True, font_size: float = 8.5) -> None:
-    """A table with a shaded heading row and alternating row shading."""
+def table(pdf, rows: list[list[str]], col_widths: tuple[float, ...], header: bool = True, font_size: float = 8.5,
+          width: float | None = None, align: str = "CENTER", line_height: float | None = None,
+          first_column_bold: bool = False) -> None:
+    """A table with a shaded heading row and alternating row shading.
+
+    Parameters
+    ----------
+    rows : list of list of str
+        The first row is the heading when ``header``.
+    col_widths : tuple of float
+        Relative column widths (fpdf2 scales them to ``width``).
+    width : float, optional
+        Table width in mm (default: between the margins); ``align`` ("LEFT", "CENTER",
+        "RIGHT") places a narrower table.
+    line_height : float, optional
+        Line height in mm (default about half the font size).
+    first_column_bold : bool
+        Print the first column in bold (label / value tables).
+    """
     from fpdf.fonts import FontFace
 
     pdf.set_font("DejaVu", "", font_size)
+    bold = FontFace(emphasis="BOLD")
     with pdf.table(
         col_widths=col_widths,
+        width=width,
+        align=align,
         first_row_as_headings=header,
-        line_height=4.6,
-        padding=1,
+        line_height=line_height or max(3.6, font_size * 0.54),
+        padding=(0.8, 1, 0.8, 1),
         headings_style=FontFace(emphasis="BOLD", fill_color=(230, 236, 245)),
         cell_fill_color=(246, 247, 249),
         cell_fill_mode="ROWS",
+        text_align="LEFT",
+        v_align="TOP",
     ) as t:
-        for row in rows:
+        for i, row in enumerate(rows):
             r = t.row()
-            for value in row:
-                r.cell(str(value))
+            for j, value in enumerate(row):
+                r.cell(str(value), style=bold if first_column_bold and j == 0 and (i > 0 or not header) else None)
     pdf.ln(1)
+
+
+def bullets(pdf, lines: list[str], font_size: float = 8.5) -> None:
+    """``lines`` as a bulleted list across the page."""
+    pdf.set_font("DejaVu", "", font_size)
+    for line in lines:
+        pdf.multi_cell(0, font_size * 0.52, f"• {line}", align="L", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+
+
+def shorten(text: Any, max_chars: int = 120, note: bool = True) -> str:
+    """``text`` as one line of at most about ``max_chars`` characters, saying when it was shortened.
+
+    Parameters
+    ----------
+    text : any
+        Written with ``str``; runs of white space become one space.
+    max_chars : int
+        Characters kept before "…".
+    note : bool
+        Append "(N characters, shortened)" to a shortened text.
+
+    Examples
+    --------
+    >>> shorten("x" * 5000, 20)
+    'xxxxxxxxxxxxxxxxxxxx… (5,000 characters, shortened)'
+    """
+    text = " ".join(str(text).split())
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars].rstrip()}…" + (f" ({len(text):,} characters, shortened)" if note else "")
 
 
 def image_size_mm(png: bytes, max_w: float, max_h: float) -> tuple[float, float]:

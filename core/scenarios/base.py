@@ -376,9 +376,18 @@ def check_input(image: ImageData, scenario: Scenario) -> None:
     Raises
     ------
     InputError
-        See :func:`check_colour`; or, for a scenario that reads named channels, when the
-        image lacks one of them.
+        The image is smaller than the scenario's ``min_side_um``; see :func:`check_colour`; or,
+        for a scenario that reads named channels, when the image lacks one of them.
     """
+    h, w = image.shape
+    side_um = min(h, w) * (image.mpp or scenario.input_mpp)
+    if side_um < scenario.min_side_um - 1e-9:
+        need = int(round(scenario.min_side_um / scenario.input_mpp))
+        raise InputError(
+            f"{image.name}: image is {w} x {h} px ({side_um:.3g} µm on its short side): the {scenario.key} model needs "
+            f"at least {need} px ({scenario.min_side_um:g} µm) on each side at {scenario.input_mpp} µm/px; "
+            "upload a larger field"
+        )
     spec = scenario.input
     if spec.is_rgb:
         check_colour(image, scenario)

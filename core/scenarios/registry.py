@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 
 from core.errors import UnknownScenarioError
-from core.scenarios.spec import CellClass, InputSpec, OutputSpec, Scenario, Tiling
+from core.scenarios.spec import CellClass, InputSpec, OutputSpec, Scenario, Tiling, Use
 
 #: The IF composite of the melanoma paper: three colour planes of one RGB file.
 _IF_COMPOSITE = InputSpec(channels=("red", "green", "blue"))
@@ -25,7 +25,7 @@ _BRIGHTFIELD = InputSpec()
 
 
 def _tnrd_scenario(*, key: str, title: str, stain: str, modality: str, cell_class: CellClass, sha256: str,
-                   marks: str, params: dict, input_spec: InputSpec) -> Scenario:
+                   marks: str, params: dict, input_spec: InputSpec, use: Use) -> Scenario:
     """A TNRD scenario (melanoma paper §2.1): 0.5 µm/px, 128 µm windows blended over 24 µm, one class off the mask.
 
     Weights and card are ``weights/<key>-v1.safetensors`` and ``<key>-v1.json``; ``marks``
@@ -57,6 +57,7 @@ def _tnrd_scenario(*, key: str, title: str, stain: str, modality: str, cell_clas
         runner="core.scenarios.tnrd:TNRDModel",
         evaluation="tnrd-synthetic",
         trained_on_synthetic=True,
+        use=use,
         params=params,
     )
 
@@ -90,6 +91,8 @@ SCENARIOS: dict[str, Scenario] = {
             runner="core.scenarios.cd3_ihc:CD3IHCModel",
             evaluation="cd3-patches",
             trained_on_synthetic=False,
+            # trained and validated on 0.2 µm/px patches (40x); the antibody cannot be read from the colours
+            use=Use(stain="dab-hematoxylin", mpp_range=(0.15, 0.3), antigen="CD3", min_focus=0.003),
             params={"nms_box_um": 8.0, "nms_iou": 0.1},  # defaults; the weights carry their tuned values
         ),
         _tnrd_scenario(
@@ -102,6 +105,7 @@ SCENARIOS: dict[str, Scenario] = {
             marks="CD45+ cells in contact with gp100+ melanoma cells",
             params={"recipe": "if-melanoma", "min_area_px": 20, "min_distance_px": 6},
             input_spec=_IF_COMPOSITE,
+            use=Use(stain="fluorescence", mpp_range=(0.3, 0.7)),
         ),
         Scenario(
             key="he-til",
@@ -134,6 +138,8 @@ SCENARIOS: dict[str, Scenario] = {
             runner="core.scenarios.he_til:HETILModel",
             evaluation="he-points",
             trained_on_synthetic=False,
+            # validated at 0.25 (CoNSeP), 0.5 (BRCA-M2C) and 0.55 µm/px (CRC), resampled to 0.55
+            use=Use(stain="he", mpp_range=(0.2, 0.6), min_focus=0.003),
             caution=(
                 "Checked on three labelled H&E sources (model card, within 3 µm): of the annotated immune cells it "
                 "finds and calls immune 60 % on colorectal 20x (the training lab), 66 % on another lab's colorectal "
@@ -152,6 +158,7 @@ SCENARIOS: dict[str, Scenario] = {
             marks="immune cells where the local immune-cell concentration exceeds 0.2",
             params={"recipe": "he-melanoma", "min_area_px": 8, "min_distance_px": 3},
             input_spec=_BRIGHTFIELD,
+            use=Use(stain="he", mpp_range=(0.3, 0.7)),
         ),
     ]
 }

@@ -64,6 +64,30 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class Use:
+    """What the model was validated for: the checks of :func:`core.fitness.assess`.
+
+    Attributes
+    ----------
+    stain : {"he", "dab-hematoxylin", "fluorescence"}
+        Stain family the pixels must show (:func:`core.fitness.read_stain`).
+    mpp_range : (float, float)
+        Pixel sizes (µm/px) of the images the model was trained and validated on, with
+        the resampling the pipeline does; outside it the run stops unless overridden.
+    antigen : str or None
+        The one antibody the model counts (e.g. "CD3"): colours cannot tell it from
+        another DAB stain, so the user confirms it.
+    min_focus : float or None
+        Sharpness (:func:`core.fitness.focus_score`) below which a warning is given.
+    """
+
+    stain: str
+    mpp_range: tuple[float, float]
+    antigen: str | None = None
+    min_focus: float | None = None
+
+
+@dataclass(frozen=True)
 class Tiling:
     """How a large image is cut for the network (both tilers are in :mod:`core.tiling`).
 
@@ -151,6 +175,8 @@ class Scenario:
     trained_on_synthetic : bool
         True when the weights saw only generated images (said in the UI and the report;
         never offered for clinical counting).
+    use : Use
+        What the model was validated for (stain, mpp range, antigen, focus): checked before a run.
     caution : str
         What a user must know before trusting the results on their own slides ("" for none).
     params : dict
@@ -174,6 +200,7 @@ class Scenario:
     runner: str
     evaluation: str
     trained_on_synthetic: bool
+    use: Use
     caution: str = ""
     params: dict[str, Any] = field(default_factory=dict)
 

@@ -212,7 +212,10 @@ def compartment_sections(
         "stromal_immune_density_per_mm2": d_s,
         "ratio_intratumoral_to_stromal": ratio_or_none(d_t, d_s),
     }
-    if stroma_area:
+    min_um2 = params.min_compartment_area_mm2 * 1e6
+    if stroma_area and stroma_area < min_um2:
+        til = unavailable(_too_small("stromal", stroma_area, params))
+    elif stroma_area:
         pct = 100.0 * n_imm_s * params.immune_cell_area_um2 / stroma_area
         til = {
             "available": True,
@@ -226,10 +229,16 @@ def compartment_sections(
         }
     else:
         til = unavailable("no stromal area: draw a stroma region or include non-tumour cells")
-    return compartments, til, _phenotype(d_t, d_s, params)
+    return compartments, til, _phenotype(d_t, d_s, params, tumour_area, stroma_area)
 
 
-def _phenotype(d_t: float | None, d_s: float | None, params: SpatialParams) -> dict:
+def _too_small(which: str, area_um2: float, params: SpatialParams) -> str:
+    return (f"not enough tissue: the {which} compartment is {area_um2 / 1e6:.3g} mm², the figure needs at least "
+            f"{params.min_compartment_area_mm2:g} mm² (analyse a larger field or the whole slide)")
+
+
+def _phenotype(d_t: float | None, d_s: float | None, params: SpatialParams,
+               tumour_area_um2: float | None = None, stroma_area_um2: float | None = None) -> dict:
     """Inflamed / excluded / desert from the compartment densities (cells/mm²) and the printed thresholds."""
     thr = {
         "inflamed_min_intratumoral_per_mm2": params.inflamed_min_intratumoral_per_mm2,
@@ -245,8 +254,14 @@ def _phenotype(d_t: float | None, d_s: float | None, params: SpatialParams) -> d
         "inputs": {"intratumoral_immune_density_per_mm2": d_t, "stromal_immune_density_per_mm2": d_s},
         "note": "illustrative thresholds, not validated cut-offs (Hegde et al. 2016); set them for your marker and cohort",
     }
+    res["min_compartment_area_mm2"] = params.min_compartment_area_mm2
     if d_t is None:
         return {**res, "available": False, "call": None, "reason": "no tumour compartment: draw a tumour region"}
+    min_um2 = params.min_compartment_area_mm2 * 1e6
+    if tumour_area_um2 is not None and tumour_area_um2 < min_um2:
+        return {**res, "available": False, "call": None, "reason": _too_small("tumour", tumour_area_um2, params)}
+    if stroma_area_um2 is not None and stroma_area_um2 < min_um2 and d_t < params.inflamed_min_intratumoral_per_mm2:
+        return {**res, "available": False, "call": None, "reason": _too_small("stromal", stroma_area_um2, params)}
     if d_t >= params.inflamed_min_intratumoral_per_mm2:
         call = "inflamed"
     elif d_s is None:
@@ -328,7 +343,12 @@ def invasive_margin_section(
     n_ct, n_im = int((zone_ct & imm).sum()), int((zone_im & imm).sum())
     d_ct, d_im = density_per_mm2(n_ct, area_ct), density_per_mm2(n_im, area_im)
     cut = params.immunoscore_cutoffs_per_mm2
-    if cut is None:
+    small = [(n, a) for n, a in (("tumour centre (CT)", area_ct), ("invasive margin (IM)", area_im))
+             if a < params.min_compartment_area_mm2 * 1e6]
+    if small:
+        score, high = None, None
+        why = "; ".join(_too_small(n, a, params) for n, a in small)
+    elif cut is None:
         score, high = None, None
         why = "set SpatialParams.immunoscore_cutoffs_per_mm2 = (CT, IM), e.g. your cohort's medians, for a 0-2 score"
     else:

@@ -55,6 +55,13 @@ class SpatialParams:
     excluded_min_stromal_per_mm2 : float >= 0
         Phenotype: "excluded" when not inflamed and the stromal immune density reaches
         this; otherwise "desert". Default 100 cells/mm² (illustrative).
+    min_compartment_area_mm2 : float >= 0
+        Smallest tumour (and stromal) compartment area on which the phenotype call, the
+        stromal TIL proxy and the CT / IM densities are reported; below it they read "not
+        enough tissue". Default 0.5 mm², about two 40x high-power fields (0.2-0.25 mm² each):
+        the TILs Working Group scores the whole tumour area, not single fields (Salgado et
+        al. 2015), and Immunoscore reads densities over tiles of about 0.8 mm² (Pagès et al.
+        2018); a call on a few hundredths of a mm² is not reproducible.
     immunoscore_cutoffs_per_mm2 : (float, float) or None
         (CT, IM) density cut-offs for the 0-2 Immunoscore-like count of "high"
         compartments; None (default) reports the densities only, because a true
@@ -76,6 +83,7 @@ class SpatialParams:
     compartment_tumour_fraction: float = 0.5
     inflamed_min_intratumoral_per_mm2: float = 100.0
     excluded_min_stromal_per_mm2: float = 100.0
+    min_compartment_area_mm2: float = 0.5
     immunoscore_cutoffs_per_mm2: tuple[float, float] | None = None
     histogram_bin_um: float = 2.0
     histogram_max_um: float = 200.0
@@ -106,6 +114,7 @@ class SpatialParams:
         pos("histogram_max_um", self.histogram_max_um)
         pos("inflamed_min_intratumoral_per_mm2", self.inflamed_min_intratumoral_per_mm2, zero_ok=True)
         pos("excluded_min_stromal_per_mm2", self.excluded_min_stromal_per_mm2, zero_ok=True)
+        pos("min_compartment_area_mm2", self.min_compartment_area_mm2, zero_ok=True)
         if not isinstance(self.n_simulations, (int, np.integer)) or self.n_simulations < 0:
             raise InputError(f"SpatialParams.n_simulations must be an integer >= 0, got {self.n_simulations!r}")
         if not 0 < float(self.envelope_alpha) < 1:
