@@ -1,7 +1,11 @@
 """Command line: ``python -m core {scenarios,analyze,classify-patches,stats,evaluate}``.
 
 Shares every step with the app (:mod:`core.pipeline`: run → save → write). Bad input exits
-with status 2 and one line on stderr that says what was wrong; no traceback.
+with status 2 and one line on stderr, ``error: ...``, that says what was wrong and how to fix
+it; no traceback. Every numeric option has its range (:data:`OPTION_RANGES`, checked while
+the arguments are parsed), and the output folder is checked before any analysis runs; the
+files are written into a temporary folder and moved into place when all are written
+(:func:`core.io.write_output_folder`), so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -9,12 +13,125 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
-from core.errors import TILscopeError
+from core.errors import InputError, TILscopeError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+#: Ranges of the numeric options (inclusive), stated in ``--help`` and the README.
+OPTION_RANGES = {
+    "page": (1, 100_000),
+    "n_simulations": (0, 999),
+    "radius_um": (0.0, 1000.0),  # each of --radii-um, > 0
+    "n_radii": (1, 20),
+    "margin_half_width_um": (0.0, 5000.0),  # > 0
+    "seed": (0, 2**32 - 1),
+    "synthetic": (1, 1000),
+}
+#: Longest case label (the case store's limit).
+CASE_LABEL_MAX_CHARS = 200
+#: Largest cell table read by ``stats``, in bytes (1 GiB: about 10 million cells).
+MAX_CELL_TABLE_BYTES = 1024**3
+#: Most patch files classified in one call.
+MAX_PATCHES = 20_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``error: ...`` on stderr, exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_in(name: str):
+    lo, hi = OPTION_RANGES[name]
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (allowed: {lo} to {hi})") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _float_in(name: str, lo_open: bool = True):
+    lo, hi = OPTION_RANGES[name]
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or (value <= lo if lo_open else value < lo) or value > hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside the allowed {'more than ' if lo_open else ''}{lo:g} "
+                                             f"to {hi:g}")
+        return value
+
+    return parse
+
+
+def _mpp(text: str) -> float:
+    from core.io import PLAUSIBLE_MPP_RANGE, check_mpp
+
+    lo, hi = PLAUSIBLE_MPP_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of microns per pixel ({lo} to {hi})") from None
+    try:
+        return check_mpp(value)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    """``--radii-um 10,20,30``: 1 to 20 radii, each more than 0 and at most 1000 µm."""
+    lo, hi = OPTION_RANGES["radius_um"]
+    n_lo, n_hi = OPTION_RANGES["n_radii"]
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give radii in µm separated by commas, e.g. 10,20,30,50")
+    if not n_lo <= len(parts) <= n_hi:
+        raise argparse.ArgumentTypeError(f"{len(parts)} radii given; give {n_lo} to {n_hi}")
+    values = []
+    for t in parts:
+        try:
+            v = float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{t!r} in {text!r} is not a number: give radii in µm separated by commas, e.g. 10,20,30,50") from None
+        if not math.isfinite(v) or not lo < v <= hi:
+            raise argparse.ArgumentTypeError(f"radius {t} µm is outside the allowed more than {lo:g} to {hi:g} µm")
+        values.append(v)
+    return tuple(values)
+
+
+def _check_case_label(label: str) -> str:
+    text = (label or "").strip()
+    if len(text) > CASE_LABEL_MAX_CHARS:
+        raise InputError(f"the case label has {len(text)} characters; use at most {CASE_LABEL_MAX_CHARS} (--case)")
+    if text and not text.isprintable():
+        raise InputError("the case label holds control characters (e.g. a line break); type it again with letters, "
+                         "digits, spaces and punctuation (--case)")
+    return text
+
+
+def _analysis_file_names(scenario, report: bool) -> list[str]:
+    """The files ``analyze`` writes for ``scenario`` (to check the output folder before the run)."""
+    from core.outputs.exports import REPORT_FILES
+
+    names = ["cells.csv", "summary.json", "overlay.png"]
+    names += [f"{o.name}.png" for o in scenario.outputs if o.kind in ("dense", "restored")]
+    return names + (list(REPORT_FILES) if report else [])
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
@@ -46,30 +163,40 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from core.io import load_image
-    from core.pipeline import load_model, run_analysis, save_analysis, write_analysis, write_stored
+    from core.io import check_output_folder, load_image
+    from core.pipeline import check_input, load_model, run_analysis, save_analysis, write_analysis, write_stored
+    from core.scenarios.base import check_precision, pick_device
+    from core.scenarios.registry import get_scenario, runner_class
 
-    image = load_image(args.image, mpp=args.mpp)
-    regions = _read_regions(args.regions, image.mpp)
+    # Everything that can be refused is refused before the analysis runs.
+    scenario = get_scenario(args.scenario)
+    case = _check_case_label(args.case)
+    check_output_folder(args.out, _analysis_file_names(scenario, args.report))
+    scenario.card()  # an edited model card is refused (its intended use goes into the report)
+    check_precision(args.precision, pick_device(args.device), runner_class(scenario).supported_precisions, scenario.key)
+    image = load_image(args.image, mpp=args.mpp, page=args.page)
+    check_input(image, args.scenario)  # channels, colour, size at the model's mpp: before the model is loaded
+    regions, region_notes = _read_regions(args.regions, image.mpp)
     model = load_model(args.scenario, args.device, args.precision)
     result = run_analysis(image, args.scenario, model=model, regions=regions,
                           outside_validated_use=args.outside_validated_use,
                           antigen_confirmed=True if args.confirm_antigen else None)
+    result.warnings.extend(region_notes)
     if args.no_store or result.scenario.trained_on_synthetic:
         if not args.no_store:
             print(f"not saved in the case history: the {result.scenario.title} model was trained on synthetic images "
                   "only (teaching and method development); the files are written below", file=sys.stderr)
-        files = write_analysis(result, args.out, report=args.report, case_label=args.case or None)
+        files = write_analysis(result, args.out, report=args.report, case_label=case or None)
     else:  # as the app does: saved in the case history, and the stored files written
         from core.outputs.store import CaseStore
 
         store = CaseStore()
         try:
-            analysis_id = save_analysis(result, args.case or "unlabelled", store)
+            analysis_id = save_analysis(result, case or "unlabelled", store)
             files = write_stored(store, analysis_id, args.out, report=args.report)
         finally:
             store.close()
-        print(f"saved as analysis {analysis_id} of case {args.case or 'unlabelled'!r} in the case history")
+        print(f"saved as analysis {analysis_id} of case {case or 'unlabelled'!r} in the case history")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for w in result.outside_validated_use:
@@ -85,15 +212,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _read_regions(regions_path: str | None, mpp: float | None):
-    """Regions of a GeoJSON file in µm, or None without a file."""
+    """(regions of a GeoJSON file in µm, notes on repaired outlines), or (None, []) without a file."""
     if not regions_path:
-        return None
-    from core.errors import InputError
+        return None, []
     from core.spatial.regions import read_regions_geojson
 
     if mpp is None:
-        raise InputError("--regions needs the image's microns per pixel: pass --mpp")
-    return read_regions_geojson(regions_path, mpp)
+        raise InputError("--regions needs the image's microns per pixel (the regions are in pixels): pass --mpp")
+    regions = read_regions_geojson(regions_path, mpp)
+    notes = list(dict.fromkeys(r.note for r in regions if r.note))
+    return regions, notes
 
 
 def _patch_files(paths: list[str]) -> list[Path]:
@@ -120,6 +248,9 @@ def _cmd_classify_patches(args: argparse.Namespace) -> int:
     if not hasattr(model, "classify_patches"):
         raise TILscopeError(f"scenario {args.scenario!r} does not classify single-cell patches; use 'analyze'")
     files = _patch_files(args.paths)
+    if len(files) > MAX_PATCHES:
+        raise InputError(f"{len(files)} patch files, more than the {MAX_PATCHES} classified in one call; split them "
+                         "into several folders")
     arrays = [load_image(f).rgb for f in files]
     odd = [(f, a.shape) for f, a in zip(files, arrays) if a.shape != (70, 70, 3)]
     if odd:
@@ -139,27 +270,47 @@ def _cmd_classify_patches(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     from core import spatial
+    from core.io import check_output_folder, write_output_folder
+    from core.spatial.regions import check_coordinates_um
 
+    check_output_folder(args.out, ["stats.json"])
+    table = Path(args.cells)
+    if table.is_dir():
+        raise InputError(f"{table}: is a folder, not a file; give the cell table (cells.csv or a QuPath export)")
+    if table.is_file() and table.stat().st_size > MAX_CELL_TABLE_BYTES:
+        raise InputError(f"{table}: the cell table is {table.stat().st_size / 1024**3:.1f} GiB, more than the "
+                         f"{MAX_CELL_TABLE_BYTES / 1024**3:.0f} GiB accepted; split it by region or slide")
     cells, taken = spatial.read_cell_table_csv(args.cells)
-    regions = None
+    check_coordinates_um(cells[["x_um", "y_um"]].to_numpy(dtype=float), f"cell table {table.name}")
+    regions, notes = None, []
     if args.regions:
-        from core.spatial.regions import read_regions_geojson
-
-        regions = read_regions_geojson(args.regions, args.mpp)
+        if args.mpp is None:
+            raise InputError("--regions needs --mpp: the regions' coordinates are pixels (as QuPath writes them) and "
+                             "are converted to µm with it")
+        regions, notes = _read_regions(args.regions, args.mpp)
     params = spatial.SpatialParams(**_stats_params(args))
     stats = spatial.compute_spatial_stats(cells, regions, params, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps({"input": taken, **stats}, indent=2, ensure_ascii=False), encoding="utf-8")
+    if notes and isinstance(stats.get("warnings"), list):
+        stats["warnings"] = notes + stats["warnings"]
+    text = json.dumps({"input": taken, **stats}, indent=2, ensure_ascii=False)
+
+    def write(folder: Path) -> list[Path]:
+        path = folder / "stats.json"
+        path.write_text(text, encoding="utf-8")
+        return [path]
+
+    files = write_output_folder(args.out, write)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"read {len(cells)} cells from {args.cells} ({json.dumps(taken, ensure_ascii=False)})")
-    print(f"wrote {out / 'stats.json'}")
+    print(f"wrote {files['stats.json']}")
     return 0
 
 
 def _stats_params(args: argparse.Namespace) -> dict:
     params = {}
     if args.radii_um:
-        params["radii_um"] = tuple(float(r) for r in args.radii_um.split(","))
+        params["radii_um"] = args.radii_um
     if args.margin_half_width_um is not None:
         params["margin_half_width_um"] = args.margin_half_width_um
     if args.n_simulations is not None:
@@ -175,7 +326,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core", description="TILscope: count and locate TILs.")
+    p = _Parser(prog="python -m core", description="TILscope: count and locate TILs.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("scenarios", help="list the scenario models")
@@ -185,8 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse one image; write cells.csv, summary.json, overlay.png and the scenario's maps")
     a.add_argument("image")
     a.add_argument("--scenario", required=True, help="scenario key (see 'scenarios')")
-    a.add_argument("--mpp", type=float, help="microns per pixel (overrides the file's metadata)")
-    a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--mpp", type=_mpp, help="microns per pixel, 0.05 to 20 (overrides the file's metadata)")
+    a.add_argument("--page", type=_int_in("page"), default=1,
+                   help="page (image) of a multi-page file to analyse, from 1 (default 1)")
+    a.add_argument("--out", required=True,
+                   help="output folder (created; files of the same names replaced; written whole or not at all)")
     a.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     a.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
@@ -197,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--confirm-antigen", action="store_true",
                    help="the slide is stained for the antibody the scenario counts (e.g. CD3 for cd3-ihc)")
     a.add_argument("--report", action="store_true", help="also write report.pdf and cells.geojson (the files the app saves)")
-    a.add_argument("--case", default="", help="case the analysis is saved under in the case history (default 'unlabelled')")
+    a.add_argument("--case", default="", help="case the analysis is saved under in the case history (default "
+                   f"'unlabelled'; at most {CASE_LABEL_MAX_CHARS} characters)")
     a.add_argument("--no-store", action="store_true",
                    help="do not save the analysis in the case history ($TILSCOPE_DATA_DIR or $TILSCOPE_DATABASE_URL)")
     a.set_defaults(func=_cmd_analyze)
@@ -211,12 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="spatial TIL statistics of a cell table (ours or a QuPath export)")
     st.add_argument("cells", help="cells.csv or a QuPath detection measurement export")
     st.add_argument("--regions", help="GeoJSON regions (coordinates in pixels, as QuPath writes them)")
-    st.add_argument("--mpp", type=float, help="microns per pixel of the regions' pixel coordinates")
-    st.add_argument("--out", required=True)
-    st.add_argument("--radii-um", help="comma-separated radii for fractions within r, default 10,20,30,50")
-    st.add_argument("--margin-half-width-um", type=float)
-    st.add_argument("--n-simulations", type=int)
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--mpp", type=_mpp, help="microns per pixel of the regions' pixel coordinates, 0.05 to 20")
+    st.add_argument("--out", required=True, help="output folder for stats.json")
+    st.add_argument("--radii-um", type=_radii,
+                    help="comma-separated radii for fractions within r: 1 to 20 radii, each more than 0 and at most "
+                         "1000 µm; default 10,20,30,50")
+    st.add_argument("--margin-half-width-um", type=_float_in("margin_half_width_um"),
+                    help="half-width of the invasive margin, more than 0 and at most 5000 µm (default 500)")
+    st.add_argument("--n-simulations", type=_int_in("n_simulations"),
+                    help="Monte-Carlo relabellings of the envelopes, 0 to 999 (default 99)")
+    st.add_argument("--seed", type=_int_in("seed"), default=0, help="seed of the envelopes, 0 to 2^32 - 1")
     st.set_defaults(func=_cmd_stats)
 
     e = sub.add_parser("evaluate", help="evaluate a scenario on held-out data; prints JSON metrics")
@@ -224,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="validation", help="data split to evaluate (cd3-ihc: validation)")
     e.add_argument("--data", help="data folder (default: ../shared/data/...)")
     e.add_argument("--mosaic", action="store_true", help="cd3-ihc: also detect cells on mosaics of held-out patches")
-    e.add_argument("--synthetic", type=int, help="number of synthetic images (generator-trained scenarios)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--synthetic", type=_int_in("synthetic"),
+                   help="number of synthetic images, 1 to 1000 (generator-trained scenarios)")
+    e.add_argument("--seed", type=_int_in("seed"), default=0)
     e.add_argument("--device", default=None)
     e.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="he-til: numeric precision of inference")
     e.add_argument("--restained", action="store_true",
@@ -236,13 +396,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status.
+
+    0 on success; 2 with one line ``error: ...`` on stderr for bad input (argument,
+    file, image, output folder); 130 when interrupted; 1 with one line for an unexpected
+    failure (a bug: set ``TILSCOPE_DEBUG=1`` to see its traceback).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except TILscopeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: not enough memory for this input; use a smaller image or table, or fewer simulations",
+              file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free space", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: one line, not a traceback, unless asked for
+        if os.environ.get("TILSCOPE_DEBUG"):
+            raise
+        print(f"error: unexpected failure ({_one_line(err) or 'no details'}); please report it with the command "
+              "you ran (TILSCOPE_DEBUG=1 shows the details)", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

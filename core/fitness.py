@@ -22,7 +22,8 @@ and on every export (``summary["outside_validated_use"]``).
   (glass is grey, whatever its brightness) or whose summed optical density exceeds 0.9 (dark
   material), fluorescence pixels above an Otsu threshold of the brightest
   channel, grown by 10 µm; on a copy reduced to about 2 µm/px, closed, small holes and specks
-  removed (scikit-image). A simple glass threshold for fields; whole-slide tissue detection
+  removed (scikit-image); pixels the file marks transparent (alpha 0) are never tissue, nor
+  read for the stain. A simple glass threshold for fields; whole-slide tissue detection
   replaces it on slides. The tissue area is the denominator of every density.
 - **Focus** (:func:`focus_score`): variance of the Laplacian of the grey optical density at
   the model's mpp, on tissue; a warning (never a stop) below the scenario's ``min_focus``.
@@ -167,6 +168,10 @@ def read_stain(image: ImageData) -> StainReading:
     from skimage.color import hed_from_rgb
 
     rgb = _sample(image.rgb)
+    if image.transparent is not None:  # no image there: black in the RGB, but neither dark field nor tissue
+        rgb = rgb[~_sample(image.transparent)]
+        if len(rgb) == 0:
+            return StainReading("uncertain", None, 0.0)
     grey = rgb.mean(axis=-1)
     dark = float((grey < 50).mean())
     if not image.is_rgb or (dark >= 0.5 and float(np.median(grey)) < 60):
@@ -202,6 +207,8 @@ def tissue_mask(image: ImageData, fluorescence: bool | None = None) -> TissueMas
     Returns
     -------
     TissueMask, at most :data:`MASK_MAX_SIDE` px a side
+        Transparent pixels of the file (:attr:`core.io.ImageData.transparent`) are not
+        tissue: a mask pixel more than half transparent is cleared after the clean-up.
     """
     from skimage import filters, morphology
     from skimage.transform import downscale_local_mean
@@ -211,9 +218,13 @@ def tissue_mask(image: ImageData, fluorescence: bool | None = None) -> TissueMas
     mpp = image.mpp or 0.5
     h, w = image.shape
     f = max(1, int(round(MASK_MPP / mpp)), int(np.ceil(max(h, w) / MASK_MAX_SIDE)))
-    rgb = image.rgb
+    # Every g-th pixel is read before block averaging, so the float copy stays under about
+    # 16 pixels per mask pixel whatever the image size (bounded memory).
+    g = max(1, f // 4)
+    f = g * (f // g)
+    rgb = image.rgb[::g, ::g]
     if fluorescence:
-        signal = downscale_local_mean(rgb.max(axis=-1).astype(np.float32), (f, f))
+        signal = downscale_local_mean(rgb.max(axis=-1).astype(np.float32), (f // g, f // g))
         thr = filters.threshold_otsu(signal) if np.ptp(signal) > 0 else np.inf
         mask = signal > thr
         grow = max(1, int(round(10.0 / (f * mpp))))
@@ -222,7 +233,7 @@ def tissue_mask(image: ImageData, fluorescence: bool | None = None) -> TissueMas
     else:
         from skimage.color import rgb2hsv
 
-        small = downscale_local_mean(rgb.astype(np.float32), (f, f, 1)) / 255.0
+        small = downscale_local_mean(rgb.astype(np.float32), (f // g, f // g, 1)) / 255.0
         od = -np.log((small * 255.0 + 1.0) / 256.0).sum(axis=-1)
         mask = (rgb2hsv(small)[..., 1] > TISSUE_SATURATION_MIN) | (od > TISSUE_OD_DARK)
         method = (f"brightfield: colour saturation > {TISSUE_SATURATION_MIN:g} or summed optical density > "
@@ -231,8 +242,12 @@ def tissue_mask(image: ImageData, fluorescence: bool | None = None) -> TissueMas
     mask = morphology.closing(mask, morphology.disk(max(1, int(round(4.0 / px_um)))))
     mask = morphology.remove_small_holes(mask, max_size=max(4, int(round(400.0 / px_um**2))))
     mask = morphology.remove_small_objects(mask, max_size=max(4, int(round(100.0 / px_um**2))))
-    return TissueMask(mask, float(f), float(mask.mean()) if mask.size else 0.0,
-                      method + "; closed, holes < 400 µm² filled, specks < 100 µm² removed")
+    method += "; closed, holes < 400 µm² filled, specks < 100 µm² removed"
+    if image.transparent is not None:
+        clear = downscale_local_mean(image.transparent[::g, ::g].astype(np.float32), (f // g, f // g)) > 0.5
+        mask &= ~clear
+        method += "; transparent pixels are not tissue"
+    return TissueMask(mask, float(f), float(mask.mean()) if mask.size else 0.0, method)
 
 
 def focus_score(image: ImageData, model_mpp: float, tissue: TissueMask) -> float | None:
@@ -255,7 +270,9 @@ def focus_score(image: ImageData, model_mpp: float, tissue: TissueMask) -> float
     stride = image.shape[0] / rgb.shape[0]
     mpp = image.mpp or model_mpp
     s = mpp * stride / model_mpp
-    grey = -np.log((rgb.astype(np.float32).mean(axis=-1) + 1.0) / 256.0)
+    grey = -np.log((rgb.mean(axis=-1, dtype=np.float32) + 1.0) / 256.0)
+    if s > 1.05:  # the image is coarser than the model reads: measure at its own scale (no upsampled copy)
+        s = 1.0
     if abs(s - 1) > 0.05:
         shape = (max(8, int(round(grey.shape[0] * s))), max(8, int(round(grey.shape[1] * s))))
         grey = resize(grey, shape, anti_aliasing=s < 1, preserve_range=True)
@@ -305,7 +322,7 @@ def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None) ->
         lo, hi = use.mpp_range
         if not lo <= image.mpp <= hi:
             problems.append(f"The pixel size is {image.mpp:.3g} µm/px; the {scenario.title} model is validated from "
-                            f"{lo:g} to {hi:g} µm/px (about {10 / hi:.0f}x to {10 / lo:.0f}x objective): scan or export the image at such a "
+                            f"{lo:g} to {hi:g} µm/px (0.25 µm/px is about a 40x scan, 0.5 about 20x): scan or export the image at such a "
                             "magnification, or correct the pixel size if it is wrong.")
     area = tissue.area_mm2(image.mpp)
     if tissue.fraction < MIN_TISSUE_FRACTION or (area is not None and area < MIN_TISSUE_AREA_MM2):

@@ -6,6 +6,26 @@ channel and its significant bits (:class:`ImageData`), whatever the file held (g
 RGBA, palette, a multiplex fluorescence stack; PNG, JPEG, TIFF, OME-TIFF, ImageJ
 hyperstacks). 8-bit RGB is made from it only for display and for the scenarios that
 declare RGB input (:attr:`ImageData.rgb`).
+
+Limits
+------
+What a file may ask of memory is bounded by design, with the limits stated here and
+nowhere else (README, "Limits"):
+
+- :data:`MAX_FILE_BYTES`: a file is measured (``os.stat``) before it is opened; larger
+  files are refused without reading them.
+- :data:`MAX_PIXELS`: H x W of the image read, and of that image resampled to a
+  scenario's mpp (:func:`core.scenarios.base.resample_to_mpp`).
+- :data:`MAX_DECODED_BYTES_PER_PIXEL`: everything one decode produces (every plane of
+  the page read, at the decoder's dtype) is at most this many bytes per accepted pixel.
+
+Each is checked from the file's header (TIFF tags, PNG/JPEG header) before any pixel is
+decoded; a multi-page file has only the page asked for decoded.
+
+The output folders of the command line are written whole or not at all
+(:func:`write_output_folder`): into a temporary folder beside the target, moved into
+place when complete, after :func:`check_output_folder` has refused, before any work, a
+target that cannot receive the files.
 """
 
 from __future__ import annotations
@@ -14,25 +34,38 @@ import hashlib
 import os
 import io as _io
 import re
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import ImageReadError, InputError
+from core.errors import ImageReadError, InputError, TILscopeError
 
-#: Largest image accepted, in pixels (about a 10 000 x 10 000 field). Whole slides
-#: need a tiled reader, not this function.
+#: Largest image accepted, in pixels (H x W; about a 10 000 x 10 000 field), also after
+#: resampling to a scenario's mpp. Whole slides need a tiled reader, not this function.
 MAX_PIXELS = int(os.environ.get("TILSCOPE_MAX_PIXELS", 100_000_000))
+#: Bytes one decode may produce per accepted pixel: 12 is an RGB image of float32 (or a
+#: 6-plane 16-bit stack) at :data:`MAX_PIXELS`; a 16-channel 16-bit panel may have up to
+#: ``12 / 32`` of :data:`MAX_PIXELS`. The peak memory of a read is about twice this
+#: (the decoder's buffer and the array made from it).
+MAX_DECODED_BYTES_PER_PIXEL = 12
+#: Largest file opened, in bytes (2 GiB); measured before it is read.
+MAX_FILE_BYTES = int(os.environ.get("TILSCOPE_MAX_FILE_BYTES", 2 * 1024**3))
 #: mpp values outside this range are treated as absent (e.g. a 72 dpi default tag
 #: reads as 352.8 µm/px, which no microscope produces).
 PLAUSIBLE_MPP_RANGE = (0.05, 20.0)
 
 _TIFF_SUFFIXES = {".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf"}
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _UNIT_TO_UM = {"m": 1e6, "mm": 1e3, "cm": 1e4, "µm": 1.0, "um": 1.0, "μm": 1.0, "nm": 1e-3}
+#: The formats read through PIL (TIFF goes through tifffile); any other format is refused
+#: from its first bytes.
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")
 
 
 #: Channel names of a colour (brightfield or composite) image.
@@ -43,6 +76,11 @@ MAX_CHANNELS = 16
 _CHANNEL_COLORS = ((0, 255, 0), (255, 0, 0), (255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0),
                    (128, 128, 255), (255, 255, 255))
 _NUCLEAR_WORDS = ("hoechst", "h3342", "dapi", "nuclei", "nuclear")
+
+
+def max_decoded_bytes(max_pixels: int | None = None) -> int:
+    """Bytes one decode may produce: :data:`MAX_DECODED_BYTES_PER_PIXEL` x ``max_pixels`` (default :data:`MAX_PIXELS`)."""
+    return MAX_DECODED_BYTES_PER_PIXEL * int(MAX_PIXELS if max_pixels is None else max_pixels)
 
 
 @dataclass
@@ -72,12 +110,19 @@ class ImageData:
         For integer data, the bits that carry signal (12 for a 12-bit camera's values
         stored in uint16); default the dtype's width. Display scaling divides by
         ``2**significant_bits - 1``, so 12-bit data are not crushed into the bottom 1/16.
+    transparent : (H, W) bool ndarray, optional
+        True where the file's pixel was fully transparent (alpha 0): no image there. The
+        tissue mask counts these pixels as not tissue (:func:`core.fitness.tissue_mask`);
+        None when the file had no transparency.
+    n_pages : int
+        Images (pages or frames) in the file; one of them is ``data`` (``load_image(page=...)``).
 
     Raises
     ------
     ImageReadError
         If the array is not 2-D or 3-D, is empty, has an unsupported dtype, more than
-        :data:`MAX_CHANNELS` channels, or a channel-name count that differs from C.
+        :data:`MAX_CHANNELS` channels, a channel-name count that differs from C, or a
+        ``transparent`` mask of another shape than (H, W).
     """
 
     data: np.ndarray
@@ -88,6 +133,8 @@ class ImageData:
     notes: list[str] = field(default_factory=list)
     channel_names: tuple[str, ...] | None = None
     significant_bits: int | None = None
+    transparent: np.ndarray | None = None
+    n_pages: int = 1
 
     def __post_init__(self):
         a = np.asarray(self.data)
@@ -111,6 +158,11 @@ class ImageData:
             raise ImageReadError(f"{self.name}: {len(self.channel_names)} channel names for {a.shape[2]} channels")
         if self.significant_bits is None and a.dtype != np.float32:
             self.significant_bits = 8 * a.dtype.itemsize
+        if self.transparent is not None:
+            t = np.asarray(self.transparent, dtype=bool)
+            if t.shape != a.shape[:2]:
+                raise ImageReadError(f"{self.name}: transparency mask of shape {t.shape} for an image of {a.shape[:2]}")
+            self.transparent = t if t.any() else None
         self._rgb = None
 
     @property
@@ -153,7 +205,7 @@ class ImageData:
         """Return a copy with ``mpp`` set (validated by :func:`check_mpp`); the pixels are shared."""
         mpp = None if mpp is None else check_mpp(mpp)
         return ImageData(self.data, mpp, self.name, self.sha256, source if mpp is not None else "none", list(self.notes),
-                         self.channel_names, self.significant_bits)
+                         self.channel_names, self.significant_bits, self.transparent, self.n_pages)
 
 
 def scale_to_uint8(data: np.ndarray, significant_bits: int | None) -> np.ndarray:
@@ -164,10 +216,16 @@ def scale_to_uint8(data: np.ndarray, significant_bits: int | None) -> np.ndarray
     """
     if data.dtype == np.uint8:
         return data
-    if data.dtype == np.float32:
-        return (np.clip(np.nan_to_num(data), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out = np.empty(data.shape, np.uint8)
+    rows = max(1, (16 << 20) // max(1, data[0].size * 4))  # bands of about 16 MB of temporaries
     top = (1 << int(significant_bits or 16)) - 1
-    return ((np.minimum(data.astype(np.uint32), top) * 255 + top // 2) // top).astype(np.uint8)
+    for r in range(0, data.shape[0], rows):
+        band = data[r : r + rows]
+        if data.dtype == np.float32:
+            out[r : r + rows] = np.clip(np.nan_to_num(band), 0.0, 1.0) * 255.0 + 0.5
+        else:
+            out[r : r + rows] = (np.minimum(band.astype(np.uint32), top) * 255 + top // 2) // top
+    return out
 
 
 def composite_rgb8(data: np.ndarray, channel_names: tuple[str, ...]) -> np.ndarray:
@@ -200,6 +258,39 @@ def composite_rgb8(data: np.ndarray, channel_names: tuple[str, ...]) -> np.ndarr
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def select_channels(image: "ImageData", picks: tuple[str | None, ...], names: tuple[str, ...]) -> "ImageData":
+    """An image made of chosen channels of a multi-channel file (the channel picker).
+
+    Parameters
+    ----------
+    image : ImageData with named channels (e.g. a fluorescence OME-TIFF)
+    picks : for each channel of the result, the name of the file's channel to use, or None
+        for an empty (zero) plane
+    names : the result's channel names, e.g. ``("red", "green", "blue")`` for an RGB composite
+
+    Returns
+    -------
+    ImageData
+        Same dtype, mpp, name and hash; a note says which channel went where.
+
+    Raises
+    ------
+    InputError
+        A pick that is not one of the image's channels, or ``picks`` and ``names`` of different lengths.
+    """
+    if len(picks) != len(names):
+        raise InputError(f"{len(picks)} channels picked for {len(names)} places ({', '.join(names)})")
+    missing = [p for p in picks if p is not None and p not in image.channel_names]
+    if missing:
+        raise InputError(f"{image.name}: no channel named {', '.join(map(repr, missing))}; the file has "
+                         f"{', '.join(image.channel_names)}")
+    planes = [image.data[..., image.channel_names.index(p)] if p is not None else np.zeros(image.shape, image.data.dtype)
+              for p in picks]
+    note = "channels picked: " + ", ".join(f"{p or 'none'} as {n}" for p, n in zip(picks, names))
+    return ImageData(np.stack(planes, axis=-1), image.mpp, image.name, image.sha256, image.mpp_source,
+                     list(image.notes) + [note], tuple(names), image.significant_bits, image.transparent, image.n_pages)
+
+
 def check_mpp(mpp: float) -> float:
     """Validate a microns-per-pixel value.
 
@@ -225,22 +316,31 @@ def load_image(
     source: str | Path | bytes | BinaryIO,
     name: str | None = None,
     mpp: float | None = None,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
+    page: int | None = None,
 ) -> ImageData:
     """Read an image file with its channels, bit depth and microns per pixel.
+
+    The file is measured and its header read before any pixel is decoded: a file larger
+    than :data:`MAX_FILE_BYTES`, an image of more than ``max_pixels``, or a decode that
+    would produce more than :func:`max_decoded_bytes` is refused without allocating it.
 
     Parameters
     ----------
     source : path, bytes or binary file object
-        PNG, JPEG or TIFF/OME-TIFF/ImageJ hyperstack: 8- or 16-bit (12-bit data in 16-bit
-        words are recognised), RGB, RGBA, grey, palette, or up to :data:`MAX_CHANNELS`
-        fluorescence planes (CYX).
+        PNG, JPEG, BMP, GIF, WebP or TIFF/OME-TIFF/ImageJ hyperstack: 8- or 16-bit (12-bit
+        data in 16-bit words are recognised), float (in [0, 1], 0-255 or 0-65535), RGB,
+        RGBA, grey, palette, or up to :data:`MAX_CHANNELS` fluorescence planes (CYX).
     name : str, optional
         Display name; defaults to the file name.
     mpp : float, optional
-        Microns per pixel given by the user; overrides the file's metadata.
-    max_pixels : int
-        Refuse images with more pixels (H x W) than this.
+        Microns per pixel given by the user; overrides the file's metadata (which is then
+        still read, but never stops the image from loading).
+    max_pixels : int, optional
+        Refuse images with more pixels (H x W) than this; default :data:`MAX_PIXELS`.
+    page : int, optional
+        1-based page (image) of a multi-page file (a TIFF holding several images, an
+        animated GIF); default 1. A note says which page was read when there are several.
 
     Returns
     -------
@@ -248,109 +348,338 @@ def load_image(
         ``data`` (H, W, C) in the file's own dtype (uint8, uint16 or float32) with channel
         names (OME ``Channel Name``, ImageJ ``Labels``, else red/green/blue, grey or
         "channel i"); ``mpp`` from the user, else the OME ``PhysicalSizeX``, TIFF
-        ``XResolution``/``ResolutionUnit`` or Aperio ``MPP`` tags, else None.
+        ``XResolution``/``ResolutionUnit`` or Aperio ``MPP`` tags, else None; EXIF / TIFF
+        orientation applied (a TIFF Orientation tag is reported, not applied, as in
+        Bio-Formats); ``transparent`` marks pixels of alpha 0; ``notes`` says what
+        was converted (page read, orientation, alpha, scaling, metadata ignored).
 
     Raises
     ------
     ImageReadError
-        If the bytes are empty, not an image, truncated, too large, or of an unsupported
-        layout (e.g. a z-stack or time series).
+        If the source is missing, a folder, empty, larger than the limits, not an image,
+        truncated, holds NaN or infinite values, has no page ``page``, or is of an
+        unsupported layout (e.g. a z-stack or time series).
     InputError
-        If ``mpp`` is given but implausible.
+        If ``mpp`` or ``page`` is given but implausible.
     """
-    data, name = _read_bytes(source, name)
-    if not data:
-        raise ImageReadError(f"{name}: the file is empty (0 bytes); upload the image file itself")
-    digest = hashlib.sha256(data).hexdigest()
-    notes: list[str] = []
-    is_tiff = data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-    channel_names = None
-    if is_tiff:
-        array, file_mpp, mpp_source, channel_names, alpha = _read_tiff(data, name, max_pixels)
-    else:
-        array, alpha = _read_pil(data, name, max_pixels)
-        file_mpp, mpp_source = None, "none"
-    array, channel_names, bits = normalise_array(array, notes, channel_names, alpha)
+    max_pixels = MAX_PIXELS if max_pixels is None else int(max_pixels)
     if mpp is not None:
-        file_mpp, mpp_source = check_mpp(mpp), "user"
-    return ImageData(array, file_mpp, name, digest, mpp_source, notes, channel_names, bits)
+        mpp = check_mpp(mpp)
+    page = _check_page(page)
+    notes: list[str] = []
+    with _open_source(source, name) as (fh, name, digest):
+        head = fh.read(8)
+        fh.seek(0)
+        if head[:4] in _TIFF_MAGIC:
+            array, file_mpp, mpp_source, channel_names, alpha = _read_tiff(fh, name, max_pixels, page, notes,
+                                                                           user_mpp=mpp is not None)
+        else:
+            array, alpha = _read_pil(fh, name, max_pixels, page, notes)
+            file_mpp, mpp_source, channel_names = None, "none", None
+        sha256 = digest()
+    transparent = _transparent(array, alpha)
+    try:
+        array, channel_names, bits = normalise_array(array, notes, channel_names, alpha)
+    except ImageReadError as err:
+        raise ImageReadError(f"{name}: {err}") from err
+    if transparent is not None:
+        notes.append(f"{100 * transparent.mean():.1f} % of the pixels are transparent: they are counted as no tissue "
+                     "(left out of the tissue area and the stain reading)")
+    if mpp is not None:
+        file_mpp, mpp_source = mpp, "user"
+    pages = [int(m.group(1)) for m in map(_PAGES_NOTE.match, notes) if m]  # written by _page_note
+    return ImageData(array, file_mpp, name, sha256, mpp_source, notes, channel_names, bits, transparent,
+                     pages[0] if pages else 1)
 
 
-def _read_bytes(source, name):
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageReadError(f"{path}: no such file")
-        return path.read_bytes(), name or path.name
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source), name or "image"
-    data = source.read()
-    return data, name or getattr(source, "name", "image")
+_PAGES_NOTE = re.compile(r"the file holds (\d+) (?:images|frames) \(pages\)")
 
 
-def _read_pil(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, bool]:
-    """(array, last channel is alpha) of a PNG/JPEG/other file PIL reads."""
+def _check_page(page) -> int:
+    if page is None:
+        return 1
+    try:
+        value = int(page)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"page must be a whole number from 1, got {page!r}") from err
+    if value != page or value < 1:
+        raise InputError(f"page must be a whole number from 1 (the first page), got {page!r}")
+    return value
+
+
+class _open_source:
+    """Context manager: (seekable binary file, display name, callable giving the SHA-256 hex).
+
+    A path is measured with ``os.stat`` and refused (folder, missing, empty, larger than
+    :data:`MAX_FILE_BYTES`) before it is opened; it is never read whole: decoders seek
+    in it and the SHA-256 is computed in 1 MiB chunks.
+    """
+
+    def __init__(self, source, name):
+        self.source, self.name, self.fh, self.own = source, name, None, False
+
+    def __enter__(self):
+        source, name = self.source, self.name
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            name = name or path.name
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                raise ImageReadError(f"{path}: no such file; check the path") from None
+            except OSError as err:
+                raise ImageReadError(f"{path}: cannot be read ({err.strerror or err})") from err
+            if path.is_dir():
+                raise ImageReadError(f"{path}: is a folder, not a file; give the image file itself")
+            if not path.is_file():
+                raise ImageReadError(f"{path}: is not a regular file (a device or pipe); give the image file itself")
+            self._check_size(st.st_size, name)
+            try:
+                self.fh = open(path, "rb")
+            except OSError as err:
+                raise ImageReadError(f"{path}: cannot be opened ({err.strerror or err}); check its permissions") from err
+            self.own = True
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            name = name or "image"
+            self._check_size(len(source), name)
+            self.fh = _io.BytesIO(bytes(source))
+        else:
+            name = name or Path(str(getattr(source, "name", "image"))).name
+            try:
+                source.seek(0, os.SEEK_END)
+                size = source.tell()
+                source.seek(0)
+                self.fh = source
+            except (AttributeError, OSError, ValueError):  # not seekable: read it, bounded
+                data = source.read(MAX_FILE_BYTES + 1)
+                size = len(data)
+                self.fh = _io.BytesIO(data)
+            self._check_size(size, name)
+        self.name = name
+        return self.fh, name, self._digest
+
+    @staticmethod
+    def _check_size(size: int, name: str) -> None:
+        if size == 0:
+            raise ImageReadError(f"{name}: the file is empty (0 bytes); upload the image file itself")
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(
+                f"{name}: the file is {size / 1024**3:.1f} GiB, more than the {MAX_FILE_BYTES / 1024**3:.1f} GiB "
+                "accepted; export a region of interest (whole slides need a tiled reader)"
+            )
+
+    def _digest(self) -> str:
+        digest = hashlib.sha256()
+        self.fh.seek(0)
+        for chunk in iter(lambda: self.fh.read(1 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def __exit__(self, *exc):
+        if self.own and self.fh is not None:
+            self.fh.close()
+        return False
+
+
+def _check_decode(name: str, w: int, h: int, n_bytes: int, max_pixels: int, what: str = "") -> None:
+    """Refuse, before decoding, an image of more than ``max_pixels`` or a decode of more than :func:`max_decoded_bytes`."""
+    if w * h > max_pixels:
+        raise ImageReadError(_too_large(name, w, h, max_pixels))
+    limit = max_decoded_bytes(max_pixels)
+    if n_bytes > limit:
+        raise ImageReadError(
+            f"{name}: reading {what or 'the image'} ({w} x {h} px) would take {n_bytes / 1e9:.2f} GB of memory, more "
+            f"than the {limit / 1e9:.2f} GB accepted ({MAX_DECODED_BYTES_PER_PIXEL} bytes per pixel of the "
+            f"{max_pixels / 1e6:.0f} megapixels); export fewer channels, 8- or 16-bit data, or a smaller region"
+        )
+
+
+def _page_note(notes: list[str], page: int, n: int, what: str = "images (pages)") -> None:
+    if n > 1:
+        notes.append(f"the file holds {n} {what}: page {page} was read; to analyse another, give its number "
+                     "(--page on the command line) or export that page on its own")
+
+
+def _no_page(name: str, page: int, n: int) -> ImageReadError:
+    return ImageReadError(f"{name}: page {page} was asked for, but the file holds {n} page{'s' if n > 1 else ''} "
+                          f"(1-{n}); give a page from 1 to {n}")
+
+
+def _pil_bytes_per_pixel(mode: str) -> tuple[int, int]:
+    """(bytes per pixel PIL keeps for ``mode``, bytes per pixel of the array made from it)."""
+    try:
+        bands = int(Image.getmodebands(mode))
+    except (KeyError, ValueError):
+        bands = 4
+    if mode in ("I", "F"):
+        return 4, 4
+    if mode.startswith("I;16"):
+        return 2, 2
+    return (4 if bands > 1 else 1), bands
+
+
+#: Plain names of the EXIF / TIFF orientations 2-8 (1 is upright).
+_ORIENTATION_NAMES = {2: "mirrored left-right", 3: "rotated 180°", 4: "mirrored top-bottom", 5: "transposed",
+                      6: "rotated 90° clockwise", 7: "transversed", 8: "rotated 90° anticlockwise"}
+
+
+def _read_pil(fh: BinaryIO, name: str, max_pixels: int, page: int, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """(array, last channel is alpha) of a PNG/JPEG/other file PIL reads; header checked before decoding."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(_io.BytesIO(data)) as im:
-                if im.width * im.height > max_pixels:
-                    raise ImageReadError(_too_large(name, im.width, im.height, max_pixels))
-                if im.mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            # TILscope checks the pixel count itself (max_pixels), before decoding; PIL's own
+            # bomb warning at 89 megapixels would refuse images under that limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh, formats=_PIL_FORMATS) as im:
+                n_frames = int(getattr(im, "n_frames", 1) or 1)
+                if page > n_frames:
+                    raise _no_page(name, page, n_frames)
+                if page > 1:
+                    im.seek(page - 1)
+                _page_note(notes, page, n_frames, "frames (pages)")
+                w, h = im.size
+                internal, array_bpp = _pil_bytes_per_pixel(im.mode)
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                    internal += 4  # converted to RGB(A)
+                orientation = _exif_orientation(im)
+                if orientation in _ORIENTATION_NAMES:
+                    internal += 4  # the transposed copy
+                _check_decode(name, w, h, w * h * (internal + array_bpp), max_pixels)
+                if im.mode in ("P", "PA"):
+                    im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
                 im.load()
+                if orientation in _ORIENTATION_NAMES:
+                    im = ImageOps.exif_transpose(im)
+                    notes.append(f"EXIF orientation {orientation} applied: the image was {_ORIENTATION_NAMES[orientation]} "
+                                 "as the camera recorded it")
                 return np.asarray(im), im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
     except ImageReadError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise ImageReadError(
-            f"{name}: the image is larger than the {max_pixels / 1e6:.0f} megapixels accepted; crop a region of "
-            "interest or downsample it"
-        ) from err
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{name}: the image is larger than the {max_pixels / 1e6:.0f} megapixels accepted "
+                             f"({err}); crop a region of interest or downsample it") from err
     except UnidentifiedImageError as err:
         raise ImageReadError(
             f"{name}: this file is not an image TILscope can read; upload a PNG, JPEG, BMP or TIFF / OME-TIFF file"
         ) from err
-    except (OSError, SyntaxError, ValueError) as err:
+    except MemoryError as err:
+        raise ImageReadError(f"{name}: not enough memory to read the image; downsample it or crop a region") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as err:
         raise ImageReadError(f"{name}: the image data is damaged or truncated ({err}); export it again") from err
 
 
-def _read_tiff(data: bytes, name: str, max_pixels: int):
-    """(array (H, W[, C]), mpp, mpp source, channel names or None, last channel is alpha)."""
+def _exif_orientation(im) -> int | None:
+    try:
+        value = im.getexif().get(0x0112)
+        return int(value) if value is not None else None
+    except Exception:  # a damaged EXIF block is ignored: orientation is optional metadata
+        return None
+
+
+def _tiff_images(tif) -> list[tuple[object, int | None]]:
+    """The images (pages) of a TIFF: (series, index along its first axis, or None for the whole series).
+
+    A series whose first axis is tifffile's generic page axis (``I`` or ``Q``) with one
+    IFD per entry is a stack of separate pages; any other series (a hyperstack with its
+    channels, an RGB image) is one image. Pyramid levels are not pages.
+    """
+    images = []
+    for series in tif.series:
+        shape, axes = tuple(series.shape), series.axes
+        if axes and axes[0] in "IQ" and len(shape) > 2 and shape[0] > 1 and len(series.pages) == shape[0]:
+            images.extend((series, i) for i in range(shape[0]))
+        else:
+            images.append((series, None))
+    return images
+
+
+def _read_tiff(fh: BinaryIO, name: str, max_pixels: int, page: int, notes: list[str], user_mpp: bool = False):
+    """(array (H, W[, C]), mpp, mpp source, channel names or None, last channel is alpha).
+
+    With ``user_mpp`` the file's pixel size is still read, but a malformed one is ignored silently.
+    """
     import tifffile
 
     try:
-        with tifffile.TiffFile(_io.BytesIO(data)) as tif:
-            series = tif.series[0]
-            shape = series.shape
-            page = tif.pages[0]
-            axes = series.axes
-            h = page.imagelength
-            w = page.imagewidth
-            if h * w > max_pixels:
-                raise ImageReadError(_too_large(name, w, h, max_pixels))
-            if int(np.prod(shape)) > max_pixels * MAX_CHANNELS:
-                raise ImageReadError(
-                    f"{name}: TIFF of shape {tuple(shape)} (axes {axes}) holds more planes than the "
-                    f"{MAX_CHANNELS} channels accepted; export one plane or one marker panel"
-                )
-            array = series.asarray()
-            mpp, source = _tiff_mpp(tif, page)
+        with tifffile.TiffFile(fh, name=name, _multifile=False) as tif:
+            images = _tiff_images(tif)
+            if not images:
+                raise ImageReadError(f"{name}: the TIFF holds no image; export it again")
+            if page > len(images):
+                raise _no_page(name, page, len(images))
+            _page_note(notes, page, len(images))
+            series, index = images[page - 1]
+            shape, axes = tuple(series.shape), series.axes
+            if index is not None:
+                shape, axes = shape[1:], axes[1:]
+            first = series.pages[index or 0] if len(series.pages) else None
+            first = first if first is not None else tif.pages[0]
+            key = getattr(first, "keyframe", None) or first
+            h, w = _yx_size(shape, axes)
+            _check_layout(shape, axes, name)
+            palette = key.photometric == tifffile.PHOTOMETRIC.PALETTE and key.colormap is not None
+            n_bytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(series.dtype).itemsize
+            if palette:
+                n_bytes += 3 * h * w * 3  # the colour map applied: (3, H, W) uint16 then uint8
+            orientation = _tiff_orientation(key)
+            _check_decode(name, w, h, n_bytes, max_pixels, f"page {page}" if len(images) > 1 else "")
+            array = series.asarray() if index is None else series.pages[index].asarray()
+            array = np.asarray(array).reshape(shape)
+            mpp, source = _tiff_mpp_safe(tif, key, [] if user_mpp else notes)
             # an RGB-photometric TIFF is a colour image whatever its plane labels say
-            names = None if page.photometric == tifffile.PHOTOMETRIC.RGB else _tiff_channel_names(tif)
-            alpha = bool(page.extrasamples) and int(page.extrasamples[0]) in (1, 2)
-            if page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
-                cmap = np.asarray(page.colormap)
+            names = None if key.photometric == tifffile.PHOTOMETRIC.RGB else _tiff_channel_names_safe(tif)
+            alpha = bool(key.extrasamples) and int(key.extrasamples[0]) in (1, 2)
+            if palette:
+                cmap = np.asarray(key.colormap)
                 array = (cmap[:, array].transpose(1, 2, 0) // 257).astype(np.uint8)
                 axes = "YXS"
                 shape = array.shape
     except ImageReadError:
         raise
+    except MemoryError as err:
+        raise ImageReadError(f"{name}: not enough memory to read the TIFF; export a smaller region") from err
     except Exception as err:  # tifffile raises many types for damaged files
         raise ImageReadError(f"{name}: the TIFF is damaged or unsupported ({err}); export it again") from err
-    return _tiff_to_yxc(array, axes, shape, name), mpp, source, names, alpha
+    array = _tiff_to_yxc(array, axes, shape, name)
+    if orientation in _ORIENTATION_NAMES:
+        # Microscopy readers (Bio-Formats, QuPath) ignore this tag; so does TILscope, so that
+        # positions and imported regions stay in the frame those tools use.
+        notes.append(f"the TIFF's Orientation tag says {orientation} ({_ORIENTATION_NAMES[orientation]}); the image is "
+                     "read as stored, as QuPath and Bio-Formats read it")
+    return array, mpp, source, names, alpha
+
+
+def _yx_size(shape, axes) -> tuple[int, int]:
+    if "Y" not in axes or "X" not in axes:
+        raise ImageReadError(f"a TIFF series of axes {axes} has no Y and X axes; export a 2-D image")
+    return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+
+
+def _tiff_orientation(page) -> int | None:
+    try:
+        tag = page.tags.get("Orientation")
+        return None if tag is None else int(tag.value)
+    except Exception:  # optional metadata
+        return None
+
+
+def _tiff_mpp_safe(tif, page, notes: list[str]) -> tuple[float | None, str]:
+    """:func:`_tiff_mpp`, with malformed metadata ignored (and a note), never stopping the read."""
+    try:
+        return _tiff_mpp(tif, page, notes)
+    except Exception as err:  # optional metadata: a damaged tag must not make a valid image unreadable
+        notes.append(f"the pixel size in the file's metadata could not be read ({err}): ignored; enter the microns "
+                     "per pixel")
+        return None, "none"
+
+
+def _tiff_channel_names_safe(tif) -> list[str] | None:
+    try:
+        return _tiff_channel_names(tif)
+    except Exception:  # optional metadata: default channel names are used
+        return None
 
 
 def _tiff_channel_names(tif) -> list[str] | None:
@@ -365,14 +694,24 @@ def _tiff_channel_names(tif) -> list[str] | None:
     return None
 
 
+def _kept_axes(shape, axes) -> list[int]:
+    return [i for i, ax in enumerate(axes) if not (shape[i] == 1 and ax not in "YX")]
+
+
+def _check_layout(shape, axes, name: str) -> None:
+    """Refuse, before decoding, a TIFF series that is not one 2-D image (colour, grey or one plane per channel)."""
+    kept = "".join(axes[i] for i in _kept_axes(shape, axes))
+    if kept not in ("YX", "YXS", "CYX", "SYX", "YXC"):
+        raise ImageReadError(
+            f"{name}: TIFF of shape {tuple(shape)} (axes {axes}) is not a single 2-D image (colour, grey or one "
+            "plane per channel); export one z-plane and time point"
+        )
+
+
 def _tiff_to_yxc(array: np.ndarray, axes: str, shape, name: str) -> np.ndarray:
     """Reduce a TIFF series to (H, W) or (H, W, C) by dropping singleton axes."""
     array = np.asarray(array)
-    keep = []
-    for i, ax in enumerate(axes):
-        if array.shape[i] == 1 and ax not in "YX":
-            continue
-        keep.append(i)
+    keep = _kept_axes(array.shape, axes)
     squeezed = array.reshape([array.shape[i] for i in keep])
     kept_axes = "".join(axes[i] for i in keep)
     if kept_axes in ("YX", "YXS"):
@@ -387,21 +726,22 @@ def _tiff_to_yxc(array: np.ndarray, axes: str, shape, name: str) -> np.ndarray:
     )
 
 
-def _tiff_mpp(tif, page) -> tuple[float | None, str]:
+def _tiff_mpp(tif, page, notes: list[str] | None = None) -> tuple[float | None, str]:
     if tif.is_ome and tif.ome_metadata:
-        match = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        match = re.search(r'PhysicalSizeX="([^"]*)"', tif.ome_metadata)
         if match:
             unit_match = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
             factor = _UNIT_TO_UM.get(unit_match.group(1) if unit_match else "µm")
-            if factor is not None:
-                mpp = float(match.group(1)) * factor
+            value = _number(match.group(1), "OME PhysicalSizeX", notes)
+            if factor is not None and value is not None:
+                mpp = value * factor
                 if _plausible(mpp):
                     return mpp, "ome"
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
         unit = int(tags["ResolutionUnit"].value)
-        if num:
+        if num and den:
             pixels_per_unit = num / den
             per_unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
             if per_unit_um is not None:
@@ -415,10 +755,23 @@ def _tiff_mpp(tif, page) -> tuple[float | None, str]:
         if num and _plausible(factor * den / num):
             return factor * den / num, "imagej-resolution"
     desc = page.description or ""
-    match = re.search(r"MPP\s*=\s*([0-9.]+)", desc)  # Aperio ImageDescription
-    if match and _plausible(float(match.group(1))):
-        return float(match.group(1)), "tiff-description"
+    match = re.search(r"\bMPP\s*=\s*([^|\s]*)", desc)  # Aperio ImageDescription: "... | MPP = 0.2520 | ..."
+    if match:
+        value = _number(match.group(1), "Aperio MPP", notes)
+        if value is not None and _plausible(value):
+            return value, "tiff-description"
     return None, "none"
+
+
+def _number(text: str, what: str, notes: list[str] | None) -> float | None:
+    """``float(text)``, or None with a note when the metadata value is not a number."""
+    try:
+        value = float(text)
+    except ValueError:
+        if notes is not None:
+            notes.append(f"the file's {what} = {text[:40]!r} is not a number: ignored; enter the microns per pixel")
+        return None
+    return value if np.isfinite(value) else None
 
 
 def _plausible(mpp: float) -> bool:
@@ -431,6 +784,14 @@ def _too_large(name, w, h, max_pixels):
         f"{name}: {w} x {h} px ({w * h / 1e6:.0f} megapixels) is more than the {max_pixels / 1e6:.0f} "
         "megapixels accepted; crop a region of interest or downsample it"
     )
+
+
+def _transparent(array: np.ndarray, alpha: bool) -> np.ndarray | None:
+    """(H, W) bool, True where the alpha channel (the last of 2 or 4) is 0; None without transparency."""
+    if not alpha or array.ndim != 3 or array.shape[2] not in (2, 4):
+        return None
+    clear = array[..., -1] == 0
+    return clear if clear.any() else None
 
 
 def significant_bits(array: np.ndarray, declared: int | None = None) -> int:
@@ -468,16 +829,18 @@ def normalise_array(
     Returns
     -------
     data : (H, W, C) uint8, uint16 or float32
-        uint8 and uint16 unchanged; bool → uint8 0/255; float → float32 (clipped to [0, 1]
-        with a note when outside); other integer types → uint16 (clipped to 0-65535) when
-        non-negative, else refused.
+        uint8 and uint16 unchanged; bool → uint8 0/255; float → float32 in [0, 1]: values
+        up to 1 kept, up to 255 divided by 255, up to 65535 divided by 65535 (with a note),
+        negative values clipped to 0 (with a note); other integer types → uint16 (clipped
+        to 0-65535) when non-negative, else refused.
     channel_names : tuple of str or None (default names)
     significant_bits : int or None (float data)
 
     Raises
     ------
     ImageReadError
-        For an empty image or negative integer values.
+        For an empty image, negative integer values, NaN or infinite values, complex
+        values, or floating-point values above 65535.
     """
     a = np.asarray(array)
     if a.ndim == 2:
@@ -491,13 +854,10 @@ def normalise_array(
             channel_names = channel_names[:-1]
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.complexfloating):
+        raise ImageReadError("the image holds complex numbers (e.g. a Fourier transform); export the image itself")
     elif np.issubdtype(a.dtype, np.floating):
-        if a.dtype != np.float32:
-            a = a.astype(np.float32)
-        finite = np.nan_to_num(a)
-        if finite.min() < 0 or finite.max() > 1:
-            notes.append("floating-point image clipped to [0, 1]")
-        a = np.clip(finite, 0.0, 1.0)
+        a = _float_to_unit(a, notes)
     elif a.dtype not in (np.uint8, np.uint16):
         if a.size and a.min() < 0:
             raise ImageReadError(f"{a.dtype} image with negative values; export unsigned 8- or 16-bit data")
@@ -509,3 +869,146 @@ def normalise_array(
     if channel_names is not None and len(channel_names) != a.shape[2]:
         channel_names = None
     return np.ascontiguousarray(a), (tuple(channel_names) if channel_names else None), bits
+
+
+def _float_to_unit(a: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Floating-point pixels → float32 in [0, 1], by the scale their largest value shows (see :func:`normalise_array`)."""
+    rows = max(1, (16 << 20) // max(1, a[0].size * a.itemsize))  # bands: no full-size temporary
+    bad, lo, hi = 0, np.inf, -np.inf
+    for r in range(0, a.shape[0], rows):
+        band = a[r : r + rows]
+        finite = np.isfinite(band)
+        if not finite.all():
+            bad += int(finite.size - np.count_nonzero(finite))
+            continue
+        lo, hi = min(lo, float(band.min())), max(hi, float(band.max()))
+    if bad:
+        raise ImageReadError(
+            f"{bad} pixel value(s) are NaN or infinite (not a number): TILscope cannot tell what they show; "
+            "replace them (e.g. Fiji: Process > Math > Remove NaNs) and export the image again"
+        )
+    if hi > 65535:
+        raise ImageReadError(
+            f"floating-point values up to {hi:.4g}: TILscope reads float images scaled to 0-1, 0-255 or 0-65535; "
+            "export 8- or 16-bit data, or scale the image to one of these ranges"
+        )
+    scale = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
+    if scale != 1.0:
+        notes.append(f"floating-point image with values up to {hi:.4g}: read as 0-{scale:.0f} and divided by {scale:.0f}")
+    if lo < 0:
+        notes.append(f"floating-point image with negative values (down to {lo:.3g}): clipped to 0")
+    out = np.empty(a.shape, np.float32)
+    for r in range(0, a.shape[0], rows):
+        band = a[r : r + rows].astype(np.float32)
+        if scale != 1.0:
+            band /= np.float32(scale)
+        out[r : r + rows] = np.clip(band, 0.0, 1.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------- output folders
+
+
+def check_output_folder(out_dir: str | Path, names: Iterable[str] = ()) -> Path:
+    """Refuse, before any work, an output folder that cannot receive the files ``names``.
+
+    Parameters
+    ----------
+    out_dir : path
+        The folder to write into: it may exist (files of the same names are replaced) or
+        not (it is created, with missing parents).
+    names : iterable of str
+        Plain file names that will be written into it.
+
+    Returns
+    -------
+    Path of the folder
+
+    Raises
+    ------
+    core.errors.InputError
+        If ``out_dir`` is an existing file, lies under a file, is in a folder without
+        write permission, or holds a folder (or other non-file) under one of ``names``.
+    """
+    out = Path(out_dir)
+    if str(out_dir).strip() == "":
+        raise InputError("the output folder is empty: give a folder to write the files into, e.g. --out results")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file, not a folder; choose a folder for the output (--out), e.g. {out}-results")
+    anchor = out
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if anchor.exists() and not anchor.is_dir():
+        raise InputError(f"{out}: {anchor} is a file, so no folder can be made under it; choose another output folder")
+    if anchor.exists() and not os.access(anchor, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: no permission to write in {anchor}; choose another output folder")
+    for n in names:
+        if Path(n).name != n or n in ("", ".", ".."):
+            raise InputError(f"{n!r} is not a plain file name")
+        target = out / n
+        if target.exists() and not target.is_file():
+            raise InputError(f"{target}: is a folder, not a file, so {n} cannot be written there; remove or rename it, "
+                             "or choose another output folder")
+    return out
+
+
+def write_output_folder(out_dir: str | Path, write: Callable[[Path], Iterable[Path]]) -> dict[str, Path]:
+    """Write files into ``out_dir`` whole or not at all.
+
+    ``write(folder)`` writes the files into a new temporary folder on the same file system
+    (beside ``out_dir`` when that does not exist yet, inside it when it does); when it has
+    finished, the files are moved into place: the temporary folder becomes ``out_dir``
+    (one rename), or each file replaces its namesake (``os.replace``). On any error the
+    temporary folder, and the parents created for it, are removed: nothing half-written
+    is left behind.
+
+    Parameters
+    ----------
+    out_dir : path
+    write : callable(Path) -> iterable of Path
+        Writes the files into the folder it is given and returns their paths.
+
+    Returns
+    -------
+    dict of file name to its final Path
+
+    Raises
+    ------
+    core.errors.InputError
+        See :func:`check_output_folder` (checked again before and after writing).
+    core.errors.TILscopeError
+        If the files cannot be written or moved (disk full, permissions).
+    """
+    out = check_output_folder(out_dir)
+    base = out if out.exists() else out.parent
+    created: list[Path] = []
+    probe = base
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    tmp = None
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name or 'out'}.partial-", dir=base))
+        names = [Path(p).name for p in write(tmp)]
+        check_output_folder(out, names)
+        if not out.exists():
+            os.replace(tmp, out)
+            tmp = None
+        else:
+            for n in names:
+                os.replace(tmp / n, out / n)
+            tmp.rmdir()
+            tmp = None
+        return {n: out / n for n in names}
+    except OSError as err:
+        raise TILscopeError(f"{out}: the files could not be written ({err.strerror or err}); check the free space "
+                            "and permissions of the output folder") from err
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for d in created:  # innermost first; only the folders made here, and only if still empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break

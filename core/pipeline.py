@@ -268,32 +268,48 @@ def previous_runs(store, case_label: str, result: AnalysisResult) -> list[int]:
 
 def write_analysis(result: AnalysisResult, out_dir: str | Path, *, report: bool = False,
                    case_label: str | None = None) -> dict[str, Path]:
-    """Write the result's export files into ``out_dir`` (created if needed).
+    """Write the result's export files into ``out_dir``, whole or not at all.
 
     Writes ``cells.csv``, ``summary.json``, ``overlay.png`` and one PNG per dense output and
     restored image; with ``report`` also ``report.pdf`` and (mpp known) ``cells.geojson``.
     The bytes are those :func:`core.outputs.exports.build_exports` makes for the case
-    store, i.e. those the app downloads.
+    store, i.e. those the app downloads. They are written into a temporary folder and
+    moved into ``out_dir`` (created if needed) when all are written
+    (:func:`core.io.write_output_folder`): a failure leaves no file behind.
 
     Returns
     -------
     dict of file name to Path written
+
+    Raises
+    ------
+    InputError
+        ``out_dir`` cannot receive the files (a file, under a file, a folder in the way);
+        see :func:`core.io.check_output_folder`.
+    TILscopeError
+        The files could not be written (disk full, permissions).
     """
+    from core.io import check_output_folder, write_output_folder
     from core.outputs.exports import REPORT_FILES, build_exports, write_exports
 
+    check_output_folder(out_dir)
     files = build_exports(result, case_label=case_label)
     if not report:
         files = {k: v for k, v in files.items() if k not in REPORT_FILES}
-    return {p.name: p for p in write_exports(files, out_dir)}
+    check_output_folder(out_dir, files)
+    return write_output_folder(out_dir, lambda folder: write_exports(files, folder))
 
 
 def write_stored(store, analysis_id: int, out_dir: str | Path, *, report: bool = False) -> dict[str, Path]:
-    """Write the files the case store keeps for an analysis (what the app downloads) into ``out_dir``.
+    """Write the files the case store keeps for an analysis (what the app downloads) into ``out_dir``, whole or not at all.
 
     Parameters
     ----------
     store : core.outputs.store.CaseStore
     analysis_id : int
+    out_dir : path
+        Created if needed; the files are written into a temporary folder and moved there
+        when all are written (:func:`core.io.write_output_folder`).
     report : bool
         Also ``report.pdf`` and ``cells.geojson``.
 
@@ -304,12 +320,19 @@ def write_stored(store, analysis_id: int, out_dir: str | Path, *, report: bool =
     Raises
     ------
     StoreError
+    InputError
+        ``out_dir`` cannot receive the files (see :func:`core.io.check_output_folder`).
+    TILscopeError
+        The files could not be written (disk full, permissions).
     """
+    from core.io import check_output_folder, write_output_folder
     from core.outputs.exports import REPORT_FILES, write_exports
 
+    check_output_folder(out_dir)
     names = sorted(f["name"] for f in store.get_analysis(analysis_id)["files"])
     files = {n: store.get_file(analysis_id, n) for n in names if report or n not in REPORT_FILES}
-    return {p.name: p for p in write_exports(files, out_dir)}
+    check_output_folder(out_dir, files)
+    return write_output_folder(out_dir, lambda folder: write_exports(files, folder))
 
 
 def _safe_card(scenario) -> dict:

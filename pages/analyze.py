@@ -20,8 +20,10 @@ from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
 from pages._resources import cached_model, case_store
 from pages._router import through_app_router
+from pages._user import user_box
 
 through_app_router()
+user = user_box()
 
 log = logging.getLogger("tilscope.analyze")
 
@@ -37,14 +39,14 @@ def fitness_of(image, key: str):
     k = (image.sha256, image.name, image.mpp, key)
     if k not in cache:
         cache.clear()
-        cache[k] = assess_fitness(image, key)
+        cache[k] = assess_fitness(image, key, antigen_confirmed=True if get_scenario(key).use.antigen else None)
     return cache[k]
 
 
 def saved_by() -> dict:
-    """The user the analysis is saved under (when the page knows one)."""
-    user = st.session_state.get("user_name")
-    return {"created_by": user} if user else {}
+    """The user the analysis is saved under (the name given in this browser)."""
+    name = st.session_state.get("user_name")
+    return {"created_by": name} if name else {}
 
 
 st.title("Analyze an image")
@@ -58,7 +60,7 @@ key = st.selectbox(
 scenario = get_scenario(key)
 lo, hi = scenario.use.mpp_range
 st.caption(f"Validated for {STAIN_LABELS[scenario.use.stain]} images at {lo:g} to {hi:g} µm per pixel "
-           f"(about {10 / hi:.0f}x to {10 / lo:.0f}x).")
+           "(0.25 µm per pixel is about a 40x scan, 0.5 about 20x).")
 if scenario.caution:
     st.warning(scenario.caution, icon="⚠️")
 try:
@@ -81,8 +83,12 @@ try:
         upload = st.file_uploader("PNG, JPEG, BMP or TIFF / OME-TIFF (8 or 16 bit)",
                                   type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"])
         if upload is not None:
-            context = (key, "upload", upload.file_id)
-            image = load_image(upload.getvalue(), name=upload.name)
+            page = int(st.session_state.get(f"page_{upload.file_id}", 1))
+            context = (key, "upload", upload.file_id, page)
+            image = load_image(upload.getvalue(), name=upload.name, page=page)
+            if image.n_pages > 1:
+                st.number_input(f"Page of the file to analyse (it holds {image.n_pages})", min_value=1,
+                                max_value=image.n_pages, step=1, key=f"page_{upload.file_id}")
     else:
         samples = list_samples()
         matching = [i for i, smp in enumerate(samples) if smp.scenario == key]
@@ -98,8 +104,9 @@ except TILscopeError as err:
 finally:
     # One case, one result: a new image or model clears the previous result and case label.
     if context is not None and st.session_state.get("analysis_context") != context:
-        for name in ("analysis", "analysis_id", "pending_save", "case_label_box", "case_label"):
+        for name in ("analysis", "analysis_id", "pending_save", "case_label"):
             st.session_state.pop(name, None)
+        st.session_state["case_label_box"] = ""  # set, not deleted: the browser would send its old text back
         st.session_state["analysis_context"] = context
 
 if image is not None:
@@ -133,7 +140,7 @@ if image is not None:
             help=f"The colours cannot tell {scenario.use.antigen} from another DAB stain such as Ki67: the model "
                  f"would count the other antigen's cells as {scenario.use.antigen}+.",
         )
-    fitness = fitness_of(chosen, key)
+    fitness = fitness_of(chosen, key)  # the antibody is confirmed by the box above (it gates Run)
     override = False
     if fitness.problems:
         st.error("**Outside the validated use.** " + " ".join(fitness.problems), icon="🛑")
@@ -160,7 +167,8 @@ if image is not None:
                  + ("" if fast_ok else " Not available: this processor has no native bfloat16."),
         )
         precision = "bfloat16" if fast else "float32"
-    blocked = (not antigen_ok and f"Confirm that the section is stained for {scenario.use.antigen} first.") or (
+    blocked = (not user and "Enter your name in the sidebar first: it is recorded with the analysis.") or (
+        not antigen_ok and f"Confirm that the section is stained for {scenario.use.antigen} first.") or (
         fitness.problems and not override and "The image is outside the validated use (see above).")
     if blocked:
         st.caption(blocked)

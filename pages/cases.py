@@ -1,9 +1,14 @@
-"""Cases: every saved analysis; search, open one with its overlay and numbers, download, delete."""
+"""Cases: every saved analysis; search, open one with its overlay and numbers, review it, download, delete.
+
+A reviewed analysis shows its reviewed state (numbers, overlay, downloads) with who reviewed it;
+the analysis as detected stays available under "Before review", and the audit log says who
+changed what, when and why."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core.errors import TILscopeError
 from core.outputs import records as rec
@@ -11,6 +16,7 @@ from core.outputs.key_figures import format_value, key_figure_rows
 from core.outputs.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
+from pages._user import user_box
 
 through_app_router()
 
@@ -19,8 +25,22 @@ def board_ids() -> list[int]:
     return st.session_state.setdefault("board_ids", [])
 
 
+def when(iso: str | None) -> str:
+    return (iso or "")[:16].replace("T", " ")
+
+
+def open_in_review(analysis_id: int) -> None:
+    """Send an analysis to the Review page (it opens it from the case store)."""
+    st.session_state["review_request"] = analysis_id
+    try:
+        st.switch_page("pages/review.py")
+    except StreamlitAPIException:  # this page run on its own (tests): no router to switch with
+        st.success(f"Analysis #{analysis_id} will open on the Review page.")
+
+
 st.title("Cases")
 st.caption("Every analysis run in TILscope is saved here. Research use only, not for diagnostic decisions.")
+user = user_box()
 
 search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
 rows = list_analyses_or_stop(search)
@@ -39,6 +59,8 @@ table = pd.DataFrame(
         "saved (UTC)": [(r["created_at"] or "")[:16].replace("T", " ") for r in rows],
         "cells": [sum(r["counts"].values()) for r in rows],
         "corrections": [r["n_corrections"] for r in rows],
+        "analysed by": [r["created_by"] or "" for r in rows],
+        "reviewed by": [(f"{r['reviewed_by']} ({when(r['reviewed_at'])[:10]})" if r["reviewed_by"] else "") for r in rows],
     }
 )
 st.dataframe(table, hide_index=True, width="stretch")
@@ -66,17 +88,24 @@ except StoreError as err:  # deleted in another session since the list was drawn
 
 summary = analysis["summary"]
 image = rec.image_info(summary)
-st.subheader(f"#{analysis['id']} · {analysis['case_label']} · {image['name'] or 'image'}")
+reviewed = analysis["detected_summary"] is not None or bool(analysis["n_corrections"])
+title_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
+title_col.subheader(f"#{analysis['id']} · {analysis['case_label']} · {image['name'] or 'image'}")
+if button_col.button("Review this analysis", type="primary", icon=":material/edit_location_alt:", key=f"review-{chosen}",
+                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here."):
+    open_in_review(chosen)
+who = f"Analysed by {analysis['created_by'] or 'an unrecorded user'} · saved {when(analysis['created_at'])} UTC"
+if analysis["reviewed_by"]:
+    who += f" · reviewed by {analysis['reviewed_by']} on {when(analysis['reviewed_at'])} UTC"
+elif reviewed:
+    who += " · reviewed (reviewer not recorded)"
+st.markdown(who)
 cols = st.columns(4)
 counts = rec.counts(summary)
-cols[0].metric("Cells", sum(counts.values()))
-cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3))
+cols[0].metric("Cells", sum(counts.values()), help="After review when reviewed: " + str(summary.get("analysed_area") or "whole image"))
+cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3), help=str(summary.get("analysed_area") or "whole image"))
 cols[2].metric("Scenario", analysis["scenario_key"] or "n/a")
 cols[3].metric("Manual corrections", "none" if analysis["n_corrections"] is None else analysis["n_corrections"])
-st.caption(
-    f"Saved {analysis['created_at']} · image SHA-256 {analysis['image_sha256']} · weights SHA-256 "
-    f"{analysis['weights_sha256']} · mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {analysis['app_version']}"
-)
 
 left, right = st.columns([3, 2])
 with left:
@@ -111,7 +140,51 @@ with right:
     for warning in summary.get("warnings") or []:
         st.warning(warning)
 
-st.markdown("**Downloads**")
+with st.expander("Provenance: image, weights, versions"):
+    st.caption(
+        f"Image SHA-256 {analysis['image_sha256']} · weights SHA-256 {analysis['weights_sha256']} · "
+        f"mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {analysis['app_version']}"
+    )
+
+if analysis["detected_summary"] is not None:
+    with st.expander("Before review: the analysis as detected"):
+        before = analysis["detected_summary"]
+        b_counts, b_dens = rec.counts(before), rec.densities_per_mm2(before)
+        st.dataframe(pd.DataFrame({
+            "class": list(dict.fromkeys([*b_counts, *counts])),
+            "detected": [b_counts.get(c, 0) for c in dict.fromkeys([*b_counts, *counts])],
+            "reviewed": [counts.get(c, 0) for c in dict.fromkeys([*b_counts, *counts])],
+            "detected density (cells/mm²)": [format_value(b_dens.get(c, 0.0 if b_dens else None), 4)
+                                             for c in dict.fromkeys([*b_counts, *counts])],
+        }), hide_index=True, width="stretch")
+        kept = [f for f in analysis["originals"] if f["name"] != "source-image.png"]
+        if kept:
+            cols = st.columns(min(5, len(kept)))
+            for i, f in enumerate(kept):
+                cols[i % len(cols)].download_button(
+                    f"{f['name']} (before review)", data=lambda name=f["name"]: store.get_original(chosen, name),
+                    file_name=f"{analysis['case_label']}-{chosen}-before-review-{f['name']}".replace("/", "_"),
+                    mime=f["media_type"], key=f"dl-orig-{chosen}-{f['name']}",
+                )
+
+with st.expander("Audit log: who did what, when and why"):
+    try:
+        events = store.audit_log(chosen)
+    except TILscopeError as err:
+        events = []
+        st.error(str(err))
+    if events:
+        st.dataframe(pd.DataFrame({
+            "time (UTC)": [when(e["time"]) for e in events],
+            "user": [e["user"] for e in events],
+            "action": [e["action"] for e in events],
+            "what changed": [rec.audit_detail_text(e["action"], e["detail"]) for e in events],
+            "why": [e["comment"] or "" for e in events],
+        }), hide_index=True, width="stretch")
+    else:
+        st.caption("Nothing recorded for this analysis (it was saved before TILscope kept an audit log).")
+
+st.markdown("**Downloads**" + (" (reviewed state)" if reviewed else ""))
 files = analysis["files"]
 if files:
     cols = st.columns(min(5, len(files)))
@@ -131,8 +204,8 @@ note = st.text_area("Tumour-board note", value=analysis["note"] or "", key=f"not
 c1, c2, c3 = st.columns(3)
 if c1.button("Save note", key=f"save-note-{chosen}"):
     try:
-        store.set_note(chosen, note.strip() or None)
-        st.success("Note saved.")
+        store.set_note(chosen, note.strip() or None, user=user)
+        st.success("Note saved." + ("" if user else " Enter your name in the sidebar so notes say who wrote them."))
     except TILscopeError as err:
         st.error(str(err))
 if c2.button("Add to tumour board", key=f"board-{chosen}"):
@@ -144,12 +217,14 @@ if c3.button("Delete analysis…", key=f"delete-{chosen}"):
 
 if st.session_state.get("confirm_delete") == chosen:
     st.warning(
-        f"Delete analysis #{chosen} of case {analysis['case_label']} with its report and files? This cannot be undone."
+        f"Delete analysis #{chosen} of case {analysis['case_label']} with its report and files? This cannot be undone; "
+        "the audit log keeps who deleted it and why."
     )
+    why = st.text_input("Why (optional, kept in the audit log)", key=f"delete-why-{chosen}")
     y, n = st.columns(2)
     if y.button("Yes, delete it", type="primary", key=f"confirm-{chosen}"):
         try:
-            store.delete_analysis(chosen)
+            store.delete_analysis(chosen, user=user, comment=why or None)
             st.session_state.pop("confirm_delete", None)
             st.session_state.pop("open_analysis", None)
             if chosen in board_ids():

@@ -6,8 +6,10 @@ from core import __version__
 from core.fitness import STAIN_LABELS
 from core.scenarios.registry import list_scenarios
 from pages._router import through_app_router
+from pages._user import user_box
 
 through_app_router()
+user_box()
 
 st.title("TILscope")
 st.markdown(
@@ -34,7 +36,7 @@ for s in clinical:
     with st.container(border=True):
         st.markdown(f"**{s.stain}** — {s.title}")
         st.caption(f"Validated on real labelled images · {STAIN_LABELS[s.use.stain]} at {lo:g}-{hi:g} µm/px "
-                   f"(about {10 / hi:.0f}x to {10 / lo:.0f}x) · finds: "
+                   "· finds: "
                    + ", ".join(c.label for c in s.classes))
         if s.caution:
             st.caption(f"What to know: {s.caution}")

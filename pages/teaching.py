@@ -10,14 +10,16 @@ from core.pipeline import analyze
 from core.errors import TILscopeError
 from core.evaluation.tnrd import SCENARIO_RECIPE, recipe_for, score_section
 from core.generator import generate
-from core.io import ImageData
+from core.io import ImageData, load_image, select_channels
 from core.scenarios.registry import SCENARIOS, get_scenario
 from core.outputs.figures import dense_over_image
 from core.results import DenseOutput
 from pages._resources import cached_model
 from pages._router import through_app_router
+from pages._user import user_box
 
 through_app_router()
+user_box()
 
 log = logging.getLogger("tilscope.teaching")
 
@@ -103,3 +105,51 @@ if state and state["key"] == key:
             "cell's visible centroid; borderline (0.5) cells are neither required nor penalised."
         )
         st.dataframe(section.cells, hide_index=True)
+
+st.divider()
+st.subheader("Method development: this model on your own image")
+st.warning(
+    "This model was trained on synthetic images only. On real tissue it can mark debris, pigment or stain as "
+    "immune cells: its numbers are for teaching and method development, never for a case. Nothing here is saved "
+    "in the case history.", icon="🧪",
+)
+own = st.file_uploader("An image in the model's stain (PNG, JPEG, BMP or TIFF)", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"],
+                       key="teach_upload")
+own_image = None
+if own is not None:
+    try:
+        own_image = load_image(own.getvalue(), name=own.name)
+        if not own_image.is_rgb:  # a multi-channel fluorescence file: pick what goes into red, green and blue
+            st.caption(f"The file has {own_image.n_channels} channels; the model reads {get_scenario(key).stain}. "
+                       "Pick the file's channel for each colour.")
+            options = [None, *own_image.channel_names]
+            cols = st.columns(3)
+            picks = tuple(col.selectbox(colour.capitalize(), options, index=min(i + 1, len(options) - 1),
+                                        format_func=lambda o: "none" if o is None else o, key=f"teach_pick_{colour}")
+                          for i, (col, colour) in enumerate(zip(cols, ("red", "green", "blue"))))
+            own_image = select_channels(own_image, picks, ("red", "green", "blue"))
+    except TILscopeError as err:
+        st.error(str(err))
+        own_image = None
+if own_image is not None and st.button("Run on this image", key="teach_own_run"):
+    st.session_state.pop("teaching_own", None)
+    try:
+        image = own_image
+        if image.mpp is None:
+            image = image.with_mpp(get_scenario(key).input_mpp, source="user")
+            st.info(f"No pixel size in the file: analysed at the model's {image.mpp} µm/px.")
+        with st.spinner("Running the TNRD model…"):
+            st.session_state["teaching_own"] = (key, analyze(image, key, model=cached_model(key, "cpu")))
+    except TILscopeError as err:
+        st.error(str(err))
+    except Exception:  # a traceback never reaches the browser
+        log.exception("teaching run on an uploaded image failed")
+        st.error("The run failed unexpectedly; the server log has the details.")
+own_state = st.session_state.get("teaching_own")
+if own_state and own_state[0] == key:
+    res = own_state[1]
+    st.caption(f"{res.image.name}: {len(res.cells)} cells marked by a synthetic-only model (not a count).")
+    left, right = st.columns(2)
+    left.image(res.image.rgb, caption="Your image", width="stretch")
+    right.image(dense_over_image(res.restored["denoised"], res.dense["mask"]), caption="Denoised, with the predicted mask",
+                width="stretch")

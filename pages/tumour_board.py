@@ -15,8 +15,10 @@ from core.outputs.store import StoreError
 from core.outputs.tumour_board import build_comparison_pdf, comparison_figures_png, comparison_table, key_figure_table
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
+from pages._user import user_box
 
 through_app_router()
+user_box()
 
 log = logging.getLogger("tilscope.tumour_board")
 

@@ -131,3 +131,12 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     """
     page.wait_for_timeout(400)  # let the rerun start
     page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout_ms)
+
+
+def give_name(page, name: str = "Dr Test") -> None:
+    """Enter the user's name in the sidebar form (asked once per browser) when the page asks for it."""
+    box = page.get_by_test_id("stSidebar").get_by_role("textbox", name="Your name")
+    box.wait_for(timeout=60_000)
+    box.fill(name)
+    page.get_by_test_id("stSidebar").get_by_role("button", name="Save name").click()
+    wait_idle(page)

@@ -27,8 +27,15 @@ def test_router_renders_home():
     assert any("TILscope" in t.value for t in at.title)
 
 
+def analyze_page() -> AppTest:
+    """The Analyze page, run once, for a user who has given their name (asked once per browser)."""
+    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300)
+    at.session_state["user_name"] = "Dr Test"
+    return at.run()
+
+
 def test_analyze_runs_bundled_sample():
-    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
+    at = analyze_page()
     at.radio[0].set_value("Bundled sample").run()
     assert not at.exception
     card = [b for b in at.get("download_button") if b.label == "Download the whole model card (Markdown)"]
@@ -54,7 +61,7 @@ def test_analyze_fast_mode_is_offered_for_he_til_only_and_recorded():
 
     from core.scenarios.base import bfloat16_supported
 
-    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
+    at = analyze_page()
     at.radio[0].set_value("Bundled sample").run()
     assert not [t for t in at.toggle if "bfloat16" in t.label]  # cd3-ihc: float32 only
     at.selectbox[0].set_value("he-til").run()
@@ -69,3 +76,11 @@ def test_analyze_fast_mode_is_offered_for_he_til_only_and_recorded():
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["analysis"].summary["inference_precision"] == "bfloat16"
     assert any("bfloat16" in m.label for m in at.metric)  # shown beside the run time
+
+
+def test_analyze_asks_for_a_name_before_a_run():
+    at = AppTest.from_file(str(REPO / "pages" / "analyze.py"), default_timeout=300).run()
+    at.radio[0].set_value("Bundled sample").run()
+    next(c for c in at.checkbox if "stained for CD3" in c.label).check().run()
+    run = next(b for b in at.button if b.label == "Run")
+    assert run.disabled and any("Enter your name" in c.value for c in at.caption)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import open_page
+from tests.conftest import give_name, open_page
 
 pytestmark = pytest.mark.browser
 
@@ -17,6 +17,7 @@ def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
 
     page = open_page(browser, app_url, "Analyze")
     page.get_by_text("Analyze an image").first.wait_for(timeout=60_000)
+    give_name(page)
     page.locator("input[type=file]").set_input_files(str(get_sample("cd3-mosaic").path))
     page.get_by_text("cd3-ihc-mosaic.tif: 980 x 700 px").wait_for(timeout=60_000)
     assert page.get_by_role("button", name="Run", exact=True).is_disabled()  # the antibody is confirmed first

@@ -1,18 +1,29 @@
-"""The Review page in headless Debian Chromium: draw a tumour rectangle on the canvas, delete
-a cell, add a cell, and watch the numbers change."""
+"""The Review page in headless Debian Chromium, as a pathologist uses it: open a saved analysis
+from Cases, give a name once, draw a tumour region, zoom in, delete, add and relabel cells, save
+the review, and find the reviewed state (numbers, overlay with the region, audit log, the
+original kept) on the Cases page; the name is kept through a reload.
+
+The analysis is saved beforehand through the pipeline, as the Analyze page saves a run (that
+page's own browser test runs it there), so this test is about the review."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import pytest
 
+from tests.conftest import open_page, serve_app, wait_idle
+
 pytestmark = pytest.mark.browser
+
+W_PX, H_PX = 980, 700  # the bundled CD3 mosaic
+ALERTS = "() => [...document.querySelectorAll('[data-testid^=stAlertContent]')].map(e => e.innerText).join('|')"
 
 
 def metric_value(page, label: str, timeout: float = 60_000) -> str:
@@ -31,38 +42,8 @@ def wait_metric_change(page, label: str, old: str | None, timeout_s: float = 90)
             value = None
         if value is not None and value != old:
             return value
-        time.sleep(0.5)
+        time.sleep(0.3)
     raise AssertionError(f"metric {label!r} stayed {old!r}")
-
-
-def canvas_box(page):
-    canvas = page.locator("canvas.upper-canvas").first
-    canvas.wait_for(timeout=60_000)
-    box = canvas.bounding_box()
-    assert box and box["width"] > 100
-    return box
-
-
-def to_page(box, x_px: float, y_px: float, w_px: int, h_px: int) -> tuple[float, float]:
-    """Image pixels → page coordinates over the canvas (the canvas shows the whole image)."""
-    return box["x"] + x_px / w_px * box["width"], box["y"] + y_px / h_px * box["height"]
-
-
-def reviewed_cells(page, tries: int = 3) -> pd.DataFrame:
-    """Download the reviewed cell table; a rerun landing during the click can cancel a
-    download (Streamlit replaces the media file), so wait for the page to settle and retry."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    for attempt in range(tries):
-        time.sleep(1.5)
-        try:
-            with page.expect_download() as dl:
-                page.get_by_role("button", name="Reviewed cells (CSV)").click()
-            return pd.read_csv(io.BytesIO(Path(dl.value.path()).read_bytes()))
-        except PlaywrightError:
-            if attempt == tries - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def shot(page, tmp_path, name: str) -> None:
@@ -74,82 +55,222 @@ def shot(page, tmp_path, name: str) -> None:
         shutil.copy(path, Path(target) / name)
 
 
-def test_draw_tumour_delete_and_add_a_cell(app_url, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1500, "height": 3200})
-    try:
-        _draw_delete_add(page, app_url, tmp_path)
-    finally:
-        shot(page, tmp_path, "review-last.png")
-        page.close()
+def view_image(page):
+    """The bounding box of the review view (the larger of the two clickable images; the other is the navigator)."""
+    frames = page.locator("iframe[title*='streamlit_image_coordinates']")
+    frames.first.wait_for(timeout=60_000)
+    boxes = []
+    for k in range(frames.count()):
+        img = page.frame_locator("iframe[title*='streamlit_image_coordinates']").nth(k).locator("img")
+        img.wait_for(timeout=60_000)
+        boxes.append(img.bounding_box())
+    return max(boxes, key=lambda b: b["width"]), min(boxes, key=lambda b: b["width"])
 
 
-def _draw_delete_add(page, app_url, tmp_path):
+def view_frame(page) -> tuple[int, int, int, int]:
+    """(x0, x1, y0, y1) image pixels shown, read from the caption under the view."""
+    text = page.get_by_text(re.compile(r"Zoom \d+ % · showing")).first.inner_text()
+    return tuple(int(v) for v in re.search(r"showing x (\d+)–(\d+), y (\d+)–(\d+)", text).groups())
+
+
+def click_cell(page, x_px: float, y_px: float) -> tuple[str, float]:
+    """Click image pixel (x_px, y_px) on the view; return the page's new message and the seconds it took."""
+    x0, x1, y0, y1 = view_frame(page)
+    box, _ = view_image(page)
+    pt = (box["x"] + (x_px - x0) / (x1 - x0) * box["width"], box["y"] + (y_px - y0) / (y1 - y0) * box["height"])
+    before = page.evaluate(ALERTS)
+    t0 = time.monotonic()
+    page.mouse.click(*pt)
+    page.wait_for_function(f"(b) => ({ALERTS[6:]}) !== b", arg=before, timeout=60_000)
+    seconds = time.monotonic() - t0
+    wait_idle(page)
+    return page.evaluate(ALERTS).split("|")[0], seconds
+
+
+def test_review_a_saved_analysis_and_find_it_reviewed_under_cases(browser, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(data_dir))  # this test reads the app's case store
+    aid = _saved_analysis()
+    with serve_app(data_dir) as app_url:
+        page = open_page(browser, app_url, "Cases", viewport=(1500, 2000))
+        try:
+            _flow(page, tmp_path, app_url, aid)
+        finally:
+            shot(page, tmp_path, "review-last.png")
+            page.close()
+
+
+def _saved_analysis() -> int:
+    """The CD3 mosaic analysed and saved by "Dr Analyst", as the Analyze page does."""
+    from core.outputs.exports import save_result
+    from core.pipeline import analyze, spatial_statistics
     from core.samples import get_sample
 
-    w_px, h_px = 980, 700  # the bundled CD3 mosaic
-    assert get_sample("cd3-mosaic").load().shape == (h_px, w_px)
-    # Enter through the router (a deep link to /analyze would run the page without app.py).
-    page.goto(f"{app_url}/", wait_until="networkidle")
-    page.locator("a[href$='/analyze']").first.click()
-    page.get_by_text("Analyze an image").first.wait_for(timeout=60_000)
-    page.get_by_text("Bundled sample").click()
-    page.get_by_role("button", name="Run", exact=True).click()
-    n_cells = int(metric_value(page, "Cells", timeout=300_000).replace(",", ""))
-    assert n_cells > 20
+    image = get_sample("cd3-mosaic").load()
+    assert image.shape == (H_PX, W_PX)
+    result = analyze(image, "cd3-ihc", device="cpu")
+    result.spatial = spatial_statistics(result)
+    return save_result(result, "REV-1", _store(), created_by="Dr Analyst")
 
-    # Same session: navigate with the sidebar, not a new URL.
-    page.locator("a[href$='/review']").first.click()
-    page.get_by_text("Review: regions & corrections").first.wait_for(timeout=60_000)
+
+def _flow(page, tmp_path, app_url, aid):
+    n_cells = len(_stored_cells(aid, "cells.csv"))
+    page.get_by_role("heading", name=re.compile(rf"#{aid} · REV-1")).wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_text("Analysed by Dr Analyst").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Review this analysis").click()
+
+    # The Review page opens that analysis; a name is asked once.
+    page.get_by_text("Enter your name to continue").wait_for(timeout=60_000)
+    wait_idle(page)
+    page.get_by_role("textbox", name="Your name").fill("Dr Test Reviewer")
+    page.get_by_role("button", name="Save name").click()
+    page.get_by_text(f"Reviewing analysis #{aid} (case REV-1): no regions or corrections yet.").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert "Restored" not in page.content()
     assert metric_value(page, "Cells") == f"{n_cells:,}"
-    assert metric_value(page, "Cells corrected by hand") == "0"
-    intratumoral = metric_value(page, "Intratumoral immune density (cells/mm²)")
+    assert "Working as\n\nDr Test Reviewer" in page.get_by_test_id("stSidebar").inner_text()
+    legend = page.get_by_test_id("stHtml").filter(has_text="Markers:").first.inner_text()
+    assert "CD3" in legend and "added by hand" in legend and "deleted" in legend
 
-    # 1. A tumour rectangle over the left half of the image.
+    # 1. A tumour rectangle over the left half of the image (whole image at fit zoom).
+    page.get_by_text("Draw regions", exact=True).click()
+    wait_idle(page)
     page.get_by_text("Rectangle", exact=True).click()
-    time.sleep(3.0)  # the rerun redraws the canvas in the new mode
-    box = canvas_box(page)
-    x0, y0, x1, y1 = 60.0, 60.0, 480.0, 640.0  # image pixels
-    page.mouse.move(*to_page(box, x0, y0, w_px, h_px))
+    wait_idle(page)
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.wait_for(timeout=60_000)
+    time.sleep(1.0)
+    box = canvas.bounding_box()
+    to_page = lambda x, y: (box["x"] + x / W_PX * box["width"], box["y"] + y / H_PX * box["height"])  # noqa: E731
+    x0, y0, x1, y1 = 60.0, 60.0, 480.0, 640.0
+    page.mouse.move(*to_page(x0, y0))
     page.mouse.down()
     for k in range(1, 11):
-        page.mouse.move(*to_page(box, x0 + (x1 - x0) * k / 10, y0 + (y1 - y0) * k / 10, w_px, h_px))
+        page.mouse.move(*to_page(x0 + (x1 - x0) * k / 10, y0 + (y1 - y0) * k / 10))
     page.mouse.up()
-    in_tumour = int(wait_metric_change(page, "Immune cells in tumour regions", None))
-    assert wait_metric_change(page, "Intratumoral immune density (cells/mm²)", intratumoral) != "n/a"
-    page.get_by_text("Added Tumour 1").first.wait_for(timeout=30_000)
-    cells = reviewed_cells(page)
-    inside = cells[(cells.x_px > x0 + 20) & (cells.x_px < x1 - 20) & (cells.y_px > y0 + 20) & (cells.y_px < y1 - 20)]
-    assert in_tumour >= len(inside) > 0
-    shot(page, tmp_path, "review-1-tumour.png")
+    page.get_by_text("Added Tumour 1").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    in_tumour = int(metric_value(page, "Immune cells in tumour regions"))
+    assert in_tumour > 0
 
-    # 2. Delete a detected cell inside the tumour.
+    store_cells = _stored_cells(aid, "cells.csv")
+    inside = store_cells[(store_cells.x_px > x0 + 30) & (store_cells.x_px < x1 - 30)
+                         & (store_cells.y_px > y0 + 30) & (store_cells.y_px < y1 - 30)]
+    assert len(inside) >= 3
+
+    # 2. Zoom in around a cell inside the tumour with the navigator, then delete it.
     page.get_by_text("Correct cells", exact=True).click()
-    time.sleep(2.0)
-    page.get_by_text("Delete a cell", exact=True).click()
-    time.sleep(3.0)
+    wait_idle(page)
     target = inside.iloc[0]
-    box = canvas_box(page)
-    page.mouse.click(*to_page(box, target.x_px + 2, target.y_px - 2, w_px, h_px))
+    _, nav = view_image(page)
+    page.mouse.click(nav["x"] + target.x_px / W_PX * nav["width"], nav["y"] + target.y_px / H_PX * nav["height"])
+    deadline = time.monotonic() + 60
+    while view_frame(page) == (0, W_PX, 0, H_PX) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    wait_idle(page)
+    fx0, fx1, fy0, fy1 = view_frame(page)
+    assert fx1 - fx0 < W_PX and fx0 <= target.x_px <= fx1 and fy0 <= target.y_px <= fy1
+    page.get_by_text("Delete a cell", exact=True).click()
+    wait_idle(page)
+    message, seconds = click_cell(page, target.x_px + 1, target.y_px - 1)
+    assert re.fullmatch(rf"Deleted cell {target.name} \(cd3-positive\), \d\.\d µm from the click\.", message), message
+    print(f"delete applied and shown in {seconds:.2f} s")
     assert int(wait_metric_change(page, "Immune cells in tumour regions", str(in_tumour))) == in_tumour - 1
     assert metric_value(page, "Cells corrected by hand") == "1"
-    assert metric_value(page, "Cells") == f"{n_cells - 1:,}"
+    shot(page, tmp_path, "review-1-zoomed-delete.png")
 
-    # 3. Add a missed CD3+ cell inside the tumour, away from every detection.
+    # 3. A click far from any marker says so and changes nothing.
+    fx0, fx1, fy0, fy1 = view_frame(page)
+    grid = [(x, y) for x in range(max(fx0, int(x0)) + 10, min(fx1, int(x1)) - 10, 4)
+            for y in range(max(fy0, int(y0)) + 10, min(fy1, int(y1)) - 10, 4)]  # in the view and the tumour
+    far = max(grid, key=lambda p: float(np.min(np.hypot(store_cells.x_px - p[0], store_cells.y_px - p[1]))))
+    message, _ = click_cell(page, *far)
+    assert message.startswith("No cell within") and "nothing deleted" in message
+
+    # 4. Add the missed CD3+ cell there; relabel another one as a tumour cell, saying why.
     page.get_by_text("Add a missed cell", exact=True).click()
-    time.sleep(3.0)
-    cells = reviewed_cells(page)
-    best, far = None, -1.0
-    for x in range(int(x0) + 40, int(x1) - 40, 10):
-        for y in range(int(y0) + 40, int(y1) - 40, 10):
-            d = ((cells.x_px - x) ** 2 + (cells.y_px - y) ** 2).min() ** 0.5
-            if d > far:
-                best, far = (x, y), d
-    box = canvas_box(page)
-    page.mouse.click(*to_page(box, *best, w_px, h_px))
+    wait_idle(page)
+    message, seconds = click_cell(page, *far)
+    assert message.startswith("Added hand-added cell 1 (") and "-1" not in message, message
+    print(f"add applied and shown in {seconds:.2f} s")
     assert int(wait_metric_change(page, "Immune cells in tumour regions", str(in_tumour - 1))) == in_tumour
-    assert metric_value(page, "Cells corrected by hand") == "2"
-    assert metric_value(page, "Cells") == f"{n_cells:,}"
-    edited = reviewed_cells(page)
-    assert (edited["edited"] == "added").sum() == 1
-    assert "Traceback" not in page.content()
+    page.get_by_text("Relabel a cell", exact=True).click()
+    wait_idle(page)
+    page.get_by_test_id("stSelectbox").filter(has_text="Class").click()
+    page.get_by_role("option", name="Tumour cell (marked by hand)").click()
+    wait_idle(page)
+    page.get_by_role("textbox", name="Why (optional)").fill("tumour nucleus, DAB from the stroma")
+    page.get_by_role("textbox", name="Why (optional)").press("Enter")
+    wait_idle(page)
+    other = next(c for _, c in inside.iloc[1:].iterrows() if fx0 < c.x_px < fx1 and fy0 < c.y_px < fy1) \
+        if any(fx0 < c.x_px < fx1 and fy0 < c.y_px < fy1 for _, c in inside.iloc[1:].iterrows()) else None
+    if other is None:  # no second cell in this view: go back to the whole image
+        page.locator(".st-key-zoom_fit button").first.click()
+        wait_idle(page)
+        other = inside.iloc[1]
+    message, _ = click_cell(page, other.x_px, other.y_px)
+    assert re.fullmatch(rf"Relabelled cell {other.name}: cd3-positive → tumour-cell\.", message), message
+    assert metric_value(page, "Cells corrected by hand") == "3"
     shot(page, tmp_path, "review-2-corrected.png")
+
+    # 5. Save, with why.
+    page.get_by_role("textbox", name="Why (optional, recorded in the audit log)").fill("second read")
+    page.get_by_role("textbox", name="Why (optional, recorded in the audit log)").press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Save review").click()
+    page.get_by_text(re.compile(rf"Review saved in analysis #{aid} \(case REV-1\) by Dr Test Reviewer")).wait_for(
+        timeout=240_000)
+    reviewed_cells = metric_value(page, "Cells")
+    assert "Traceback" not in page.content()
+
+    # 6. Cases: the reviewed numbers, who did what, the overlay with the region.
+    page.get_by_test_id("stSidebarNav").get_by_text("Cases", exact=True).click()
+    page.get_by_role("heading", name=re.compile(rf"#{aid} · REV-1")).wait_for(timeout=60_000)
+    wait_idle(page)
+    assert metric_value(page, "Cells") == reviewed_cells and metric_value(page, "Manual corrections") == "3"
+    page.get_by_text(re.compile("Analysed by Dr Analyst .* reviewed by Dr Test Reviewer")).first.wait_for(timeout=30_000)
+    page.get_by_text("Before review: the analysis as detected").click()
+    wait_idle(page)
+    page.get_by_role("button", name="report.pdf (before review)").wait_for(timeout=30_000)
+    page.get_by_text("Audit log: who did what, when and why").click()
+    wait_idle(page)
+    audit = page.get_by_test_id("stDataFrame").last
+    audit.wait_for(timeout=30_000)
+    overlay = _stored_file(aid, "overlay.png")
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(overlay)).convert("RGB"))
+    red = (rgb[..., 0] == 200) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)  # the tumour region's outline
+    top_edge = red[int(y0) - 5: int(y0) + 6, int(x0) + 20: int(x1) - 20].any(axis=0)  # drawn by hand: ± a few px
+    assert top_edge.mean() > 0.9
+    log = _store().audit_log(aid)
+    assert [(e["user"], e["action"]) for e in log][:1] == [("Dr Test Reviewer", "review saved")]
+    assert log[0]["comment"] == "second read" and log[-1]["user"] == "Dr Analyst"
+    assert {"region added", "delete", "add", "relabel"} <= {e["action"] for e in log}
+    assert next(e for e in log if e["action"] == "relabel")["comment"] == "tumour nucleus, DAB from the stroma"
+    assert _store().get_analysis(aid)["detected_summary"]["n_cells"] == n_cells
+    assert len(_stored_cells(aid, "cells.csv")) == int(reviewed_cells.replace(",", ""))
+    shot(page, tmp_path, "review-3-cases.png")
+
+    # 7. A reload keeps the name (this browser's cookie), and the Review page reopens the analysis from its URL.
+    page.goto(f"{app_url}/review?analysis={aid}", wait_until="networkidle")
+    page.get_by_text(f"Opened analysis #{aid} (case REV-1) with its saved review by Dr Test Reviewer").wait_for(
+        timeout=60_000)
+    assert page.get_by_role("textbox", name="Your name").count() == 0
+
+
+def _store():
+    from core.outputs.store import CaseStore
+
+    return CaseStore()
+
+
+def _stored_file(aid: int, name: str) -> bytes:
+    return _store().get_file(aid, name)
+
+
+def _stored_cells(aid: int, name: str):
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(_stored_file(aid, name)))

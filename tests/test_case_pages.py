@@ -125,3 +125,48 @@ def test_tumour_board_empty_and_bad_database(data_dir, monkeypatch):
         at = run(page)
         assert not at.exception
         assert any("not a database URL" in e.value for e in at.error)
+
+
+def test_cases_page_sends_an_analysis_to_review(two_analyses):
+    a, _ = two_analyses
+    at = run(CASES, open_analysis=a)
+    assert not at.exception
+    button(at, "Review this analysis").click().run()
+    assert not at.exception and at.session_state["review_request"] == a
+
+
+def test_cases_page_shows_the_reviewed_state_who_did_it_and_the_original(data_dir):
+    """An analysis saved by one user and reviewed by another, through the review session."""
+    from core import review as rv
+    from core.outputs.exports import save_result
+    from core.spatial import SpatialParams
+    from tests.test_review import small_result
+
+    store = CaseStore()
+    aid = save_result(small_result(), "B-9", store, created_by="Dr Ana Silva")
+    session = rv.open_saved_analysis(store, aid)
+    session.delete_at(20.0, 50.0, 5.0, user="Dr Jo Park", comment="stain deposit")
+    rv.save_review(store, session, user="Dr Jo Park", comment="second read", params=SpatialParams(n_simulations=0))
+    store.close()
+    at = run(CASES, open_analysis=aid, user_name="Dr Lee")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells"] == "13" and metrics["Manual corrections"] == "1"
+    assert any("Analysed by Dr Ana Silva" in m.value and "reviewed by Dr Jo Park" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert table.loc[table["id"] == aid, "reviewed by"].iloc[0].startswith("Dr Jo Park")
+    frames = [d.value for d in at.dataframe]
+    before = next(f for f in frames if "detected" in f.columns)
+    assert before.set_index("class").loc["cd3-positive", "detected"] == 10
+    assert before.set_index("class").loc["cd3-positive", "reviewed"] == 9
+    audit = next(f for f in frames if "what changed" in f.columns)
+    assert list(audit["action"]) == ["review saved", "delete", "analysis saved"]
+    assert list(audit["user"]) == ["Dr Jo Park", "Dr Jo Park", "Dr Ana Silva"]
+    assert list(audit["why"])[:2] == ["second read", "stain deposit"]
+    assert audit["what changed"].iloc[1] == "cell 0 (cd3-positive) deleted"
+    labels = {b.label for b in at.get("download_button")}
+    assert {"report.pdf", "report.pdf (before review)", "cells.csv (before review)"} <= labels
+    assert "source-image.png (before review)" not in labels
+    # the spatial statistics table starts with statistics, not the schema or the thresholds
+    stats = next(f for f in frames if "statistic" in f.columns)
+    assert not stats["statistic"].str.startswith(("schema", "params")).any()

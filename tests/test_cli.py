@@ -171,3 +171,15 @@ def test_bfloat16_is_refused_for_a_scenario_not_validated_at_it(tmp_path, capsys
     err = capsys.readouterr().err
     assert "validated at float32 only" in err and "--precision float32" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_options_exit_2_with_one_line(tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(png)
+    for args, expected in ((["--mpp", "abc"], "not a number of microns per pixel"),
+                           (["--mpp", "350"], "outside 0.05-20"),
+                           (["--page", "0"], "outside the allowed 1 to")):
+        proc = run_cli("analyze", png, "--scenario", "cd3-ihc", "--out", tmp_path / "o", *args)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error:") and expected in err[0], proc.stderr
+    assert not (tmp_path / "o").exists()

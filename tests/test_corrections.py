@@ -103,3 +103,17 @@ def test_statistics_recompute_after_corrections():
     d_after = after["distances"]["immune_to_nearest_tumour_um"]["max_um"]
     assert d_before == pytest.approx(np.hypot(10, 10))
     assert d_after == pytest.approx(np.hypot(7, 5))
+
+
+def test_comments_and_previous_classes_are_kept_through_json():
+    log = CorrectionLog()
+    log.relabel_cell(1, "cd3-negative", "other", user="Dr A", comment="  faint   DAB, not a T cell ",
+                     from_class="cd3-positive", from_role="immune")
+    log.delete_cell(3, user="Dr A", from_class="tumour-cell", from_role="tumour")
+    e = log.edits[0]
+    assert e.comment == "faint DAB, not a T cell" and (e.from_class, e.from_role) == ("cd3-positive", "immune")
+    back = CorrectionLog.from_json(log.to_json())
+    assert back.edits[0].comment == e.comment and back.edits[1].from_class == "tumour-cell"
+    # a log saved before comments existed still reads
+    old = {"edits": [{"op": "delete", "cell_id": 2, "user": "session-1a2b", "time": "2025-01-01T00:00:00+00:00"}]}
+    assert CorrectionLog.from_json(old).edits[0].comment is None

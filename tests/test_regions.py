@@ -48,10 +48,17 @@ def test_bad_regions_raise_input_error():
         Region("x", "tumour", [[0, 0], [1, np.nan], [0, 1]])
 
 
+def _star(rng, n=7):
+    """A simple (not self-crossing) polygon: random vertices sorted by angle around their centre."""
+    p = rng.uniform(0, 1000, (n, 2))
+    c = p.mean(axis=0)
+    return p[np.argsort(np.arctan2(p[:, 1] - c[1], p[:, 0] - c[0]))]
+
+
 def _regions():
     rng = np.random.default_rng(0)
     return [
-        Region("Tumour 1", "tumour", rng.uniform(0, 1000, (7, 2)), id="a1"),
+        Region("Tumour 1", "tumour", _star(rng), id="a1"),
         Region("Stroma", "stroma", [[0.1, 0.2], [500.3, 0.7], [500.9, 400.123456789], [0.0, 399.99]], id="b2",
                holes_um=([[100.5, 100.25], [200.75, 100.125], [150.0, 300.3]],)),
         Region("Pen mark", "exclude", [[10, 10], [20, 10], [20, 20]]),
@@ -133,3 +140,83 @@ def test_bad_geojson_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="ring"):
         read_regions_geojson({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[1, 2]]},
                               "properties": {"classification": {"name": "Stroma"}}}, 1.0)
+
+
+def test_a_self_crossing_outline_is_repaired_into_its_loops():
+    from core.spatial.regions import repair_region, repair_regions
+
+    bowtie = Region("T", "tumour", [[0, 0], [100, 100], [100, 0], [0, 100]], id="q")
+    assert bowtie.area_um2 == pytest.approx(0.0) and "Self-intersection" in bowtie.problem
+    parts = repair_region(bowtie)
+    assert [(p.name, p.id) for p in parts] == [("T (1)", "q~0"), ("T (2)", "q~1")]
+    assert sum(p.area_um2 for p in parts) == pytest.approx(5000.0) and all(p.problem is None for p in parts)
+    assert "repaired into 2 polygon(s)" in parts[0].note
+    square = Region("S", "stroma", [[0, 0], [1, 0], [1, 1], [0, 1]])
+    regions, notes = repair_regions([square, bowtie])
+    assert regions[0] is square and len(regions) == 3 and len(notes) == 1
+    spike = Region("L", "tumour", [[0, 0], [10, 0], [20, 0], [10, 0]])  # all on one line
+    with pytest.raises(InputError, match="encloses no area"):
+        repair_region(spike)
+    # Read from GeoJSON: repaired, with the note on every part.
+    gj = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]},
+          "properties": {"classification": {"name": "Tumor"}}}
+    back = read_regions_geojson(gj, 2.0)
+    assert len(back) == 2 and all(r.note for r in back) and sum(r.area_mm2 for r in back) == pytest.approx(2e-4)
+
+
+def test_limits_on_vertices_coordinates_and_nesting(monkeypatch):
+    import core.spatial.regions as regions
+    from core.spatial.regions import json_depth
+
+    monkeypatch.setattr(regions, "MAX_REGION_VERTICES", 10)
+    t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    with pytest.raises(InputError, match="12 vertices, more than the 10 accepted"):
+        Region("x", "tumour", np.c_[np.cos(t), np.sin(t)])
+    far = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1e9, 0], [0, 1e9], [0, 0]]]},
+           "properties": {"classification": {"name": "Tumor"}}}
+    with pytest.raises(InputError, match="beyond the ±100000 µm"):
+        read_regions_geojson(far, 0.5)
+    assert json_depth('{"a": [[1, 2]], "b": "[[[[[[", "c": "\\"]]"}') == 3
+    assert json_depth("[" * 500 + "]" * 500) == 500
+    with pytest.raises(InputError, match="nests arrays or objects 100 deep"):
+        read_regions_geojson("[" * 100 + "]" * 100, 1.0)
+
+
+def test_containment_rasterising_and_distances_agree_with_brute_force():
+    import pickle
+
+    from core.spatial.geometry import _point_segment_distance, distance_to_segments_um, rasterise, rings_segments
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        outer = _star(rng, 25)
+        c = outer.mean(axis=0)
+        hole = c + 40 * np.c_[np.cos(np.linspace(0, 6.2, 12)), np.sin(np.linspace(0, 6.2, 12))]
+        region = Region("r", "tumour", outer, holes_um=(hole,))
+        if region.problem:
+            continue
+        yy, xx = np.mgrid[0:100, 0:110]
+        centres = np.c_[(xx.ravel() + 0.5) * 10, (yy.ravel() + 0.5) * 10]
+        inside = region.contains(centres).reshape(100, 110)
+        mask = rasterise([region.rings()], 0.0, 0.0, 10.0, (100, 110))
+        assert (mask != inside).sum() <= 2  # pixel centres exactly on an edge may differ
+        a, b = rings_segments(region.rings(), tolerance_um=0.0)
+        pts = rng.uniform(-100, 1100, (300, 2))
+        brute = np.array([_point_segment_distance(np.repeat(p[None], len(a), 0), a, b).min() for p in pts])
+        np.testing.assert_allclose(distance_to_segments_um(pts, a, b), brute, atol=1e-9)
+    # a long border goes through the R-tree: the same exact distances
+    t = np.linspace(0, 2 * np.pi, 5000, endpoint=False)
+    ring = np.c_[500 + 300 * np.cos(t) + 20 * np.sin(9 * t), 500 + 300 * np.sin(t)]
+    a, b = rings_segments([ring], tolerance_um=0.0)
+    pts = rng.uniform(0, 1000, (200, 2))
+    brute = np.array([_point_segment_distance(np.repeat(p[None], len(a), 0), a, b).min() for p in pts])
+    np.testing.assert_allclose(distance_to_segments_um(pts, a, b), brute, atol=1e-9)
+    # simplified within 1 nm by default
+    sa, sb = rings_segments([ring])
+    assert len(sa) <= len(a)
+    np.testing.assert_allclose(distance_to_segments_um(pts, sa, sb), brute, atol=1e-3)
+    # a region keeps working after a round trip through pickle (its shapely geometry is rebuilt)
+    region = Region("r", "tumour", ring)
+    region.contains(pts)
+    again = pickle.loads(pickle.dumps(region))
+    np.testing.assert_array_equal(again.contains(pts), region.contains(pts))

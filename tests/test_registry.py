@@ -27,6 +27,7 @@ def test_every_entry_is_complete_and_its_weights_match(scenario):
     assert len({o.name for o in scenario.outputs}) == len(scenario.outputs)
     assert scenario.evaluation in EVALUATIONS
     assert sha256_file(scenario.weights_path) == scenario.sha256
+    assert sha256_file(scenario.weights_path.parent / scenario.model_card) == scenario.card_sha256
     card = scenario.card()
     for field in ("version", "training_data", "metrics", "intended_use", "limitations"):
         assert card.get(field), f"model card of {scenario.key} lacks {field}"
@@ -62,3 +63,35 @@ def test_importing_the_registry_loads_no_scenario_module():
             "('core.scenarios.registry', 'core.scenarios.spec')], sorted(sys.modules); "
             "import core.scenarios.base as b; assert 'core.scenarios.registry' not in vars(b)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_edited_or_missing_model_card_is_refused(tmp_path, monkeypatch):
+    import core.scenarios.spec as spec
+
+    scenario = get_scenario("he-til")
+    text = (spec.WEIGHTS_DIR / scenario.model_card).read_text(encoding="utf-8")
+    monkeypatch.setattr(spec, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(WeightsError, match="missing"):
+        scenario.card()
+    (tmp_path / scenario.model_card).write_text(text, encoding="utf-8")
+    assert scenario.card()["weights_sha256"] == scenario.sha256  # the same bytes: accepted
+    (tmp_path / scenario.model_card).write_text(text.replace("not a diagnostic device", "a diagnostic device"),
+                                                encoding="utf-8")
+    with pytest.raises(WeightsError, match="has SHA-256 .* the card was edited"):
+        scenario.card()
+
+
+def test_weights_that_do_not_fit_the_network_raise_a_weights_error():
+    import torch
+
+    from core.scenarios.weights import load_strict
+
+    net = torch.nn.Linear(3, 2)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    load_strict(net, state, "w.safetensors")
+    with pytest.raises(WeightsError, match="1 tensor\\(s\\) unexpected \\(extra\\)"):
+        load_strict(net, {**state, "extra": torch.zeros(1)}, "w.safetensors")
+    with pytest.raises(WeightsError, match="1 tensor\\(s\\) missing \\(bias\\)"):
+        load_strict(net, {"weight": state["weight"]}, "w.safetensors")
+    with pytest.raises(WeightsError, match="of the wrong shape \\(weight\\)"):
+        load_strict(net, {**state, "weight": torch.zeros(2, 4)}, "w.safetensors")

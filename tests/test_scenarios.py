@@ -84,7 +84,8 @@ def test_every_scenario_refuses_an_image_smaller_than_its_window(loaded):
 
 def test_every_rgb_scenario_refuses_a_multichannel_fluorescence_stack(loaded):
     scenario = loaded.scenario
-    stack = np.random.default_rng(0).integers(0, 4096, (64, 64, 5)).astype(np.uint16)
+    side = max(64, int(np.ceil(scenario.min_side_um / scenario.input_mpp)))
+    stack = np.random.default_rng(0).integers(0, 4096, (side, side, 5)).astype(np.uint16)
     image = ImageData(stack, scenario.input_mpp, "panel.tif", "", "user",
                       channel_names=("Hoechst", "CD20", "CD8", "PD1", "CD3"))
     assert scenario.input.is_rgb

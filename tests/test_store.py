@@ -209,8 +209,8 @@ def test_migration_from_version_1_keeps_data(db_url):
     old.close()
 
     new = CaseStore(db_url)
-    assert new.schema_version == store_mod.SCHEMA_VERSION == 3
-    assert store_mod.current_schema_version(new.engine) == 3
+    assert new.schema_version == store_mod.SCHEMA_VERSION == 4
+    assert store_mod.current_schema_version(new.engine) == 4
     a = new.get_analysis(aid)
     assert a["case_label"] == "OLD-1" and a["image_name"] == "old.tif" and a["app_version"] == "0.0.9"
     assert a["summary"]["counts"] == {"cd3-positive": 9} and a["params"] == {"a": 1}
@@ -219,7 +219,89 @@ def test_migration_from_version_1_keeps_data(db_url):
     assert new.get_file(aid, "report.pdf") == b"%PDF"
     new.set_note(aid, "discussed 2024-05-03")  # a column added by migration 2 is writable
     assert new.get_analysis(aid)["note"] == "discussed 2024-05-03"
+    assert a["created_by"] is None and a["reviewed_by"] is None and a["originals"] == []  # unknown, not invented
     new.close()
+
+
+def test_migration_from_version_3_adds_users_originals_and_the_audit_log(db_url):
+    old = CaseStore(db_url, migrate_to=3)
+    with old.engine.begin() as conn:  # rows as TILscope at schema 3 wrote them
+        md = sa.MetaData()
+        cases, analyses, files = (sa.Table(t, md, autoload_with=conn) for t in ("cases", "analyses", "analysis_files"))
+        case_id = conn.execute(cases.insert().values(label="OLD-3", created_at=datetime(2025, 1, 1))).inserted_primary_key[0]
+        aid = conn.execute(analyses.insert().values(
+            case_id=case_id, image_sha256="ab" * 32, image_name="field-7.tif", scenario_key="cd3-ihc", params={},
+            summary=summary(7), corrections={"edits": [1]}, n_corrections=1, app_version="0.1.0",
+            created_at=datetime(2025, 1, 1))).inserted_primary_key[0]
+        conn.execute(files.insert().values(analysis_id=aid, name="cells.csv", media_type="text/csv", size_bytes=9,
+                                           data=b"x_px\n1\n"))
+    old.close()
+    new = CaseStore(db_url)
+    assert new.schema_version == 4
+    with new.engine.connect() as conn:
+        insp = sa.inspect(conn)
+        cols = {c["name"] for c in insp.get_columns("analyses")}
+        assert {"created_by", "reviewed_by", "reviewed_at", "detected_summary", "detected_spatial"} <= cols
+        assert {"analysis_originals", "audit_events"} <= set(insp.get_table_names())
+    a = new.get_analysis(aid)
+    assert a["summary"]["counts"] == {"cd3-positive": 7} and a["n_corrections"] == 1 and a["detected_summary"] is None
+    # the old analysis can be reviewed now: its files become the originals on the first review
+    new.update_review(aid, regions=None, corrections={"edits": []}, summary=summary(6), files={"cells.csv": b"new"},
+                      user="Dr B")
+    assert new.get_original(aid, "cells.csv") == b"x_px\n1\n" and new.get_file(aid, "cells.csv") == b"new"
+    assert new.get_analysis(aid)["detected_summary"]["counts"] == {"cd3-positive": 7}
+    new.close()
+
+
+def test_users_originals_and_the_audit_log(db_url):
+    store = CaseStore(db_url)
+    aid = store.save_analysis("B-1", summary(12), created_by="  Dr  Ana Silva ", files={"report.pdf": b"%PDF a"},
+                              originals={store_mod.SOURCE_IMAGE: b"\x89PNG image"})
+    a = store.get_analysis(aid)
+    assert a["created_by"] == "Dr Ana Silva"
+    assert [f["name"] for f in a["originals"]] == [store_mod.SOURCE_IMAGE] and store.get_original(aid, "source-image.png")
+    assert [f["name"] for f in a["files"]] == ["report.pdf"]  # the image is not an export
+    with pytest.raises(StoreError, match="no original"):
+        store.get_original(aid, "cells.csv")
+    events = [{"user": "Dr B", "time": "2026-01-02T10:00:00+00:00", "action": "delete",
+               "detail": {"cell_id": 4, "from_class": "cd3-positive"}, "comment": "debris"}]
+    store.update_review(aid, regions=None, corrections={"edits": [{"op": "delete"}]}, summary=summary(11),
+                        files={"report.pdf": b"%PDF b"}, user="Dr B", comment="second read", events=events,
+                        params={"spatial": {"radii_um": [10]}})
+    store.update_review(aid, regions=None, corrections={"edits": []}, summary=summary(12), files={"report.pdf": b"%PDF c"},
+                        user="Dr C")
+    a = store.get_analysis(aid)
+    assert a["reviewed_by"] == "Dr C" and a["reviewed_at"].endswith("+00:00") and a["params"] == {"spatial": {"radii_um": [10]}}
+    assert store.get_original(aid, "report.pdf") == b"%PDF a"  # kept from the first review on
+    assert a["detected_summary"]["counts"] == {"cd3-positive": 12} and store.get_file(aid, "report.pdf") == b"%PDF c"
+    record = store.get_record(aid)
+    assert (record["created_by"], record["reviewed_by"]) == ("Dr Ana Silva", "Dr C")
+    row = store.list_analyses()[0]
+    assert (row["created_by"], row["reviewed_by"]) == ("Dr Ana Silva", "Dr C")
+    store.set_note(aid, "for the board", user="Dr B")
+    store.delete_analysis(aid, user="Dr D", comment="duplicate run")
+    log = store.audit_log(aid)
+    assert [(e["user"], e["action"]) for e in log] == [
+        ("Dr D", "analysis deleted"), ("Dr B", "note"), ("Dr C", "review saved"), ("Dr B", "review saved"),
+        ("Dr B", "delete"), ("Dr Ana Silva", "analysis saved")]
+    assert log[0]["comment"] == "duplicate run" and log[3]["comment"] == "second read" and log[4]["comment"] == "debris"
+    assert log[4]["time"] == "2026-01-02T10:00:00+00:00" and log[4]["detail"]["from_class"] == "cd3-positive"
+    assert all(e["case_label"] == "B-1" for e in log)  # the history outlives the analysis
+    store.close()
+
+
+def test_user_names_and_audit_entries_are_checked():
+    store = CaseStore("sqlite://")
+    for bad, why in (("   ", "empty"), ("x" * 81, "at most 80"), ("Dr\x00A", "control characters")):
+        with pytest.raises(InputError, match=why):
+            store.save_analysis("B-1", summary(), created_by=bad)
+    aid = store.save_analysis("B-1", summary())
+    assert store.audit_log(aid)[0]["user"] == "unknown"  # no name given: said so, never invented
+    with pytest.raises(InputError, match="audit action"):
+        store.add_audit_events(aid, [{"user": "Dr A", "action": "explode"}])
+    with pytest.raises(InputError, match="ISO 8601"):
+        store.add_audit_events(aid, [{"user": "Dr A", "action": "add", "time": "yesterday"}])
+    store.close()
 
 
 def test_newer_schema_is_refused(tmp_path):

@@ -7,7 +7,9 @@
 - ``cells.csv``: the cell table (:func:`cells_csv`);
 - ``summary.json``: the record's summary with statistics and provenance (:func:`summary_json`);
 - ``overlay.png``: the image with every cell ringed in its class colour, full resolution
-  up to :data:`core.outputs.figures.OVERLAY_MAX_SIDE_PX` on the longest side;
+  up to :data:`core.outputs.figures.OVERLAY_MAX_SIDE_PX` on the longest side, and the
+  regions (tumour, stroma, exclusion, margin) outlined in their kind's colour with their
+  names when the analysis has any (:func:`draw_regions`);
 - ``<name>.png`` for each dense output (:func:`core.outputs.figures.dense_to_image`: 8-bit
   grey = value x 255 for a probability or a mask; the arg-max in its class colours for
   class probabilities) and each restored image ((H, W, 3) uint8 as it is);
@@ -16,11 +18,17 @@
   pictures smaller.
 
 Outputs are rendered by kind (cells, dense, restored), never by scenario or output name.
-Media types follow the file suffix (:func:`media_type`).
+Media types follow the file suffix (:func:`media_type`). A reviewed analysis goes through the
+same writer with its reviewed cells, regions and record (:func:`core.review.saved.save_review`).
+
+:func:`save_result` also keeps the analysed image's 8-bit RGB (:func:`source_image_png`) as
+an original of the analysis, not an export, so that a saved analysis can be opened for
+review later.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -45,7 +53,7 @@ from core.outputs.media import MEDIA_TYPES, media_type
 from core.outputs.report_pdf import ReportImage, build_report_pdf
 
 __all__ = ["build_exports", "write_exports", "save_result", "summary_json", "cells_csv", "cells_geojson",
-           "media_type", "MEDIA_TYPES", "REPORT_FILES", "REPORT_IMAGE_MAX_SIDE_PX"]
+           "draw_regions", "source_image_png", "media_type", "MEDIA_TYPES", "REPORT_FILES", "REPORT_IMAGE_MAX_SIDE_PX"]
 
 #: Files the CLI writes only with ``--report`` (:func:`core.pipeline.write_analysis`).
 REPORT_FILES = ("report.pdf", "cells.geojson")
@@ -75,7 +83,8 @@ def build_exports(
         The analysis (image, cell table, dense outputs, restored images, run, statistics).
     spatial, regions, corrections, params, model_card, case_label
         As for :func:`core.outputs.records.record_from_result`; ``regions`` (a list of
-        :class:`core.spatial.Region` in µm) also go into cells.geojson as annotations.
+        :class:`core.spatial.Region` in µm, or their GeoJSON) are outlined on the overlays
+        and (as Regions) go into cells.geojson as annotations.
     record : dict, optional
         A record already built (e.g. with the store's ``analysis_id``); built here if absent.
 
@@ -100,10 +109,11 @@ def build_exports(
         )
     class_colors = dict(result.scenario.class_colors)
     rgb, mpp, cells = result.image.rgb, result.image.mpp, result.cells
+    outlined = _region_list(regions, mpp)
     files = {
         "cells.csv": cells_csv(cells),
         "summary.json": summary_json(record),
-        "overlay.png": png_bytes(render_overlay(rgb, cells, class_colors, mpp)),
+        "overlay.png": png_bytes(draw_regions(render_overlay(rgb, cells, class_colors, mpp), outlined, mpp, rgb.shape[:2])),
     }
     small_rgb, scale = downscale(rgb, REPORT_IMAGE_MAX_SIDE_PX)
     pictures = []
@@ -121,9 +131,80 @@ def build_exports(
     geojson = cells_geojson(result, regions, class_palette(sorted(set(cells["cell_class"].astype(str))), class_colors))
     if geojson is not None:
         files["cells.geojson"] = geojson
-    overlay_small = png_bytes(render_overlay(rgb, cells, class_colors, mpp, REPORT_IMAGE_MAX_SIDE_PX))
+    overlay_small = png_bytes(draw_regions(render_overlay(rgb, cells, class_colors, mpp, REPORT_IMAGE_MAX_SIDE_PX),
+                                           outlined, mpp, rgb.shape[:2]))
     files["report.pdf"] = build_report_pdf(record, overlay_png=overlay_small, images=pictures)
     return files
+
+
+def _region_list(regions: Any, mpp: float | None) -> list:
+    """Regions as a list of :class:`core.spatial.Region` (from a list, or GeoJSON with the mpp)."""
+    if not regions or not mpp:
+        return []
+    if isinstance(regions, (dict, str, bytes)):
+        from core.spatial.regions import read_regions_geojson
+
+        try:
+            return read_regions_geojson(regions, mpp, on_unknown="skip")
+        except TILscopeError:
+            return []
+    return list(regions)
+
+
+def draw_regions(picture: np.ndarray, regions: Any, mpp: float | None, image_shape: tuple[int, int]) -> np.ndarray:
+    """Outline regions on a picture of the image, each in its kind's colour, with its name.
+
+    Parameters
+    ----------
+    picture : (h, w, 3) uint8 ndarray
+        The image (or the overlay) at any scale of the analysed image.
+    regions : list of core.spatial.Region
+        Polygons in µm; nothing is drawn without regions or an mpp.
+    mpp : float or None
+        Microns per pixel of the analysed image.
+    image_shape : (H, W)
+        Size of the analysed image in pixels (sets the scale of ``picture``).
+
+    Returns
+    -------
+    (h, w, 3) uint8 ndarray
+        A new picture; ``picture`` itself when there is nothing to draw (byte-identical
+        exports for analyses without regions). Outline width grows with the picture
+        (about 1/400 of its longest side, at least 2 px); exclusions are hatched.
+    """
+    regions = list(regions or [])
+    if not regions or not mpp:
+        return picture
+    from PIL import Image, ImageDraw
+
+    from core.spatial.regions import KIND_COLORS
+
+    h, w = picture.shape[:2]
+    sx, sy = w / float(image_shape[1]), h / float(image_shape[0])
+    img = Image.fromarray(np.ascontiguousarray(picture[..., :3], dtype=np.uint8))
+    draw = ImageDraw.Draw(img, "RGBA")
+    width = max(2, round(max(h, w) / 400))
+    for reg in regions:
+        col = KIND_COLORS.get(reg.kind, (255, 255, 0))
+        for k, ring in enumerate(reg.rings()):
+            pts = [(float(x) / mpp * sx, float(y) / mpp * sy) for x, y in np.asarray(ring)]
+            if k == 0:
+                draw.polygon(pts, fill=(*col, 70 if reg.kind == "exclude" else 28))
+            draw.line(pts + [pts[0]], fill=(0, 0, 0, 160), width=width + 2)
+            draw.line(pts + [pts[0]], fill=(*col, 255), width=width)
+        x0, y0 = (np.asarray(reg.polygon_um).min(axis=0) / mpp) * np.array([sx, sy])
+        draw.text((float(x0) + width + 3, float(y0) + width + 2), reg.name, fill=(0, 0, 0, 255), stroke_width=2,
+                  stroke_fill=(255, 255, 255, 255), font_size=max(11, round(max(h, w) / 90)))
+    return np.asarray(img)
+
+
+def source_image_png(result: Any) -> bytes:
+    """The analysed image's 8-bit RGB (:attr:`core.io.ImageData.rgb`) as PNG bytes, kept to review it later."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(result.image.rgb, dtype=np.uint8)).save(out, format="PNG", compress_level=3)
+    return out.getvalue()
 
 
 def _add(files: dict[str, bytes], name: str, data: bytes) -> None:
@@ -210,6 +291,7 @@ def save_result(
     corrections: Any = None,
     params: dict | None = None,
     model_card: dict | None = None,
+    created_by: str | None = None,
 ) -> int:
     """Save an analysis with all its exports in the case store; return its id.
 
@@ -229,6 +311,11 @@ def save_result(
     spatial, regions, corrections, params, model_card
         As for :func:`core.outputs.records.record_from_result`; ``spatial`` defaults to
         ``result.spatial``.
+    created_by : str, optional
+        Who ran the analysis (the user name): recorded with it and in the audit log.
+
+    The analysed image's 8-bit RGB is kept beside the analysis as an original
+    (:data:`core.outputs.store.SOURCE_IMAGE`, not an export), so it can be reviewed later.
 
     Returns
     -------
@@ -238,11 +325,11 @@ def save_result(
     Raises
     ------
     InputError
-        If the case label is empty.
+        If the case label is empty, or the user name blank or too long.
     StoreError
         If the database cannot be opened.
     """
-    from core.outputs.store import CaseStore
+    from core.outputs.store import SOURCE_IMAGE, CaseStore
 
     own = store is None
     store = store or CaseStore()
@@ -263,8 +350,11 @@ def save_result(
             n_corrections=record["n_corrections"],
             model_card=record["model_card"],
             app_version=record["app_version"],
+            created_by=created_by,
+            originals={SOURCE_IMAGE: source_image_png(result)},
         )
         record["analysis_id"] = analysis_id
+        record["created_by"] = created_by
         record["case_label"] = store.get_analysis(analysis_id)["case_label"]
         files = build_exports(result, regions=regions, record=record)
         store.add_files(analysis_id, files)

@@ -209,7 +209,8 @@ def _summary_figures(summary: dict) -> list[KeyFigure]:
     dens = rec.densities_per_mm2(summary)
     area = summary.get("area_mm2")
     n_cells = summary.get("n_cells", sum(counts.values()) if counts else None)
-    where = f"whole image, {format_figure(area, 'mm²', with_unit=True)}" if area is not None else "whole image"
+    place = "tissue (glass excluded)" if summary.get("tissue_area_mm2") is not None else "whole image"
+    where = f"{place}, {format_figure(area, 'mm²', with_unit=True)}" if area is not None else place
     rows = [KeyFigure("cells", "cells", n_cells, "cells", where)]
     for cls in dict.fromkeys([*counts, *dens]):
         rows.append(KeyFigure(f"count.{cls}", f"{cls} cells", counts.get(cls), "cells", where))
@@ -239,8 +240,9 @@ def _spatial_figures(s: dict, with_counts: bool) -> list[KeyFigure]:
         add("count.immune", "immune cells", by_role.get("immune"), "cells", "")
         add("count.tumour", "tumour cells", by_role.get("tumour"), "cells", "")
         win = s.get("window") or {}
-        add("density.immune", "immune density, whole image", (c.get("density_per_mm2_in_window") or {}).get("immune"),
-            "cells/mm²", f"study window {win['area_mm2']:.4f} mm² (image extent minus exclusions)" if "area_mm2" in win else "")
+        add("density.immune", "immune density, study window", (c.get("density_per_mm2_in_window") or {}).get("immune"),
+            "cells/mm²", f"study window {win['area_mm2']:.4f} mm² (image extent minus exclusion regions; glass "
+            "counted, unlike the per-class densities)" if "area_mm2" in win else "")
 
     d = s.get("distances") or {}
     if d.get("available"):

@@ -29,7 +29,15 @@ just computed (:func:`record_from_result`) and one read back from the case store
         "params": {...},                  # analysis parameters and thresholds
         "regions": GeoJSON FeatureCollection dict or None,
         "model_card": {...} or None,      # the scenario's model card (metadata.json)
+        "created_by": "Dr Ana Silva" or None,   # who ran the analysis (case store; None if unknown)
+        "reviewed_by": "Dr Jo Park" or None,    # who saved its review, and when (ISO 8601, UTC)
+        "reviewed_at": "2025-02-03T09:15:00+00:00" or None,
     }
+
+A reviewed analysis's ``summary`` carries the reviewed counts and densities (over the image
+minus exclusion regions, ``analysed_area`` says which) and a ``review`` entry (corrections
+made, ``detected_n_cells``, ``reviewed_by``, ``reviewed_at``); the summary as detected is
+kept by the case store (``detected_summary``).
 
 Flat image keys (``image_name``, ``image_sha256``, ``image_width_px``,
 ``image_height_px``, ``image_size`` as [W, H] or ``image_shape`` as [H, W, ...]) and
@@ -192,6 +200,45 @@ def label(record: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def audit_detail_text(action: str, detail: Any) -> str:
+    """One audit-log entry's ``detail`` as a short sentence, e.g. "cell 152: inflammatory → epithelial".
+
+    Parameters
+    ----------
+    action : str
+        The entry's action (:data:`core.outputs.store.AUDIT_ACTIONS`).
+    detail : dict or None
+
+    Returns
+    -------
+    str
+        ``""`` when there is no detail.
+    """
+    d = detail if isinstance(detail, dict) else {}
+    cell = d.get("cell") or (f"cell {d['cell_id']}" if "cell_id" in d else "")
+    if action == "add":
+        return f"{cell}: added as {d.get('to_class')} at x {d.get('x_px')}, y {d.get('y_px')} px"
+    if action == "delete":
+        return f"{cell} ({d.get('from_class') or 'class not recorded'}) deleted"
+    if action == "relabel":
+        return f"{cell}: {d.get('from_class') or '?'} → {d.get('to_class')}"
+    if action == "undo":
+        return f"undid the {d.get('undone', 'edit')} of {cell}"
+    if action in ("region added", "region removed"):
+        area = d.get("area_mm2")
+        return f"{d.get('name')} ({d.get('kind')}, {area:.4f} mm²)" if isinstance(area, (int, float)) else str(d.get("name"))
+    if action == "review saved":
+        return (f"{d.get('n_corrections', 0)} cell(s) corrected, {d.get('n_regions', 0)} region(s), "
+                f"{d.get('n_cells')} cells counted")
+    if action == "analysis saved":
+        return f"{d.get('scenario')} on {d.get('image')}: {d.get('n_cells')} cells"
+    if action == "note":
+        return f"note: {d.get('note') or '(cleared)'}"
+    if action == "analysis deleted":
+        return f"{d.get('image')} ({d.get('scenario')}) deleted"
+    return ", ".join(f"{k} {v}" for k, v in d.items())
+
+
 def count_corrections(corrections: Any) -> int | None:
     """Number of manual corrections in a correction log's JSON data, or ``None``.
 
@@ -313,6 +360,9 @@ def record_from_result(
         "params": params or {},
         "regions": regions_geojson(regions, result.image.mpp),
         "model_card": model_card,
+        "created_by": None,
+        "reviewed_by": (summary.get("review") or {}).get("reviewed_by"),
+        "reviewed_at": (summary.get("review") or {}).get("reviewed_at"),
     }
 
 

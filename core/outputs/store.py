@@ -43,6 +43,8 @@ from core.outputs.store_schema import (
     SQLITE_BUSY_TIMEOUT_S,
     Analysis,
     AnalysisFile,
+    AnalysisOriginal,
+    AuditEvent,
     Case,
     StoreError,
     utcnow,
@@ -52,11 +54,18 @@ from core.outputs.store_schema import (
     migrate,
 )
 
-__all__ = ["CaseStore", "StoreError", "DB_FILENAME", "SQLITE_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "MIGRATIONS",
+__all__ = ["CaseStore", "StoreError", "DB_FILENAME", "SOURCE_IMAGE", "AUDIT_ACTIONS", "check_user", "SQLITE_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "MIGRATIONS",
            "current_schema_version", "migrate", "create_engine", "database_url", "data_dir", "repo_root"]
 
 #: Default SQLite file name inside the data folder.
 DB_FILENAME = "tilscope.sqlite3"
+#: Name of the analysed image (8-bit RGB PNG) among an analysis's originals.
+SOURCE_IMAGE = "source-image.png"
+#: Actions the audit log records.
+AUDIT_ACTIONS = ("analysis saved", "add", "delete", "relabel", "undo", "region added", "region removed",
+                 "review saved", "note", "analysis deleted")
+#: Longest user name, in characters.
+USER_MAX_CHARS = 80
 
 
 def repo_root() -> Path:
@@ -218,6 +227,8 @@ class CaseStore:
         media_types: dict[str, str] | None = None,
         app_version: str | None = None,
         created_at: datetime | None = None,
+        created_by: str | None = None,
+        originals: dict[str, bytes] | None = None,
     ) -> int:
         """Save one analysis (and its files) under a case, creating the case if needed.
 
@@ -247,6 +258,12 @@ class CaseStore:
             Default ``core.__version__``.
         created_at : datetime, optional
             Default now (UTC).
+        created_by : str, optional
+            Who ran the analysis (the user name); recorded with it and in the audit log
+            (action ``"analysis saved"``).
+        originals : dict of str to bytes, optional
+            Files kept as they are through any review, e.g. ``{SOURCE_IMAGE: png}``
+            (:meth:`get_original`).
 
         Returns
         -------
@@ -256,8 +273,11 @@ class CaseStore:
         Raises
         ------
         InputError
-            If the case label is empty or a value is not JSON serialisable.
+            If the case label is empty, the user name is blank or too long, or a value is
+            not JSON serialisable.
         """
+        if created_by is not None:
+            created_by = check_user(created_by)
         if not isinstance(summary, dict):
             raise InputError(f"summary must be a dict (AnalysisResult.summary), got {type(summary).__name__}")
         payload = {
@@ -295,11 +315,21 @@ class CaseStore:
                 model_card=payload["model_card"],
                 app_version=app_version or core.__version__,
                 created_at=created_at or utcnow(),
+                created_by=created_by,
             )
             session.add(analysis)
             session.flush()
             for name, data in (files or {}).items():
                 session.add(_file_row(analysis.id, name, data, media_types))
+            for name, data in (originals or {}).items():
+                session.add(_original_row(analysis.id, name, data, media_types))
+            counts = rec.counts(summary)
+            session.add(AuditEvent(
+                analysis_id=analysis.id, case_label=_check_label(case_label), user=created_by or "unknown",
+                time=utcnow(), action="analysis saved",
+                detail={"scenario": analysis.scenario_key, "image": image["name"], "n_cells": sum(counts.values()),
+                        "counts": counts},
+            ))
             return analysis.id
 
     def add_files(self, analysis_id: int, files: dict[str, bytes], media_types: dict[str, str] | None = None) -> None:
@@ -320,6 +350,38 @@ class CaseStore:
             for name, data in files.items():
                 session.add(_file_row(analysis_id, name, data, media_types))
 
+    def save_originals(self, analysis_id: int, files: dict[str, bytes], media_types: dict[str, str] | None = None) -> None:
+        """Add or replace files kept as the analysis was before review (e.g. the analysed image).
+
+        Raises
+        ------
+        StoreError
+            If the analysis does not exist.
+        """
+        with self._write() as session, session.begin():
+            if session.get(Analysis, analysis_id) is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            session.execute(sa.delete(AnalysisOriginal).where(
+                AnalysisOriginal.analysis_id == analysis_id, AnalysisOriginal.name.in_(list(files))))
+            for name, data in files.items():
+                session.add(_original_row(analysis_id, name, data, media_types))
+
+    def get_original(self, analysis_id: int, name: str) -> bytes:
+        """The bytes of one original (:data:`SOURCE_IMAGE`, or an export as it was before review).
+
+        Raises
+        ------
+        StoreError
+            If the analysis has no original of that name (e.g. it was saved before
+            TILscope kept originals, or has not been reviewed).
+        """
+        with self._read() as session:
+            data = session.scalars(sa.select(AnalysisOriginal.data).where(
+                AnalysisOriginal.analysis_id == analysis_id, AnalysisOriginal.name == name)).first()
+        if data is None:
+            raise StoreError(f"analysis {analysis_id} has no original {name!r}")
+        return bytes(data)
+
     def update_review(
         self,
         analysis_id: int,
@@ -329,8 +391,18 @@ class CaseStore:
         n_corrections: int | None = None,
         spatial: dict[str, Any] | None = None,
         summary: dict[str, Any] | None = None,
+        files: dict[str, bytes] | None = None,
+        user: str | None = None,
+        comment: str | None = None,
+        events: list[dict[str, Any]] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
-        """Save the review of an analysis: its regions, manual corrections and statistics again.
+        """Save the review of an analysis: its regions, manual corrections, numbers and files again.
+
+        One transaction. The first time an analysis is reviewed, its summary and
+        statistics are kept as ``detected_summary`` / ``detected_spatial`` and its export
+        files as originals (:meth:`get_original`), so the analysis as detected is never
+        lost; later reviews replace only the reviewed state.
 
         Parameters
         ----------
@@ -345,25 +417,54 @@ class CaseStore:
             Spatial statistics recomputed on the corrected cells; None keeps the stored ones.
         summary : dict, optional
             The run summary with corrected counts; None keeps the stored one.
+        files : dict of str to bytes, optional
+            Exports of the reviewed analysis, replacing those of the same name.
+        user : str, optional
+            The reviewer; recorded as ``reviewed_by`` with ``reviewed_at`` (now, UTC) and in
+            the audit log (action ``"review saved"``, with ``comment``).
+        comment : str, optional
+            Why the review was made or changed (free text, kept in the audit log).
+        events : list of dict, optional
+            Audit entries of the edits saved with this review, each ``{"user", "time" (ISO
+            8601 or datetime), "action" (one of :data:`AUDIT_ACTIONS`), "detail" (dict),
+            "comment"}``.
+        params : dict, optional
+            The analysis parameters and thresholds (e.g. with the review's spatial
+            thresholds); None keeps the stored ones.
 
         Raises
         ------
         StoreError
             If there is no such analysis.
         InputError
-            If a value is not JSON serialisable.
+            If a value is not JSON serialisable, the user name is blank or too long, or an
+            event's action is unknown.
         """
-        payload = {"regions": regions, "corrections": corrections, "spatial": spatial, "summary": summary}
+        payload = {"regions": regions, "corrections": corrections, "spatial": spatial, "summary": summary,
+                   "events": events or [], "params": params}
         try:
             payload = json.loads(json.dumps(payload, default=rec.json_default))
         except (TypeError, ValueError) as err:
             raise InputError(f"the review cannot be saved: {err}; pass JSON-ready dicts") from err
         if n_corrections is None:
             n_corrections = rec.count_corrections(payload["corrections"])
+        user = None if user is None else check_user(user)
+        rows = [_event_row(analysis_id, None, e) for e in payload["events"]]
+        now = utcnow()
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id)
+            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
             if a is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            if a.detected_summary is None:  # first review: keep the analysis as detected
+                a.detected_summary = a.summary
+                a.detected_spatial = a.spatial
+                kept = set(session.scalars(sa.select(AnalysisOriginal.name).where(
+                    AnalysisOriginal.analysis_id == analysis_id)).all())
+                for f in session.scalars(sa.select(AnalysisFile).where(AnalysisFile.analysis_id == analysis_id)
+                                         .options(sa.orm.undefer(AnalysisFile.data))).all():
+                    if f.name not in kept:
+                        session.add(AnalysisOriginal(analysis_id=analysis_id, name=f.name, media_type=f.media_type,
+                                                     size_bytes=f.size_bytes, data=f.data, created_at=now))
             a.regions = payload["regions"]
             a.corrections = payload["corrections"]
             a.n_corrections = n_corrections
@@ -371,6 +472,59 @@ class CaseStore:
                 a.spatial = payload["spatial"]
             if payload["summary"] is not None:
                 a.summary = payload["summary"]
+            if payload["params"] is not None:
+                a.params = payload["params"]
+            if user is not None:
+                a.reviewed_by, a.reviewed_at = user, now
+            if files:
+                session.execute(sa.delete(AnalysisFile).where(
+                    AnalysisFile.analysis_id == analysis_id, AnalysisFile.name.in_(list(files))))
+                session.flush()
+                for name, data in files.items():
+                    session.add(_file_row(analysis_id, name, data, None))
+            for row in rows:
+                row.case_label = a.case.label
+                session.add(row)
+            if user is not None:
+                session.add(AuditEvent(
+                    analysis_id=analysis_id, case_label=a.case.label, user=user, time=now, action="review saved",
+                    detail={"n_corrections": n_corrections, "n_cells": (a.summary or {}).get("n_cells"),
+                            "n_regions": len((payload["regions"] or {}).get("features") or [])},
+                    comment=(comment or "").strip() or None,
+                ))
+
+    def add_audit_events(self, analysis_id: int | None, events: list[dict[str, Any]], case_label: str | None = None) -> None:
+        """Append entries to the audit log (see :meth:`update_review` for their keys).
+
+        Raises
+        ------
+        InputError
+            If an entry has no user, an unknown action or an unreadable time.
+        """
+        rows = [_event_row(analysis_id, case_label, e) for e in json.loads(json.dumps(events, default=rec.json_default))]
+        with self._write() as session, session.begin():
+            for row in rows:
+                session.add(row)
+
+    def audit_log(self, analysis_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The audit log, newest first (in the order written, which is the order things happened).
+
+        Returns
+        -------
+        list of dict
+            ``{"id", "analysis_id", "case_label", "user", "time" (ISO 8601, UTC), "action",
+            "detail", "comment"}``; only one analysis's entries when ``analysis_id`` is given.
+        """
+        with self._read() as session:
+            # Entries are written in the order things happened (an edit's time has whole seconds only).
+            q = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            if analysis_id is not None:
+                q = q.where(AuditEvent.analysis_id == analysis_id)
+            return [
+                {"id": e.id, "analysis_id": e.analysis_id, "case_label": e.case_label, "user": e.user,
+                 "time": _iso(e.time), "action": e.action, "detail": e.detail, "comment": e.comment}
+                for e in session.scalars(q).all()
+            ]
 
     def list_analyses(self, search: str | None = None, case_id: int | None = None, limit: int = 500) -> list[dict[str, Any]]:
         """Analyses, newest first, as rows for a table.
@@ -389,7 +543,8 @@ class CaseStore:
         -------
         list of dict
             ``{"id", "case_id", "case_label", "image_name", "image_sha256",
-            "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections"}``.
+            "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections",
+            "created_by", "reviewed_by", "reviewed_at"}`` (users None when unknown).
         """
         with self._read() as session:
             q = (
@@ -421,12 +576,19 @@ class CaseStore:
                     "created_at": _iso(a.created_at),
                     "counts": rec.counts(a.summary or {}),
                     "n_corrections": a.n_corrections,
+                    "created_by": a.created_by,
+                    "reviewed_by": a.reviewed_by,
+                    "reviewed_at": _iso(a.reviewed_at),
                 }
                 for a, label in session.execute(q).all()
             ]
 
     def get_analysis(self, analysis_id: int) -> dict[str, Any]:
-        """All stored fields of one analysis, plus ``case_label`` and ``files`` (names and sizes).
+        """All stored fields of one analysis, plus ``case_label``, ``files`` and ``originals`` (names and sizes).
+
+        ``summary`` / ``spatial`` are the current (reviewed, once reviewed) ones;
+        ``detected_summary`` / ``detected_spatial`` those before the first review (None
+        until then); ``originals`` lists what :meth:`get_original` reads.
 
         Raises
         ------
@@ -434,7 +596,8 @@ class CaseStore:
             If there is no such analysis.
         """
         with self._read() as session:
-            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.files), selectinload(Analysis.case)])
+            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.files), selectinload(Analysis.case),
+                                                            selectinload(Analysis.originals)])
             if a is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
             return {
@@ -455,9 +618,18 @@ class CaseStore:
                 "model_card": a.model_card,
                 "app_version": a.app_version,
                 "created_at": _iso(a.created_at),
+                "created_by": a.created_by,
+                "reviewed_by": a.reviewed_by,
+                "reviewed_at": _iso(a.reviewed_at),
+                "detected_summary": a.detected_summary,
+                "detected_spatial": a.detected_spatial,
                 "files": [
                     {"name": f.name, "media_type": f.media_type, "size_bytes": f.size_bytes}
                     for f in sorted(a.files, key=lambda f: f.name)
+                ],
+                "originals": [
+                    {"name": f.name, "media_type": f.media_type, "size_bytes": f.size_bytes}
+                    for f in sorted(a.originals, key=lambda f: f.name)
                 ],
             }
 
@@ -482,6 +654,9 @@ class CaseStore:
             "params": a["params"],
             "regions": a["regions"],
             "model_card": a["model_card"],
+            "created_by": a["created_by"],
+            "reviewed_by": a["reviewed_by"],
+            "reviewed_at": a["reviewed_at"],
         }
 
     def get_file(self, analysis_id: int, name: str) -> bytes:
@@ -500,32 +675,41 @@ class CaseStore:
             raise StoreError(f"analysis {analysis_id} has no file {name!r}")
         return bytes(data)
 
-    def set_note(self, analysis_id: int, note: str | None) -> None:
-        """Set the tumour-board note of an analysis.
+    def set_note(self, analysis_id: int, note: str | None, user: str | None = None) -> None:
+        """Set the tumour-board note of an analysis (with ``user``, an audit entry ``"note"``).
 
         Raises
         ------
         StoreError
             If there is no such analysis.
         """
+        user = None if user is None else check_user(user)
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id)
+            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
             if a is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
             a.note = note
+            if user is not None:
+                session.add(AuditEvent(analysis_id=analysis_id, case_label=a.case.label, user=user, time=utcnow(),
+                                       action="note", detail={"note": note}))
 
-    def delete_analysis(self, analysis_id: int) -> None:
-        """Delete an analysis and its files (the case stays).
+    def delete_analysis(self, analysis_id: int, user: str | None = None, comment: str | None = None) -> None:
+        """Delete an analysis and its files (the case stays); the audit log keeps an entry saying who and why.
 
         Raises
         ------
         StoreError
             If there is no such analysis.
         """
+        user = None if user is None else check_user(user)
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id)
+            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
             if a is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            session.add(AuditEvent(analysis_id=analysis_id, case_label=a.case.label, user=user or "unknown",
+                                   time=utcnow(), action="analysis deleted",
+                                   detail={"image": a.image_name, "scenario": a.scenario_key},
+                                   comment=(comment or "").strip() or None))
             session.delete(a)
 
 
@@ -539,6 +723,52 @@ def _file_row(analysis_id: int, name: str, data: bytes, media_types: dict[str, s
     media = (media_types or {}).get(name) or media_type(name)
     data = bytes(data)
     return AnalysisFile(analysis_id=analysis_id, name=name, media_type=media, size_bytes=len(data), data=data)
+
+
+def _original_row(analysis_id: int, name: str, data: bytes, media_types: dict[str, str] | None) -> AnalysisOriginal:
+    f = _file_row(analysis_id, name, data, media_types)
+    return AnalysisOriginal(analysis_id=analysis_id, name=f.name, media_type=f.media_type, size_bytes=f.size_bytes,
+                            data=f.data, created_at=utcnow())
+
+
+def _event_row(analysis_id: int | None, case_label: str | None, event: dict[str, Any]) -> AuditEvent:
+    if not isinstance(event, dict):
+        raise InputError(f"an audit entry must be a dict, got {type(event).__name__}")
+    action = event.get("action")
+    if action not in AUDIT_ACTIONS:
+        raise InputError(f"audit action {action!r} is not one of {list(AUDIT_ACTIONS)}")
+    when = event.get("time")
+    if when is None:
+        t = utcnow()
+    else:
+        try:
+            t = when if isinstance(when, datetime) else datetime.fromisoformat(str(when))
+        except ValueError as err:
+            raise InputError(f"audit time {when!r} is not ISO 8601 (e.g. 2026-01-31T14:05:00+00:00)") from err
+        if t.tzinfo is not None:
+            t = t.astimezone(timezone.utc).replace(tzinfo=None)
+    detail = event.get("detail")
+    return AuditEvent(analysis_id=analysis_id, case_label=case_label, user=check_user(event.get("user")), time=t,
+                      action=action, detail=detail if isinstance(detail, dict) else None,
+                      comment=(str(event.get("comment") or "").strip() or None))
+
+
+def check_user(user: Any) -> str:
+    """A user name as recorded: stripped, 1 to :data:`USER_MAX_CHARS` printable characters.
+
+    Raises
+    ------
+    InputError
+        If it is blank, too long or holds control characters.
+    """
+    text = " ".join(str(user or "").split())
+    if not text:
+        raise InputError("the user name is empty: enter your name (it is recorded with every analysis and correction)")
+    if len(text) > USER_MAX_CHARS:
+        raise InputError(f"the user name has {len(text)} characters; use at most {USER_MAX_CHARS}")
+    if not text.isprintable():
+        raise InputError("the user name holds control characters: type it again with letters, digits and spaces")
+    return text
 
 
 def _check_label(label: Any) -> str:

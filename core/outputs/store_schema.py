@@ -78,9 +78,18 @@ class Analysis(Base):
     note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     # Added by migration 3.
     model_card: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    # Added by migration 4.
+    created_by: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)
+    detected_summary: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    detected_spatial: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
 
     case: Mapped[Case] = relationship(back_populates="analyses")
     files: Mapped[list["AnalysisFile"]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", passive_deletes=True
+    )
+    originals: Mapped[list["AnalysisOriginal"]] = relationship(
         back_populates="analysis", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -99,6 +108,47 @@ class AnalysisFile(Base):
     data: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
 
     analysis: Mapped[Analysis] = relationship(back_populates="files")
+
+
+class AnalysisOriginal(Base):
+    """What an analysis was before any review (migration 4): the analysed image and the exports as first saved.
+
+    Not offered as exports of the analysis; :meth:`core.outputs.store.CaseStore.get_original`
+    reads them (the Review page opens a saved analysis from them, the Cases page offers
+    the files "before review").
+    """
+
+    __tablename__ = "analysis_originals"
+    __table_args__ = (sa.UniqueConstraint("analysis_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(sa.ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    media_type: Mapped[str] = mapped_column(sa.String(100))
+    size_bytes: Mapped[int] = mapped_column(sa.Integer)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+
+    analysis: Mapped[Analysis] = relationship(back_populates="originals")
+
+
+class AuditEvent(Base):
+    """One entry of the audit log (migration 4): who did what to which analysis, when and why.
+
+    ``analysis_id`` is not a foreign key, so the record of an analysis's history
+    (its deletion included) outlives the analysis.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int | None] = mapped_column(sa.Integer, index=True, nullable=True)
+    case_label: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    user: Mapped[str] = mapped_column(sa.String(200))
+    time: Mapped[datetime] = mapped_column(sa.DateTime, index=True)
+    action: Mapped[str] = mapped_column(sa.String(50))
+    detail: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    comment: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
 
 
 # --------------------------------------------------------------------------- migrations
@@ -170,11 +220,52 @@ def _migration_3(conn: sa.Connection) -> None:
     _add_column(conn, "analyses", "model_card", sa.JSON())
 
 
+def _migration_4(conn: sa.Connection) -> None:
+    """Who ran and who reviewed an analysis, what it was before review, and the audit log.
+
+    New columns of ``analyses``: ``created_by``, ``reviewed_by``, ``reviewed_at``,
+    ``detected_summary`` and ``detected_spatial`` (the summary and statistics before the
+    first review). New tables: ``analysis_originals`` (the analysed image and the exports
+    as first saved) and ``audit_events``. Existing analyses keep every value; their users
+    are unknown (NULL), and an analysis reviewed before this step has no originals.
+    """
+    for name, type_ in (("created_by", sa.String(200)), ("reviewed_by", sa.String(200)), ("reviewed_at", sa.DateTime()),
+                        ("detected_summary", sa.JSON()), ("detected_spatial", sa.JSON())):
+        _add_column(conn, "analyses", name, type_)
+    md = sa.MetaData()
+    sa.Table("analyses", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign key only
+    sa.Table(
+        "analysis_originals", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("analysis_id", sa.Integer, sa.ForeignKey("analyses.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("media_type", sa.String(100), nullable=False),
+        sa.Column("size_bytes", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.UniqueConstraint("analysis_id", "name"),
+    )
+    sa.Table(
+        "audit_events", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("analysis_id", sa.Integer, nullable=True, index=True),
+        sa.Column("case_label", sa.String(200), nullable=True),
+        sa.Column("user", sa.String(200), nullable=False),
+        sa.Column("time", sa.DateTime, nullable=False, index=True),
+        sa.Column("action", sa.String(50), nullable=False),
+        sa.Column("detail", sa.JSON, nullable=True),
+        sa.Column("comment", sa.Text, nullable=True),
+    )
+    md.create_all(conn, tables=[md.tables["analysis_originals"], md.tables["audit_events"]])
+
+
 #: Ordered schema steps: (version reached, description, function).
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "cases, analyses and their files", _migration_1),
     (2, "analyses.spatial, analyses.n_corrections, analyses.note", _migration_2),
     (3, "analyses.model_card", _migration_3),
+    (4, "analyses.created_by/reviewed_by/reviewed_at/detected_summary/detected_spatial, analysis_originals, "
+        "audit_events", _migration_4),
 ]
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1][0]

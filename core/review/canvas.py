@@ -3,8 +3,11 @@
 Pure helpers for the Review page (no Streamlit here, so they are unit-tested and usable
 from notebooks):
 
-* :class:`CanvasFrame` maps the downscaled image shown in the browser ("canvas pixels")
-  to the analysed image's pixels, and those to µm with the image's mpp (once, here).
+* :class:`CanvasFrame` maps the part of the image shown in the browser, at its zoom
+  ("canvas pixels"), to the analysed image's pixels, and those to µm with the image's mpp
+  (once, here). :func:`view_frame` places a view of a given zoom around a centre (zoom and
+  pan), :func:`fit_zoom` and :data:`ZOOM_STEPS` give the zoom levels, :func:`render_view`
+  draws the view and :func:`render_navigator` the whole image with the view's outline.
 * :func:`canvas_object_points` reads the fabric.js objects that
   ``streamlit-drawable-canvas`` returns (``Rect``, ``Polygon``, ``Path`` from the polygon
   and freehand tools, ``Circle`` from the point tool) into vertices in canvas pixels,
@@ -49,42 +52,93 @@ _ORIGIN = {"left": -0.5, "top": -0.5, "center": 0.0, "right": 0.5, "bottom": 0.5
 MIN_SHAPE_SIDE_PX = 4.0
 
 
+#: Zoom levels offered (display pixels per image pixel), besides "fit".
+ZOOM_STEPS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 @dataclass(frozen=True)
 class CanvasFrame:
-    """How the image shown on the canvas maps to the analysed image.
+    """How the part of the image shown on the canvas maps to the analysed image.
 
     Attributes
     ----------
     image_width_px, image_height_px : int
         Size of the analysed image (W, H) in its pixels.
     canvas_width_px, canvas_height_px : int
-        Size of the canvas (and of the downscaled background image) in display pixels.
+        Size of the canvas (and of its background picture) in display pixels.
+    x0_px, y0_px : int
+        Top-left corner of the view in image pixels (0, 0 when the whole image is shown).
+    view_width_px, view_height_px : int or None
+        Size of the view in image pixels; None = the whole image.
+
+    Examples
+    --------
+    A 400 x 300 px view at zoom 2 whose corner is at (1000, 500) image px: canvas pixel
+    (100, 50) is image pixel (1050, 525).
+
+    >>> f = CanvasFrame(4000, 3000, 800, 600, 1000, 500, 400, 300)
+    >>> f.to_image_px([[100, 50]]).tolist()
+    [[1050.0, 525.0]]
     """
 
     image_width_px: int
     image_height_px: int
     canvas_width_px: int
     canvas_height_px: int
+    x0_px: int = 0
+    y0_px: int = 0
+    view_width_px: int | None = None
+    view_height_px: int | None = None
+
+    @property
+    def view_w(self) -> int:
+        """Width of the view in image pixels."""
+        return self.image_width_px if self.view_width_px is None else self.view_width_px
+
+    @property
+    def view_h(self) -> int:
+        """Height of the view in image pixels."""
+        return self.image_height_px if self.view_height_px is None else self.view_height_px
 
     @property
     def scale_x(self) -> float:
         """Image pixels per canvas pixel along x."""
-        return self.image_width_px / self.canvas_width_px
+        return self.view_w / self.canvas_width_px
 
     @property
     def scale_y(self) -> float:
         """Image pixels per canvas pixel along y."""
-        return self.image_height_px / self.canvas_height_px
+        return self.view_h / self.canvas_height_px
+
+    @property
+    def zoom(self) -> float:
+        """Display pixels per image pixel (1 = full resolution)."""
+        return self.canvas_width_px / self.view_w
+
+    @property
+    def is_whole_image(self) -> bool:
+        return (self.x0_px, self.y0_px, self.view_w, self.view_h) == (0, 0, self.image_width_px, self.image_height_px)
+
+    @property
+    def centre_px(self) -> tuple[float, float]:
+        """Centre of the view in image pixels."""
+        return self.x0_px + self.view_w / 2, self.y0_px + self.view_h / 2
 
     def to_image_px(self, xy_canvas: np.ndarray) -> np.ndarray:
         """(N, 2) canvas pixels → (N, 2) float64 image pixels."""
         xy = np.asarray(xy_canvas, dtype=np.float64).reshape(-1, 2)
-        return xy * np.array([self.scale_x, self.scale_y])
+        return xy * np.array([self.scale_x, self.scale_y]) + np.array([self.x0_px, self.y0_px], dtype=np.float64)
 
     def to_canvas_px(self, xy_image: np.ndarray) -> np.ndarray:
         """(N, 2) image pixels → (N, 2) float64 canvas pixels."""
         xy = np.asarray(xy_image, dtype=np.float64).reshape(-1, 2)
-        return xy / np.array([self.scale_x, self.scale_y])
+        return (xy - np.array([self.x0_px, self.y0_px], dtype=np.float64)) / np.array([self.scale_x, self.scale_y])
+
+    def in_view(self, xy_image: np.ndarray, margin_px: float = 0.0) -> np.ndarray:
+        """(N,) bool: image points inside the view (grown by ``margin_px`` image pixels)."""
+        xy = np.asarray(xy_image, dtype=np.float64).reshape(-1, 2)
+        return ((xy[:, 0] >= self.x0_px - margin_px) & (xy[:, 0] <= self.x0_px + self.view_w + margin_px)
+                & (xy[:, 1] >= self.y0_px - margin_px) & (xy[:, 1] <= self.y0_px + self.view_h + margin_px))
 
 
 def display_frame(image_shape: tuple[int, int], max_width_px: int = 900, max_height_px: int = 700) -> CanvasFrame:
@@ -111,6 +165,88 @@ def display_frame(image_shape: tuple[int, int], max_width_px: int = 900, max_hei
         raise InputError(f"image and canvas sizes must be positive, got image {w} x {h} px, canvas {max_width_px} x {max_height_px}")
     scale = min(1.0, max_width_px / w, max_height_px / h)
     return CanvasFrame(w, h, max(1, round(w * scale)), max(1, round(h * scale)))
+
+
+def fit_zoom(image_shape: tuple[int, int], max_width_px: int = 1000, max_height_px: int = 700,
+             max_zoom: float = 2.0) -> float:
+    """The zoom that shows the whole image within ``max_width_px`` x ``max_height_px``.
+
+    A small image is enlarged up to ``max_zoom`` (so its cells can be clicked).
+
+    Raises
+    ------
+    InputError
+        If a size is not positive.
+    """
+    h, w = (int(v) for v in image_shape[:2])
+    if h <= 0 or w <= 0 or max_width_px <= 0 or max_height_px <= 0:
+        raise InputError(f"image and canvas sizes must be positive, got image {w} x {h} px, canvas {max_width_px} x {max_height_px}")
+    return float(min(max_zoom, max_width_px / w, max_height_px / h))
+
+
+def view_frame(
+    image_shape: tuple[int, int],
+    zoom: float,
+    centre_px: tuple[float, float] | None = None,
+    max_width_px: int = 1000,
+    max_height_px: int = 700,
+) -> CanvasFrame:
+    """The view of an image at ``zoom`` around ``centre_px``, at most ``max_width_px`` x ``max_height_px`` on screen.
+
+    Parameters
+    ----------
+    image_shape : (H, W)
+        Analysed image size in pixels.
+    zoom : float > 0
+        Display pixels per image pixel (1 = full resolution; :func:`fit_zoom` for the
+        whole image).
+    centre_px : (x, y), optional
+        Wanted centre in image pixels (default the image's centre); the view is moved
+        inside the image where the centre is too close to an edge.
+    max_width_px, max_height_px : int
+        Largest canvas in display pixels.
+
+    Returns
+    -------
+    CanvasFrame
+        ``x0_px``, ``y0_px``, ``view_width_px``, ``view_height_px`` in whole image
+        pixels; the canvas is the view times the zoom (never larger than the maximum).
+
+    Raises
+    ------
+    InputError
+        If the zoom or a size is not positive.
+
+    Examples
+    --------
+    >>> f = view_frame((3000, 4000), 1.0, (100, 100), 800, 600)
+    >>> (f.x0_px, f.y0_px, f.view_w, f.view_h, f.canvas_width_px)
+    (0, 0, 800, 600, 800)
+    """
+    h, w = (int(v) for v in image_shape[:2])
+    if not (np.isfinite(zoom) and zoom > 0):
+        raise InputError(f"zoom must be a positive number of display pixels per image pixel, got {zoom!r}")
+    if h <= 0 or w <= 0 or max_width_px <= 0 or max_height_px <= 0:
+        raise InputError(f"image and canvas sizes must be positive, got image {w} x {h} px, canvas {max_width_px} x {max_height_px}")
+    vw = max(1, min(w, int(math.floor(max_width_px / zoom + 1e-9))))
+    vh = max(1, min(h, int(math.floor(max_height_px / zoom + 1e-9))))
+    cx, cy = centre_px if centre_px is not None else (w / 2, h / 2)
+    x0 = int(round(min(max(float(cx) - vw / 2, 0.0), w - vw)))
+    y0 = int(round(min(max(float(cy) - vh / 2, 0.0), h - vh)))
+    cw = max(1, min(max_width_px, int(round(vw * zoom))))
+    ch = max(1, min(max_height_px, int(round(vh * zoom))))
+    return CanvasFrame(w, h, cw, ch, x0, y0, vw, vh)
+
+
+def zoom_steps(fit: float) -> list[float]:
+    """The zoom levels to offer: ``fit`` first, then every :data:`ZOOM_STEPS` level above it."""
+    return [fit] + [z for z in ZOOM_STEPS if z > fit * 1.05]
+
+
+def marker_radius_px(mpp: float | None, zoom: float, cell_radius_um: float = 4.0) -> int:
+    """Radius of a cell marker on screen: about a nucleus (``cell_radius_um``), 2 to 12 display pixels."""
+    r_img = cell_radius_um / mpp if mpp else 8.0
+    return int(min(12, max(2, round(r_img * zoom))))
 
 
 # ----------------------------------------------------------------------------- canvas objects
@@ -408,34 +544,117 @@ def render_review_image(
                     draw.polygon(pts, fill=(*col, 40))
                 draw.line(pts + [pts[0]], fill=(*col, 255), width=3)
             x0, y0 = frame.to_canvas_px(reg.polygon_um.min(axis=0) / mpp)[0]
-            draw.text((x0 + 4, y0 + 2), reg.name, fill=(*col, 255))
+            draw.text((x0 + 5, y0 + 4), reg.name, fill=(0, 0, 0, 255), stroke_width=2, stroke_fill=(255, 255, 255, 255),
+                      font_size=13)
     r = marker_radius_px
+    margin = (r + 2) * max(frame.scale_x, frame.scale_y)
     if deleted_xy_px is not None and len(deleted_xy_px):
+        deleted_xy_px = np.asarray(deleted_xy_px, dtype=np.float64).reshape(-1, 2)
+        deleted_xy_px = deleted_xy_px[frame.in_view(deleted_xy_px, margin)]
         for x, y in frame.to_canvas_px(deleted_xy_px).tolist():
             for col, wid in (((0, 0, 0, 255), 4), ((255, 255, 255, 255), 2)):  # visible on DAB and on glass
                 draw.line([(x - r, y - r), (x + r, y + r)], fill=col, width=wid)
                 draw.line([(x - r, y + r), (x + r, y - r)], fill=col, width=wid)
     if len(cells):
-        xy = frame.to_canvas_px(cells[["x_px", "y_px"]].to_numpy(dtype=np.float64))
-        edited = cells["edited"].astype(str).to_numpy() if "edited" in cells.columns else np.full(len(cells), "")
-        classes = cells["cell_class"].astype(str).to_numpy()
+        xy_px = cells[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+        sel = frame.in_view(xy_px, margin)
+        xy = frame.to_canvas_px(xy_px[sel])
+        edited = cells["edited"].astype(str).to_numpy()[sel] if "edited" in cells.columns else np.full(len(xy), "")
+        classes = cells["cell_class"].astype(str).to_numpy()[sel]
+        rgb = {c: (*hex_to_rgb(class_colors.get(c, "#ffd700")), 255) for c in set(classes)}
+        width = 2 if r >= 4 else 1
         for (x, y), cls, ed in zip(xy.tolist(), classes, edited):
-            col = (*hex_to_rgb(class_colors.get(cls, "#ffd700")), 255)
+            col = rgb[cls]
             if ed == "added":
-                draw.rectangle([x - r, y - r, x + r, y + r], outline=col, width=2)
+                draw.rectangle([x - r, y - r, x + r, y + r], outline=col, width=width + 1)
+            elif r <= 2:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=col)
             else:
-                draw.ellipse([x - r, y - r, x + r, y + r], outline=col, width=2)
-                if ed == "relabelled":
-                    draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=col)
+                draw.ellipse([x - r, y - r, x + r, y + r], outline=col, width=width)
+            if ed == "relabelled":
+                draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=col)
     return np.asarray(img)
 
 
 def downscale(pixels: np.ndarray, frame: CanvasFrame) -> np.ndarray:
-    """(H, W, 3) uint8 image resized to the canvas (area averaging), (h, w, 3) uint8."""
+    """The view of an (H, W, 3) uint8 image resized to the canvas, (h, w, 3) uint8.
+
+    The view (``frame.x0_px`` ... ``view_height_px``) is cut out and resized: area
+    averaging when shrinking, bilinear when enlarging.
+    """
     from PIL import Image
 
-    img = Image.fromarray(np.ascontiguousarray(pixels[..., :3], dtype=np.uint8))
+    view = pixels[frame.y0_px: frame.y0_px + frame.view_h, frame.x0_px: frame.x0_px + frame.view_w, :3]
+    img = Image.fromarray(np.ascontiguousarray(view, dtype=np.uint8))
     size = (frame.canvas_width_px, frame.canvas_height_px)
     if img.size != size:
-        img = img.resize(size, Image.Resampling.BOX)
+        shrink = size[0] < img.size[0]
+        img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def render_view(
+    rgb: np.ndarray,
+    frame: CanvasFrame,
+    cells: pd.DataFrame,
+    class_colors: dict[str, str],
+    regions: Iterable[Region] = (),
+    mpp: float | None = None,
+    deleted_xy_px: np.ndarray | None = None,
+) -> np.ndarray:
+    """The view of the image at its zoom with the regions and the markers of the cells in it.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8
+        The analysed image's RGB.
+    frame : CanvasFrame
+        The view (:func:`view_frame`).
+    cells, class_colors, regions, mpp, deleted_xy_px
+        As for :func:`render_review_image`.
+
+    Returns
+    -------
+    (h, w, 3) uint8 RGB
+        h, w = ``frame.canvas_height_px``, ``frame.canvas_width_px``; markers sized to a
+        nucleus at this zoom (:func:`marker_radius_px`).
+    """
+    return render_review_image(downscale(rgb, frame), frame, cells, class_colors, regions, mpp, deleted_xy_px,
+                               marker_radius_px=marker_radius_px(mpp, frame.zoom))
+
+
+def render_navigator(thumbnail: np.ndarray, image_shape: tuple[int, int], view: CanvasFrame,
+                     regions: Iterable[Region] = (), mpp: float | None = None) -> np.ndarray:
+    """The whole image, small, with the regions and the outline of the current view.
+
+    Parameters
+    ----------
+    thumbnail : (h, w, 3) uint8
+        The whole image downscaled (e.g. :func:`downscale` with :func:`display_frame`).
+    image_shape : (H, W)
+        The analysed image's size in pixels.
+    view : CanvasFrame
+        The view shown on the canvas.
+    regions : iterable of Region
+        Outlined thinly in their kind's colour (needs ``mpp``).
+    mpp : float, optional
+
+    Returns
+    -------
+    (h, w, 3) uint8 RGB
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = thumbnail.shape[:2]
+    sx, sy = w / image_shape[1], h / image_shape[0]
+    img = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3], dtype=np.uint8))
+    draw = ImageDraw.Draw(img, "RGBA")
+    if mpp:
+        for reg in regions:
+            pts = [(x / mpp * sx, y / mpp * sy) for x, y in np.asarray(reg.polygon_um).tolist()]
+            draw.line(pts + [pts[0]], fill=(*KIND_COLORS[reg.kind], 255), width=1)
+    if not view.is_whole_image:
+        box = [view.x0_px * sx, view.y0_px * sy, (view.x0_px + view.view_w) * sx - 1, (view.y0_px + view.view_h) * sy - 1]
+        draw.rectangle(box, fill=(0, 183, 255, 40), outline=(0, 0, 0, 255), width=3)
+        draw.rectangle(box, outline=(0, 183, 255, 255), width=1)
     return np.asarray(img)

@@ -1,8 +1,8 @@
 """Manual correction of detected cells: an edit log that is saved with the analysis.
 
 The detections are never modified. A :class:`CorrectionLog` records edits (add a
-missed cell, delete a detection, relabel a cell), each with who made it (the session
-or user name) and when (UTC, ISO 8601); :meth:`CorrectionLog.apply` replays the active
+missed cell, delete a detection, relabel a cell), each with who made it (the user name),
+when (UTC, ISO 8601) and optionally why (a comment); :meth:`CorrectionLog.apply` replays the active
 edits on the original cell table. Undo marks the latest active edit as undone (it stays
 in the log, so the record of what happened is complete).
 
@@ -47,6 +47,11 @@ def _time_iso(time: datetime | str | None) -> str:
     raise InputError(f"edit time must be a datetime or an ISO 8601 string, got {type(time).__name__}")
 
 
+def _comment(text: str | None) -> str | None:
+    text = " ".join(str(text or "").split())
+    return text or None
+
+
 def _check_role(role: str) -> str:
     if role not in ROLES:
         raise InputError(f"role {role!r} is not allowed: choose one of {list(ROLES)}")
@@ -64,7 +69,7 @@ class Edit:
     cell_id : int
         The edited cell (negative for cells added by hand).
     user : str
-        Session or user who made the edit.
+        User who made the edit.
     time : str
         When, ISO 8601 (UTC unless the caller gave a zone).
     x_px, y_px, x_um, y_um : float or None
@@ -73,6 +78,11 @@ class Edit:
         Class and role of an added or relabelled cell.
     undone : bool
         True once undone; ``undone_by`` and ``undone_time`` say by whom and when.
+    comment : str or None
+        Why the edit was made (free text, optional).
+    from_class, from_role : str or None
+        The class and role a deleted or relabelled cell had before the edit, when the
+        caller knew them (for the audit log).
     """
 
     op: str
@@ -88,6 +98,9 @@ class Edit:
     undone: bool = False
     undone_by: str | None = None
     undone_time: str | None = None
+    comment: str | None = None
+    from_class: str | None = None
+    from_role: str | None = None
 
 
 @dataclass
@@ -102,9 +115,9 @@ class CorrectionLog:
     Examples
     --------
     >>> log = CorrectionLog()
-    >>> new_id = log.add_cell(120.0, 80.5, "cd3-positive", "immune", mpp=0.5, user="session-1")
-    >>> log.relabel_cell(3, "cd3-negative", "other", user="session-1")
-    >>> log.undo(user="session-1")  # the relabel is undone
+    >>> new_id = log.add_cell(120.0, 80.5, "cd3-positive", "immune", mpp=0.5, user="Dr Ana Silva")
+    >>> log.relabel_cell(3, "cd3-negative", "other", user="Dr Ana Silva", comment="DAB in the stroma, not a cell")
+    >>> log.undo(user="Dr Ana Silva")  # the relabel is undone
     >>> corrected = log.apply(cells)  # doctest: +SKIP
     """
 
@@ -127,6 +140,7 @@ class CorrectionLog:
         mpp: float | None,
         user: str = "unknown",
         time: datetime | str | None = None,
+        comment: str | None = None,
     ) -> int:
         """Record a cell the detector missed.
 
@@ -141,9 +155,11 @@ class CorrectionLog:
         mpp : float > 0 or None
             Microns per pixel; None leaves the µm position NaN.
         user : str
-            Session or user making the edit.
+            User making the edit.
         time : datetime or ISO 8601 str, optional
             When; default now (UTC).
+        comment : str, optional
+            Why (kept in the log and the audit log).
 
         Returns
         -------
@@ -169,13 +185,19 @@ class CorrectionLog:
             Edit(
                 op="add", cell_id=cid, user=str(user), time=_time_iso(time), x_px=x, y_px=y,
                 x_um=None if mpp is None else x * float(mpp), y_um=None if mpp is None else y * float(mpp),
-                cell_class=str(cell_class), role=role,
+                cell_class=str(cell_class), role=role, comment=_comment(comment),
             )
         )
         return cid
 
-    def delete_cell(self, cell_id: int, user: str = "unknown", time: datetime | str | None = None) -> None:
+    def delete_cell(
+        self, cell_id: int, user: str = "unknown", time: datetime | str | None = None, comment: str | None = None,
+        from_class: str | None = None, from_role: str | None = None,
+    ) -> None:
         """Record that a detected (or added) cell is not a cell.
+
+        ``comment`` says why; ``from_class`` / ``from_role`` the cell's class and role
+        before the deletion (for the audit log).
 
         Raises
         ------
@@ -185,12 +207,17 @@ class CorrectionLog:
         cid = self._check_id(cell_id)
         if any(e.op == "delete" and e.cell_id == cid for e in self._active()):
             raise InputError(f"cell {cid} is already deleted")
-        self.edits.append(Edit(op="delete", cell_id=cid, user=str(user), time=_time_iso(time)))
+        self.edits.append(Edit(op="delete", cell_id=cid, user=str(user), time=_time_iso(time), comment=_comment(comment),
+                               from_class=from_class, from_role=from_role))
 
     def relabel_cell(
-        self, cell_id: int, new_class: str, new_role: str, user: str = "unknown", time: datetime | str | None = None
+        self, cell_id: int, new_class: str, new_role: str, user: str = "unknown", time: datetime | str | None = None,
+        comment: str | None = None, from_class: str | None = None, from_role: str | None = None,
     ) -> None:
         """Record a new class and role for a cell.
+
+        ``comment`` says why; ``from_class`` / ``from_role`` the class and role before
+        (for the audit log).
 
         Raises
         ------
@@ -202,7 +229,8 @@ class CorrectionLog:
         if any(e.op == "delete" and e.cell_id == cid for e in self._active()):
             raise InputError(f"cell {cid} is deleted: undo the deletion before relabelling it")
         self.edits.append(
-            Edit(op="relabel", cell_id=cid, user=str(user), time=_time_iso(time), cell_class=str(new_class), role=new_role)
+            Edit(op="relabel", cell_id=cid, user=str(user), time=_time_iso(time), cell_class=str(new_class), role=new_role,
+                 comment=_comment(comment), from_class=from_class, from_role=from_role)
         )
 
     def undo(self, user: str = "unknown", time: datetime | str | None = None) -> Edit | None:

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from core.cells import make_cell_table
-from core.errors import InputError
+from core.errors import InputError, WeightsError
 from core.io import ImageData
 from core.scenarios.spec import Scenario
-from core.scenarios.weights import load_verified_state_dict
+from core.scenarios.weights import load_strict, load_verified_state_dict
 from core.tiling import Progress, detect_in_blocks, tile_dense
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -178,8 +178,12 @@ class ScenarioModel(ABC):
         self.metadata = metadata
         self.tile_px = scenario.tiling.tile_px(scenario.input_mpp)
         self.overlap_px = scenario.tiling.overlap_px(scenario.input_mpp)
-        self.net = self.build(metadata)
-        self.net.load_state_dict(state_dict, strict=True)
+        try:
+            self.net = self.build(metadata)
+        except (KeyError, ValueError, TypeError) as err:  # metadata of another network, or edited
+            raise WeightsError(f"weights file {scenario.weights}: its metadata does not describe the {scenario.key} "
+                               f"network ({err}); restore the registered file from the repository") from err
+        load_strict(self.net, state_dict, scenario.weights)
         self.net.to(device).eval()
 
     @classmethod
@@ -376,8 +380,10 @@ def check_input(image: ImageData, scenario: Scenario) -> None:
     Raises
     ------
     InputError
-        The image is smaller than the scenario's ``min_side_um``; see :func:`check_colour`; or,
-        for a scenario that reads named channels, when the image lacks one of them.
+        The image is smaller than the scenario's ``min_side_um``, or larger than
+        :data:`core.io.MAX_PIXELS` once resampled to the scenario's mpp
+        (:func:`check_resampled_size`); see :func:`check_colour`; or, for a scenario that
+        reads named channels, when the image lacks one of them.
     """
     h, w = image.shape
     side_um = min(h, w) * (image.mpp or scenario.input_mpp)
@@ -388,6 +394,7 @@ def check_input(image: ImageData, scenario: Scenario) -> None:
             f"at least {need} px ({scenario.min_side_um:g} µm) on each side at {scenario.input_mpp} µm/px; "
             "upload a larger field"
         )
+    check_resampled_size((h, w), image.mpp, scenario.input_mpp, image.name)
     spec = scenario.input
     if spec.is_rgb:
         check_colour(image, scenario)
@@ -470,26 +477,149 @@ def resize_map(values: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out if values.ndim == 3 else out[..., 0])
 
 
+def resampled_shape(hw: tuple[int, int], mpp: float | None, target_mpp: float) -> tuple[int, int]:
+    """(H', W') of an (H, W) image at ``mpp`` resampled to ``target_mpp`` by :func:`resample_to_mpp`.
+
+    The size is that of scikit-image ``rescale``: each side times ``mpp / target_mpp``,
+    rounded, at least 1; unchanged with ``mpp`` None or within 2 % of the target.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if mpp is None:
+        return h, w
+    scale = float(mpp) / float(target_mpp)
+    if abs(scale - 1.0) < 0.02:
+        return h, w
+    return max(int(round(scale * h)), 1), max(int(round(scale * w)), 1)
+
+
+def check_resampled_size(hw: tuple[int, int], mpp: float | None, target_mpp: float, name: str = "image",
+                         max_pixels: int | None = None) -> tuple[int, int]:
+    """Refuse an image whose resampling to ``target_mpp`` would exceed :data:`core.io.MAX_PIXELS`.
+
+    Parameters
+    ----------
+    hw : (H, W) in pixels at ``mpp``
+    mpp, target_mpp : float, µm/px (``mpp`` None: no resampling)
+    name : str, for the message
+    max_pixels : int, optional
+        Default :data:`core.io.MAX_PIXELS`, the limit of the image read.
+
+    Returns
+    -------
+    (H', W') the resampled size
+
+    Raises
+    ------
+    InputError
+        If H' x W' exceeds the limit (e.g. a wrong, too large mpp makes the image grow).
+    """
+    from core import io as _io
+
+    limit = _io.MAX_PIXELS if max_pixels is None else int(max_pixels)
+    out_h, out_w = resampled_shape(hw, mpp, target_mpp)
+    if out_h * out_w > limit:
+        h, w = hw
+        raise InputError(
+            f"{name}: {w} x {h} px at {mpp:g} µm/px becomes {out_w} x {out_h} px ({out_w * out_h / 1e6:.0f} megapixels) "
+            f"at the model's {target_mpp:g} µm/px, more than the {limit / 1e6:.0f} megapixels accepted: check the "
+            "microns per pixel (about 0.25 at 40x, 0.5 at 20x), or crop a region of interest"
+        )
+    return out_h, out_w
+
+
+#: Input bytes (float32) of one band of :func:`resample_to_mpp`; bounds its temporaries.
+_RESAMPLE_BAND_BYTES = 16 << 20
+
+
+def _linear_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights of linear interpolation with pixel centres aligned (``ndimage.zoom``, ``grid_mode``).
+
+    Output pixel ``k`` samples the input at ``(k + 0.5) * n_in / n_out - 0.5``, indices
+    mirrored at the edges (scipy's ``"mirror"`` mode, as scikit-image's ``"reflect"``).
+    Returns ``(i0, i1, w0, w1)``: (n_out,) int64 indices and float32 weights.
+    """
+    c = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    i0 = np.floor(c).astype(np.int64)
+    f = (c - i0).astype(np.float32)
+    i1 = i0 + 1
+    if n_in == 1:
+        zero = np.zeros(n_out, np.int64)
+        return zero, zero, 1.0 - f, f
+    period = 2 * (n_in - 1)
+
+    def mirror(i):
+        i = np.abs(i) % period
+        return np.where(i >= n_in, period - i, i)
+
+    return mirror(i0), mirror(i1), (1.0 - f).astype(np.float32), f
+
+
 def resample_to_mpp(pixels: np.ndarray, mpp: float | None, target_mpp: float) -> np.ndarray:
     """Resample an (H, W, C) image from ``mpp`` to ``target_mpp``, keeping its dtype.
 
     With ``mpp`` None, or within 2 % of the target, the image is returned as is.
-    Linear interpolation, anti-aliased (Gaussian) when downsampling (scikit-image
-    ``rescale``); integer data are rounded and clipped to their dtype's range.
+    Linear interpolation, anti-aliased by a Gaussian of sigma ``(1 / scale - 1) / 2``
+    pixels when downsampling: the method of scikit-image ``rescale(order=1,
+    anti_aliasing=True, mode="reflect")``, computed in float32 over bands of rows (each
+    band's Gaussian sees its full support), so the temporaries stay near
+    ``_RESAMPLE_BAND_BYTES`` whatever the image size; integer data are rounded and
+    clipped to their dtype's range.
+
+    Parameters
+    ----------
+    pixels : (H, W, C) uint8, uint16 or float32
+    mpp, target_mpp : float or None, µm/px
 
     Returns
     -------
-    (H', W', C) array of ``pixels``' dtype
+    (H', W', C) array of ``pixels``' dtype, H' = round(H x mpp / target_mpp) (at least 1)
+
+    Raises
+    ------
+    InputError
+        If H' x W' exceeds :data:`core.io.MAX_PIXELS` (:func:`check_resampled_size`),
+        checked before anything is allocated.
     """
+    from scipy import ndimage
+
     if mpp is None:
         return pixels
-    scale = mpp / target_mpp
-    if abs(scale - 1.0) < 0.02:
+    h, w, c = pixels.shape
+    out_h, out_w = check_resampled_size((h, w), mpp, target_mpp)
+    if (out_h, out_w) == (h, w):
         return pixels
-    from skimage.transform import rescale
-
-    out = rescale(pixels, scale, order=1, channel_axis=2, anti_aliasing=scale < 1, preserve_range=True)
-    if np.issubdtype(pixels.dtype, np.integer):
-        top = np.iinfo(pixels.dtype).max
-        return np.clip(out + 0.5, 0, top).astype(pixels.dtype)
-    return out.astype(pixels.dtype)
+    scale = mpp / target_mpp
+    ri0, ri1, rw0, rw1 = _linear_taps(out_h, h)
+    ci0, ci1, cw0, cw1 = _linear_taps(out_w, w)
+    sigma = (max(0.0, (h / out_h - 1) / 2), max(0.0, (w / out_w - 1) / 2)) if scale < 1 else (0.0, 0.0)
+    radius = int(4.0 * sigma[0] + 0.5) if sigma[0] > 0 else 0  # scipy's truncate=4
+    out = np.empty((out_h, out_w, c), pixels.dtype)
+    integer = np.issubdtype(pixels.dtype, np.integer)
+    top = np.iinfo(pixels.dtype).max if integer else None
+    rows_in = max(1, _RESAMPLE_BAND_BYTES // max(1, w * c * 4))
+    rows_out = max(1, min(out_h, int(rows_in * out_h / h), _RESAMPLE_BAND_BYTES // max(1, out_w * c * 4)))
+    for r0 in range(0, out_h, rows_out):
+        r1 = min(out_h, r0 + rows_out)
+        need_lo = int(min(ri0[r0:r1].min(), ri1[r0:r1].min()))
+        need_hi = int(max(ri0[r0:r1].max(), ri1[r0:r1].max())) + 1
+        a, b = max(0, need_lo - radius), min(h, need_hi + radius)
+        band = pixels[a:b].astype(np.float32)
+        if sigma[0] > 0 or sigma[1] > 0:
+            band = ndimage.gaussian_filter(band, (sigma[0], sigma[1], 0.0), mode="mirror", output=np.float32)
+        rows = band[ri0[r0:r1] - a]
+        rows *= rw0[r0:r1, None, None]
+        other = band[ri1[r0:r1] - a]
+        other *= rw1[r0:r1, None, None]
+        rows += other
+        del band, other
+        block = rows[:, ci0]
+        block *= cw0[None, :, None]
+        other = rows[:, ci1]
+        other *= cw1[None, :, None]
+        block += other
+        del rows, other
+        if integer:
+            block += 0.5
+            np.clip(block, 0, top, out=block)
+        out[r0:r1] = block
+    return out

@@ -3,7 +3,7 @@
 Each entry is a :class:`core.scenarios.spec.Scenario`: the model's input contract in
 physical units (channels, input mpp, tile and overlap in µm), its output kinds, classes with
 roles and display colours, its weights file with the SHA-256 it must match, its model card
-and evaluation recipe. The CLI, the app and saved analyses use the stable keys. An unknown
+with the SHA-256 it must match, and evaluation recipe. The CLI, the app and saved analyses use the stable keys. An unknown
 key raises :class:`UnknownScenarioError` listing the known keys; there is no default model.
 
 Adding a scenario: its network (``core/nets/``), its scenario module (``core/scenarios/``,
@@ -25,7 +25,7 @@ _BRIGHTFIELD = InputSpec()
 
 
 def _tnrd_scenario(*, key: str, title: str, stain: str, modality: str, cell_class: CellClass, sha256: str,
-                   marks: str, params: dict, input_spec: InputSpec, use: Use) -> Scenario:
+                   card_sha256: str, marks: str, params: dict, input_spec: InputSpec, use: Use) -> Scenario:
     """A TNRD scenario (melanoma paper §2.1): 0.5 µm/px, 128 µm windows blended over 24 µm, one class off the mask.
 
     Weights and card are ``weights/<key>-v1.safetensors`` and ``<key>-v1.json``; ``marks``
@@ -54,6 +54,7 @@ def _tnrd_scenario(*, key: str, title: str, stain: str, modality: str, cell_clas
         weights=f"{key}-v1.safetensors",
         sha256=sha256,
         model_card=f"{key}-v1.json",
+        card_sha256=card_sha256,
         runner="core.scenarios.tnrd:TNRDModel",
         evaluation="tnrd-synthetic",
         trained_on_synthetic=True,
@@ -88,6 +89,7 @@ SCENARIOS: dict[str, Scenario] = {
             weights="cd3-ihc-cnn-v1.safetensors",
             sha256="7dd9c6bdce5e453293fdb2eddd414b62c9df9177ddae6ee9ce595f337fc6c345",
             model_card="cd3-ihc-cnn-v1.json",
+            card_sha256="be4f91ba5f03d6173d117983f8075f4836d97f18bb284fbf925a5f79e6fb9709",
             runner="core.scenarios.cd3_ihc:CD3IHCModel",
             evaluation="cd3-patches",
             trained_on_synthetic=False,
@@ -102,6 +104,7 @@ SCENARIOS: dict[str, Scenario] = {
             modality="fluorescence",
             cell_class=CellClass("classified-immune", "immune", "#ffd400", "Immune cell touching melanoma"),
             sha256="9188af7d43c9e57d1beae4115c20fbba28e47febe1933048743b8acf7811919f",
+            card_sha256="8509b50583a50a13eca1d7660dfae58924c4b0c150d286f00d601cd25af8b450",
             marks="CD45+ cells in contact with gp100+ melanoma cells",
             params={"recipe": "if-melanoma", "min_area_px": 20, "min_distance_px": 6},
             input_spec=_IF_COMPOSITE,
@@ -135,6 +138,7 @@ SCENARIOS: dict[str, Scenario] = {
             weights="he-til-sdrdin-v3.safetensors",
             sha256="553e098d62b34d023e7680a219e0d59bdbadcb0c15e2fb7a7963e9ab2367acb5",
             model_card="he-til-sdrdin-v3.json",
+            card_sha256="01364d09da7ba3bef7e2c8c4af96e51e39c57a954d07d9435779977540fe98cb",
             runner="core.scenarios.he_til:HETILModel",
             evaluation="he-points",
             trained_on_synthetic=False,
@@ -155,6 +159,7 @@ SCENARIOS: dict[str, Scenario] = {
             modality="brightfield",
             cell_class=CellClass("classified-immune", "immune", "#00c853", "Immune cell in a dense infiltrate"),
             sha256="37b1ff9b996def7dbe6542264833cfce968e34e41049fa2746d38e4da842174c",
+            card_sha256="03a49cdfb2000e92b004d2cbcf608940b4934400f0174e50259aa930f229eb39",
             marks="immune cells where the local immune-cell concentration exceeds 0.2",
             params={"recipe": "he-melanoma", "min_area_px": 8, "min_distance_px": 3},
             input_spec=_BRIGHTFIELD,

@@ -1,4 +1,4 @@
-"""Weights files: SHA-256 checked, safetensors only, loaded with ``strict=True`` by the caller."""
+"""Weights files: SHA-256 checked, safetensors only, loaded with ``strict=True`` (:func:`load_strict`)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,43 @@ def load_verified_state_dict(path: str | Path, expected_sha256: str) -> tuple[di
         raise WeightsError(f"weights file {path.name} could not be read ({err})") from err
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     return state, metadata
+
+
+def load_strict(net, state_dict: dict, weights_name: str) -> None:
+    """Load ``state_dict`` into ``net`` with ``strict=True``, a mismatch reported as a WeightsError.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network built from the weights' metadata.
+    state_dict : dict of str to torch.Tensor
+    weights_name : str
+        The weights file's name, for the message.
+
+    Raises
+    ------
+    WeightsError
+        If the file holds tensors the network does not have, lacks some it needs, or has
+        one of another shape: the message names up to three of each and says to restore
+        the registered file.
+    """
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state_dict)
+                    if tuple(expected[k].shape) != tuple(getattr(state_dict[k], "shape", ())))
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", extra), ("of the wrong shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} tensor(s) {what} ({', '.join(keys[:3])}{more})")
+    if problems:
+        raise WeightsError(
+            f"weights file {weights_name} does not fit its network: {'; '.join(problems)}; the file is not the "
+            "registered version for this scenario: restore it from the repository"
+        )
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # e.g. a dtype that cannot be copied
+        raise WeightsError(f"weights file {weights_name} could not be loaded into its network ({err}); restore it "
+                           "from the repository") from err

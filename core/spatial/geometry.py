@@ -27,22 +27,55 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.draw import polygon as _draw_polygon
 
 from core.errors import InputError
 from core.spatial.regions import Region, points_in_regions
 
 #: Largest raster (pixels) used to estimate areas that are not computed exactly.
 _RASTER_MAX_PIXELS = 2_000_000
+#: Largest shift of a ring when its segments are made for distances (:func:`rings_segments`), µm.
+SEGMENT_TOLERANCE_UM = 1e-3
+#: Segments, or block-centre x segment pairs, from which distances to a border use an R-tree.
+_TREE_MIN_SEGMENTS = 1000
+_BLOCK_PAIRS_MAX = 20_000_000
+#: Edge x row crossings handled at once when rasterising (bounds the temporaries).
+_CROSSINGS_PER_CHUNK = 4_000_000
 
 
-def rings_segments(rings: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Segments (start, end), each (E, 2) float64 in µm, of closed rings ((N, 2) arrays in µm)."""
+def rings_segments(rings: list[np.ndarray], tolerance_um: float = SEGMENT_TOLERANCE_UM) -> tuple[np.ndarray, np.ndarray]:
+    """Segments (start, end), each (E, 2) float64 in µm, of closed rings ((N, 2) arrays in µm).
+
+    Parameters
+    ----------
+    rings : list of (N, 2) float arrays, µm
+    tolerance_um : float >= 0
+        Each ring is first simplified (Douglas-Peucker) so that it moves by at most this
+        distance: a distance to the segments is then within ``tolerance_um`` of the
+        distance to the ring as drawn. The default, :data:`SEGMENT_TOLERANCE_UM` (1 nm), is
+        far below any pixel and merges the runs of nearly collinear vertices that densely
+        sampled outlines are made of; 0 keeps every vertex.
+    """
     if not rings:
         return np.zeros((0, 2)), np.zeros((0, 2))
+    if tolerance_um > 0:
+        rings = [_simplified(np.asarray(r, dtype=np.float64), tolerance_um) for r in rings]
     a = np.vstack(rings)
     b = np.vstack([np.roll(r, -1, axis=0) for r in rings])
     return a, b
+
+
+def _simplified(ring: np.ndarray, tolerance_um: float) -> np.ndarray:
+    """The ring (N, 2), open, simplified within ``tolerance_um`` (unchanged when short or when it would collapse)."""
+    if len(ring) < 64:
+        return ring
+    import shapely
+
+    closed = np.vstack([ring, ring[:1]])
+    simple = shapely.simplify(shapely.linestrings(closed), tolerance_um, preserve_topology=False)
+    coords = shapely.get_coordinates(simple)
+    if len(coords) < 4:
+        return ring
+    return coords[:-1] if np.array_equal(coords[0], coords[-1]) else coords
 
 
 def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,7 +98,11 @@ def distance_to_segments_um(xy_um: np.ndarray, seg_start_um: np.ndarray, seg_end
     ρ, a segment can hold the nearest border point of one of its points only if
     ``dist(c, segment) <= min_segments dist(c, .) + 2ρ``, so each point is measured
     exactly against that short candidate list. Cost O(B·E + N·k) for B blocks and k
-    candidates per block (a few dozen to a few hundred for smooth borders).
+    candidates per block (a few dozen to a few hundred for smooth borders). For long
+    borders (E >= 1000, or B·E above 20 million) the segments go into a shapely R-tree
+    instead and each point asks it for its nearest segment (``STRtree.query_nearest``):
+    about O((N + E) log E), the same exact distances, seconds for 100 000 points and
+    500 000 vertices.
 
     Parameters
     ----------
@@ -95,6 +132,8 @@ def distance_to_segments_um(xy_um: np.ndarray, seg_start_um: np.ndarray, seg_end
     lo = xy.min(axis=0)
     span = float(max((xy.max(axis=0) - lo).max(), 1e-9))
     nb = int(np.clip(math.sqrt(n / 32.0), 1, 256))
+    if e >= _TREE_MIN_SEGMENTS or nb * nb * e > _BLOCK_PAIRS_MAX:
+        return _nearest_by_tree(xy, a, b)
     side = span / nb * (1 + 1e-9)
     ij = np.minimum(((xy - lo) // side).astype(np.int64), nb - 1)
     blk = ij[:, 1] * nb + ij[:, 0]
@@ -132,6 +171,30 @@ def distance_to_segments_um(xy_um: np.ndarray, seg_start_um: np.ndarray, seg_end
             d = _point_segment_distance(xy[pt], a[sg], b[sg])
             out[pts_sorted[ss]] = np.minimum.reduceat(d, first_pair)
             start = stop
+    return out
+
+
+def _segment_tree(a: np.ndarray, b: np.ndarray):
+    """A shapely STRtree of the segments a-b ((E, 2) each; zero-length ones as points)."""
+    import shapely
+
+    point_like = np.all(a == b, axis=1)
+    geoms = np.empty(len(a), dtype=object)
+    geoms[~point_like] = shapely.linestrings(np.stack([a[~point_like], b[~point_like]], axis=1))
+    if point_like.any():
+        geoms[point_like] = shapely.points(a[point_like])
+    return shapely.STRtree(geoms)
+
+
+def _nearest_by_tree(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact distance of points (N, 2) to the nearest segment a-b (E, 2), through an R-tree of the segments."""
+    import shapely
+
+    tree = _segment_tree(a, b)
+    out = np.full(len(xy), np.inf)
+    for start in range(0, len(xy), 100_000):  # bounded memory: shapely points are Python objects
+        (qi, _), d = tree.query_nearest(shapely.points(xy[start : start + 100_000]), return_distance=True)
+        np.minimum.at(out, qi + start, d)
     return out
 
 
@@ -210,17 +273,59 @@ def raster_grid(bbox: tuple, max_pixels: int = _RASTER_MAX_PIXELS, min_px_um: fl
 
 
 def rasterise(rings_list: list[list[np.ndarray]], x0: float, y0: float, p: float, shape: tuple[int, int]) -> np.ndarray:
-    """Union of polygons (each a list [outer, holes...] in µm) as a bool mask of pixel centres."""
-    mask = np.zeros(shape, dtype=bool)
+    """Union of polygons (each a list [outer, holes...] in µm) as a bool mask of pixel centres.
+
+    Pixel (i, j) has its centre at (x0 + (j + 0.5) p, y0 + (i + 0.5) p). Each polygon is
+    filled by scanlines with the even-odd rule (a hole is a ring inside the outer ring):
+    every edge is intersected with the pixel-centre rows it spans (half-open in y, so a
+    vertex on a row is counted once) and the parity of the crossings left of each pixel
+    centre says inside. Cost O(V + C + h w) for V vertices and C crossings, not
+    O(h w V): a 500 000-vertex outline fills a 2-megapixel raster in about a second.
+
+    Parameters
+    ----------
+    rings_list : list of list of (N, 2) float arrays, µm
+    x0, y0 : float, µm, the raster's top-left corner
+    p : float, pixel side in µm
+    shape : (h, w)
+
+    Returns
+    -------
+    (h, w) bool ndarray
+    """
+    h, w = int(shape[0]), int(shape[1])
+    mask = np.zeros((h, w), dtype=bool)
     for rings in rings_list:
-        m = np.zeros(shape, dtype=bool)
-        for k, ring in enumerate(rings):
-            rr, cc = _draw_polygon((ring[:, 1] - y0) / p - 0.5, (ring[:, 0] - x0) / p - 0.5, shape)
-            if k == 0:
-                m[rr, cc] = True
-            else:
-                m[rr, cc] = False
-        mask |= m
+        toggles = np.zeros(h * (w + 1), dtype=np.int64)
+        for ring in rings:
+            ring = np.asarray(ring, dtype=np.float64).reshape(-1, 2)
+            if len(ring) < 3:
+                continue
+            xa = (ring[:, 0] - x0) / p - 0.5
+            ya = (ring[:, 1] - y0) / p - 0.5
+            xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+            r0 = np.clip(np.ceil(np.minimum(ya, yb)), 0, h).astype(np.int64)
+            r1 = np.clip(np.ceil(np.maximum(ya, yb)), 0, h).astype(np.int64)
+            counts = r1 - r0
+            edges = np.nonzero(counts > 0)[0]
+            if len(edges) == 0:
+                continue
+            cum = np.cumsum(counts[edges])
+            start = 0
+            while start < len(edges):
+                base = cum[start - 1] if start else 0
+                stop = max(int(np.searchsorted(cum, base + _CROSSINGS_PER_CHUNK, side="right")), start + 1)
+                e = edges[start:stop]
+                k = counts[e]
+                first = np.cumsum(k) - k
+                ei = np.repeat(e, k)
+                r = r0[ei] + (np.arange(int(k.sum())) - np.repeat(first, k))
+                xr = xa[ei] + (r - ya[ei]) * (xb[ei] - xa[ei]) / (yb[ei] - ya[ei])
+                c = np.clip(np.floor(xr) + 1, 0, w).astype(np.int64)  # first pixel centre right of the crossing
+                toggles += np.bincount(r * (w + 1) + c, minlength=h * (w + 1))
+                start = stop
+        parity = (toggles.reshape(h, w + 1) & 1).astype(np.uint8)
+        mask |= np.bitwise_xor.accumulate(parity, axis=1)[:, :w].astype(bool)
     return mask
 
 
@@ -236,9 +341,9 @@ def _overlap_area_um2(region: Region, excludes: list[Region]) -> tuple[float, st
                 exact = False
     overlap = 0.0
     if exact:
-        ra, rb = rings_segments([region.polygon_um])
+        ra, rb = rings_segments([region.polygon_um], tolerance_um=0.0)
         for e in rel:
-            ea, eb = rings_segments([e.polygon_um])
+            ea, eb = rings_segments([e.polygon_um], tolerance_um=0.0)
             if len(ra) * len(ea) > 4_000_000 or _segments_cross(ra, rb, ea, eb):
                 exact = False
                 break

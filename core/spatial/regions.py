@@ -40,17 +40,32 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.path import Path as MplPath
+import shapely
 
 from core.errors import InputError
 
 REGION_KINDS = ("tumour", "stroma", "exclude", "margin")
+
+#: Most vertices of one region (outer ring and holes together). A hand-drawn or QuPath
+#: outline has hundreds to tens of thousands; every polygon step (containment with a
+#: prepared geometry, rasterising by scanlines, distances through an R-tree) costs about
+#: O(V log V), a few seconds at this limit.
+MAX_REGION_VERTICES = 500_000
+#: Largest |x| or |y| of a region or cell coordinate read from a file, in µm (100 mm: a
+#: glass slide is 75 x 25 mm). Beyond it a file is taken as wrong (e.g. nanometres read
+#: as pixels) and refused, before any grid or raster is sized from it.
+MAX_COORDINATE_UM = 100_000.0
+#: Largest GeoJSON file read, in bytes, and its deepest nesting of arrays and objects (a
+#: FeatureCollection of MultiPolygons nests 7 deep).
+MAX_GEOJSON_BYTES = 256 * 1024**2
+MAX_GEOJSON_DEPTH = 64
 
 #: QuPath class name written for each kind.
 KIND_TO_QUPATH_CLASS = {
@@ -99,12 +114,20 @@ class Region:
         Stable identifier (e.g. QuPath's feature id), kept through GeoJSON.
     holes_um : tuple of (M, 2) float64 ndarray
         Inner rings (holes), same layout as ``polygon_um``; usually empty.
+    note : str
+        What was done to the region on reading, for the user (e.g. an outline that
+        crossed itself, repaired by :func:`repair_region`); "" when nothing.
 
     Raises
     ------
     InputError
-        If ``kind`` is unknown, or a ring has fewer than 3 distinct vertices or
-        non-finite coordinates.
+        If ``kind`` is unknown, a ring has fewer than 3 distinct vertices or non-finite
+        coordinates, or the rings hold more than :data:`MAX_REGION_VERTICES` vertices.
+
+    Notes
+    -----
+    A ring that crosses itself is kept as given (its shoelace area cancels); readers of
+    files repair it with :func:`repair_region`, and :attr:`problem` says what is wrong.
     """
 
     name: str
@@ -112,6 +135,8 @@ class Region:
     polygon_um: np.ndarray
     id: str | None = None
     holes_um: tuple[np.ndarray, ...] = field(default_factory=tuple)
+    note: str = ""
+    _geom: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in REGION_KINDS:
@@ -120,6 +145,33 @@ class Region:
             )
         self.polygon_um = _as_ring(self.polygon_um, f"region {self.name!r}")
         self.holes_um = tuple(_as_ring(h, f"hole of region {self.name!r}") for h in self.holes_um)
+        n = len(self.polygon_um) + sum(len(h) for h in self.holes_um)
+        if n > MAX_REGION_VERTICES:
+            raise InputError(
+                f"region {self.name!r} has {n} vertices, more than the {MAX_REGION_VERTICES} accepted; simplify the "
+                "outline (QuPath: Objects > Annotations > Simplify shape) and import it again"
+            )
+
+    @property
+    def geometry(self) -> shapely.Polygon:
+        """The region as a prepared shapely Polygon (µm), built once and kept while the rings are unchanged."""
+        key = (id(self.polygon_um), tuple(id(h) for h in self.holes_um))
+        if self._geom is None or self._geom[0] != key:
+            geom = shapely.Polygon(self.polygon_um, [h for h in self.holes_um])
+            shapely.prepare(geom)
+            self._geom = (key, geom)
+        return self._geom[1]
+
+    @property
+    def problem(self) -> str | None:
+        """Why the polygon is not valid (e.g. "Self-intersection[x y]"), or None when it is."""
+        geom = self.geometry
+        return None if shapely.is_valid(geom) else str(shapely.is_valid_reason(geom))
+
+    def __getstate__(self):  # the cached shapely geometry is rebuilt after unpickling
+        state = dict(self.__dict__)
+        state["_geom"] = None
+        return state
 
     @property
     def area_um2(self) -> float:
@@ -153,14 +205,13 @@ class Region:
         Returns
         -------
         (N,) bool ndarray
-            True inside the outer ring and outside every hole. Points exactly on an
-            edge may fall either way (matplotlib's even-odd rule).
+            True inside the outer ring and outside every hole; points exactly on an edge
+            are outside. A prepared shapely geometry: O(log V) per point for V vertices.
         """
         xy = np.asarray(xy_um, dtype=np.float64).reshape(-1, 2)
-        inside = _ring_contains(self.polygon_um, xy)
-        for hole in self.holes_um:
-            inside &= ~_ring_contains(hole, xy)
-        return inside
+        if len(xy) == 0:
+            return np.zeros(0, dtype=bool)
+        return np.asarray(shapely.contains_xy(self.geometry, xy[:, 0], xy[:, 1]), dtype=bool)
 
 
 def polygon_area_um2(ring_um: np.ndarray) -> float:
@@ -223,10 +274,91 @@ def _as_ring(points: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(p)
 
 
-def _ring_contains(ring: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    if len(xy) == 0:
-        return np.zeros(0, dtype=bool)
-    return MplPath(ring, closed=False).contains_points(xy)
+def repair_region(region: Region) -> list[Region]:
+    """A region whose outline crosses itself (or whose holes cross it) made valid.
+
+    ``shapely.make_valid`` splits the outline where it crosses itself: a figure-of-eight
+    becomes its two loops; lines and points it leaves are dropped. Each polygonal part
+    becomes a region of the same kind (ids suffixed ``~k``, names numbered) with a
+    :attr:`Region.note` saying what was done.
+
+    Parameters
+    ----------
+    region : Region
+
+    Returns
+    -------
+    list of Region
+        ``[region]`` when it is valid; otherwise its valid parts.
+
+    Raises
+    ------
+    InputError
+        If the repaired outline encloses no area (every vertex on one line).
+    """
+    why = region.problem
+    if why is None:
+        return [region]
+    fixed = shapely.make_valid(region.geometry)
+    parts = [g for g in shapely.get_parts(shapely.get_parts(fixed))
+             if isinstance(g, (shapely.Polygon, shapely.MultiPolygon))]
+    polys = [p for g in parts for p in shapely.get_parts(g) if isinstance(p, shapely.Polygon) and p.area > 0]
+    if not polys:
+        raise InputError(f"region {region.name!r}: its outline is invalid ({why}) and encloses no area; draw it again")
+    area_mm2 = sum(p.area for p in polys) / 1e6
+    note = (f"region {region.name!r}: its outline was invalid ({why}) and was repaired into {len(polys)} polygon(s) "
+            f"of {area_mm2:.4g} mm² in all; check it")
+    out = []
+    for k, p in enumerate(polys):
+        name = region.name if len(polys) == 1 else f"{region.name} ({k + 1})"
+        rid = None if region.id is None else (region.id if len(polys) == 1 else f"{region.id}~{k}")
+        out.append(Region(name, region.kind, np.asarray(p.exterior.coords), rid,
+                          tuple(np.asarray(h.coords) for h in p.interiors), note=note))
+    return out
+
+
+def repair_regions(regions: list[Region]) -> tuple[list[Region], list[str]]:
+    """:func:`repair_region` over a list: (valid regions in order, one note per repaired region).
+
+    Raises
+    ------
+    InputError
+        See :func:`repair_region`.
+    """
+    out: list[Region] = []
+    notes: list[str] = []
+    for r in regions:
+        parts = repair_region(r)
+        if parts[0] is not r:
+            notes.append(parts[0].note)
+        out.extend(parts)
+    return out, notes
+
+
+def check_coordinates_um(xy_um: np.ndarray, what: str) -> None:
+    """Refuse coordinates (µm) that are not finite or lie beyond :data:`MAX_COORDINATE_UM`.
+
+    Parameters
+    ----------
+    xy_um : (N, 2) float array, x, y in µm (NaN rows are allowed: a cell without µm)
+    what : str, named in the message (e.g. "cell table cells.csv")
+
+    Raises
+    ------
+    InputError
+        If a coordinate is infinite or its absolute value exceeds :data:`MAX_COORDINATE_UM`.
+    """
+    a = np.asarray(xy_um, dtype=np.float64)
+    if a.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(a) | (np.abs(a) > MAX_COORDINATE_UM)
+    if bad.any():
+        worst = float(np.nanmax(np.abs(np.where(np.isfinite(a), a, np.inf))))
+        raise InputError(
+            f"{what}: coordinates up to {worst:.4g} µm, beyond the ±{MAX_COORDINATE_UM:.0f} µm (100 mm) of any slide; "
+            "check the units (pixels, µm, nm) and the microns per pixel"
+        )
 
 
 def _check_mpp(mpp: Any) -> float:
@@ -421,22 +553,76 @@ def _kind_of(props: dict) -> str | None:
 def _load_geojson(source: Any) -> Any:
     if isinstance(source, (dict, list)):
         return source
-    if isinstance(source, bytes):
-        source = source.decode("utf-8-sig")
-    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > MAX_GEOJSON_BYTES:
+            raise InputError(_too_big("regions text", len(source)))
         try:
-            return json.loads(source)
-        except json.JSONDecodeError as err:
-            raise InputError(f"regions text is not valid JSON: {err}") from err
+            source = bytes(source).decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise InputError(f"regions text is not UTF-8 text ({err}); export the GeoJSON again") from err
+    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
+        return _parse_json(source, "regions text")
     if isinstance(source, (str, Path)):
         p = Path(source)
+        if p.is_dir():
+            raise InputError(f"regions file {str(p)!r} is a folder, not a file: give the GeoJSON file itself")
         if not p.is_file():
             raise InputError(f"regions file {str(p)!r} does not exist: give a GeoJSON file exported from TILscope or QuPath")
+        size = p.stat().st_size
+        if size > MAX_GEOJSON_BYTES:
+            raise InputError(_too_big(f"regions file {p.name!r}", size))
         try:
-            return json.loads(p.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"regions file {p.name!r} is not valid GeoJSON (JSON error: {err})") from err
+            text = p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise InputError(f"regions file {p.name!r} is not valid GeoJSON (not UTF-8 text: {err})") from err
+        except OSError as err:
+            raise InputError(f"regions file {p.name!r} cannot be read ({err.strerror or err})") from err
+        return _parse_json(text, f"regions file {p.name!r}")
     raise InputError(f"regions must be a GeoJSON path, text or dict, got {type(source).__name__}")
+
+
+def _too_big(what: str, size: int) -> str:
+    return (f"{what} is {size / 1024**2:.0f} MiB, more than the {MAX_GEOJSON_BYTES / 1024**2:.0f} MiB accepted; "
+            "export fewer or simpler annotations")
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of arrays and objects in JSON ``text`` (brackets inside strings ignored), without recursion.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    int >= 0 (0 for a bare number or string)
+    """
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    data = np.frombuffer(stripped.encode("utf-8"), dtype=np.uint8)
+    deepest, level = 0, 0
+    step = 8 << 20
+    opens, closes = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+    for start in range(0, len(data), step):
+        chunk = data[start : start + step]
+        delta = np.isin(chunk, opens).astype(np.int32) - np.isin(chunk, closes).astype(np.int32)
+        if not delta.any():
+            continue
+        running = np.cumsum(delta) + level
+        deepest = max(deepest, int(running.max()))
+        level = int(running[-1])
+    return deepest
+
+
+def _parse_json(text: str, what: str) -> Any:
+    """``json.loads`` after refusing nesting deeper than :data:`MAX_GEOJSON_DEPTH` (no recursion error)."""
+    depth = json_depth(text)
+    if depth > MAX_GEOJSON_DEPTH:
+        raise InputError(f"{what} nests arrays or objects {depth} deep, more than the {MAX_GEOJSON_DEPTH} of any "
+                         "GeoJSON: it is not regions; export the annotations again as GeoJSON")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{what} is not valid GeoJSON (JSON error: {err})") from err
 
 
 def read_regions_geojson(source: str | Path | dict | list | bytes, mpp: float, on_unknown: str = "raise") -> list[Region]:
@@ -459,14 +645,18 @@ def read_regions_geojson(source: str | Path | dict | list | bytes, mpp: float, o
     Returns
     -------
     list of Region
-        In file order, polygons (x, y) in µm.
+        In file order, polygons (x, y) in µm. An outline that crosses itself is repaired
+        (:func:`repair_region`): its parts come in its place, each with a ``note``.
 
     Raises
     ------
     InputError
-        If the file is missing or not JSON, not GeoJSON, has malformed coordinates,
-        has an annotation of unknown class (with ``on_unknown="raise"``), or holds no
-        polygon annotation at all.
+        If the file is missing, a folder, larger than :data:`MAX_GEOJSON_BYTES`, nested
+        deeper than :data:`MAX_GEOJSON_DEPTH`, not JSON, not GeoJSON, has malformed
+        coordinates or coordinates beyond :data:`MAX_COORDINATE_UM`, a region of more
+        than :data:`MAX_REGION_VERTICES` vertices, an outline enclosing no area, an
+        annotation of unknown class (with ``on_unknown="raise"``), or holds no polygon
+        annotation at all.
     """
     m = _check_mpp(mpp)
     if on_unknown not in ("raise", "skip"):
@@ -516,9 +706,18 @@ def read_regions_geojson(source: str | Path | dict | list | bytes, mpp: float, o
             for a in arrs:
                 if a.ndim != 2 or a.shape[1] < 2:
                     raise InputError(f"feature {k} ({name!r}): each ring must be a list of [x, y] positions")
+            n_vertices = sum(len(a) for a in arrs)
+            if n_vertices > MAX_REGION_VERTICES:
+                raise InputError(
+                    f"feature {k} ({name!r}) has {n_vertices} vertices, more than the {MAX_REGION_VERTICES} accepted; "
+                    "simplify the outline (QuPath: Objects > Annotations > Simplify shape) and export it again"
+                )
             arrs = [a[:, :2] * m for a in arrs]
+            for a in arrs:
+                check_coordinates_um(a, f"feature {k} ({name!r})")
             rid = None if fid is None else (str(fid) if len(parts) == 1 else f"{fid}#{p}")
-            regions.append(Region(name=str(name), kind=kind, polygon_um=arrs[0], id=rid, holes_um=tuple(arrs[1:])))
+            region = Region(name=str(name), kind=kind, polygon_um=arrs[0], id=rid, holes_um=tuple(arrs[1:]))
+            regions.extend(repair_region(region))
     if unknown and on_unknown == "raise":
         raise InputError(
             f"annotation class(es) {sorted(set(unknown))} are not region kinds: classify annotations as "

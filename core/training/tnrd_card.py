@@ -109,7 +109,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, real: dict |
         },
         "training_data": {
             "name": f"synthetic sections from the TILscope stochastic tissue generator, recipe '{train['recipe']}'",
-            "source": "core/generator.py (TNRD melanoma paper §2.2, Table 1); no real image was used for training",
+            "source": "core/generator/ (the tissue generator package; TNRD melanoma paper §2.2, Table 1); no real image was used for training",
             "colours": ("H&E colour means and covariances estimated from the 70 real H&E training images of "
                         "he-crc-cell-points (core.generator.estimate_he_colours)" if key == "tnrd-he-melanoma" else
                         "chosen by hand (no real CD45/gp100/DAPI image is available); values in core.generator.IF_MELANOMA"),
