@@ -91,7 +91,7 @@ def test_bad_edits_raise_input_error():
 
 
 def test_statistics_recompute_after_corrections():
-    params = SpatialParams(n_simulations=0, ripley_radii_um=(0.0, 1.0))
+    params = SpatialParams(n_simulations=0, ripley_radii_um=(0.0, 1.0), min_cells_per_role=1)  # a small fixture
     c = cells()
     before = compute_spatial_stats(c, params=params)
     log = CorrectionLog()

@@ -200,7 +200,7 @@ def test_review_params_window_is_the_image_extent():
 
 def test_statistics_change_with_regions_and_corrections():
     res = small_result()
-    params = SpatialParams(n_simulations=0, radii_um=(10.0, 30.0))
+    params = SpatialParams(n_simulations=0, radii_um=(10.0, 30.0), min_cells_per_role=1)  # a small fixture
     # Tumour region: the lower half (y 50..100 µm); immune cells are at y = 25 µm.
     tumour = Region("Tumour 1", "tumour", [[0, 50], [150, 50], [150, 100], [0, 100]])
     s0 = rv.review_statistics(res, None, [tumour], params)

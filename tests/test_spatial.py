@@ -427,3 +427,14 @@ def test_spatial_stats_refuses_an_unknown_schema_and_wrong_types():
         SpatialStats.from_dict({**d, "warnings": "none"})
     with pytest.raises(InputError, match="must be a dict"):
         SpatialStats.from_dict([("available", True)])
+
+
+def test_distance_statistics_need_enough_cells_of_each_role():
+    rng = np.random.default_rng(3)
+    xy = np.vstack([rng.uniform(0, 300, (40, 2)), rng.uniform(0, 300, (5, 2))])
+    roles = ["tumour"] * 40 + ["immune"] * 5
+    s = compute_spatial_stats(table(xy, roles), params=FAST)
+    assert s["distances"]["available"] is False and "too few cells" in s["distances"]["reason"]
+    assert s["ripley"]["available"] is False and "at least 10" in s["ripley"]["reason"]
+    s1 = compute_spatial_stats(table(xy, roles), params=replace(FAST, min_cells_per_role=5))
+    assert s1["distances"]["available"] and s1["distances"]["n_immune"] == 5

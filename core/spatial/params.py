@@ -62,6 +62,11 @@ class SpatialParams:
         the TILs Working Group scores the whole tumour area, not single fields (Salgado et
         al. 2015), and Immunoscore reads densities over tiles of about 0.8 mm² (Pagès et al.
         2018); a call on a few hundredths of a mm² is not reproducible.
+    min_cells_per_role : int >= 1
+        Smallest number of immune and of tumour cells on which the distance statistics
+        (nearest-tumour distances, shares within r) and the cross-K/L and cross-G functions
+        are reported; below it they read "too few cells". Default 10: with fewer cells a
+        share or a quantile moves by 10 % or more with one cell.
     immunoscore_cutoffs_per_mm2 : (float, float) or None
         (CT, IM) density cut-offs for the 0-2 Immunoscore-like count of "high"
         compartments; None (default) reports the densities only, because a true
@@ -84,6 +89,7 @@ class SpatialParams:
     inflamed_min_intratumoral_per_mm2: float = 100.0
     excluded_min_stromal_per_mm2: float = 100.0
     min_compartment_area_mm2: float = 0.5
+    min_cells_per_role: int = 10
     immunoscore_cutoffs_per_mm2: tuple[float, float] | None = None
     histogram_bin_um: float = 2.0
     histogram_max_um: float = 200.0
@@ -115,6 +121,8 @@ class SpatialParams:
         pos("inflamed_min_intratumoral_per_mm2", self.inflamed_min_intratumoral_per_mm2, zero_ok=True)
         pos("excluded_min_stromal_per_mm2", self.excluded_min_stromal_per_mm2, zero_ok=True)
         pos("min_compartment_area_mm2", self.min_compartment_area_mm2, zero_ok=True)
+        if not isinstance(self.min_cells_per_role, (int, np.integer)) or self.min_cells_per_role < 1:
+            raise InputError(f"SpatialParams.min_cells_per_role must be an integer >= 1, got {self.min_cells_per_role!r}")
         if not isinstance(self.n_simulations, (int, np.integer)) or self.n_simulations < 0:
             raise InputError(f"SpatialParams.n_simulations must be an integer >= 0, got {self.n_simulations!r}")
         if not 0 < float(self.envelope_alpha) < 1:

@@ -70,8 +70,10 @@ def distances_section(xy: np.ndarray, imm: np.ndarray, tum: np.ndarray, params: 
         without immune or tumour cells. Arrays are numpy (made JSON-ready by the caller).
     """
     radii = np.asarray(params.radii_um, dtype=np.float64)
-    if imm.sum() == 0 or tum.sum() == 0:
-        return unavailable(f"needs immune and tumour cells (found {int(imm.sum())} immune, {int(tum.sum())} tumour)")
+    need = max(1, int(params.min_cells_per_role))
+    if imm.sum() < need or tum.sum() < need:
+        return unavailable(f"too few cells: needs at least {need} immune and {need} tumour cells "
+                           f"(found {int(imm.sum())} immune, {int(tum.sum())} tumour)")
     tree_t = cKDTree(xy[tum])
     tree_i = cKDTree(xy[imm])
     d_nn, _ = tree_t.query(xy[imm], k=1)
@@ -309,8 +311,10 @@ def ripley_sections(
         return u, u
     t_w, i_w = tum & in_win, imm & in_win
     nt, ni = int(t_w.sum()), int(i_w.sum())
-    if nt < 2 or ni < 2:
-        u = unavailable(f"needs >= 2 tumour and >= 2 immune cells in the study window (found {nt} and {ni})")
+    need = max(2, int(params.min_cells_per_role))
+    if nt < need or ni < need:
+        u = unavailable(f"too few cells: needs at least {need} tumour and {need} immune cells in the study window "
+                        f"(found {nt} and {ni})")
         return u, u
     radii = np.asarray(params.ripley_radii_um, dtype=np.float64)
     r_lim = 0.5 * min(window.width_um, window.height_um)
