@@ -258,6 +258,8 @@ def previous_runs(store, case_label: str, result: AnalysisResult) -> list[int]:
     for row in store.list_analyses(search=result.image.sha256 or None, limit=100):
         if row["case_label"] != label or row["image_sha256"] != result.image.sha256 or row["scenario_key"] != result.scenario_key:
             continue
+        if row.get("complete") is False:  # a save that did not finish is not an earlier run
+            continue
         saved = store.get_analysis(row["id"])
         ss = saved.get("detected_summary") or saved["summary"]
         if (saved.get("weights_sha256") in (None, s["weights_sha256"]) and ss.get("mpp") == s["mpp"]

@@ -9,6 +9,7 @@ import streamlit as st
 from core.pipeline import load_model
 from core.errors import TILscopeError
 from core.outputs.store import CaseStore, database_url
+from pages._text import md_escape
 
 log = logging.getLogger("tilscope.pages")
 
@@ -34,7 +35,7 @@ def list_analyses_or_stop(search: str | None = None) -> list[dict]:
     try:
         return case_store().list_analyses(search=search or None)
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
     except Exception:  # the browser gets a message, the log gets the traceback
         log.exception("listing analyses failed")
         st.error("The case database could not be read; the details are in the server log.")

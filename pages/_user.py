@@ -20,6 +20,7 @@ import streamlit as st
 
 from core.errors import InputError
 from core.outputs.store import check_user
+from pages._text import md_escape
 
 #: Cookie that keeps the name in this browser.
 COOKIE = "tilscope_user"
@@ -75,7 +76,7 @@ def _name_form(key: str, label: str = "Your name") -> str | None:
     try:
         name = check_user(typed)
     except InputError as err:
-        st.error(str(err)[:1].upper() + str(err)[1:] + ".")
+        st.error(md_escape(str(err)[:1].upper() + str(err)[1:] + "."))
         return None
     st.session_state[KEY] = name
     st.session_state["user_editing"] = False

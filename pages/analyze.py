@@ -20,6 +20,7 @@ from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
 from pages._resources import cached_model, case_store
 from pages._router import through_app_router
+from pages._text import md_escape
 from pages._user import user_box
 
 through_app_router()
@@ -67,13 +68,13 @@ try:
     full_card = scenario.card()
     card = card_summary(full_card)
     with st.expander("Model card: intended use, limitations, metrics"):
-        st.markdown(f"**Intended use:** {card['intended_use']}")
-        st.markdown("**Limitations:**\n" + "\n".join(f"- {item}" for item in card["limitations"]))
+        st.markdown(f"**Intended use:** {md_escape(card['intended_use'])}")
+        st.markdown("**Limitations:**\n" + "\n".join(f"- {md_escape(item)}" for item in card["limitations"]))
         st.json(card["metrics"], expanded=False)
         st.download_button("Download the whole model card (Markdown)", render_markdown(full_card),
                            file_name=markdown_path(scenario.weights).name, mime="text/markdown")
 except TILscopeError as err:
-    st.error(str(err))
+    st.error(md_escape(err))
 
 source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
 image = None
@@ -99,7 +100,7 @@ try:
     if image is not None:
         check_input(image, key)  # refused now, not after pressing Run
 except TILscopeError as err:
-    st.error(f"{err}")
+    st.error(md_escape(err))
     image = None
 finally:
     # One case, one result: a new image or model clears the previous result and case label.
@@ -111,7 +112,7 @@ finally:
 
 if image is not None:
     for note in image.notes:
-        st.info(note)
+        st.info(md_escape(note))
     default_mpp = image.mpp if image.mpp is not None else scenario.input_mpp
     col1, col2 = st.columns([1, 2])
     with col1:
@@ -124,7 +125,7 @@ if image is not None:
     with col2:
         h, w = image.shape
         where = MPP_SOURCES.get(image.mpp_source, image.mpp_source) if image.mpp else "not recorded in the file"
-        st.caption(f"{image.name}: {w} x {h} px · pixel size {where}")
+        st.caption(f"{md_escape(image.name)}: {w} x {h} px · pixel size {md_escape(where)}")
         if not known:
             st.warning(
                 "Without the pixel size, TILscope reports cell counts only: densities per mm² and distances "
@@ -143,14 +144,14 @@ if image is not None:
     fitness = fitness_of(chosen, key)  # the antibody is confirmed by the box above (it gates Run)
     override = False
     if fitness.problems:
-        st.error("**Outside the validated use.** " + " ".join(fitness.problems), icon="🛑")
+        st.error("**Outside the validated use.** " + " ".join(md_escape(p) for p in fitness.problems), icon="🛑")
         override = st.checkbox(
             "Run outside the validated use", value=False, key=f"override_{key}",
             help="The result is then marked 'outside the validated use' on screen, in the case history and in "
                  "every download.",
         )
     for note in fitness.notes:
-        st.warning(note)
+        st.warning(md_escape(note))
     # Keyed, so that the box keeps one identity when a run stores its label: an unkeyed box
     # built from that label would be replaced by a new one, and typing in the old one lost.
     case_label = st.text_input(
@@ -193,7 +194,7 @@ if image is not None:
             else:
                 st.session_state["analysis_id"] = save_analysis(result, label, case_store(), **saved_by())
         except TILscopeError as err:
-            st.error(str(err))
+            st.error(md_escape(err))
         except Exception:  # the browser gets a message, the log gets the traceback
             log.exception("analysis failed")
             st.error("The analysis failed unexpectedly. Nothing was saved; the details are in the server log.")
@@ -205,12 +206,12 @@ if result is not None:
     sc = result.scenario
     s = result.summary
     st.divider()
-    st.subheader(f"Result: {s['image']['name']} · {sc.title}")
+    st.subheader(f"Result: {md_escape(s['image']['name'])} · {sc.title}")
     if s.get("outside_validated_use"):
-        st.error("**Outside the validated use:** " + " ".join(s["outside_validated_use"])
+        st.error("**Outside the validated use:** " + " ".join(md_escape(p) for p in s["outside_validated_use"])
                  + " Treat these numbers as exploratory.", icon="🛑")
     for w in result.warnings:
-        st.warning(w)
+        st.warning(md_escape(w))
     cols = st.columns(4)
     cols[0].metric("Cells", s["n_cells"])
     tissue_help = (f"Tissue found in {100 * s['tissue_fraction']:.0f} % of the image (glass and empty background left "
@@ -262,7 +263,7 @@ if result is not None:
     pending = st.session_state.get("pending_save")
     if analysis_id is None and pending:
         label = (st.session_state.get("case_label") or "").strip() or "unlabelled"
-        st.warning(f"Case {label!r} already holds this image analysed with the same model and settings "
+        st.warning(f"Case {md_escape(repr(label))} already holds this image analysed with the same model and settings "
                    f"(analysis {', '.join(str(i) for i in pending)}). Save a second copy?", icon="⚠️")
         yes, no = st.columns(2)
         if yes.button("Save a second copy"):
@@ -271,7 +272,7 @@ if result is not None:
                 st.session_state.pop("pending_save", None)
                 st.rerun()
             except TILscopeError as err:
-                st.error(str(err))
+                st.error(md_escape(err))
         if no.button("Don't save"):
             st.session_state["pending_save"] = []
             st.rerun()
@@ -289,7 +290,7 @@ if result is not None:
             stored = {f["name"] for f in store.get_analysis(analysis_id)["files"]}
             files = {name: store.get_file(analysis_id, name) for name in sorted(stored)}
         except TILscopeError as err:
-            st.error(str(err))
+            st.error(md_escape(err))
     stem = s["image"]["name"].rsplit(".", 1)[0]
     cols = st.columns(max(1, len(files)))
     for col, (name, data) in zip(cols, sorted(files.items())):

@@ -16,6 +16,7 @@ from core.outputs.key_figures import format_value, key_figure_rows
 from core.outputs.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
+from pages._text import md_escape
 from pages._user import user_box
 
 through_app_router()
@@ -23,6 +24,10 @@ through_app_router()
 
 def board_ids() -> list[int]:
     return st.session_state.setdefault("board_ids", [])
+
+
+#: What an analysis whose saving did not finish (numbers without files) is called in lists.
+UNFINISHED = "saving did not finish"
 
 
 def when(iso: str | None) -> str:
@@ -63,6 +68,8 @@ table = pd.DataFrame(
         "reviewed by": [(f"{r['reviewed_by']} ({when(r['reviewed_at'])[:10]})" if r["reviewed_by"] else "") for r in rows],
     }
 )
+if not all(r["complete"] for r in rows):
+    table["status"] = ["saved" if r["complete"] else UNFINISHED for r in rows]
 st.dataframe(table, hide_index=True, width="stretch")
 
 by_id = {r["id"]: r for r in rows}
@@ -75,7 +82,8 @@ chosen = st.selectbox(
     "Open analysis",
     list(by_id),
     key="open_analysis_box",
-    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
+    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}"
+                          + ("" if by_id[i]["complete"] else f" · {UNFINISHED}"),
 )
 st.session_state["open_analysis"] = chosen
 
@@ -83,27 +91,34 @@ try:
     analysis = store.get_analysis(chosen)
     record = store.get_record(chosen)
 except StoreError as err:  # deleted in another session since the list was drawn
-    st.error(str(err))
+    st.error(md_escape(err))
     st.stop()
 
 summary = analysis["summary"]
 image = rec.image_info(summary)
 reviewed = analysis["detected_summary"] is not None or bool(analysis["n_corrections"])
 title_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
-title_col.subheader(f"#{analysis['id']} · {analysis['case_label']} · {image['name'] or 'image'}")
+title_col.subheader(f"#{analysis['id']} · {md_escape(analysis['case_label'])} · {md_escape(image['name'] or 'image')}")
 if button_col.button("Review this analysis", type="primary", icon=":material/edit_location_alt:", key=f"review-{chosen}",
-                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here."):
+                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here.",
+                     disabled=not analysis["complete"]):
     open_in_review(chosen)
-who = f"Analysed by {analysis['created_by'] or 'an unrecorded user'} · saved {when(analysis['created_at'])} UTC"
+if not analysis["complete"]:
+    st.error(
+        "Saving did not finish: TILscope stopped after writing this analysis's numbers and before its report and "
+        "files, so it is not a saved analysis. Run the image again on the Analyze page, then delete this one "
+        "(Delete analysis… below).", icon=":material/error:",
+    )
+who = f"Analysed by {md_escape(analysis['created_by'] or 'an unrecorded user')} · saved {when(analysis['created_at'])} UTC"
 if analysis["reviewed_by"]:
-    who += f" · reviewed by {analysis['reviewed_by']} on {when(analysis['reviewed_at'])} UTC"
+    who += f" · reviewed by {md_escape(analysis['reviewed_by'])} on {when(analysis['reviewed_at'])} UTC"
 elif reviewed:
     who += " · reviewed (reviewer not recorded)"
 st.markdown(who)
 cols = st.columns(4)
 counts = rec.counts(summary)
-cols[0].metric("Cells", sum(counts.values()), help="After review when reviewed: " + str(summary.get("analysed_area") or "whole image"))
-cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3), help=str(summary.get("analysed_area") or "whole image"))
+cols[0].metric("Cells", sum(counts.values()), help="After review when reviewed: " + md_escape(summary.get("analysed_area") or "whole image"))
+cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3), help=md_escape(summary.get("analysed_area") or "whole image"))
 cols[2].metric("Scenario", analysis["scenario_key"] or "n/a")
 cols[3].metric("Manual corrections", "none" if analysis["n_corrections"] is None else analysis["n_corrections"])
 
@@ -138,12 +153,12 @@ with right:
                 width="stretch",
             )
     for warning in summary.get("warnings") or []:
-        st.warning(warning)
+        st.warning(md_escape(warning))
 
 with st.expander("Provenance: image, weights, versions"):
     st.caption(
-        f"Image SHA-256 {analysis['image_sha256']} · weights SHA-256 {analysis['weights_sha256']} · "
-        f"mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {analysis['app_version']}"
+        f"Image SHA-256 {md_escape(analysis['image_sha256'])} · weights SHA-256 {md_escape(analysis['weights_sha256'])} · "
+        f"mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {md_escape(analysis['app_version'])}"
     )
 
 if analysis["detected_summary"] is not None:
@@ -172,7 +187,7 @@ with st.expander("Audit log: who did what, when and why"):
         events = store.audit_log(chosen)
     except TILscopeError as err:
         events = []
-        st.error(str(err))
+        st.error(md_escape(err))
     if events:
         st.dataframe(pd.DataFrame({
             "time (UTC)": [when(e["time"]) for e in events],
@@ -190,8 +205,8 @@ if files:
     cols = st.columns(min(5, len(files)))
     for i, f in enumerate(files):
         cols[i % len(cols)].download_button(
-            f["name"],
-            help=f"{f['size_bytes'] / 1024:,.0f} kB, {f['media_type']}",
+            f["name"],  # TILscope's own export names (report.pdf, cells.csv, ...)
+            help=f"{f['size_bytes'] / 1024:,.0f} kB, {md_escape(f['media_type'])}",
             data=lambda name=f["name"]: store.get_file(chosen, name),  # read when clicked
             file_name=f"{analysis['case_label']}-{chosen}-{f['name']}".replace("/", "_"),
             mime=f["media_type"],
@@ -207,7 +222,7 @@ if c1.button("Save note", key=f"save-note-{chosen}"):
         store.set_note(chosen, note.strip() or None, user=user)
         st.success("Note saved." + ("" if user else " Enter your name in the sidebar so notes say who wrote them."))
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
 if c2.button("Add to tumour board", key=f"board-{chosen}"):
     if chosen not in board_ids():
         board_ids().append(chosen)
@@ -217,7 +232,7 @@ if c3.button("Delete analysis…", key=f"delete-{chosen}"):
 
 if st.session_state.get("confirm_delete") == chosen:
     st.warning(
-        f"Delete analysis #{chosen} of case {analysis['case_label']} with its report and files? This cannot be undone; "
+        f"Delete analysis #{chosen} of case {md_escape(analysis['case_label'])} with its report and files? This cannot be undone; "
         "the audit log keeps who deleted it and why."
     )
     why = st.text_input("Why (optional, kept in the audit log)", key=f"delete-why-{chosen}")
@@ -231,7 +246,7 @@ if st.session_state.get("confirm_delete") == chosen:
                 board_ids().remove(chosen)
             st.rerun()
         except TILscopeError as err:
-            st.error(str(err))
+            st.error(md_escape(err))
     if n.button("Cancel", key=f"cancel-{chosen}"):
         st.session_state.pop("confirm_delete", None)
         st.rerun()

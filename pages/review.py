@@ -3,9 +3,11 @@ draw regions on a zoomable view, see the numbers change, save the reviewed state
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
+import re
 import time
 
 import pandas as pd
@@ -21,6 +23,7 @@ from core.spatial import SpatialParams, cell_spatial_table
 from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, regions_to_geojson
 from pages._resources import case_store
 from pages._router import through_app_router
+from pages._text import md_escape
 from pages._user import require_user, user_box
 
 through_app_router()
@@ -38,13 +41,20 @@ VIEW_W, VIEW_H = 800, 600  # the view's largest size on screen, display pixels (
 NAV_W, NAV_H = 300, 240  # the navigator's largest size
 PICK_SCREEN_PX = 9  # a click picks the nearest cell within this many screen pixels
 AUTO_STATISTICS_S = 0.1  # the slow statistics follow every edit only while they take less than this
+#: A coloured square per region kind in Markdown (Streamlit's named colours, nearest to KIND_COLORS): the region
+#: list shows it beside the region's escaped name, with no HTML.
+REGION_SWATCH = {"tumour": ":red[■]", "stroma": ":green[■]", "exclude": ":gray[■]", "margin": ":orange[■]"}
 
 
 # ----------------------------------------------------------------------------- messages
 
 
 def flash(kind: str, text: str) -> None:
-    """A message about the latest action; it stays until the next one (reruns would wipe a plain one)."""
+    """A message about the latest action; it stays until the next one (reruns would wipe a plain one).
+
+    ``text`` is Markdown: the user's text in it (case labels, names, file and region names, errors) goes
+    through :func:`md_escape` first.
+    """
     st.session_state.setdefault("review_flash", []).append((kind, text))
 
 
@@ -76,11 +86,11 @@ def start(session: rv.ReviewSession, greeting: str) -> rv.ReviewSession:
 
 
 def greeting(session: rv.ReviewSession, fresh_run: bool) -> str:
-    where = f"analysis #{session.analysis_id} (case {session.case_label})" if session.analysis_id is not None \
+    where = f"analysis #{session.analysis_id} (case {md_escape(session.case_label)})" if session.analysis_id is not None \
         else "the analysis just run (not in the case history: saving it failed)"
     s = session.log.summary()
     if session.regions or s["n_edits"]:
-        by = f" by {session.saved_by}" if session.saved_by else ""
+        by = f" by {md_escape(session.saved_by)}" if session.saved_by else ""
         when = f" on {session.saved_at[:16].replace('T', ' ')} UTC" if session.saved_at else ""
         return (f"Opened {where} with its saved review{by}{when}: {len(session.regions)} region(s), "
                 f"{s['n_corrections']} cell(s) corrected by hand.")
@@ -93,7 +103,7 @@ def open_saved(analysis_id: int, run=None) -> rv.ReviewSession | None:
         with st.spinner(f"Opening analysis #{analysis_id}…"):
             session = rv.open_saved_analysis(case_store(), int(analysis_id), run)
     except TILscopeError as err:
-        st.error(f"Analysis #{analysis_id} cannot be reviewed: {err}")
+        st.error(f"Analysis #{analysis_id} cannot be reviewed: {md_escape(err)}")
         return None
     return start(session, greeting(session, fresh_run=run is not None and session.result is run))
 
@@ -150,7 +160,7 @@ def nothing_to_review() -> None:
     try:
         rows = case_store().list_analyses(limit=200)
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
         return
     if not rows:
         return
@@ -158,7 +168,8 @@ def nothing_to_review() -> None:
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     chosen = c1.selectbox("Saved analysis", list(by_id), key="review_pick",
                           format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · "
-                                                f"{(by_id[i]['created_at'] or '')[:10]}")
+                                                f"{(by_id[i]['created_at'] or '')[:10]}"
+                                                + ("" if by_id[i].get("complete", True) else " · saving did not finish"))
     if c2.button("Review it", type="primary"):
         st.session_state["review_request"] = chosen
         st.rerun()
@@ -273,7 +284,7 @@ def handle_view_click(session: rv.ReviewSession, frame: rv.CanvasFrame, action: 
             out = session.relabel_at(x_px, y_px, radius_px, cls["name"], cls["role"], user=user, label=cls["label"],
                                      comment=comment)
     except InputError as err:
-        flash("warning", str(err)[:1].upper() + str(err)[1:] + ".")
+        flash("warning", md_escape(str(err)[:1].upper() + str(err)[1:] + "."))
         return
     st.session_state["review_edit_s"] = time.perf_counter() - t0
     flash(out.kind, out.message)
@@ -305,11 +316,12 @@ def legend(session: rv.ReviewSession, classes: list[dict]) -> None:
     counts = session.class_counts()
     shown = [c for c in classes if counts.get(c["name"], 0) or c["name"] in dict(session.result.scenario.class_colors)]
     items = []
-    for c in shown:
+    for c in shown:  # class names and colours come from a registry or a model card: escaped, colours checked
+        color = c["color"] if re.fullmatch(r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,30}", str(c["color"])) else "gray"
         items.append(
             f"<span><span style='display:inline-block;width:11px;height:11px;border-radius:50%;border:2.5px solid "
-            f"{c['color']};vertical-align:middle'></span> {c['label']} "
-            f"<span style='opacity:.7'>({c['role']}, {counts.get(c['name'], 0):,})</span></span>")
+            f"{color};vertical-align:middle'></span> {html.escape(str(c['label']))} "
+            f"<span style='opacity:.7'>({html.escape(str(c['role']))}, {counts.get(c['name'], 0):,})</span></span>")
     shapes = ("<span>○ detected</span><span>□ added by hand</span><span>◉ relabelled</span>"
               "<span>✕ deleted</span>")
     regions = "".join(
@@ -333,12 +345,11 @@ def region_list(session: rv.ReviewSession, user: str) -> None:
         return
     for i, r in enumerate(list(session.regions)):
         c1, c2 = st.columns([4, 1])
-        col = "#%02x%02x%02x" % KIND_COLORS[r.kind]
-        c1.markdown(f"<span style='color:{col}'>■</span> **{r.name}** · {r.area_mm2:.4f} mm²", unsafe_allow_html=True)
-        if c2.button("", icon=":material/delete:", key=f"rm_region_{i}_{r.name}", help=f"Remove {r.name}"):
+        c1.markdown(f"{REGION_SWATCH.get(r.kind, '■')} **{md_escape(r.name)}** · {r.area_mm2:.4f} mm²")
+        if c2.button("", icon=":material/delete:", key=f"rm_region_{i}_{r.name}", help=f"Remove {md_escape(r.name)}"):
             session.remove_region(i, user=user)
             clear_flash()
-            flash("info", f"Removed {r.name}.")
+            flash("info", f"Removed {md_escape(r.name)}.")
             st.rerun()
 
 
@@ -351,10 +362,10 @@ def import_regions(session: rv.ReviewSession, user: str) -> None:
     try:
         got = rv.import_regions(up.getvalue(), session.mpp)
     except InputError as err:
-        flash("error", f"{up.name}: {err}.")
+        flash("error", f"{md_escape(up.name)}: {md_escape(err)}.")
         st.rerun()
     session.add_regions(got.regions, user=user)
-    flash("success" if not got.skipped else "warning", f"{up.name}: {got.message()}")
+    flash("success" if not got.skipped else "warning", f"{md_escape(up.name)}: {md_escape(got.message())}")
     st.rerun()
 
 
@@ -363,13 +374,13 @@ def handle_regions(session: rv.ReviewSession, objects: list[dict], frame: rv.Can
     try:
         new, skipped = rv.canvas_objects_to_regions(objects, frame, session.mpp, kind, existing=session.regions)
     except InputError as err:
-        flash("warning", f"The shape could not be read: {err}.")
+        flash("warning", f"The shape could not be read: {md_escape(err)}.")
         return
     session.add_regions(new, user=user)
     for r in new:
-        flash("success", f"Added {r.name}: {r.area_um2:,.0f} µm² ({r.area_mm2:.4f} mm²).")
+        flash("success", f"Added {md_escape(r.name)}: {r.area_um2:,.0f} µm² ({r.area_mm2:.4f} mm²).")
     for why in skipped:
-        flash("warning", f"Not added: {why}.")
+        flash("warning", f"Not added: {md_escape(why)}.")
 
 
 def statistics_settings() -> SpatialParams:
@@ -391,7 +402,7 @@ def statistics_settings() -> SpatialParams:
     try:
         radii = tuple(sorted({float(v) for v in radii_text.replace(";", ",").split(",") if v.strip()}))
     except ValueError:
-        st.error(f"Radii {radii_text!r} are not numbers: enter µm values like 10, 20, 30, 50. Using the defaults.")
+        st.error(f"Radii {md_escape(repr(radii_text))} are not numbers: enter µm values like 10, 20, 30, 50. Using the defaults.")
         radii = d.radii_um
     params = SpatialParams(
         radii_um=radii or d.radii_um, margin_half_width_um=float(half), n_simulations=int(n_sim), grid_cell_um=float(grid),
@@ -400,7 +411,7 @@ def statistics_settings() -> SpatialParams:
     try:
         return params.validate()
     except InputError as err:
-        st.error(f"{err}. Using the default thresholds.")
+        st.error(f"{md_escape(err)}. Using the default thresholds.")
         return d
 
 
@@ -451,7 +462,7 @@ def show_numbers(session: rv.ReviewSession, params: SpatialParams, classes: list
                + ", ".join(f"{r:g}" for r in params.radii_um) + f" µm, inflamed ≥ {params.inflamed_min_intratumoral_per_mm2:g}, "
                f"excluded ≥ {params.excluded_min_stromal_per_mm2:g} cells/mm².")
     for wmsg in live.get("warnings") or []:
-        st.caption(f"Note: {wmsg}")
+        st.caption(f"Note: {md_escape(wmsg)}")
     return live
 
 
@@ -567,7 +578,7 @@ def downloads(session: rv.ReviewSession, colors: dict) -> None:
 def save_box(session: rv.ReviewSession, params: SpatialParams, user: str) -> None:
     pending = session.audit_events()
     if session.analysis_id is not None:
-        st.caption(f"Saves into analysis #{session.analysis_id} (case {session.case_label}): its overlay, numbers, "
+        st.caption(f"Saves into analysis #{session.analysis_id} (case {md_escape(session.case_label)}): its overlay, numbers, "
                    "tables and report become the reviewed ones; the analysis as detected is kept."
                    + (f" {len(pending)} change(s) not saved yet." if pending else " No unsaved changes."))
         label = None
@@ -585,7 +596,7 @@ def save_box(session: rv.ReviewSession, params: SpatialParams, user: str) -> Non
             aid = rv.save_review(case_store(), session, user=user, comment=comment or None, params=params,
                                  case_label=label)
     except TILscopeError as err:
-        st.error(f"The review was not saved: {err}")
+        st.error(f"The review was not saved: {md_escape(err)}")
         return
     stats = session.statistics(params)
     if st.session_state.get("analysis_id") in (aid, None) and st.session_state.get("analysis") is not None and \
@@ -596,7 +607,7 @@ def save_box(session: rv.ReviewSession, params: SpatialParams, user: str) -> Non
     st.query_params["analysis"] = str(aid)
     s = session.log.summary()
     clear_flash()
-    flash("success", f"Review saved in analysis #{aid} (case {session.case_label}) by {user}: {len(session.regions)} "
+    flash("success", f"Review saved in analysis #{aid} (case {md_escape(session.case_label)}) by {md_escape(user)}: {len(session.regions)} "
                      f"region(s), {s['n_corrections']} cell(s) corrected by hand. Cases, Analyze and the downloads "
                      "now show the reviewed state.")
     st.rerun()
@@ -610,15 +621,16 @@ def main(session: rv.ReviewSession, user: str) -> None:
     scenario = get_scenario(session.result.scenario_key)
     mpp = image.mpp
     h, w = image.shape
-    where = f"#{session.analysis_id} · {session.case_label} · " if session.analysis_id is not None else "not saved · "
+    where = f"#{session.analysis_id} · {md_escape(session.case_label)} · " if session.analysis_id is not None \
+        else "not saved · "
     st.caption(
-        where + f"{image.name} · {w} x {h} px · "
+        where + f"{md_escape(image.name)} · {w} x {h} px · "
         + (f"{mpp:g} µm/px ({w * mpp:,.0f} x {h * mpp:,.0f} µm)" if mpp else "pixel size unknown")
         + f" · {scenario.title} · run {session.result.summary.get('created_at', '')[:16].replace('T', ' ')}"
-        + (f" · last review by {session.saved_by}" if session.saved_by else "")
+        + (f" · last review by {md_escape(session.saved_by)}" if session.saved_by else "")
     )
     for note in session.notes:
-        st.info(note)
+        st.info(md_escape(note))
     classes = rv.correction_classes(scenario.classes)
     colors = {c["name"]: c["color"] for c in classes}
     modes = ["Correct cells", "Draw regions"] if mpp else ["Correct cells"]
@@ -714,7 +726,7 @@ user_box()
 try:
     main(current, reviewer)
 except TILscopeError as err:
-    st.error(str(err))
+    st.error(md_escape(err))
 except Exception:  # the browser gets a message, the log gets the traceback
     log.exception("review page failed")
     st.error("Something went wrong on this page; the details are in the server log. Your regions and corrections are kept.")

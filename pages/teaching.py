@@ -16,6 +16,7 @@ from core.outputs.figures import dense_over_image
 from core.results import DenseOutput
 from pages._resources import cached_model
 from pages._router import through_app_router
+from pages._text import md_escape
 from pages._user import user_box
 
 through_app_router()
@@ -67,7 +68,7 @@ if st.button("Generate and run", type="primary"):
                                     model.min_area_px),
         }
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
     except Exception:  # a traceback never reaches the browser
         log.exception("teaching run failed")
         st.error("The synthetic run failed unexpectedly; the server log has the details.")
@@ -129,7 +130,7 @@ if own is not None:
                           for i, (col, colour) in enumerate(zip(cols, ("red", "green", "blue"))))
             own_image = select_channels(own_image, picks, ("red", "green", "blue"))
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
         own_image = None
 if own_image is not None and st.button("Run on this image", key="teach_own_run"):
     st.session_state.pop("teaching_own", None)
@@ -141,14 +142,14 @@ if own_image is not None and st.button("Run on this image", key="teach_own_run")
         with st.spinner("Running the TNRD model…"):
             st.session_state["teaching_own"] = (key, analyze(image, key, model=cached_model(key, "cpu")))
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
     except Exception:  # a traceback never reaches the browser
         log.exception("teaching run on an uploaded image failed")
         st.error("The run failed unexpectedly; the server log has the details.")
 own_state = st.session_state.get("teaching_own")
 if own_state and own_state[0] == key:
     res = own_state[1]
-    st.caption(f"{res.image.name}: {len(res.cells)} cells marked by a synthetic-only model (not a count).")
+    st.caption(f"{md_escape(res.image.name)}: {len(res.cells)} cells marked by a synthetic-only model (not a count).")
     left, right = st.columns(2)
     left.image(res.image.rgb, caption="Your image", width="stretch")
     right.image(dense_over_image(res.restored["denoised"], res.dense["mask"]), caption="Denoised, with the predicted mask",

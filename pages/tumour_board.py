@@ -15,6 +15,7 @@ from core.outputs.store import StoreError
 from core.outputs.tumour_board import build_comparison_pdf, comparison_figures_png, comparison_table, key_figure_table
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
+from pages._text import md_escape
 from pages._user import user_box
 
 through_app_router()
@@ -42,7 +43,8 @@ picked = st.multiselect(
     "Analyses to compare",
     list(by_id),
     key="board_pick",
-    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
+    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}"
+                          + ("" if by_id[i].get("complete", True) else " · saving did not finish"),
     placeholder="Pick two or more analyses (search by case label or image name)",
 )
 st.session_state["board_ids"] = list(picked)
@@ -55,7 +57,7 @@ for analysis_id in picked:
     try:
         records.append(store.get_record(analysis_id))
     except StoreError as err:  # deleted in another session
-        st.warning(str(err))
+        st.warning(md_escape(err))
 if not records:
     st.stop()
 
@@ -98,7 +100,7 @@ if st.button("Prepare comparison PDF", type="primary"):
                 overlays.append(None)
         st.session_state["board_pdf"] = (tuple(picked), build_comparison_pdf(records, overlays=overlays))
     except TILscopeError as err:
-        st.error(str(err))
+        st.error(md_escape(err))
     except Exception:
         log.exception("comparison PDF failed")
         st.error("The comparison PDF could not be built; the details are in the server log.")

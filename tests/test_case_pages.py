@@ -170,3 +170,53 @@ def test_cases_page_shows_the_reviewed_state_who_did_it_and_the_original(data_di
     # the spatial statistics table starts with statistics, not the schema or the thresholds
     stats = next(f for f in frames if "statistic" in f.columns)
     assert not stats["statistic"].str.startswith(("schema", "params")).any()
+
+
+def test_cases_page_says_when_saving_did_not_finish(data_dir):
+    """An analysis whose files were never written (the app stopped in between) is not shown as saved."""
+    store = CaseStore()
+    done = store.save_analysis("B-1", summary(40, "first.tif"), files={"report.pdf": b"%PDF-1.4"})
+    cut = store.save_analysis("B-2", summary(50, "second.tif"), complete=False)  # numbers only, as after a kill
+    store.close()
+    at = run(CASES, open_analysis=cut)
+    assert not at.exception
+    assert any("Saving did not finish" in e.value for e in at.error)
+    assert at.selectbox[0].options[0].endswith("saving did not finish")
+    table = at.dataframe[0].value
+    assert dict(zip(table["id"], table["status"])) == {done: "saved", cut: "saving did not finish"}
+    assert button(at, "Review this analysis").disabled
+    button(at, "Delete analysis…").click().run()
+    button(at, "Yes, delete it").click().run()
+    assert [r["id"] for r in CaseStore().list_analyses()] == [done]
+    at = run(CASES, open_analysis=done)
+    assert not at.exception and not at.error and "status" not in at.dataframe[0].value.columns
+
+
+def test_md_escape_shows_user_text_literally():
+    from pages._text import WORD_JOINER, md_escape
+
+    raw = "**B-1** <img src=x> [Re-login](http://evil.example) ![i](y) :red[r] $x$ `c` ~~s~~ a_b | & www.e.org a@b.org"
+    out = md_escape(raw)
+    for marker in ("**", " <img", "[Re-login]", "![", "`c`", "~~", "$x$", " a_b ", "http://", "www.", "a@b"):
+        assert marker not in out, marker
+    unescaped = out.replace(WORD_JOINER, "")
+    for ch in "*<>[]`~$_|&":
+        unescaped = unescaped.replace("\\" + ch, ch)
+    assert unescaped == raw  # nothing else changes: the page shows exactly what was typed
+    assert md_escape("12. B-7\n# h\n- x\n> q") == "12\\. B-7\n\\# h\n\\- x\n\\> q"  # block markers
+    assert md_escape(None) == "" and md_escape("B-2024-0113 (left).tif") == "B-2024-0113 (left).tif"
+
+
+def test_cases_page_shows_a_hostile_case_label_as_text(data_dir):
+    from pages._text import md_escape
+
+    label = "**bold** <img src=http://127.0.0.1:9/x.png> [Re-login here](http://evil.example)"
+    store = CaseStore()
+    aid = store.save_analysis(label, summary(40, "![i](http://127.0.0.1:9/y.png).tif"), created_by="[Dr](http://e.example)")
+    store.close()
+    at = run(CASES, open_analysis=aid)
+    assert not at.exception and not at.error
+    assert md_escape(label) in at.subheader[0].value and "[Re-login here](" not in at.subheader[0].value
+    assert "![i](" not in at.subheader[0].value
+    assert any("Analysed by \\[Dr\\](http:" in m.value for m in at.markdown)
+    assert at.selectbox[0].options[0].startswith(f"#{aid} · {label}")  # options are plain text: shown as typed

@@ -209,8 +209,8 @@ def test_migration_from_version_1_keeps_data(db_url):
     old.close()
 
     new = CaseStore(db_url)
-    assert new.schema_version == store_mod.SCHEMA_VERSION == 4
-    assert store_mod.current_schema_version(new.engine) == 4
+    assert new.schema_version == store_mod.SCHEMA_VERSION == 5
+    assert store_mod.current_schema_version(new.engine) == 5
     a = new.get_analysis(aid)
     assert a["case_label"] == "OLD-1" and a["image_name"] == "old.tif" and a["app_version"] == "0.0.9"
     assert a["summary"]["counts"] == {"cd3-positive": 9} and a["params"] == {"a": 1}
@@ -220,6 +220,7 @@ def test_migration_from_version_1_keeps_data(db_url):
     new.set_note(aid, "discussed 2024-05-03")  # a column added by migration 2 is writable
     assert new.get_analysis(aid)["note"] == "discussed 2024-05-03"
     assert a["created_by"] is None and a["reviewed_by"] is None and a["originals"] == []  # unknown, not invented
+    assert a["complete"] is True and new.list_analyses()[0]["complete"] is True  # saved whole before schema 5
     new.close()
 
 
@@ -237,7 +238,7 @@ def test_migration_from_version_3_adds_users_originals_and_the_audit_log(db_url)
                                            data=b"x_px\n1\n"))
     old.close()
     new = CaseStore(db_url)
-    assert new.schema_version == 4
+    assert new.schema_version == 5
     with new.engine.connect() as conn:
         insp = sa.inspect(conn)
         cols = {c["name"] for c in insp.get_columns("analyses")}
@@ -287,6 +288,63 @@ def test_users_originals_and_the_audit_log(db_url):
     assert log[0]["comment"] == "duplicate run" and log[3]["comment"] == "second read" and log[4]["comment"] == "debris"
     assert log[4]["time"] == "2026-01-02T10:00:00+00:00" and log[4]["detail"]["from_class"] == "cd3-positive"
     assert all(e["case_label"] == "B-1" for e in log)  # the history outlives the analysis
+    store.close()
+
+
+def _small_result():
+    from tests.test_review import small_result
+
+    return small_result()
+
+
+def test_a_save_is_complete_or_not_shown_as_saved(db_url, monkeypatch):
+    """save_result writes the numbers, then the files: a failure in between never leaves "saved" without files."""
+    from core.outputs.exports import save_result
+
+    store = CaseStore(db_url)
+    aid = save_result(_small_result(), "B-1", store, created_by="Dr A")
+    a = store.get_analysis(aid)
+    assert a["complete"] is True and {"report.pdf", "cells.csv", "overlay.png"} <= {f["name"] for f in a["files"]}
+
+    # The files cannot be written (disk full, a lost connection): the unfinished analysis is removed again.
+    def broken(*_args, **_kwargs):
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(CaseStore, "add_files", broken)
+    with pytest.raises(StoreError, match="disk I/O"):
+        save_result(_small_result(), "B-2", store, created_by="Dr A")
+    assert [r["id"] for r in store.list_analyses()] == [aid]
+    gone = [e for e in store.audit_log() if e["case_label"] == "B-2"]
+    assert [e["action"] for e in gone] == ["analysis deleted", "analysis saved"] and "not kept" in gone[0]["comment"]
+
+    # The process dies between the two transactions (nothing after the first runs, not even the clean-up):
+    # the analysis is there, marked as not finished, and a new store on the database still says so.
+    monkeypatch.setattr(CaseStore, "delete_analysis", broken)
+    with pytest.raises(StoreError):
+        save_result(_small_result(), "B-3", store, created_by="Dr A")
+    store.close()
+    monkeypatch.undo()
+    again = CaseStore(db_url)
+    rows = {r["case_label"]: r for r in again.list_analyses()}
+    assert rows["B-1"]["complete"] is True and rows["B-3"]["complete"] is False
+    unfinished = again.get_analysis(rows["B-3"]["id"])
+    assert unfinished["complete"] is False and unfinished["files"] == []
+    assert unfinished["summary"]["counts"]  # its numbers are kept, and said to be incomplete
+    # Adding its files (the second transaction) completes it; deleting it is the user's other way out.
+    again.add_files(unfinished["id"], {"report.pdf": b"%PDF"})
+    assert again.get_analysis(unfinished["id"])["complete"] is True
+    again.delete_analysis(unfinished["id"], user="Dr A")
+    assert [r["case_label"] for r in again.list_analyses()] == ["B-1"]
+    again.close()
+
+
+def test_save_analysis_without_files_yet_is_incomplete_until_add_files(db_url):
+    store = CaseStore(db_url)
+    aid = store.save_analysis("B-1", summary(), complete=False)
+    assert store.get_analysis(aid)["complete"] is False and store.list_analyses()[0]["complete"] is False
+    store.add_files(aid, {"cells.csv": b"x_px\n1\n"})
+    assert store.get_analysis(aid)["complete"] is True and store.list_analyses()[0]["complete"] is True
+    assert store.get_analysis(store.save_analysis("B-2", summary()))["complete"] is True  # one call, one transaction
     store.close()
 
 

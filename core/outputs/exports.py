@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -295,10 +296,14 @@ def save_result(
 ) -> int:
     """Save an analysis with all its exports in the case store; return its id.
 
-    The files saved are those of :func:`build_exports`. The numbers are saved first and
-    the files in a second transaction, so the report carries the analysis id and the
-    database's write lock is not held while the PDF is drawn; should drawing fail, the
-    analysis and its numbers are kept.
+    The files saved are those of :func:`build_exports`. The numbers are saved first, marked
+    not complete, and the files in a second transaction that marks the analysis complete, so
+    the report carries the analysis id and the database's write lock is not held while the
+    PDF is drawn. Should drawing or writing the files fail, the unfinished analysis is
+    deleted again (the audit log says so) and the error raised: the store never shows an
+    analysis as saved without its files. Should the process die in between, the analysis
+    stays ``complete: False`` (:meth:`core.outputs.store.CaseStore.list_analyses`) and the
+    Cases page says that its saving did not finish.
 
     Parameters
     ----------
@@ -352,12 +357,22 @@ def save_result(
             app_version=record["app_version"],
             created_by=created_by,
             originals={SOURCE_IMAGE: source_image_png(result)},
+            complete=False,
         )
-        record["analysis_id"] = analysis_id
-        record["created_by"] = created_by
-        record["case_label"] = store.get_analysis(analysis_id)["case_label"]
-        files = build_exports(result, regions=regions, record=record)
-        store.add_files(analysis_id, files)
+        try:
+            record["analysis_id"] = analysis_id
+            record["created_by"] = created_by
+            record["case_label"] = store.get_analysis(analysis_id)["case_label"]
+            files = build_exports(result, regions=regions, record=record)
+            store.add_files(analysis_id, files)  # completes the analysis
+        except BaseException as err:  # also an interrupted run: never leave numbers that look saved
+            try:
+                store.delete_analysis(analysis_id, user=created_by,
+                                      comment=f"saving its files failed ({type(err).__name__}); not kept")
+            except Exception as cleanup:  # the original error is the one to raise; the row stays marked not complete
+                logging.getLogger(__name__).warning("analysis %s stays marked incomplete: removing it failed (%s)",
+                                                    analysis_id, cleanup)
+            raise
         return analysis_id
     finally:
         if own:

@@ -16,6 +16,13 @@ one backup of the database holds everything, and it works unchanged when the
 database is a PostgreSQL server that the app's disk does not share. Exports are
 small (a PDF of a few hundred kB, a cells table of some MB).
 
+An analysis whose files are drawn after its numbers are saved (the report carries its id,
+:func:`core.outputs.exports.save_result`) is saved with ``complete=False`` and becomes
+complete in the transaction that adds its files (:meth:`CaseStore.add_files`). One
+interrupted in between (the process killed) stays ``complete: False`` in
+:meth:`CaseStore.list_analyses` and :meth:`CaseStore.get_analysis`: the pages say that its
+saving did not finish instead of showing it as saved.
+
 Schema changes are ordered migration steps (:data:`core.outputs.store_schema.MIGRATIONS`)
 applied when the store opens, recorded in the ``schema_version`` table; nothing is
 dropped. The models, migrations and engine set-up are in :mod:`core.outputs.store_schema`.
@@ -229,6 +236,7 @@ class CaseStore:
         created_at: datetime | None = None,
         created_by: str | None = None,
         originals: dict[str, bytes] | None = None,
+        complete: bool = True,
     ) -> int:
         """Save one analysis (and its files) under a case, creating the case if needed.
 
@@ -264,6 +272,9 @@ class CaseStore:
         originals : dict of str to bytes, optional
             Files kept as they are through any review, e.g. ``{SOURCE_IMAGE: png}``
             (:meth:`get_original`).
+        complete : bool
+            False when the files follow in a second transaction (:meth:`add_files`, which
+            completes the analysis); until then lists and pages show it as not finished saving.
 
         Returns
         -------
@@ -316,6 +327,7 @@ class CaseStore:
                 app_version=app_version or core.__version__,
                 created_at=created_at or utcnow(),
                 created_by=created_by,
+                complete=bool(complete),
             )
             session.add(analysis)
             session.flush()
@@ -333,7 +345,9 @@ class CaseStore:
             return analysis.id
 
     def add_files(self, analysis_id: int, files: dict[str, bytes], media_types: dict[str, str] | None = None) -> None:
-        """Add or replace exported files of an analysis.
+        """Add or replace exported files of an analysis; an analysis saved with ``complete=False`` becomes complete.
+
+        One transaction: the files and the completion are written together or not at all.
 
         Raises
         ------
@@ -341,8 +355,10 @@ class CaseStore:
             If the analysis does not exist.
         """
         with self._write() as session, session.begin():
-            if session.get(Analysis, analysis_id) is None:
+            a = session.get(Analysis, analysis_id)
+            if a is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a.complete = True
             names = list(files)
             session.execute(
                 sa.delete(AnalysisFile).where(AnalysisFile.analysis_id == analysis_id, AnalysisFile.name.in_(names))
@@ -544,7 +560,8 @@ class CaseStore:
         list of dict
             ``{"id", "case_id", "case_label", "image_name", "image_sha256",
             "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections",
-            "created_by", "reviewed_by", "reviewed_at"}`` (users None when unknown).
+            "created_by", "reviewed_by", "reviewed_at", "complete"}`` (users None when unknown;
+            ``complete`` False for an analysis whose saving did not finish: numbers without files).
         """
         with self._read() as session:
             q = (
@@ -579,6 +596,7 @@ class CaseStore:
                     "created_by": a.created_by,
                     "reviewed_by": a.reviewed_by,
                     "reviewed_at": _iso(a.reviewed_at),
+                    "complete": a.complete is not False,
                 }
                 for a, label in session.execute(q).all()
             ]
@@ -588,7 +606,8 @@ class CaseStore:
 
         ``summary`` / ``spatial`` are the current (reviewed, once reviewed) ones;
         ``detected_summary`` / ``detected_spatial`` those before the first review (None
-        until then); ``originals`` lists what :meth:`get_original` reads.
+        until then); ``originals`` lists what :meth:`get_original` reads; ``complete`` is
+        False when saving did not finish (the numbers were written, the files never were).
 
         Raises
         ------
@@ -623,6 +642,7 @@ class CaseStore:
                 "reviewed_at": _iso(a.reviewed_at),
                 "detected_summary": a.detected_summary,
                 "detected_spatial": a.detected_spatial,
+                "complete": a.complete is not False,
                 "files": [
                     {"name": f.name, "media_type": f.media_type, "size_bytes": f.size_bytes}
                     for f in sorted(a.files, key=lambda f: f.name)

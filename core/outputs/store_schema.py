@@ -84,6 +84,9 @@ class Analysis(Base):
     reviewed_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)
     detected_summary: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
     detected_spatial: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
+    # schema 5: False from the moment the numbers are written until the files are (two transactions,
+    # core.outputs.exports.save_result); an analysis left False was interrupted while saving.
+    complete: Mapped[bool | None] = mapped_column(sa.Boolean, nullable=True, default=True)
 
     case: Mapped[Case] = relationship(back_populates="analyses")
     files: Mapped[list["AnalysisFile"]] = relationship(
@@ -259,6 +262,17 @@ def _migration_4(conn: sa.Connection) -> None:
     md.create_all(conn, tables=[md.tables["analysis_originals"], md.tables["audit_events"]])
 
 
+def _migration_5(conn: sa.Connection) -> None:
+    """``analyses.complete``: whether saving finished (the numbers and the files are both written).
+
+    Every analysis saved before this step is complete (its numbers and files were written as
+    they are); NULL reads as complete too.
+    """
+    _add_column(conn, "analyses", "complete", sa.Boolean())
+    analyses = sa.table("analyses", sa.column("complete", sa.Boolean))
+    conn.execute(analyses.update().values(complete=True))
+
+
 #: Ordered schema steps: (version reached, description, function).
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "cases, analyses and their files", _migration_1),
@@ -266,6 +280,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (3, "analyses.model_card", _migration_3),
     (4, "analyses.created_by/reviewed_by/reviewed_at/detected_summary/detected_spatial, analysis_originals, "
         "audit_events", _migration_4),
+    (5, "analyses.complete (saving finished: numbers and files written)", _migration_5),
 ]
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1][0]
