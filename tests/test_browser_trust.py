@@ -55,7 +55,9 @@ def test_wrong_stain_is_stopped_and_a_new_image_clears_the_old_result(app_url, b
     wait_idle(page)
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Saved as analysis").wait_for(timeout=180_000)
-    assert "Density (cells/mm² of tissue)" in page.inner_text("body")
+    wait_idle(page)
+    page.get_by_test_id("stMetricLabel").get_by_text("Density (cells/mm² of tissue)").wait_for(timeout=60_000)
+    shot(page, tmp_path, "trust-saved")
     # The same run again in the same case asks before saving a copy.
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Save a second copy?").wait_for(timeout=180_000)
