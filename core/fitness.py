@@ -51,7 +51,7 @@ STAIN_LABELS = {"he": "H&E", "dab-hematoxylin": "DAB with a hematoxylin counters
 EOSIN_SHARE_IHC_MAX = 0.01
 EOSIN_SHARE_HE_MIN = 0.05
 #: Summed optical density above which a brightfield pixel counts for the stain reading.
-TISSUE_OD_MIN = 0.15
+STAIN_OD_MIN = 0.3
 #: A brightfield pixel is tissue when its colour saturation (HSV) exceeds this, or it is dark:
 #: glass is grey at any brightness (CLAM and HistoQC threshold saturation the same way).
 TISSUE_SATURATION_MIN = 0.05
@@ -145,10 +145,6 @@ class FitnessReport:
         return not self.problems
 
 
-def _grey_u8(image: ImageData) -> np.ndarray:
-    return image.rgb.mean(axis=-1) if image.is_rgb else image.rgb.mean(axis=-1)
-
-
 def read_stain(image: ImageData) -> StainReading:
     """The stain family of an image from its colours (module docstring).
 
@@ -177,7 +173,7 @@ def read_stain(image: ImageData) -> StainReading:
     if not image.is_rgb or (dark >= 0.5 and float(np.median(grey)) < 60):
         return StainReading("fluorescence", None, dark)
     od = -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
-    tissue = od.sum(axis=-1) > 2 * TISSUE_OD_MIN
+    tissue = od.sum(axis=-1) > STAIN_OD_MIN
     if tissue.sum() < 100:
         return StainReading("uncertain", None, dark)
     conc = od[tissue] @ hed_from_rgb

@@ -366,7 +366,7 @@ def load_image(
     if mpp is not None:
         mpp = check_mpp(mpp)
     page = _check_page(page)
-    notes: list[str] = []
+    notes = _Notes()
     with _open_source(source, name) as (fh, name, digest):
         head = fh.read(8)
         fh.seek(0)
@@ -387,12 +387,14 @@ def load_image(
                      "(left out of the tissue area and the stain reading)")
     if mpp is not None:
         file_mpp, mpp_source = mpp, "user"
-    pages = [int(m.group(1)) for m in map(_PAGES_NOTE.match, notes) if m]  # written by _page_note
-    return ImageData(array, file_mpp, name, sha256, mpp_source, notes, channel_names, bits, transparent,
-                     pages[0] if pages else 1)
+    return ImageData(array, file_mpp, name, sha256, mpp_source, list(notes), channel_names, bits, transparent,
+                     notes.n_pages)
 
 
-_PAGES_NOTE = re.compile(r"the file holds (\d+) (?:images|frames) \(pages\)")
+class _Notes(list):
+    """The reading notes of one file, and how many images (pages) it holds (set by :func:`_page_note`)."""
+
+    n_pages = 1
 
 
 def _check_page(page) -> int:
@@ -494,7 +496,8 @@ def _check_decode(name: str, w: int, h: int, n_bytes: int, max_pixels: int, what
         )
 
 
-def _page_note(notes: list[str], page: int, n: int, what: str = "images (pages)") -> None:
+def _page_note(notes: _Notes, page: int, n: int, what: str = "images (pages)") -> None:
+    notes.n_pages = n
     if n > 1:
         notes.append(f"the file holds {n} {what}: page {page} was read; to analyse another, give its number "
                      "(--page on the command line) or export that page on its own")

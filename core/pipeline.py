@@ -157,6 +157,7 @@ def run_analysis(
     seed: int = 0,
     outside_validated_use: bool = False,
     antigen_confirmed: bool | None = None,
+    fitness=None,
 ) -> AnalysisResult:
     """Check the image against the scenario's validated use, analyse it, compute its statistics.
 
@@ -167,6 +168,8 @@ def run_analysis(
     in which case the result carries the reasons (shown and exported everywhere).
     ``antigen_confirmed``: the user confirmed the antibody of a one-antigen scenario (True),
     denied it (False), or was not asked (None, the command line: a warning says so).
+    ``fitness``: the :func:`assess_fitness` report of this very image, scenario and
+    ``antigen_confirmed`` when the caller already has it (the Analyze page shows it before Run).
 
     Returns
     -------
@@ -179,7 +182,7 @@ def run_analysis(
     UnknownScenarioError, WeightsError, InputError
     """
     check_input(image, key)  # what the model cannot read at all comes first, with its own message
-    fitness = assess_fitness(image, key, antigen_confirmed)
+    fitness = fitness or assess_fitness(image, key, antigen_confirmed)
     if fitness.problems and not outside_validated_use:
         raise OutsideValidatedUse(outside_use_message(get_scenario(key), fitness.problems), fitness.problems)
     result = analyze(image, key, model=model, device=device, progress=progress, precision=precision)

@@ -35,9 +35,9 @@ MPP_SOURCES = {"ome": "from the OME-TIFF metadata", "tiff-resolution": "from the
 
 
 def fitness_of(image, key: str):
-    """The fitness checks of this image, model and pixel size, computed once per combination."""
+    """The fitness checks of this image (file and page), model and pixel size, computed once per combination."""
     cache = st.session_state.setdefault("fitness_cache", {})
-    k = (image.sha256, image.name, image.mpp, key)
+    k = (st.session_state.get("analysis_context"), image.mpp, key)
     if k not in cache:
         cache.clear()
         cache[k] = assess_fitness(image, key, antigen_confirmed=True if get_scenario(key).use.antigen else None)
@@ -182,7 +182,7 @@ if image is not None:
         try:
             model = cached_model(key, device, precision)
             result = run_analysis(chosen, key, model=model, outside_validated_use=override,
-                                  antigen_confirmed=True if scenario.use.antigen else None,
+                                  antigen_confirmed=True if scenario.use.antigen else None, fitness=fitness,
                                   progress=lambda d, t: bar.progress(d / t, text=f"Window {d} of {t}"))
             st.session_state["analysis"] = result
             st.session_state["case_label"] = case_label

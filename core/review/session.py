@@ -48,9 +48,10 @@ from core.results import AnalysisResult
 from core.review.corrections import CorrectionLog, Edit
 from core.spatial import SpatialParams, SpatialStats, compute_spatial_stats
 from core.spatial.geometry import StudyWindow
-from core.spatial.params import density_per_mm2, json_ready
+from core.spatial.params import json_ready
 from core.spatial.regions import Region, points_in_regions
 from core.spatial.statistics import SCHEMA as SPATIAL_SCHEMA
+from core.spatial.statistics import counts_section
 
 __all__ = ["EditOutcome", "ReviewSession", "cell_name", "WINDOW_SOURCE", "HEAVY_SECTIONS"]
 
@@ -563,17 +564,7 @@ class ReviewSession:
             in_win = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
         else:
             in_win = np.zeros(len(xy), dtype=bool)
-        out["counts"] = {
-            "n_cells_in_table": n_table,
-            "n_cells_used": int(len(xy)),
-            "n_excluded_by_regions": int(in_excl.sum()),
-            "n_without_um": int((~finite).sum()),
-            "by_role": {r: int((role == r).sum()) for r in ROLES},
-            "by_class": {str(k): int(v) for k, v in zip(*np.unique(cls, return_counts=True))} if len(cls) else {},
-            "density_per_mm2_in_window": (
-                {r: density_per_mm2((role[in_win] == r).sum(), window.area_um2) for r in ROLES} if window else None
-            ),
-        }
+        out["counts"] = counts_section(n_table, role, cls, in_excl, finite, window, in_win)
         imm, tum = role == "immune", role == "tumour"
         out["regions"] = regions_section(xy, role, self.regions)
         out["distances"] = distances_section(xy, imm, tum, p)

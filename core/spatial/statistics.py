@@ -64,8 +64,6 @@ References
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import copy
 import time
 from collections.abc import Mapping
@@ -208,17 +206,7 @@ def compute_spatial_stats(
         else unavailable("fewer than two distinct cell positions: no study window")
     )
     imm, tum = role == "immune", role == "tumour"
-    out["counts"] = {
-        "n_cells_in_table": int(len(cells)),
-        "n_cells_used": int(len(xy)),
-        "n_excluded_by_regions": int(in_excl.sum()),
-        "n_without_um": int((~finite).sum()),
-        "by_role": {r: int((role == r).sum()) for r in ROLES},
-        "by_class": {str(k): int(v) for k, v in zip(*np.unique(cls, return_counts=True))} if len(cls) else {},
-        "density_per_mm2_in_window": (
-            {r: density_per_mm2((role[in_win] == r).sum(), window.area_um2) for r in ROLES} if window else None
-        ),
-    }
+    out["counts"] = counts_section(len(cells), role, cls, in_excl, finite, window, in_win)
 
     out["regions"] = regions_section(xy, role, regions)
     out["distances"] = distances_section(xy, imm, tum, params)
@@ -231,6 +219,36 @@ def compute_spatial_stats(
     out["warnings"] = warnings
     out["runtime_s"] = time.perf_counter() - t_start
     return json_ready(out)
+
+
+def counts_section(n_table: int, role: np.ndarray, cls: np.ndarray, in_excl: np.ndarray, finite: np.ndarray,
+                   window: StudyWindow | None, in_win: np.ndarray) -> dict:
+    """The ``counts`` section: cells used and left out, by role and class, densities in the study window.
+
+    Parameters
+    ----------
+    n_table : int, rows of the cell table
+    role, cls : (N,) str ndarray, role and class of the N cells used (µm coordinates, outside exclusions)
+    in_excl, finite : (n_table,) bool ndarray, cells in exclusion regions, cells with µm coordinates
+    window : StudyWindow or None
+    in_win : (N,) bool ndarray, cells used that lie in the window
+
+    Returns
+    -------
+    dict: ``n_cells_in_table``, ``n_cells_used``, ``n_excluded_by_regions``, ``n_without_um``,
+    ``by_role``, ``by_class``, ``density_per_mm2_in_window`` (cells/mm², None without a window)
+    """
+    return {
+        "n_cells_in_table": int(n_table),
+        "n_cells_used": int(len(role)),
+        "n_excluded_by_regions": int(in_excl.sum()),
+        "n_without_um": int((~finite).sum()),
+        "by_role": {r: int((role == r).sum()) for r in ROLES},
+        "by_class": {str(k): int(v) for k, v in zip(*np.unique(cls, return_counts=True))} if len(cls) else {},
+        "density_per_mm2_in_window": (
+            {r: density_per_mm2((role[in_win] == r).sum(), window.area_um2) for r in ROLES} if window else None
+        ),
+    }
 
 
 @dataclass(kw_only=True)
