@@ -229,7 +229,7 @@ def build_card(weights: Path, train: dict, evaluation: dict | None, benchmark: s
                                     key=lambda kv: kv[1]["classification_weighted_f1"])
             card["limitations"].append(
                 "Stain variation (a stand-in for other laboratories): with the validation images re-stained at fixed haematoxylin / "
-                f"eosin strengths (metrics.validation_restained), the weighted class F1 falls from {rs['unchanged']['classification_weighted_f1']:.3f} "
+                f"eosin strengths (the card's 'validation restained' figures), the weighted class F1 falls from {rs['unchanged']['classification_weighted_f1']:.3f} "
                 f"to {worst['classification_weighted_f1']:.3f} at worst ({worst_name}), inflammatory F1 to {worst['inflammatory_f1']:.3f}, "
                 f"detection F1 to {min(v['detection_f1'] for k, v in rs.items() if isinstance(v, dict)):.3f}.")
     if evaluation_bf16:
