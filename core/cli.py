@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {scenarios,analyze,classify-patches,stats,evaluate}``.
+"""Command line: ``python -m core {scenarios,analyze,classify-patches,stats,evaluate,batch}``.
 
 Shares every step with the app (:mod:`core.pipeline`: run → save → write). Bad input exits
 with status 2 and one line on stderr, ``error: ...``, that says what was wrong and how to fix
@@ -31,6 +31,7 @@ OPTION_RANGES = {
     "margin_half_width_um": (0.0, 5000.0),  # > 0
     "seed": (0, 2**32 - 1),
     "synthetic": (1, 1000),
+    "workers": (1, 256),  # batch --workers
 }
 #: Longest case label (the case store's limit).
 CASE_LABEL_MAX_CHARS = 200
@@ -163,6 +164,12 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from core.slides import is_slide
+
+    if is_slide(args.image):  # a whole slide: streamed tile by tile (core.slides.command)
+        from core.slides.command import analyze_slide_command
+
+        return analyze_slide_command(args)
     from core.io import check_output_folder, load_image
     from core.pipeline import check_input, load_model, run_analysis, save_analysis, write_analysis, write_stored
     from core.scenarios.base import check_precision, pick_device
@@ -175,6 +182,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     scenario.card()  # an edited model card is refused (its intended use goes into the report)
     check_precision(args.precision, pick_device(args.device), runner_class(scenario).supported_precisions, scenario.key)
     image = load_image(args.image, mpp=args.mpp, page=args.page)
+    if args.channel is not None:
+        image = _pick_channel(image, scenario, args.channel)
     check_input(image, args.scenario)  # channels, colour, size at the model's mpp: before the model is loaded
     regions, region_notes = _read_regions(args.regions, image.mpp)
     model = load_model(args.scenario, args.device, args.precision)
@@ -209,6 +218,23 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(f"{image.name}: {s['n_cells']} cells [{counts}] in {s['runtime_s']:.2f} s on {s['device']}")
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     return 0
+
+
+def _pick_channel(image, scenario, spec: str):
+    """``--channel NAME|INDEX``: the one channel a single-channel scenario reads, renamed to its input name.
+
+    Raises
+    ------
+    InputError
+        If the scenario does not read exactly one named channel, or the image has no such channel.
+    """
+    from core.io import pick_channel
+
+    channels = scenario.input.channels
+    if scenario.input.is_rgb or len(channels) != 1:
+        raise InputError(f"--channel picks the one channel a single-channel scenario reads; {scenario.key} reads "
+                         f"{', '.join(channels)}: leave --channel out")
+    return pick_channel(image, spec, channels[0])
 
 
 def _read_regions(regions_path: str | None, mpp: float | None):
@@ -280,7 +306,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if table.is_file() and table.stat().st_size > MAX_CELL_TABLE_BYTES:
         raise InputError(f"{table}: the cell table is {table.stat().st_size / 1024**3:.1f} GiB, more than the "
                          f"{MAX_CELL_TABLE_BYTES / 1024**3:.0f} GiB accepted; split it by region or slide")
-    cells, taken = spatial.read_cell_table_csv(args.cells)
+    cells, taken = spatial.read_cell_table(args.cells)  # .parquet by its suffix, else CSV/TSV
     check_coordinates_um(cells[["x_um", "y_um"]].to_numpy(dtype=float), f"cell table {table.name}")
     regions, notes = None, []
     if args.regions:
@@ -318,6 +344,12 @@ def _stats_params(args: argparse.Namespace) -> dict:
     return params
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from core.batch import batch_command  # the batch logic lives in core.batch
+
+    return batch_command(args)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluation import evaluate
 
@@ -337,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("image")
     a.add_argument("--scenario", required=True, help="scenario key (see 'scenarios')")
     a.add_argument("--mpp", type=_mpp, help="microns per pixel, 0.05 to 20 (overrides the file's metadata)")
+    a.add_argument("--channel", help="the channel a single-channel scenario reads (e.g. Hoechst for hoechst-lymphocytes): "
+                   "its name in the file (OME or ImageJ labels) or its index from 0")
     a.add_argument("--page", type=_int_in("page"), default=1,
                    help="page (image) of a multi-page file to analyse, from 1 (default 1)")
     a.add_argument("--out", required=True,
@@ -345,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
     a.add_argument("--regions", help="GeoJSON regions (tumour, stroma, exclude, margin) for the statistics")
+    a.add_argument("--roi", help="whole slides: GeoJSON region of interest (level-0 pixels, as QuPath exports); only "
+                   "tissue inside it is analysed")
+    a.add_argument("--exclude", help="whole slides: GeoJSON regions (level-0 pixels) left out of the tissue")
     a.add_argument("--outside-validated-use", action="store_true",
                    help="run even when the image fails a fitness check (stain, magnification, tissue); the result is "
                         "marked as outside the validated use in every output")
@@ -364,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_classify_patches)
 
     st = sub.add_parser("stats", help="spatial TIL statistics of a cell table (ours or a QuPath export)")
-    st.add_argument("cells", help="cells.csv or a QuPath detection measurement export")
+    st.add_argument("cells", help="cells.csv, cells.parquet or a QuPath detection measurement export")
     st.add_argument("--regions", help="GeoJSON regions (coordinates in pixels, as QuPath writes them)")
     st.add_argument("--mpp", type=_mpp, help="microns per pixel of the regions' pixel coordinates, 0.05 to 20")
     st.add_argument("--out", required=True, help="output folder for stats.json")
@@ -391,7 +428,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--restained", action="store_true",
                    help="he-til: also score the split re-stained at fixed haematoxylin/eosin strengths (staining of other laboratories)")
     e.add_argument("--dataset", help="he-til: score one H&E source within 3 µm (crc, brca-m2c, consep) or all; default: the CRC model-card evaluation")
+    e.add_argument("--cv-record", help="hoechst-lymphocytes: the cross-validation record (cv.json of python -m "
+                   "core.training.hoechst cv) scored out of fold (--split validation)")
+    e.add_argument("--weights", help="hoechst-lymphocytes --split all: weights file to score on every tile of --data "
+                   "(default the registered weights); mihc-tcell-phenotypes: the S-DRDIN weights (ablation variants: "
+                   "the other mihc-tcell-phenotypes-*.safetensors beside them)")
     e.set_defaults(func=_cmd_evaluate)
+
+    b = sub.add_parser("batch", help="analyse many images or slides on a Dask cluster: DIR/<id>/ per input, DIR/cohort.csv; "
+                       "exit 0 all done, 3 some failed")
+    b.add_argument("inputs", nargs="*", help="image or slide files, or folders of them")
+    b.add_argument("--manifest", help="CSV with a 'path' column and optional 'mpp' and 'case' columns")
+    b.add_argument("--scenario", required=True, help="scenario key (see 'scenarios')")
+    b.add_argument("--out", required=True, help="output folder: one sub-folder per input, cohort.csv; rerun to resume")
+    b.add_argument("--scheduler", help="address of a running Dask scheduler (default: a LocalCluster on this machine)")
+    b.add_argument("--workers", type=_int_in("workers"),
+                   help="LocalCluster worker processes, 1 to 256, one thread each (default: half the cores, at most one "
+                        "per 4 GiB of memory)")
+    b.add_argument("--memory-limit", default="auto", help="memory limit per LocalCluster worker, e.g. 4GB (default auto: "
+                   "the machine's memory divided by the workers)")
+    b.add_argument("--mpp", type=_mpp, help="microns per pixel, 0.05 to 20, for inputs without their own (manifest mpp)")
+    b.add_argument("--case-prefix", default="", help="case label = this prefix + the file stem (unless the manifest "
+                   "gives a case)")
+    b.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    b.add_argument("--outside-validated-use", action="store_true",
+                   help="analyse images that fail a fitness check; their results are marked so")
+    b.add_argument("--confirm-antigen", action="store_true",
+                   help="the slides are stained for the antibody the scenario counts (e.g. CD3 for cd3-ihc)")
+    b.add_argument("--no-store", action="store_true", help="do not save the analyses in the case history")
+    b.set_defaults(func=_cmd_batch)
     return p
 
 

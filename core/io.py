@@ -291,6 +291,67 @@ def select_channels(image: "ImageData", picks: tuple[str | None, ...], names: tu
                      list(image.notes) + [note], tuple(names), image.significant_bits, image.transparent, image.n_pages)
 
 
+def resolve_channel(image: "ImageData", spec: str | int) -> str:
+    """The name of the channel ``spec`` designates: a channel name, or a 0-based index.
+
+    A name is matched exactly first, then ignoring case; a whole number that is not a
+    channel's name is an index from 0 (``--channel 0`` is the first plane, as in
+    ``tifffile``, Fiji's "C=0" and OME ``Channel:0``).
+
+    Parameters
+    ----------
+    image : ImageData
+    spec : str or int, e.g. ``"Hoechst"``, ``"H3342"``, ``"0"`` or ``2``
+
+    Returns
+    -------
+    str, one of ``image.channel_names``
+
+    Raises
+    ------
+    InputError
+        If no channel has that name and it is not an index in [0, C - 1]; the message
+        lists the channels with their indices.
+    """
+    names = image.channel_names
+    text = str(spec).strip()
+    listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    if text in names:
+        return text
+    folded = [n for n in names if n.casefold() == text.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if text.lstrip("+-").isdigit():
+        index = int(text)
+        if 0 <= index < len(names):
+            return names[index]
+        raise InputError(f"{image.name}: channel index {index} is out of range: the image has {len(names)} "
+                         f"channel(s), indices 0 to {len(names) - 1} ({listed})")
+    raise InputError(f"{image.name}: no channel named {text!r}; the image has {listed}: give a name or an index "
+                     "from 0")
+
+
+def pick_channel(image: "ImageData", spec: str | int, as_name: str) -> "ImageData":
+    """One channel of a multi-channel image, renamed to what a scenario reads (the CLI's ``--channel``).
+
+    Parameters
+    ----------
+    image : ImageData, e.g. a 16-bit multiplex fluorescence stack
+    spec : str or int, a channel name or a 0-based index (:func:`resolve_channel`)
+    as_name : str, the result's channel name, e.g. ``"Hoechst"``
+
+    Returns
+    -------
+    ImageData, (H, W, 1) of the image's dtype, mpp and hash; a note names the channel picked
+
+    Raises
+    ------
+    InputError
+        See :func:`resolve_channel`.
+    """
+    return select_channels(image, (resolve_channel(image, spec),), (as_name,))
+
+
 def check_mpp(mpp: float) -> float:
     """Validate a microns-per-pixel value.
 

@@ -14,7 +14,7 @@ timestamps and the run time).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ from core.scenarios.registry import get_scenario, runner_class
 from core.tiling import Progress
 
 __all__ = ["load_model", "analyze", "spatial_statistics", "run_analysis", "save_analysis", "write_analysis",
-           "write_stored", "check_input", "assess_fitness", "previous_runs", "device_name", "fast_mode"]
+           "write_stored", "check_input", "assess_fitness", "previous_runs", "device_name", "fast_mode", "ImageSource",
+           "PreparedImage", "prepare_image", "analyze_source", "FROM_FILE"]
 
 
 def load_model(key: str, device: str | None = None, precision: str = "float32") -> ScenarioModel:
@@ -111,7 +112,7 @@ def analyze(
         scenario_key=key, scenario_title=scenario.title, weights_file=scenario.weights, weights_sha256=scenario.sha256,
         weights_version=card.get("version"), trained_on_synthetic=scenario.trained_on_synthetic,
         device=str(model.device), precision=model.precision, runtime_s=runtime_s, app_version=__version__,
-        torch_version=torch.__version__,
+        torch_version=torch.__version__, operating_point=model.operating_point,
     )
     warnings = list(image.notes) + list(out.notes) + ([scenario.caution] if scenario.caution else [])
     return AnalysisResult(image, out.cells, run, scenario, dense, restored, [], warnings)
@@ -363,3 +364,150 @@ def fast_mode(key: str) -> tuple[bool, bool]:
 
     validated = "bfloat16" in runner_class(get_scenario(key)).supported_precisions
     return validated, validated and bfloat16_supported(pick_device())
+
+
+# --------------------------------------------------------------------------- the app's jobs
+#
+# The Analyze page runs these in a worker process with a memory cap (core.jobs): reading an
+# upload, its fitness checks and the analysis never run in the app server.
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an image to analyse comes from, in a form that travels to a worker process.
+
+    Attributes
+    ----------
+    path : str, optional
+        A file (an upload kept on disk by :func:`core.jobs.stage_input`).
+    name : str, optional
+        Its display name (the uploaded file's name).
+    page : int
+        1-based page of a multi-page file.
+    sample : str, optional
+        Instead of a file: a bundled sample's key (:mod:`core.samples`).
+    """
+
+    path: str | None = None
+    name: str | None = None
+    page: int = 1
+    sample: str | None = None
+
+    def load(self) -> ImageData:
+        """Read the image (its size, pages and decode checked against the limits of :mod:`core.io`).
+
+        Raises
+        ------
+        ImageReadError, InputError
+            See :func:`core.io.load_image`.
+        """
+        if self.sample is not None:
+            from core.samples import get_sample
+
+            try:
+                return get_sample(self.sample).load()
+            except KeyError as err:
+                raise InputError(str(err.args[0])) from err
+        from core.io import load_image
+
+        return load_image(self.path, name=self.name, page=self.page)
+
+
+@dataclass
+class PreparedImage:
+    """What the Analyze page shows about an image before Run (no pixels).
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple of int
+        (H, W) in pixels.
+    n_pages : int
+        Images (pages) in the file.
+    mpp, mpp_source
+        The pixel size as read from the file (or the sample catalogue) and where it came from.
+    notes : list of str
+        Reading notes (page read, orientation, alpha, scaling...).
+    mpp_used : float or None
+        The pixel size the checks ran at.
+    fitness : core.fitness.FitnessReport or None
+        The fitness checks at ``mpp_used``; None when ``refused``.
+    refused : str or None
+        Why the scenario cannot read the image at all (no colour, too large once resampled,
+        missing channels; :func:`check_input`), or None.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    n_pages: int
+    mpp: float | None
+    mpp_source: str
+    notes: list[str]
+    mpp_used: float | None
+    fitness: object | None
+    refused: str | None = None
+
+
+#: ``mpp`` of :func:`prepare_image` / :func:`analyze_source` meaning "as the file says".
+FROM_FILE = "file"
+
+
+def _with_chosen_mpp(image: ImageData, mpp) -> ImageData:
+    if mpp == FROM_FILE:
+        return image
+    return image.with_mpp(mpp, source=image.mpp_source if mpp is not None and image.mpp == mpp else "user")
+
+
+def prepare_image(source: ImageSource, key: str, mpp: float | None | str = FROM_FILE,
+                  antigen_confirmed: bool | None = None, fitness: bool = True) -> PreparedImage:
+    """Read an image and check it against scenario ``key`` at pixel size ``mpp``, before any model runs.
+
+    Parameters
+    ----------
+    source : ImageSource
+    key : str
+        Scenario key.
+    mpp : float, None or ``"file"``
+        The pixel size the user chose (None: unknown); ``"file"``: the file's own.
+    antigen_confirmed : bool, optional
+        As for :func:`assess_fitness`.
+    fitness : bool
+        Run the fitness checks (False: read and :func:`check_input` only, ``fitness`` None).
+
+    Returns
+    -------
+    PreparedImage
+        With ``refused`` set (and no fitness) when the scenario cannot read the image
+        (:func:`check_input`): the file's page count and notes are still known.
+
+    Raises
+    ------
+    ImageReadError, InputError, UnknownScenarioError
+        The file cannot be read, or ``mpp`` is implausible.
+    """
+    image = source.load()
+    chosen = _with_chosen_mpp(image, mpp)
+    facts = (image.name, image.shape, image.n_pages, image.mpp, image.mpp_source, list(image.notes), chosen.mpp)
+    try:
+        check_input(chosen, key)
+    except InputError as err:
+        return PreparedImage(*facts, None, str(err))
+    return PreparedImage(*facts, assess_fitness(chosen, key, antigen_confirmed) if fitness else None)
+
+
+def analyze_source(source: ImageSource, key: str, mpp: float | None | str = FROM_FILE, *, device: str | None = None,
+                   precision: str = "float32", outside_validated_use: bool = False,
+                   antigen_confirmed: bool | None = None, fitness=None, progress: Progress | None = None) -> AnalysisResult:
+    """Read the image of ``source`` at pixel size ``mpp``, load the model and run :func:`run_analysis`.
+
+    What the Analyze page runs in a worker process (:mod:`core.jobs`); the parameters are
+    those of :func:`prepare_image` and :func:`run_analysis`.
+
+    Raises
+    ------
+    ImageReadError, InputError, UnknownScenarioError, WeightsError, core.fitness.OutsideValidatedUse
+    """
+    image = _with_chosen_mpp(source.load(), mpp)
+    model = load_model(key, device, precision)
+    return run_analysis(image, key, model=model, outside_validated_use=outside_validated_use,
+                        antigen_confirmed=antigen_confirmed, fitness=fitness, progress=progress)

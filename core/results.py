@@ -67,6 +67,9 @@ class RunInfo:
     torch_version: str
     python_version: str = field(default_factory=platform.python_version)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    #: The model's calibrated post-processing (:attr:`core.scenarios.base.ScenarioModel.operating_point`),
+    #: e.g. cd3-ihc ``{"threshold": 0.55, "nms_radius_um": 4.0, "chosen_on": ...}``; None when it has none.
+    operating_point: dict | None = None
 
 
 @dataclass
@@ -156,7 +159,9 @@ class AnalysisResult:
         ``tissue_area_mm2`` (= ``area_mm2``, the densities' denominator), ``tissue_fraction``,
         ``outside_validated_use`` (reasons, empty within it), ``runtime_s``, ``device``,
         ``inference_precision``, ``torch``, ``app_version``, ``python``, ``created_at``,
-        ``warnings``, and when present ``spatial`` and ``review``.
+        ``warnings``, and when present ``operating_point`` (the detection threshold and
+        ``nms_radius_um`` read from the weights, :attr:`RunInfo.operating_point`), ``spatial``
+        and ``review``.
         """
         cells, run = self.cells, self.run
         h, w = self.image.shape
@@ -197,6 +202,8 @@ class AnalysisResult:
             "warnings": list(self.warnings),
             "outside_validated_use": list(self.outside_validated_use),
         }
+        if run.operating_point is not None:
+            out["operating_point"] = dict(run.operating_point)
         if self.spatial is not None:
             out["spatial"] = self.spatial.to_dict()
         if self.review is not None:

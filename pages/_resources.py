@@ -21,13 +21,37 @@ def cached_model(key: str, device: str, precision: str = "float32"):
 
 
 @st.cache_resource(show_spinner=False)
+def job_runner() -> bool:
+    """Remove the job folders left over (:func:`core.jobs.cleanup`), once per server.
+
+    Old finished jobs and those whose worker is gone (a restart, a kill) are removed; a job
+    still running in another server process is left alone. The worker helper itself starts
+    with the first job (its imports take seconds of CPU, which a page drawn at the same time
+    would wait for).
+    """
+    from core import jobs
+
+    try:
+        removed = jobs.cleanup()
+        if removed:
+            log.info("removed %d old or orphaned job folders", len(removed))
+    except (OSError, TILscopeError) as err:  # the page's own job will say what is wrong
+        log.warning("old job folders could not be removed: %s", err)
+    return True
+
+
+@st.cache_resource(show_spinner=False)
 def _store(url: str) -> CaseStore:
     return CaseStore(url)
 
 
 def case_store() -> CaseStore:
-    """The case store of ``TILSCOPE_DATABASE_URL`` / ``TILSCOPE_DATA_DIR`` (one pool per URL)."""
-    return _store(database_url())
+    """The case store of ``TILSCOPE_DATABASE_URL`` / ``TILSCOPE_DATA_DIR`` (one pool per URL), acting for the
+    signed-in user (:func:`pages._user.current_actor`): it shows and lets them change only what their role and
+    groups allow."""
+    from pages._user import current_actor
+
+    return _store(database_url()).for_actor(current_actor())
 
 
 def list_analyses_or_stop(search: str | None = None) -> list[dict]:

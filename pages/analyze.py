@@ -1,4 +1,8 @@
-"""Analyze: upload an image (or pick a sample), choose a scenario, run, review, download."""
+"""Analyze: upload an image (or pick a sample), choose a scenario, run, review, download.
+
+Reading the upload, its fitness checks and the analysis run in a worker process with a memory
+cap (:mod:`core.jobs`), never in the app server: a hostile or oversized file ends its worker,
+and the page says in one line what happened."""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import logging
 
 import streamlit as st
 
+from core import jobs
 from core.errors import TILscopeError
-from core.io import PLAUSIBLE_MPP_RANGE, load_image
+from core.io import PLAUSIBLE_MPP_RANGE
 from core.model_card import markdown_path, render_markdown
 from core.fitness import STAIN_LABELS
-from core.pipeline import assess_fitness, check_input, device_name, fast_mode, previous_runs, run_analysis, save_analysis
+from core.pipeline import (FROM_FILE, ImageSource, analyze_source, device_name, fast_mode, prepare_image, previous_runs,
+                           save_analysis)
 from core.samples import list_samples
 from core.scenarios.registry import get_scenario, list_scenarios
 from core.outputs.exports import build_exports, media_type
@@ -18,13 +24,16 @@ from core.outputs.figures import dense_over_image
 from core.outputs.key_figures import key_figure_rows
 from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
-from pages._resources import cached_model, case_store
+from pages._resources import case_store, job_runner
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import user_box
+from pages._user import can_save, current_actor, gate, user_box
 
 through_app_router()
+gate()
 user = user_box()
+actor = current_actor()
+job_runner()  # old job folders cleaned up, once per server
 
 log = logging.getLogger("tilscope.analyze")
 
@@ -34,20 +43,64 @@ MPP_SOURCES = {"ome": "from the OME-TIFF metadata", "tiff-resolution": "from the
                "user": "entered by you", "sample": "given with the sample"}
 
 
-def fitness_of(image, key: str):
-    """The fitness checks of this image (file and page), model and pixel size, computed once per combination."""
-    cache = st.session_state.setdefault("fitness_cache", {})
-    k = (st.session_state.get("analysis_context"), image.mpp, key)
+def prepared(src: ImageSource, context, key: str, mpp, fitness: bool = True):
+    """The image read and checked at pixel size ``mpp`` (``FROM_FILE``: the file's); once per combination.
+
+    An upload is read and checked in a worker process (:mod:`core.jobs`); a bundled sample,
+    small and shipped with TILscope, here (``fitness`` False: read and checked without the
+    fitness checks, which then follow once the page has drawn its settings).
+
+    Raises
+    ------
+    TILscopeError
+        The file cannot be read, or the worker failed (one line: out of memory, killed).
+    """
+    cache = st.session_state.setdefault("prepare_cache", {})
+    k = (context, mpp, fitness)
     if k not in cache:
-        cache.clear()
-        cache[k] = assess_fitness(image, key, antigen_confirmed=True if get_scenario(key).use.antigen else None)
+        if not any(c[0] == context for c in cache):
+            cache.clear()
+        antigen = True if get_scenario(key).use.antigen else None
+        if src.sample is not None:
+            cache[k] = prepare_image(src, key, mpp, antigen_confirmed=antigen, fitness=fitness)
+        else:
+            with st.spinner("Reading the image…"):
+                cache[k] = jobs.wait(jobs.submit(prepare_image, src, key, mpp, antigen_confirmed=antigen,
+                                                 kind="read image"))
     return cache[k]
+
+
+def staged(upload) -> str:
+    """The upload kept in a file a worker can read (one per uploaded file; the previous one removed)."""
+    kept = st.session_state.get("staged_upload")
+    if kept and kept[0] == upload.file_id:
+        return kept[1]
+    if kept:
+        import shutil
+        from pathlib import Path
+
+        shutil.rmtree(Path(kept[1]).parent, ignore_errors=True)
+    path = str(jobs.stage_input(upload.getvalue(), upload.name))
+    st.session_state["staged_upload"] = (upload.file_id, path)
+    return path
 
 
 def saved_by() -> dict:
     """The user the analysis is saved under (the name given in this browser)."""
     name = st.session_state.get("user_name")
     return {"created_by": name} if name else {}
+
+
+def failed(what: str, err: BaseException) -> None:
+    """One line in the page for a failure; the traceback (if any) goes to the server log only."""
+    if isinstance(err, jobs.JobFailed):
+        text = str(err).rstrip()
+        st.error(f"{what}: {md_escape(text)}" + ("" if text.endswith((".", "!", "?")) else "."))
+    elif isinstance(err, TILscopeError):
+        st.error(md_escape(err))
+    else:
+        log.error("%s", what, exc_info=err)
+        st.error(f"{what}: it failed unexpectedly. Nothing was saved; the details are in the server log.")
 
 
 st.title("Analyze an image")
@@ -77,7 +130,8 @@ except TILscopeError as err:
     st.error(md_escape(err))
 
 source = st.radio("Image", ["Upload a file", "Bundled sample"], horizontal=True)
-image = None
+src = None
+info = None
 context = None
 try:
     if source == "Upload a file":
@@ -86,53 +140,60 @@ try:
         if upload is not None:
             page = int(st.session_state.get(f"page_{upload.file_id}", 1))
             context = (key, "upload", upload.file_id, page)
-            image = load_image(upload.getvalue(), name=upload.name, page=page)
-            if image.n_pages > 1:
-                st.number_input(f"Page of the file to analyse (it holds {image.n_pages})", min_value=1,
-                                max_value=image.n_pages, step=1, key=f"page_{upload.file_id}")
+            src = ImageSource(path=staged(upload), name=upload.name, page=page)
     else:
         samples = list_samples()
         matching = [i for i, smp in enumerate(samples) if smp.scenario == key]
         sample = st.selectbox("Sample", samples, index=matching[0] if matching else 0, format_func=lambda s: s.title)
         st.caption(sample.description + f" ({sample.mpp_note})")
         context = (key, "sample", sample.key)
-        image = sample.load()
-    if image is not None:
-        check_input(image, key)  # refused now, not after pressing Run
-except TILscopeError as err:
-    st.error(md_escape(err))
-    image = None
+        src = ImageSource(sample=sample.key)
+    if src is not None:
+        info = prepared(src, context, key, FROM_FILE, fitness=src.sample is None)
+        if info.n_pages > 1 and source == "Upload a file":
+            st.number_input(f"Page of the file to analyse (it holds {info.n_pages})", min_value=1,
+                            max_value=info.n_pages, step=1, key=f"page_{upload.file_id}")
+        if info.refused:  # the model cannot read it at all: refused now, not after pressing Run
+            st.error(md_escape(info.refused))
+            info = None
+except Exception as err:  # noqa: BLE001 - every failure of reading is one line
+    failed("The image could not be read", err)
+    info = None
 finally:
     # One case, one result: a new image or model clears the previous result and case label.
     if context is not None and st.session_state.get("analysis_context") != context:
         for name in ("analysis", "analysis_id", "pending_save", "case_label"):
             st.session_state.pop(name, None)
+        running = st.session_state.pop("analysis_job", None)
+        if running:
+            jobs.cancel(running["id"])
         st.session_state["case_label_box"] = ""  # set, not deleted: the browser would send its old text back
         st.session_state["analysis_context"] = context
 
-if image is not None:
-    for note in image.notes:
+if info is not None:
+    for note in info.notes:
         st.info(md_escape(note))
-    default_mpp = image.mpp if image.mpp is not None else scenario.input_mpp
+    default_mpp = info.mpp if info.mpp is not None else scenario.input_mpp
     col1, col2 = st.columns([1, 2])
     with col1:
-        known = st.checkbox("Pixel size known", value=image.mpp is not None)
+        known = st.checkbox("Pixel size known", value=info.mpp is not None)
         mpp = st.number_input(
             "Microns per pixel (mpp)", min_value=PLAUSIBLE_MPP_RANGE[0], max_value=PLAUSIBLE_MPP_RANGE[1],
             value=float(default_mpp), step=0.01, format="%.4f", disabled=not known,
             help="From the scanner or microscope: about 0.25 at 40x and 0.5 at 20x.",
         )
     with col2:
-        h, w = image.shape
-        where = MPP_SOURCES.get(image.mpp_source, image.mpp_source) if image.mpp else "not recorded in the file"
-        st.caption(f"{md_escape(image.name)}: {w} x {h} px · pixel size {md_escape(where)}")
+        h, w = info.shape
+        where = MPP_SOURCES.get(info.mpp_source, info.mpp_source) if info.mpp else "not recorded in the file"
+        st.caption(f"{md_escape(info.name)}: {w} x {h} px · pixel size {md_escape(where)}")
         if not known:
             st.warning(
                 "Without the pixel size, TILscope reports cell counts only: densities per mm² and distances "
                 "in µm need the microns per pixel. The image is analysed as if it were at the model's "
                 f"{scenario.input_mpp} µm/px."
             )
-    chosen = image.with_mpp(mpp if known else None, source=image.mpp_source if known and image.mpp == mpp else "user")
+    chosen_mpp = mpp if known else None
+    run_mpp = FROM_FILE if chosen_mpp == info.mpp_used else chosen_mpp
     antigen_ok = True
     if scenario.use.antigen:
         antigen_ok = st.checkbox(
@@ -141,16 +202,24 @@ if image is not None:
             help=f"The colours cannot tell {scenario.use.antigen} from another DAB stain such as Ki67: the model "
                  f"would count the other antigen's cells as {scenario.use.antigen}+.",
         )
-    fitness = fitness_of(chosen, key)  # the antibody is confirmed by the box above (it gates Run)
+    fitness = None
+    try:
+        checked = info if run_mpp == FROM_FILE and info.fitness is not None else prepared(src, context, key, run_mpp)
+        if checked.refused:
+            st.error(md_escape(checked.refused))
+        else:
+            fitness = checked.fitness  # the antibody is confirmed by the box above (it gates Run)
+    except Exception as err:  # noqa: BLE001 - one line, whatever went wrong in the worker
+        failed("The image could not be checked", err)
     override = False
-    if fitness.problems:
+    if fitness is not None and fitness.problems:
         st.error("**Outside the validated use.** " + " ".join(md_escape(p) for p in fitness.problems), icon="🛑")
         override = st.checkbox(
             "Run outside the validated use", value=False, key=f"override_{key}",
             help="The result is then marked 'outside the validated use' on screen, in the case history and in "
                  "every download.",
         )
-    for note in fitness.notes:
+    for note in fitness.notes if fitness is not None else []:
         st.warning(md_escape(note))
     # Keyed, so that the box keeps one identity when a run stores its label: an unkeyed box
     # built from that label would be replaced by a new one, and typing in the old one lost.
@@ -158,6 +227,12 @@ if image is not None:
         "Case label", key="case_label_box", placeholder="e.g. study ID or anonymised case number",
         help="Every run is saved under this case in the case history (Cases page).",
     )
+    group = None
+    if actor is not None and actor.groups and actor.can_save:
+        group = st.selectbox("Share a new case with", [None, *actor.groups],
+                             format_func=lambda g: "nobody else (you and the admins)" if g is None else f"group {g}",
+                             help="Who else sees the case when this run creates it. A case that exists keeps its "
+                                  "sharing (change it on the Cases page).")
     precision = "float32"
     validated, fast_ok = fast_mode(key)
     if validated:
@@ -169,36 +244,51 @@ if image is not None:
         )
         precision = "bfloat16" if fast else "float32"
     blocked = (not user and "Enter your name in the sidebar first: it is recorded with the analysis.") or (
+        not can_save() and "You are a viewer: running and saving analyses needs the analyst role (ask an admin).") or (
+        fitness is None and "The image cannot be analysed (see above).") or (
         not antigen_ok and f"Confirm that the section is stained for {scenario.use.antigen} first.") or (
         fitness.problems and not override and "The image is outside the validated use (see above).")
     if blocked:
         st.caption(blocked)
     if st.button("Run", type="primary", disabled=bool(blocked)):
-        device = device_name()
-        bar = st.progress(0.0, text="Running the model…")
         st.session_state.pop("analysis", None)  # an error replaces the old result, never sits under it
         st.session_state.pop("analysis_id", None)
         st.session_state.pop("pending_save", None)
         try:
-            model = cached_model(key, device, precision)
-            result = run_analysis(chosen, key, model=model, outside_validated_use=override,
-                                  antigen_confirmed=True if scenario.use.antigen else None, fitness=fitness,
-                                  progress=lambda d, t: bar.progress(d / t, text=f"Window {d} of {t}"))
+            job_id = jobs.submit(analyze_source, src, key, run_mpp, device=device_name(), precision=precision,
+                                 outside_validated_use=override,
+                                 antigen_confirmed=True if scenario.use.antigen else None, fitness=fitness,
+                                 kind="analysis", progress_kwarg="progress")
+            st.session_state["analysis_job"] = {"id": job_id, "context": context, "case_label": case_label,
+                                                "group": group}
+        except TILscopeError as err:
+            failed("The analysis could not start", err)
+
+    running = st.session_state.get("analysis_job")
+    if running and running["context"] == context:  # just started, or still running after a rerun of the page
+        bar = st.progress(0.0, text="Running the model…")
+        finished = False
+        try:
+            result = jobs.wait(running["id"], on_progress=lambda j: bar.progress(
+                j.fraction, text=f"Window {j.done} of {j.total}" if j.total else "Reading the image and loading the model…"))
+            finished = True
             st.session_state["analysis"] = result
-            st.session_state["case_label"] = case_label
+            st.session_state["case_label"] = running["case_label"]
+            st.session_state["case_group"] = running["group"]
             bar.progress(1.0, text="Saving to the case history…")
-            label = case_label.strip() or "unlabelled"
+            label = running["case_label"].strip() or "unlabelled"
             earlier = previous_runs(case_store(), label, result)
             if earlier:
                 st.session_state["pending_save"] = earlier
             else:
-                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), **saved_by())
-        except TILscopeError as err:
-            st.error(md_escape(err))
-        except Exception:  # the browser gets a message, the log gets the traceback
-            log.exception("analysis failed")
-            st.error("The analysis failed unexpectedly. Nothing was saved; the details are in the server log.")
-        finally:
+                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), group=running["group"],
+                                                                **saved_by())
+        except Exception as err:  # noqa: BLE001 - one line in the page; a traceback only in the server log
+            finished = True
+            failed("The analysis did not finish", err)
+        finally:  # a rerun of the page (BaseException) leaves the job running, to be picked up again
+            if finished:
+                st.session_state.pop("analysis_job", None)
             bar.empty()
 
 result = st.session_state.get("analysis")
@@ -268,7 +358,8 @@ if result is not None:
         yes, no = st.columns(2)
         if yes.button("Save a second copy"):
             try:
-                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), **saved_by())
+                st.session_state["analysis_id"] = save_analysis(result, label, case_store(),
+                                                                group=st.session_state.get("case_group"), **saved_by())
                 st.session_state.pop("pending_save", None)
                 st.rerun()
             except TILscopeError as err:

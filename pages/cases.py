@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from core import auth
 from core.errors import TILscopeError
 from core.outputs import records as rec
 from core.outputs.key_figures import format_value, key_figure_rows
@@ -17,17 +18,14 @@ from core.outputs.store import StoreError
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import user_box
+from pages._user import can_save, current_actor, gate, user_box
 
 through_app_router()
+gate()
 
 
 def board_ids() -> list[int]:
     return st.session_state.setdefault("board_ids", [])
-
-
-#: What an analysis whose saving did not finish (numbers without files) is called in lists.
-UNFINISHED = "saving did not finish"
 
 
 def when(iso: str | None) -> str:
@@ -46,6 +44,7 @@ def open_in_review(analysis_id: int) -> None:
 st.title("Cases")
 st.caption("Every analysis run in TILscope is saved here. Research use only, not for diagnostic decisions.")
 user = user_box()
+actor = current_actor()
 
 search = st.text_input("Search", placeholder="case label, image name, SHA-256 or scenario")
 rows = list_analyses_or_stop(search)
@@ -68,8 +67,9 @@ table = pd.DataFrame(
         "reviewed by": [(f"{r['reviewed_by']} ({when(r['reviewed_at'])[:10]})" if r["reviewed_by"] else "") for r in rows],
     }
 )
-if not all(r["complete"] for r in rows):
-    table["status"] = ["saved" if r["complete"] else UNFINISHED for r in rows]
+if actor is not None:  # signed-in users: whose case it is and whom it is shared with
+    table["case owner"] = [r["owner"] or "" for r in rows]
+    table["shared with group"] = [r["group"] or "" for r in rows]
 st.dataframe(table, hide_index=True, width="stretch")
 
 by_id = {r["id"]: r for r in rows}
@@ -82,8 +82,7 @@ chosen = st.selectbox(
     "Open analysis",
     list(by_id),
     key="open_analysis_box",
-    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}"
-                          + ("" if by_id[i]["complete"] else f" · {UNFINISHED}"),
+    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
 )
 st.session_state["open_analysis"] = chosen
 
@@ -100,21 +99,35 @@ reviewed = analysis["detected_summary"] is not None or bool(analysis["n_correcti
 title_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
 title_col.subheader(f"#{analysis['id']} · {md_escape(analysis['case_label'])} · {md_escape(image['name'] or 'image')}")
 if button_col.button("Review this analysis", type="primary", icon=":material/edit_location_alt:", key=f"review-{chosen}",
-                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here.",
-                     disabled=not analysis["complete"]):
+                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here."):
     open_in_review(chosen)
-if not analysis["complete"]:
-    st.error(
-        "Saving did not finish: TILscope stopped after writing this analysis's numbers and before its report and "
-        "files, so it is not a saved analysis. Run the image again on the Analyze page, then delete this one "
-        "(Delete analysis… below).", icon=":material/error:",
-    )
 who = f"Analysed by {md_escape(analysis['created_by'] or 'an unrecorded user')} · saved {when(analysis['created_at'])} UTC"
 if analysis["reviewed_by"]:
     who += f" · reviewed by {md_escape(analysis['reviewed_by'])} on {when(analysis['reviewed_at'])} UTC"
 elif reviewed:
     who += " · reviewed (reviewer not recorded)"
 st.markdown(who)
+if actor is not None:
+    owner, group = analysis["owner"], analysis["group"]
+    st.caption(f"Case owner: {md_escape(owner or 'not recorded (admins only)')} · shared with group: "
+               f"{md_escape(group or 'none')}")
+    if actor.is_admin or (owner == actor.name and actor.can_save):
+        choices = [None, *sorted(set(actor.groups) | ({group} if group else set()))]
+        if actor.is_admin:
+            try:
+                choices = [None, *sorted({g for r in auth.UserFile().records() for g in r.groups} | set(choices[1:]))]
+            except TILscopeError:
+                pass
+        with st.expander("Share this case"):
+            share = st.selectbox("Group that sees this case", choices, index=choices.index(group) if group in choices else 0,
+                                 format_func=lambda g: "nobody else (owner and admins only)" if g is None else g,
+                                 key=f"share-{analysis['case_id']}")
+            if st.button("Save sharing", key=f"share-save-{analysis['case_id']}"):
+                try:
+                    store.set_case_group(analysis["case_id"], share)
+                    st.rerun()
+                except TILscopeError as err:
+                    st.error(md_escape(err))
 cols = st.columns(4)
 counts = rec.counts(summary)
 cols[0].metric("Cells", sum(counts.values()), help="After review when reviewed: " + md_escape(summary.get("analysed_area") or "whole image"))
@@ -215,9 +228,12 @@ if files:
 else:
     st.info("No exported files were saved with this analysis.")
 
-note = st.text_area("Tumour-board note", value=analysis["note"] or "", key=f"note-{chosen}")
+writer = can_save()
+may_delete = auth.can_delete(actor, analysis["owner"], analysis["created_by"])
+note = st.text_area("Tumour-board note", value=analysis["note"] or "", key=f"note-{chosen}", disabled=not writer)
 c1, c2, c3 = st.columns(3)
-if c1.button("Save note", key=f"save-note-{chosen}"):
+if c1.button("Save note", key=f"save-note-{chosen}", disabled=not writer,
+             help=None if writer else "Viewers cannot write notes: ask an admin for the analyst role."):
     try:
         store.set_note(chosen, note.strip() or None, user=user)
         st.success("Note saved." + ("" if user else " Enter your name in the sidebar so notes say who wrote them."))
@@ -227,10 +243,12 @@ if c2.button("Add to tumour board", key=f"board-{chosen}"):
     if chosen not in board_ids():
         board_ids().append(chosen)
     st.success(f"Analysis #{chosen} is on the tumour board ({len(board_ids())} picked). Open the Tumour board page.")
-if c3.button("Delete analysis…", key=f"delete-{chosen}"):
+if c3.button("Delete analysis…", key=f"delete-{chosen}", disabled=not may_delete,
+             help=None if may_delete else "Only an admin, or the analyst who ran this analysis or owns its case, can "
+                                          "delete it."):
     st.session_state["confirm_delete"] = chosen
 
-if st.session_state.get("confirm_delete") == chosen:
+if st.session_state.get("confirm_delete") == chosen and may_delete:
     st.warning(
         f"Delete analysis #{chosen} of case {md_escape(analysis['case_label'])} with its report and files? This cannot be undone; "
         "the audit log keeps who deleted it and why."

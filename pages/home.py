@@ -6,9 +6,10 @@ from core import __version__
 from core.fitness import STAIN_LABELS
 from core.scenarios.registry import list_scenarios
 from pages._router import through_app_router
-from pages._user import user_box
+from pages._user import gate, user_box
 
 through_app_router()
+gate()
 user_box()
 
 st.title("TILscope")

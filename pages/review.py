@@ -24,9 +24,10 @@ from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, re
 from pages._resources import case_store
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import require_user, user_box
+from pages._user import can_save, gate, require_user, user_box
 
 through_app_router()
+gate()  # before anything is read from the case store
 
 log = logging.getLogger("tilscope.review")
 
@@ -168,8 +169,7 @@ def nothing_to_review() -> None:
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     chosen = c1.selectbox("Saved analysis", list(by_id), key="review_pick",
                           format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · "
-                                                f"{(by_id[i]['created_at'] or '')[:10]}"
-                                                + ("" if by_id[i].get("complete", True) else " · saving did not finish"))
+                                                f"{(by_id[i]['created_at'] or '')[:10]}")
     if c2.button("Review it", type="primary"):
         st.session_state["review_request"] = chosen
         st.rerun()
@@ -586,7 +586,11 @@ def save_box(session: rv.ReviewSession, params: SpatialParams, user: str) -> Non
         label = st.text_input("Case label", placeholder="e.g. B-2024-0113", help="The case this analysis belongs to.")
     comment = st.text_input("Why (optional, recorded in the audit log)", key="review_save_comment",
                             placeholder="e.g. second read after the tumour board")
-    if not st.button("Save review", type="primary"):
+    writer = can_save()
+    if not writer:
+        st.caption("You are a viewer: you can correct and look here, but saving a review needs the analyst role "
+                   "(ask an admin).")
+    if not st.button("Save review", type="primary", disabled=not writer):
         return
     if label is not None and not label.strip():
         st.error("Enter a case label to save the review, e.g. the specimen or block number.")

@@ -17,9 +17,10 @@ from core.results import DenseOutput
 from pages._resources import cached_model
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import user_box
+from pages._user import gate, user_box
 
 through_app_router()
+gate()
 user_box()
 
 log = logging.getLogger("tilscope.teaching")

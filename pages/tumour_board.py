@@ -16,9 +16,10 @@ from core.outputs.tumour_board import build_comparison_pdf, comparison_figures_p
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import user_box
+from pages._user import gate, user_box
 
 through_app_router()
+gate()
 user_box()
 
 log = logging.getLogger("tilscope.tumour_board")
@@ -43,8 +44,7 @@ picked = st.multiselect(
     "Analyses to compare",
     list(by_id),
     key="board_pick",
-    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}"
-                          + ("" if by_id[i].get("complete", True) else " · saving did not finish"),
+    format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · {(by_id[i]['created_at'] or '')[:10]}",
     placeholder="Pick two or more analyses (search by case label or image name)",
 )
 st.session_state["board_ids"] = list(picked)

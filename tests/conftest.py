@@ -66,12 +66,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(data_dir: Path):
-    """``streamlit run app.py`` on a free port with ``TILSCOPE_DATA_DIR=data_dir``; yields its URL."""
+def serve_app(data_dir: Path, env: dict | None = None):
+    """``streamlit run app.py`` on a free port with ``TILSCOPE_DATA_DIR=data_dir`` (and ``env``); yields its URL."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is not installed (make test installs it)")
     port = _free_port()
-    env = {**os.environ, "TILSCOPE_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "TILSCOPE_DATA_DIR": str(data_dir), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],

@@ -172,24 +172,96 @@ def test_cases_page_shows_the_reviewed_state_who_did_it_and_the_original(data_di
     assert not stats["statistic"].str.startswith(("schema", "params")).any()
 
 
-def test_cases_page_says_when_saving_did_not_finish(data_dir):
-    """An analysis whose files were never written (the app stopped in between) is not shown as saved."""
+@pytest.fixture
+def team(data_dir):
+    """A user file (ana and cleo analysts of group 'path', vic a viewer of it, ben an analyst alone) and their cases."""
+    from core.auth import User, UserFile
+
+    users = UserFile()
+    for name, role, groups in (("ana", "analyst", ["path"]), ("vic", "viewer", ["path"]), ("ben", "analyst", []),
+                               ("root", "admin", [])):
+        users.add(name, role, groups, password=f"{name}-long-password")
     store = CaseStore()
-    done = store.save_analysis("B-1", summary(40, "first.tif"), files={"report.pdf": b"%PDF-1.4"})
-    cut = store.save_analysis("B-2", summary(50, "second.tif"), complete=False)  # numbers only, as after a kill
+    shared = store.for_actor(User("ana", "analyst", ("path",))).save_analysis(
+        "A-shared", summary(40, "a.tif"), group="path", files={"report.pdf": b"%PDF-1.4"})
+    own = store.for_actor(User("ben", "analyst", ())).save_analysis("B-own", summary(50, "b.tif"))
     store.close()
-    at = run(CASES, open_analysis=cut)
+    return shared, own
+
+
+def signed_in(name: str):
+    from core.auth import UserFile
+
+    return {"auth_user": UserFile().get(name).user(), "auth_via": "password"}
+
+
+def test_cases_page_shows_each_user_their_cases_and_rights(team):
+    shared, own = team
+    at = run(CASES, **signed_in("vic"))  # a viewer of group 'path'
     assert not at.exception
-    assert any("Saving did not finish" in e.value for e in at.error)
-    assert at.selectbox[0].options[0].endswith("saving did not finish")
     table = at.dataframe[0].value
-    assert dict(zip(table["id"], table["status"])) == {done: "saved", cut: "saving did not finish"}
-    assert button(at, "Review this analysis").disabled
+    assert list(table["id"]) == [shared] and list(table["shared with group"]) == ["path"]
+    assert button(at, "Delete analysis…").disabled and button(at, "Save note").disabled
+    at = run(CASES, **signed_in("ben"))
+    assert list(at.dataframe[0].value["id"]) == [own]
+    assert not button(at, "Delete analysis…").disabled
     button(at, "Delete analysis…").click().run()
     button(at, "Yes, delete it").click().run()
-    assert [r["id"] for r in CaseStore().list_analyses()] == [done]
-    at = run(CASES, open_analysis=done)
-    assert not at.exception and not at.error and "status" not in at.dataframe[0].value.columns
+    assert not at.exception and [r["id"] for r in CaseStore().list_analyses()] == [shared]
+    assert CaseStore().audit_log(own)[0]["user"] == "ben"
+    at = run(CASES, **signed_in("root"), open_analysis=shared)  # an admin sees all and may delete
+    assert list(at.dataframe[0].value["id"]) == [shared] and not button(at, "Delete analysis…").disabled
+
+
+def test_pages_ask_for_a_sign_in_once_there_are_users(team):
+    from core.auth import UserFile
+
+    for page in (CASES, BOARD):
+        at = run(page)
+        assert not at.exception and not at.dataframe  # nothing from the case store before signing in
+        assert any("Sign in" in i.value for i in at.info)
+    at = run(CASES)
+    name, password = at.sidebar.text_input[0], at.sidebar.text_input[1]
+    name.input("ana")
+    password.input("wrong password!")
+    at.sidebar.button[0].click().run()
+    assert [e.value for e in at.sidebar.error] == ["Wrong name or password."] and not at.dataframe
+    for _ in range(5):  # the limiter: five failures, then a wait, even with the right password
+        at.sidebar.text_input[0].input("ana")
+        at.sidebar.text_input[1].input("still wrong!!")
+        at.sidebar.button[0].click().run()
+    at.sidebar.text_input[0].input("ana")
+    at.sidebar.text_input[1].input("ana-long-password")
+    at.sidebar.button[0].click().run()
+    assert any("Too many failed sign-ins" in e.value for e in at.sidebar.error) and not at.dataframe
+    at = run(CASES)
+    at.sidebar.text_input[0].input("cleo")  # another name is not held up by ana's failures; unknown: same words
+    at.sidebar.text_input[1].input("whatever password")
+    at.sidebar.button[0].click().run()
+    assert [e.value for e in at.sidebar.error] == ["Wrong name or password."]
+    UserFile().add("dee", "analyst", ["path"], password="dee-long-password")
+    at = run(CASES)
+    at.sidebar.text_input[0].input("Dee")  # names are matched regardless of case
+    at.sidebar.text_input[1].input("dee-long-password")
+    at.sidebar.button[0].click().run()
+    assert not at.exception and list(at.dataframe[0].value["id"]) == [team[0]]
+    assert any(t.value == "dee" for t in at.sidebar.text)
+
+
+def test_every_page_refuses_to_serve_the_network_without_users(data_dir):
+    from streamlit import config
+
+    CaseStore().save_analysis("B-1", summary(40, "first.tif"))
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        for page in ("cases.py", "tumour_board.py", "analyze.py", "review.py", "home.py", "teaching.py"):
+            at = run(str(REPO / "pages" / page))
+            assert not at.exception, page
+            assert len(at.error) == 1 and "python -m core users add" in at.error[0].value, page
+            assert not at.dataframe and not at.button, page
+    finally:
+        config.set_option("server.address", before)
 
 
 def test_md_escape_shows_user_text_literally():
@@ -220,3 +292,30 @@ def test_cases_page_shows_a_hostile_case_label_as_text(data_dir):
     assert "![i](" not in at.subheader[0].value
     assert any("Analysed by \\[Dr\\](http:" in m.value for m in at.markdown)
     assert at.selectbox[0].options[0].startswith(f"#{aid} · {label}")  # options are plain text: shown as typed
+
+
+def test_sign_in_through_an_oidc_provider(team, monkeypatch):
+    """With [auth] in the secrets: a sign-in button (st.login); the provider's e-mail address gets its role from the user file."""
+    import streamlit
+
+    from core.auth import UserFile
+
+    secrets = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 40, "client_id": "tilscope",
+               "client_secret": "s", "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}
+    at = AppTest.from_file(CASES, default_timeout=60)
+    at.secrets["auth"] = secrets
+    at.run()
+    assert not at.exception and not at.dataframe
+    assert [b.label for b in at.sidebar.button] == ["Sign in with your organisation's account", "Sign in"]
+    UserFile().add("ana.silva@hospital.org", "analyst", ["path"], password=None)
+    for email, ids in (("Ana.Silva@hospital.org", [team[0]]), ("stranger@example.org", [])):
+        monkeypatch.setattr(streamlit, "user", {"is_logged_in": True, "email": email, "name": "Someone"})
+        at = AppTest.from_file(CASES, default_timeout=60)
+        at.secrets["auth"] = secrets
+        at.run()
+        assert not at.exception, at.exception
+        assert [t.value for t in at.sidebar.text][:1] == [email.lower()]
+        if ids:  # an analyst of group 'path'
+            assert list(at.dataframe[0].value["id"]) == ids
+        else:  # not in the user file: a viewer of no group sees nothing
+            assert any("No analyses saved yet" in i.value for i in at.info) and not at.dataframe

@@ -13,7 +13,7 @@ def _random_model(seed=0):
     torch.manual_seed(seed)
     net = CD3CNN("compact")
     meta = {"layout": "compact", "normalization_mean": "[0.5, 0.5, 0.5]", "normalization_std": "[0.25, 0.25, 0.25]",
-            "threshold": "0.5"}
+            "threshold": "0.5", "nms_radius_um": "4.0"}
     return CD3IHCModel(get_scenario("cd3-ihc"), torch.device("cpu"), net.state_dict(), meta)
 
 
@@ -75,10 +75,40 @@ def test_nms_on_known_peaks():
     for i, j in peaks:
         prob[i - 1 : i + 2, j - 1 : j + 2] = 0.7  # a plateau around each cell, as a CNN gives
         prob[i, j] = 0.95
-    xy, p = model.detect(prob, threshold=0.5, box_px=30.0, iou=0.15)
+    xy, p = model.detect(prob, threshold=0.5, nms_radius_px=20.0)
     assert len(xy) == 3
     expected = sorted((8 * j - 0.5, 8 * i - 0.5) for i, j in peaks)
     np.testing.assert_allclose(sorted(map(tuple, xy)), expected, atol=1e-6)
     assert np.all(p == pytest.approx(0.95))
-    xy, _ = model.detect(prob, threshold=0.99, box_px=30.0, iou=0.15)
+    xy, _ = model.detect(prob, threshold=0.99, nms_radius_px=20.0)
     assert len(xy) == 0
+    # the v1 weights' square-box NMS finds the same cells
+    xy, _ = model.detect_boxes(prob, threshold=0.5, box_px=30.0, iou=0.15)
+    np.testing.assert_allclose(sorted(map(tuple, xy)), expected, atol=1e-6)
+
+
+def test_radius_nms_keeps_cells_just_beyond_the_radius():
+    """Two peaks 3 grid steps (24 px) apart: one cell with a 24 px radius, two with 23 px."""
+    from core.scenarios.cd3_ihc import suppress_within_radius
+
+    prob = np.zeros((10, 10), np.float32)
+    prob[5, 2], prob[5, 5] = 0.9, 0.8
+    ii, jj = suppress_within_radius(prob, 0.5, 24.0)
+    assert list(zip(ii, jj)) == [(5, 2)]
+    ii, jj = suppress_within_radius(prob, 0.5, 23.0)
+    assert list(zip(ii, jj)) == [(5, 2), (5, 5)]  # by decreasing probability
+    ii, _ = suppress_within_radius(prob, 0.5, 0.0)
+    assert len(ii) == 2
+    with pytest.raises(ValueError, match="radius"):
+        suppress_within_radius(prob, 0.5, -1.0)
+
+
+def test_operating_point_comes_from_the_metadata():
+    model = _random_model()
+    assert model.operating_point["threshold"] == 0.5 and model.operating_point["nms_radius_um"] == 4.0
+    from core.errors import WeightsError
+
+    torch.manual_seed(0)
+    meta = {"layout": "compact", "normalization_mean": "[0.5, 0.5, 0.5]", "normalization_std": "[0.25, 0.25, 0.25]"}
+    with pytest.raises(WeightsError, match="metadata"):  # no threshold: no silent default
+        CD3IHCModel(get_scenario("cd3-ihc"), torch.device("cpu"), CD3CNN("compact").state_dict(), meta)

@@ -58,6 +58,6 @@ def test_cli_without_the_case_store_writes_the_same_maps_and_table(tmp_path, mon
     assert main(["analyze", str(path), "--scenario", "cd3-ihc", "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
     a = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
     b = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
-    assert set(a) == set(b) == {"cells.csv", "summary.json", "overlay.png", "probability.png"}
-    for name in ("cells.csv", "overlay.png", "probability.png"):
+    assert set(a) == set(b) == {"cells.csv", "cells.parquet", "summary.json", "overlay.png", "probability.png"}
+    for name in ("cells.csv", "cells.parquet", "overlay.png", "probability.png"):
         assert a[name] == b[name]

@@ -370,7 +370,9 @@ def png_array(data: bytes) -> np.ndarray:
 def test_exports_agree_with_each_other(tmp_path):
     result = make_result(spatial=True)
     files = exports.build_exports(result, model_card=CARD, case_label="B-1")
-    assert {"report.pdf", "cells.csv", "summary.json", "overlay.png", "cells.geojson"} == set(files)
+    assert {"report.pdf", "cells.csv", "cells.parquet", "summary.json", "overlay.png", "cells.geojson"} == set(files)
+    pd.testing.assert_frame_equal(pd.read_parquet(pd.io.common.BytesIO(files["cells.parquet"])),
+                                  pd.read_csv(pd.io.common.BytesIO(files["cells.csv"])), check_exact=False, atol=5e-4)
     summary = json.loads(files["summary.json"])
     assert summary["counts"] == result.summary["counts"]
     assert summary["spatial"] == json.loads(json.dumps(result.spatial.to_dict()))
@@ -468,7 +470,7 @@ def test_write_analysis_writes_the_same_bytes(tmp_path):
 
     result = make_result(dense={"probability": probability_output()})
     written = write_analysis(result, tmp_path / "out", case_label="B-9")
-    assert set(written) == {"cells.csv", "summary.json", "overlay.png", "probability.png"}
+    assert set(written) == {"cells.csv", "cells.parquet", "summary.json", "overlay.png", "probability.png"}
     with_report = write_analysis(result, tmp_path / "full", report=True, case_label="B-9")
     assert set(with_report) == set(written) | set(exports.REPORT_FILES)
     files = exports.build_exports(result, case_label="B-9")

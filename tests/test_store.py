@@ -157,7 +157,7 @@ def test_save_list_open_delete(db_url):
     store.delete_analysis(first)
     with pytest.raises(StoreError, match="does not exist"):
         store.get_analysis(first)
-    with pytest.raises(StoreError, match="no file"):
+    with pytest.raises(StoreError, match="does not exist"):
         store.get_file(first, "report.pdf")
     with pytest.raises(StoreError):
         store.delete_analysis(first)
@@ -209,8 +209,8 @@ def test_migration_from_version_1_keeps_data(db_url):
     old.close()
 
     new = CaseStore(db_url)
-    assert new.schema_version == store_mod.SCHEMA_VERSION == 5
-    assert store_mod.current_schema_version(new.engine) == 5
+    assert new.schema_version == store_mod.SCHEMA_VERSION == 6
+    assert store_mod.current_schema_version(new.engine) == 6
     a = new.get_analysis(aid)
     assert a["case_label"] == "OLD-1" and a["image_name"] == "old.tif" and a["app_version"] == "0.0.9"
     assert a["summary"]["counts"] == {"cd3-positive": 9} and a["params"] == {"a": 1}
@@ -221,6 +221,9 @@ def test_migration_from_version_1_keeps_data(db_url):
     assert new.get_analysis(aid)["note"] == "discussed 2024-05-03"
     assert a["created_by"] is None and a["reviewed_by"] is None and a["originals"] == []  # unknown, not invented
     assert a["complete"] is True and new.list_analyses()[0]["complete"] is True  # saved whole before schema 5
+    assert a["owner"] is None and a["group"] is None  # no user was recorded: an admin's case
+    later = new.save_analysis("OLD-1", summary(4))  # ids go on after the old ones (migration 6's counter)
+    assert later > aid and new.get_analysis(later)["case_label"] == "OLD-1"
     new.close()
 
 
@@ -238,7 +241,7 @@ def test_migration_from_version_3_adds_users_originals_and_the_audit_log(db_url)
                                            data=b"x_px\n1\n"))
     old.close()
     new = CaseStore(db_url)
-    assert new.schema_version == 5
+    assert new.schema_version == 6
     with new.engine.connect() as conn:
         insp = sa.inspect(conn)
         cols = {c["name"] for c in insp.get_columns("analyses")}
@@ -297,55 +300,132 @@ def _small_result():
     return small_result()
 
 
-def test_a_save_is_complete_or_not_shown_as_saved(db_url, monkeypatch):
-    """save_result writes the numbers, then the files: a failure in between never leaves "saved" without files."""
+def test_a_save_is_complete_or_absent(db_url, monkeypatch):
+    """save_result reserves the id, draws the files, then writes everything in one transaction:
+    a failure before that commit leaves no case, no analysis, no file and no audit entry."""
+    from core.outputs import exports
     from core.outputs.exports import save_result
 
     store = CaseStore(db_url)
     aid = save_result(_small_result(), "B-1", store, created_by="Dr A")
     a = store.get_analysis(aid)
     assert a["complete"] is True and {"report.pdf", "cells.csv", "overlay.png"} <= {f["name"] for f in a["files"]}
+    assert a["owner"] == "Dr A"  # saved without a signed-in user: the case belongs to who ran it
 
-    # The files cannot be written (disk full, a lost connection): the unfinished analysis is removed again.
     def broken(*_args, **_kwargs):
         raise StoreError("disk I/O error")
 
-    monkeypatch.setattr(CaseStore, "add_files", broken)
-    with pytest.raises(StoreError, match="disk I/O"):
-        save_result(_small_result(), "B-2", store, created_by="Dr A")
-    assert [r["id"] for r in store.list_analyses()] == [aid]
-    gone = [e for e in store.audit_log() if e["case_label"] == "B-2"]
-    assert [e["action"] for e in gone] == ["analysis deleted", "analysis saved"] and "not kept" in gone[0]["comment"]
-
-    # The process dies between the two transactions (nothing after the first runs, not even the clean-up):
-    # the analysis is there, marked as not finished, and a new store on the database still says so.
-    monkeypatch.setattr(CaseStore, "delete_analysis", broken)
-    with pytest.raises(StoreError):
-        save_result(_small_result(), "B-3", store, created_by="Dr A")
+    for where in ("build_exports", "save_analysis"):  # drawing the files fails; the one write fails
+        with monkeypatch.context() as m:
+            if where == "build_exports":
+                m.setattr(exports, "build_exports", broken)
+            else:
+                m.setattr(CaseStore, "save_analysis", broken)
+            with pytest.raises(StoreError, match="disk I/O"):
+                save_result(_small_result(), "B-2", store, created_by="Dr A")
+        assert [r["id"] for r in store.list_analyses()] == [aid]
+        assert [c["label"] for c in store.list_cases()] == ["B-1"]
+        assert not [e for e in store.audit_log() if e["case_label"] == "B-2"]
+    # The ids reserved by the failed saves are gaps; the next save gets a new one.
+    again = save_result(_small_result(), "B-2", store, created_by="Dr A")
+    assert again > aid + 2 and store.get_analysis(again)["case_label"] == "B-2"
     store.close()
-    monkeypatch.undo()
-    again = CaseStore(db_url)
-    rows = {r["case_label"]: r for r in again.list_analyses()}
-    assert rows["B-1"]["complete"] is True and rows["B-3"]["complete"] is False
-    unfinished = again.get_analysis(rows["B-3"]["id"])
-    assert unfinished["complete"] is False and unfinished["files"] == []
-    assert unfinished["summary"]["counts"]  # its numbers are kept, and said to be incomplete
-    # Adding its files (the second transaction) completes it; deleting it is the user's other way out.
-    again.add_files(unfinished["id"], {"report.pdf": b"%PDF"})
-    assert again.get_analysis(unfinished["id"])["complete"] is True
-    again.delete_analysis(unfinished["id"], user="Dr A")
-    assert [r["case_label"] for r in again.list_analyses()] == ["B-1"]
-    again.close()
 
 
-def test_save_analysis_without_files_yet_is_incomplete_until_add_files(db_url):
+def test_reserved_ids_are_unique_and_taken_once(db_url):
     store = CaseStore(db_url)
-    aid = store.save_analysis("B-1", summary(), complete=False)
-    assert store.get_analysis(aid)["complete"] is False and store.list_analyses()[0]["complete"] is False
-    store.add_files(aid, {"cells.csv": b"x_px\n1\n"})
-    assert store.get_analysis(aid)["complete"] is True and store.list_analyses()[0]["complete"] is True
-    assert store.get_analysis(store.save_analysis("B-2", summary()))["complete"] is True  # one call, one transaction
+    first, second = store.reserve_analysis_id(), store.reserve_analysis_id()
+    assert second == first + 1
+    assert store.save_analysis("B-1", summary(), analysis_id=second) == second
+    with pytest.raises(StoreError, match="taken already"):
+        store.save_analysis("B-1", summary(), analysis_id=second)
+    assert store.save_analysis("B-1", summary()) == second + 1  # never an id handed out before
     store.close()
+
+
+def test_migration_6_removes_saves_that_never_finished(db_url):
+    """Schema 5 saved numbers, then files: an analysis left ``complete`` False was cut in between."""
+    old = CaseStore(db_url, migrate_to=5)
+    with old.engine.begin() as conn:
+        md = sa.MetaData()
+        cases, analyses, files = (sa.Table(t, md, autoload_with=conn) for t in ("cases", "analyses", "analysis_originals"))
+        case_id = conn.execute(cases.insert().values(label="OLD-5", created_at=datetime(2026, 1, 1))).inserted_primary_key[0]
+        ids = {}
+        for name, complete in (("done.tif", True), ("cut.tif", False)):
+            ids[name] = conn.execute(analyses.insert().values(
+                case_id=case_id, image_name=name, scenario_key="cd3-ihc", params={}, summary=summary(3, name=name),
+                created_at=datetime(2026, 1, 1), created_by="Dr Old", complete=complete)).inserted_primary_key[0]
+        conn.execute(files.insert().values(analysis_id=ids["cut.tif"], name="source-image.png", media_type="image/png",
+                                           size_bytes=3, data=b"png", created_at=datetime(2026, 1, 1)))
+    old.close()
+    new = CaseStore(db_url)
+    assert [r["image_name"] for r in new.list_analyses()] == ["done.tif"]
+    with pytest.raises(StoreError, match="does not exist"):
+        new.get_analysis(ids["cut.tif"])
+    gone = new.audit_log(ids["cut.tif"])
+    assert [e["action"] for e in gone] == ["analysis deleted"] and "never finished" in gone[0]["comment"]
+    assert new.list_cases()[0]["owner"] == "Dr Old"  # the case's owner: who ran its first analysis
+    with new.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM analysis_originals").scalar() == 0
+    new.close()
+
+
+def test_cases_belong_to_users_and_groups(db_url):
+    """Who sees, saves and deletes what (core.auth rules, enforced by the store)."""
+    from core.auth import AccessError, User
+
+    base = CaseStore(db_url)
+    ana = base.for_actor(User("ana", "analyst", ("pathology",)))
+    ben = base.for_actor(User("ben", "analyst", ()))
+    vic = base.for_actor(User("vic", "viewer", ("pathology",)))
+    root = base.for_actor(User("root", "admin", ()))
+    a_own = ana.save_analysis("A-1", summary(1), files={"cells.csv": b"x"})
+    a_group = ana.save_analysis("A-2", summary(2), group="pathology")
+    b_own = ben.save_analysis("B-1", summary(3), created_by="someone else")  # the actor is recorded, not the claim
+    assert ben.get_analysis(b_own)["created_by"] == "ben" and ben.get_analysis(b_own)["owner"] == "ben"
+
+    assert {r["id"] for r in ana.list_analyses()} == {a_own, a_group}
+    assert {r["id"] for r in ben.list_analyses()} == {b_own}
+    assert {r["id"] for r in vic.list_analyses()} == {a_group}  # through the group
+    assert {r["id"] for r in root.list_analyses()} == {a_own, a_group, b_own}
+    assert [c["label"] for c in vic.list_cases()] == ["A-2"] and vic.list_cases()[0]["group"] == "pathology"
+    for call in (lambda: ben.get_analysis(a_own), lambda: ben.get_file(a_own, "cells.csv"),
+                 lambda: ben.get_record(a_own), lambda: ben.set_note(a_own, "x"), lambda: ben.delete_analysis(a_own)):
+        with pytest.raises(StoreError, match="does not exist"):  # not shared: reads as absent
+            call()
+    assert ben.audit_log(a_own) == [] and len(root.audit_log(a_own)) == 1
+    with pytest.raises(AccessError, match="not shared with you"):
+        ben.save_analysis("A-1", summary())  # the label is taken by a case ben does not see
+    with pytest.raises(AccessError, match="not in group"):
+        ben.save_analysis("B-2", summary(), group="pathology")
+    with pytest.raises(AccessError, match="viewer"):
+        vic.save_analysis("V-1", summary())
+    with pytest.raises(AccessError, match="viewer"):
+        vic.set_note(a_group, "looks inflamed")
+    with pytest.raises(AccessError, match="viewer"):
+        vic.update_review(a_group, regions=None, corrections=None)
+    with pytest.raises(AccessError, match="only an admin"):
+        vic.delete_analysis(a_group)
+    # An analyst of the group may add to the case and review it, but deletes only what they own.
+    cleo = base.for_actor(User("cleo", "analyst", ("pathology",)))
+    c_run = cleo.save_analysis("A-2", summary(5))
+    cleo.set_note(a_group, "seen", user="ignored")
+    assert cleo.audit_log(a_group)[0]["user"] == "cleo"
+    with pytest.raises(AccessError, match="only an admin"):
+        cleo.delete_analysis(a_group)
+    cleo.delete_analysis(c_run)  # ran it
+    ana.delete_analysis(a_group)  # owns the case
+    with pytest.raises(AccessError, match="owner"):
+        cleo.set_case_group(ana.list_cases()[0]["id"], None)
+    with pytest.raises(AccessError, match="only an admin"):
+        cleo.delete_case([c for c in root.list_cases() if c["label"] == "A-2"][0]["id"])
+    root.delete_analysis(b_own)
+    assert {r["id"] for r in root.list_analyses()} == {a_own}
+    # Sharing a case later makes it visible to the group.
+    a1 = [c for c in ana.list_cases() if c["label"] == "A-1"][0]["id"]
+    ana.set_case_group(a1, "pathology")
+    assert {r["id"] for r in vic.list_analyses()} == {a_own}
+    base.close()
 
 
 def test_user_names_and_audit_entries_are_checked():

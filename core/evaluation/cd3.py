@@ -19,7 +19,10 @@ def evaluate_cd3(split: str = "validation", data: str | None = None, mosaic: boo
 
     With ``mosaic``, also detection precision/recall/F1 on mosaics of that split's
     patches (:func:`core.evaluation.mosaic.build_mosaic`, seeds :data:`CD3_MOSAIC_SEEDS`), a
-    detection matching a positive centre within :data:`CD3_MATCH_RADIUS_UM`.
+    detection matching a positive centre within :data:`CD3_MATCH_RADIUS_UM`; and, for the
+    validation split, ``mosaic_reporting_half``: the same on mosaics of the validation half
+    the operating point was *not* chosen on (:mod:`core.evaluation.cd3_calibration`), the
+    held-out figure of calibrated weights.
     """
     from core.evaluation.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
     from core.evaluation.metrics import binary_metrics, detection_metrics
@@ -59,4 +62,10 @@ def evaluate_cd3(split: str = "validation", data: str | None = None, mosaic: boo
             "precision": precision, "recall": recall,
             "f1": 2 * precision * recall / max(precision + recall, 1e-12),
         }
+        if split == "validation":
+            from core.evaluation import cd3_calibration as cal
+
+            reporting = cal.validation_halves(table)["reporting"]
+            out["mosaic_reporting_half"] = cal.mosaic_detection(model, cal.mosaic_maps(model, reporting, cal.REPORTING_SEEDS)) | {
+                "seeds": list(cal.REPORTING_SEEDS), "grid": list(cal.MOSAIC_GRID), "patches": int(len(reporting))}
     return out

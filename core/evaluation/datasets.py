@@ -36,8 +36,9 @@ def cd3_patch_table(data_dir: str | Path = CD3_DATA_DIR) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``path`` (str), ``id`` (int), ``folder`` (positive / negative /
-        background), ``label`` (1 = CD3+ lymphocyte, 0 = not) and ``split``
-        (train / tune / validation).
+        background), ``label`` (1 = CD3+ lymphocyte, 0 = not), ``group`` (str, the
+        source block the split is drawn by: ``image_name/bx/by`` or ``id/<id>``) and
+        ``split`` (train / tune / validation).
 
     Raises
     ------
@@ -61,8 +62,8 @@ def cd3_patch_table(data_dir: str | Path = CD3_DATA_DIR) -> pd.DataFrame:
             bx = int(min(rec.pixel_north_east_x, rec.pixel_south_west_x)) // SPLIT_BLOCK_PX
             by = int(min(rec.pixel_north_east_y, rec.pixel_south_west_y)) // SPLIT_BLOCK_PX
             groups[int(rec.id)] = f"{rec.image_name}/{bx}/{by}"
-    keys = [groups.get(i, f"id/{i}") for i in table["id"]]
-    table["split"] = [_split_of(k) for k in keys]
+    table["group"] = [groups.get(i, f"id/{i}") for i in table["id"]]
+    table["split"] = [_split_of(k) for k in table["group"]]
     return table
 
 

@@ -47,6 +47,14 @@ Modules
 - :mod:`core.generator.concentration`: the classification rule (local concentration).
 - :mod:`core.generator.synthesis`: :func:`generate` and :class:`SyntheticSection`.
 - :mod:`core.generator.colours`: :func:`estimate_he_colours` (``python -m core.generator --estimate-he``).
+- :mod:`core.generator.compartments`: the compartment recipe (tumour nests, stroma, necrosis,
+  lymphoid aggregates, glass, pen marks in H&E and eight IHC stains) with its ground-truth label
+  map, :func:`generate_compartments` (CD-UNET scenario ``tissue-compartments``).
+- :mod:`core.generator.stains`: stains as optical-density vectors and
+  :func:`estimate_stain_statistics` (``python -m core.generator --estimate-stains``).
+- :mod:`core.generator.mihc`: the multiplex IHC recipe (PD1, CD8, CD4, FOXP3 chromogens + hematoxylin,
+  Beer-Lambert, the six T-cell phenotypes of the S-DRDIN paper's Table 1), :func:`core.generator.mihc.generate_mihc`
+  (scenario ``mihc-tcell-phenotypes``).
 
 References
 ----------
@@ -55,6 +63,14 @@ Table 1.
 """
 
 from core.generator.colours import estimate_he_colours
+from core.generator.compartments import (
+    COMPARTMENT_LABELS,
+    COMPARTMENTS,
+    STAINS,
+    CompartmentRecipe,
+    CompartmentSection,
+    generate_compartments,
+)
 from core.generator.concentration import cell_concentrations, classify_concentrations, concentration_map
 from core.generator.geometry import ellipse_coverage, voronoi_labels
 from core.generator.recipes import (
@@ -69,9 +85,17 @@ from core.generator.recipes import (
     get_recipe,
 )
 from core.generator.rendering import smooth_noise
+from core.generator.stains import estimate_stain_statistics
 from core.generator.synthesis import SyntheticSection, generate
 
 __all__ = [
+    "COMPARTMENT_LABELS",
+    "COMPARTMENTS",
+    "STAINS",
+    "CompartmentRecipe",
+    "CompartmentSection",
+    "estimate_stain_statistics",
+    "generate_compartments",
     "HE_ESTIMATE",
     "HE_MELANOMA",
     "IF_MELANOMA",

@@ -300,8 +300,12 @@ def _spatial_figures(s: dict, with_counts: bool) -> list[KeyFigure]:
     test = (s.get("ripley") or {}).get("global_test") or {}
     if test.get("global_p_value") is not None:
         n_sim = (s.get("ripley") or {}).get("n_simulations")
+        sub = (s.get("ripley") or {}).get("subsample") or {}
+        where = (f" on a random subsample of {sub.get('n_tumour_used')} tumour and {sub.get('n_immune_used')} immune "
+                 "cells" if sub else "")
         add("ripley.global_p_value", "cross-L global envelope test, p", test["global_p_value"], "",
-            f"{n_sim} random relabellings of tumour/immune labels" if n_sim else "random relabelling", digits=3)
+            (f"{n_sim} random relabellings of tumour/immune labels" if n_sim else "random relabelling") + where,
+            digits=3)
     mh = s.get("morisita_horn") or {}
     if mh.get("available") and mh.get("index") is not None:
         add("morisita_horn", "immune-tumour co-localisation (Morisita-Horn)", mh["index"], "",

@@ -55,6 +55,7 @@ THRESHOLD_LABELS: dict[str, tuple[str, str]] = {
     "detection": ("detection: probability threshold", ""),
     "nms_box_um": ("non-maximum suppression: box side", "µm"),
     "nms_iou": ("non-maximum suppression: largest overlap kept (IoU)", ""),
+    "nms_radius_um": ("non-maximum suppression: radius (no two cells closer)", "µm"),
     "mask_threshold": ("immune-cell mask: threshold", ""),
     "min_area_px": ("smallest cell kept (area)", "px"),
     "min_distance_px": ("least distance between two cells", "px"),

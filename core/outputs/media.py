@@ -8,6 +8,7 @@ from pathlib import Path
 MEDIA_TYPES = {
     ".pdf": "application/pdf",
     ".csv": "text/csv",
+    ".parquet": "application/vnd.apache.parquet",
     ".json": "application/json",
     ".geojson": "application/geo+json",
     ".png": "image/png",

@@ -16,12 +16,21 @@ one backup of the database holds everything, and it works unchanged when the
 database is a PostgreSQL server that the app's disk does not share. Exports are
 small (a PDF of a few hundred kB, a cells table of some MB).
 
-An analysis whose files are drawn after its numbers are saved (the report carries its id,
-:func:`core.outputs.exports.save_result`) is saved with ``complete=False`` and becomes
-complete in the transaction that adds its files (:meth:`CaseStore.add_files`). One
-interrupted in between (the process killed) stays ``complete: False`` in
-:meth:`CaseStore.list_analyses` and :meth:`CaseStore.get_analysis`: the pages say that its
-saving did not finish instead of showing it as saved.
+A save is complete or absent. :meth:`CaseStore.save_analysis` writes the case (when new),
+the analysis, its files, its originals and its audit entry in one transaction. A caller
+that needs the analysis id before that (the report carries it, :func:`core.outputs.exports.save_result`)
+reserves it first (:meth:`CaseStore.reserve_analysis_id`, a counter in its own short
+transaction), draws the files outside any transaction, then saves with that id. A process
+killed anywhere in between leaves nothing but an unused id; the database itself rolls back
+a transaction that never committed. Analyses left unfinished by the older two-transaction
+protocol of schema 5 are removed by migration 6.
+
+Who may do what: a store opened for a signed-in user (:meth:`CaseStore.for_actor`, a
+:class:`core.auth.User`) shows them the cases they own, those of their groups, and
+(admin) all; refuses viewers every write; and lets only an admin, or the analyst who
+owns it, delete an analysis or case (:mod:`core.auth`). An analysis they may not see
+reads as absent. Without an actor (the command line, batch jobs, tests, the app in local
+single-user mode) nothing is restricted.
 
 Schema changes are ordered migration steps (:data:`core.outputs.store_schema.MIGRATIONS`)
 applied when the store opens, recorded in the ``schema_version`` table; nothing is
@@ -30,6 +39,7 @@ dropped. The models, migrations and engine set-up are in :mod:`core.outputs.stor
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from datetime import datetime, timezone
@@ -41,6 +51,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 import core
+from core import auth
+from core.auth import AccessError, User
 from core.errors import InputError
 from core.outputs import records as rec
 from core.outputs.media import media_type
@@ -53,6 +65,7 @@ from core.outputs.store_schema import (
     AnalysisOriginal,
     AuditEvent,
     Case,
+    IdCounter,
     StoreError,
     utcnow,
     writer,
@@ -61,7 +74,7 @@ from core.outputs.store_schema import (
     migrate,
 )
 
-__all__ = ["CaseStore", "StoreError", "DB_FILENAME", "SOURCE_IMAGE", "AUDIT_ACTIONS", "check_user", "SQLITE_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "MIGRATIONS",
+__all__ = ["CaseStore", "StoreError", "AccessError", "DB_FILENAME", "SOURCE_IMAGE", "AUDIT_ACTIONS", "check_user", "SQLITE_BUSY_TIMEOUT_S", "SCHEMA_VERSION", "MIGRATIONS",
            "current_schema_version", "migrate", "create_engine", "database_url", "data_dir", "repo_root"]
 
 #: Default SQLite file name inside the data folder.
@@ -108,6 +121,11 @@ class CaseStore:
     migrate_to : int, optional
         Apply migrations only up to this schema version (for tests of migrations).
 
+    Attributes
+    ----------
+    actor : core.auth.User or None
+        The user this store acts for (:meth:`for_actor`); None: no restriction.
+
     Raises
     ------
     StoreError
@@ -121,6 +139,8 @@ class CaseStore:
     {'cd3-positive': 4}
     """
 
+    actor: User | None = None
+
     def __init__(self, url: str | None = None, migrate_to: int | None = None) -> None:
         self.url = url or database_url()
         self.engine = create_engine(self.url)
@@ -130,6 +150,23 @@ class CaseStore:
             raise StoreError(f"cannot open the case database {self._safe_url()}: {err.orig}") from err
         except SQLAlchemyError as err:
             raise StoreError(f"cannot migrate the case database {self._safe_url()}: {err}") from err
+
+    def for_actor(self, actor: User | None) -> "CaseStore":
+        """This store (same connections) acting for ``actor``: every read and write is checked against their rights.
+
+        Parameters
+        ----------
+        actor : core.auth.User or None
+            The signed-in user; None gives an unrestricted store (local single-user mode).
+
+        Returns
+        -------
+        CaseStore
+            A view sharing this store's engine: closing either closes both.
+        """
+        view = copy.copy(self)
+        view.actor = actor
+        return view
 
     def _safe_url(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
@@ -144,64 +181,140 @@ class CaseStore:
     def _write(self) -> Session:
         return Session(writer(self.engine), expire_on_commit=False)
 
+    # ---------------------------------------------------------------- rights
+
+    def _visible(self, q: sa.Select) -> sa.Select:
+        """``q`` (which joins ``Case``) limited to the cases the actor sees."""
+        a = self.actor
+        if a is None or a.is_admin:
+            return q
+        conds = [Case.owner == a.name]
+        if a.groups:
+            conds.append(Case.group_name.in_(list(a.groups)))
+        return q.where(sa.or_(*conds))
+
+    def _sees(self, case: Case) -> bool:
+        return auth.can_see(self.actor, case.owner, case.group_name)
+
+    def _analysis(self, session: Session, analysis_id: int, *options) -> Analysis:
+        """The analysis if it exists and the actor sees it; else "does not exist" (an unshared one is not revealed)."""
+        a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case), *options])
+        if a is None or not self._sees(a.case):
+            raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+        return a
+
+    def _check_write(self, what: str) -> None:
+        auth.check_write(self.actor, what)
+
+    def _audit_user(self, user: str | None) -> str | None:
+        """The name the audit log records: the actor's when one is signed in (a page cannot pass another)."""
+        if self.actor is not None:
+            return self.actor.name
+        return None if user is None else check_user(user)
+
     # ---------------------------------------------------------------- cases
 
-    def get_or_create_case(self, label: str) -> int:
-        """Return the id of the case with ``label`` (stripped), creating it if needed.
+    def _new_case(self, session: Session, label: str, group: str | None, owner: str | None) -> Case:
+        case = Case(label=label, created_at=utcnow(), owner=self.actor.name if self.actor else owner,
+                    group_name=self._check_group(group))
+        session.add(case)
+        session.flush()
+        return case
+
+    def _check_group(self, group: str | None) -> str | None:
+        if group is None or not str(group).strip():
+            return None
+        group = auth.check_name(group, "group name")
+        a = self.actor
+        if a is not None and not a.is_admin and group not in a.groups:
+            raise AccessError(f"{a.name} is not in group {group!r}: share the case with one of your groups "
+                              f"({', '.join(a.groups) or 'none'})")
+        return group
+
+    def _case_for_write(self, session: Session, label: str) -> Case | None:
+        case = session.scalars(sa.select(Case).where(Case.label == label)).first()
+        if case is not None and not self._sees(case):
+            raise AccessError(f"the case label {label!r} is taken by a case that is not shared with you: "
+                              "choose another label, or ask its owner to share it with your group")
+        return case
+
+    def get_or_create_case(self, label: str, group: str | None = None) -> int:
+        """Return the id of the case with ``label`` (stripped), creating it if needed (owned by the actor, shared with ``group``).
 
         Raises
         ------
         InputError
             If the label is empty or longer than 200 characters.
+        AccessError
+            If the actor is a viewer, is not in ``group``, or the label is taken by a case not shared with them.
         """
         label = _check_label(label)
+        self._check_write("create cases")
         for _attempt in range(2):  # a concurrent writer may create the same label
             with self._write() as session, session.begin():
-                case = session.scalars(sa.select(Case).where(Case.label == label)).first()
+                case = self._case_for_write(session, label)
                 if case is not None:
                     return case.id
-                case = Case(label=label, created_at=utcnow())
-                session.add(case)
                 try:
-                    session.flush()
+                    return self._new_case(session, label, group, None).id
                 except IntegrityError:
                     session.rollback()
                     continue
-                return case.id
         raise StoreError(f"could not create case {label!r}: it was created and deleted concurrently; try again")
 
-    def create_case(self, label: str) -> int:
-        """Create a case and return its id.
+    def create_case(self, label: str, group: str | None = None) -> int:
+        """Create a case (owned by the actor, shared with ``group``) and return its id.
 
         Raises
         ------
         InputError
             If the label is empty, too long, or a case with it exists already.
+        AccessError
+            If the actor is a viewer or not in ``group``.
         """
         label = _check_label(label)
+        self._check_write("create cases")
         with self._write() as session, session.begin():
             if session.scalars(sa.select(Case.id).where(Case.label == label)).first() is not None:
                 raise InputError(f"a case labelled {label!r} exists already; open it or pick another label")
-            case = Case(label=label, created_at=utcnow())
-            session.add(case)
-            session.flush()
-            return case.id
+            return self._new_case(session, label, group, None).id
 
     def list_cases(self, search: str | None = None) -> list[dict[str, Any]]:
-        """Cases as ``[{"id", "label", "created_at", "n_analyses"}]``, newest first."""
+        """Cases the actor sees as ``[{"id", "label", "created_at", "n_analyses", "owner", "group"}]``, newest first."""
         with self._read() as session:
             q = (
-                sa.select(Case.id, Case.label, Case.created_at, sa.func.count(Analysis.id))
+                sa.select(Case.id, Case.label, Case.created_at, Case.owner, Case.group_name, sa.func.count(Analysis.id))
                 .outerjoin(Analysis, Analysis.case_id == Case.id)
-                .group_by(Case.id, Case.label, Case.created_at)
+                .group_by(Case.id, Case.label, Case.created_at, Case.owner, Case.group_name)
                 .order_by(Case.created_at.desc(), Case.id.desc())
             )
+            q = self._visible(q)
             if search:
                 q = q.where(Case.label.ilike(f"%{_escape_like(search)}%", escape="\\"))
             return [
-                {"id": i, "label": lab, "created_at": _iso(c), "n_analyses": n}
-                for i, lab, c, n in session.execute(q).all()
+                {"id": i, "label": lab, "created_at": _iso(c), "n_analyses": n, "owner": owner, "group": group}
+                for i, lab, c, owner, group, n in session.execute(q).all()
             ]
+
+    def set_case_group(self, case_id: int, group: str | None) -> None:
+        """Share a case with ``group`` (None: with nobody but its owner and the admins).
+
+        Raises
+        ------
+        StoreError
+            If there is no such case (or it is not shared with the actor).
+        AccessError
+            If the actor neither owns the case nor is an admin, or is not in ``group``.
+        """
+        with self._write() as session, session.begin():
+            case = session.get(Case, case_id)
+            if case is None or not self._sees(case):
+                raise StoreError(f"case {case_id} does not exist (it may have been deleted in another session)")
+            a = self.actor
+            if a is not None and not a.is_admin and case.owner != a.name:
+                raise AccessError(f"only the owner of case {case.label!r} ({case.owner or 'unknown'}) or an admin can "
+                                  "change whom it is shared with")
+            case.group_name = self._check_group(group)
 
     def delete_case(self, case_id: int) -> None:
         """Delete a case with all its analyses and files.
@@ -209,15 +322,46 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If there is no such case.
+            If there is no such case (or it is not shared with the actor).
+        AccessError
+            If the actor is neither an admin nor the analyst who owns the case.
         """
         with self._write() as session, session.begin():
             case = session.get(Case, case_id)
-            if case is None:
+            if case is None or not self._sees(case):
                 raise StoreError(f"case {case_id} does not exist (it may have been deleted in another session)")
+            if not auth.can_delete(self.actor, case.owner):
+                raise AccessError(f"only an admin or the analyst who owns case {case.label!r} can delete it")
             session.delete(case)
 
     # ---------------------------------------------------------------- analyses
+
+    def reserve_analysis_id(self) -> int:
+        """Hand out the id the next analysis saved with it (:meth:`save_analysis` ``analysis_id``) will have.
+
+        One short transaction on a counter; nothing is visible until that save commits, and
+        an id whose save never happens is simply never used.
+
+        Raises
+        ------
+        AccessError
+            If the actor is a viewer.
+        """
+        self._check_write("save analyses")
+        with self._write() as session, session.begin():
+            return self._next_analysis_id(session)
+
+    @staticmethod
+    def _next_analysis_id(session: Session) -> int:
+        counter = session.execute(sa.select(IdCounter).where(IdCounter.name == "analyses").with_for_update()).scalar()
+        top = session.scalar(sa.select(sa.func.max(Analysis.id))) or 0
+        value = max(int(counter.next_value) if counter is not None else 1, int(top) + 1)
+        if counter is None:
+            session.add(IdCounter(name="analyses", next_value=value + 1))
+        else:
+            counter.next_value = value + 1
+        session.flush()
+        return value
 
     def save_analysis(
         self,
@@ -236,9 +380,10 @@ class CaseStore:
         created_at: datetime | None = None,
         created_by: str | None = None,
         originals: dict[str, bytes] | None = None,
-        complete: bool = True,
+        analysis_id: int | None = None,
+        group: str | None = None,
     ) -> int:
-        """Save one analysis (and its files) under a case, creating the case if needed.
+        """Save one analysis with its files under a case, creating the case if needed: all in one transaction.
 
         Parameters
         ----------
@@ -267,14 +412,15 @@ class CaseStore:
         created_at : datetime, optional
             Default now (UTC).
         created_by : str, optional
-            Who ran the analysis (the user name); recorded with it and in the audit log
-            (action ``"analysis saved"``).
+            Who ran the analysis (the user name; the actor's name when the store acts for
+            one); recorded with it and in the audit log (action ``"analysis saved"``).
         originals : dict of str to bytes, optional
             Files kept as they are through any review, e.g. ``{SOURCE_IMAGE: png}``
             (:meth:`get_original`).
-        complete : bool
-            False when the files follow in a second transaction (:meth:`add_files`, which
-            completes the analysis); until then lists and pages show it as not finished saving.
+        analysis_id : int, optional
+            An id from :meth:`reserve_analysis_id` (when the files name it); default a new one.
+        group : str, optional
+            The group a new case is shared with (one of the actor's groups; any, for an admin).
 
         Returns
         -------
@@ -286,9 +432,13 @@ class CaseStore:
         InputError
             If the case label is empty, the user name is blank or too long, or a value is
             not JSON serialisable.
+        AccessError
+            If the actor is a viewer, is not in ``group``, or the case is not shared with them.
+        StoreError
+            If ``analysis_id`` is taken already.
         """
-        if created_by is not None:
-            created_by = check_user(created_by)
+        self._check_write("save analyses")
+        created_by = self._audit_user(created_by)
         if not isinstance(summary, dict):
             raise InputError(f"summary must be a dict (AnalysisResult.summary), got {type(summary).__name__}")
         payload = {
@@ -301,64 +451,70 @@ class CaseStore:
             raise InputError(f"the analysis cannot be saved: {err}; pass JSON-ready dicts") from err
         if n_corrections is None:
             n_corrections = rec.count_corrections(payload["corrections"])
-        case_id = self.get_or_create_case(case_label)
+        label = _check_label(case_label)
         image = rec.image_info(summary)
         if created_at is not None and created_at.tzinfo is not None:
             created_at = created_at.astimezone(timezone.utc).replace(tzinfo=None)
-        with self._write() as session, session.begin():
-            if session.get(Case, case_id) is None:  # deleted since get_or_create_case
-                case = Case(label=_check_label(case_label), created_at=utcnow())
-                session.add(case)
-                session.flush()
-                case_id = case.id
-            analysis = Analysis(
-                case_id=case_id,
-                image_sha256=image["sha256"],
-                image_name=image["name"],
-                scenario_key=rec.scenario_key(summary),
-                weights_sha256=summary.get("weights_sha256"),
-                params=payload["params"],
-                summary=payload["summary"],
-                spatial=payload["spatial"],
-                regions=payload["regions"],
-                corrections=payload["corrections"],
-                n_corrections=n_corrections,
-                model_card=payload["model_card"],
-                app_version=app_version or core.__version__,
-                created_at=created_at or utcnow(),
-                created_by=created_by,
-                complete=bool(complete),
-            )
-            session.add(analysis)
-            session.flush()
-            for name, data in (files or {}).items():
-                session.add(_file_row(analysis.id, name, data, media_types))
-            for name, data in (originals or {}).items():
-                session.add(_original_row(analysis.id, name, data, media_types))
-            counts = rec.counts(summary)
-            session.add(AuditEvent(
-                analysis_id=analysis.id, case_label=_check_label(case_label), user=created_by or "unknown",
-                time=utcnow(), action="analysis saved",
-                detail={"scenario": analysis.scenario_key, "image": image["name"], "n_cells": sum(counts.values()),
-                        "counts": counts},
-            ))
-            return analysis.id
+        file_rows = [(name, data) for name, data in (files or {}).items()]
+        for _attempt in range(2):  # a concurrent writer may create the same case label
+            try:
+                with self._write() as session, session.begin():
+                    case = self._case_for_write(session, label) or self._new_case(session, label, group, created_by)
+                    if analysis_id is not None and session.get(Analysis, analysis_id) is not None:
+                        raise StoreError(f"analysis id {analysis_id} is taken already; reserve a new one")
+                    aid = analysis_id if analysis_id is not None else self._next_analysis_id(session)
+                    analysis = Analysis(
+                        id=aid,
+                        case_id=case.id,
+                        image_sha256=image["sha256"],
+                        image_name=image["name"],
+                        scenario_key=rec.scenario_key(summary),
+                        weights_sha256=summary.get("weights_sha256"),
+                        params=payload["params"],
+                        summary=payload["summary"],
+                        spatial=payload["spatial"],
+                        regions=payload["regions"],
+                        corrections=payload["corrections"],
+                        n_corrections=n_corrections,
+                        model_card=payload["model_card"],
+                        app_version=app_version or core.__version__,
+                        created_at=created_at or utcnow(),
+                        created_by=created_by,
+                        complete=True,
+                    )
+                    session.add(analysis)
+                    session.flush()
+                    for name, data in file_rows:
+                        session.add(_file_row(aid, name, data, media_types))
+                    for name, data in (originals or {}).items():
+                        session.add(_original_row(aid, name, data, media_types))
+                    counts = rec.counts(summary)
+                    session.add(AuditEvent(
+                        analysis_id=aid, case_label=label, user=created_by or "unknown",
+                        time=utcnow(), action="analysis saved",
+                        detail={"scenario": analysis.scenario_key, "image": image["name"], "n_cells": sum(counts.values()),
+                                "counts": counts},
+                    ))
+                    session.flush()
+                return aid
+            except IntegrityError:
+                if _attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def add_files(self, analysis_id: int, files: dict[str, bytes], media_types: dict[str, str] | None = None) -> None:
-        """Add or replace exported files of an analysis; an analysis saved with ``complete=False`` becomes complete.
-
-        One transaction: the files and the completion are written together or not at all.
+        """Add or replace exported files of an analysis (one transaction).
 
         Raises
         ------
         StoreError
-            If the analysis does not exist.
+            If the analysis does not exist (or is not shared with the actor).
+        AccessError
+            If the actor is a viewer.
         """
+        self._check_write("change analyses")
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id)
-            if a is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
-            a.complete = True
+            self._analysis(session, analysis_id)
             names = list(files)
             session.execute(
                 sa.delete(AnalysisFile).where(AnalysisFile.analysis_id == analysis_id, AnalysisFile.name.in_(names))
@@ -372,11 +528,13 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If the analysis does not exist.
+            If the analysis does not exist (or is not shared with the actor).
+        AccessError
+            If the actor is a viewer.
         """
+        self._check_write("change analyses")
         with self._write() as session, session.begin():
-            if session.get(Analysis, analysis_id) is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            self._analysis(session, analysis_id)
             session.execute(sa.delete(AnalysisOriginal).where(
                 AnalysisOriginal.analysis_id == analysis_id, AnalysisOriginal.name.in_(list(files))))
             for name, data in files.items():
@@ -389,9 +547,10 @@ class CaseStore:
         ------
         StoreError
             If the analysis has no original of that name (e.g. it was saved before
-            TILscope kept originals, or has not been reviewed).
+            TILscope kept originals, or has not been reviewed), or is not shared with the actor.
         """
         with self._read() as session:
+            self._analysis(session, analysis_id)
             data = session.scalars(sa.select(AnalysisOriginal.data).where(
                 AnalysisOriginal.analysis_id == analysis_id, AnalysisOriginal.name == name)).first()
         if data is None:
@@ -451,11 +610,14 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If there is no such analysis.
+            If there is no such analysis (or it is not shared with the actor).
         InputError
             If a value is not JSON serialisable, the user name is blank or too long, or an
             event's action is unknown.
+        AccessError
+            If the actor is a viewer.
         """
+        self._check_write("save reviews")
         payload = {"regions": regions, "corrections": corrections, "spatial": spatial, "summary": summary,
                    "events": events or [], "params": params}
         try:
@@ -464,13 +626,11 @@ class CaseStore:
             raise InputError(f"the review cannot be saved: {err}; pass JSON-ready dicts") from err
         if n_corrections is None:
             n_corrections = rec.count_corrections(payload["corrections"])
-        user = None if user is None else check_user(user)
+        user = self._audit_user(user)
         rows = [_event_row(analysis_id, None, e) for e in payload["events"]]
         now = utcnow()
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
-            if a is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a = self._analysis(session, analysis_id)
             if a.detected_summary is None:  # first review: keep the analysis as detected
                 a.detected_summary = a.summary
                 a.detected_spatial = a.spatial
@@ -516,9 +676,14 @@ class CaseStore:
         ------
         InputError
             If an entry has no user, an unknown action or an unreadable time.
+        AccessError
+            If the actor is a viewer.
         """
+        self._check_write("change analyses")
         rows = [_event_row(analysis_id, case_label, e) for e in json.loads(json.dumps(events, default=rec.json_default))]
         with self._write() as session, session.begin():
+            if analysis_id is not None:
+                self._analysis(session, analysis_id)
             for row in rows:
                 session.add(row)
 
@@ -529,13 +694,16 @@ class CaseStore:
         -------
         list of dict
             ``{"id", "analysis_id", "case_label", "user", "time" (ISO 8601, UTC), "action",
-            "detail", "comment"}``; only one analysis's entries when ``analysis_id`` is given.
+            "detail", "comment"}``; only one analysis's entries when ``analysis_id`` is given;
+            for a user who is not an admin, only the entries of cases shared with them.
         """
         with self._read() as session:
             # Entries are written in the order things happened (an edit's time has whole seconds only).
             q = sa.select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if analysis_id is not None:
                 q = q.where(AuditEvent.analysis_id == analysis_id)
+            if self.actor is not None and not self.actor.is_admin:
+                q = q.where(AuditEvent.case_label.in_(self._visible(sa.select(Case.label))))
             return [
                 {"id": e.id, "analysis_id": e.analysis_id, "case_label": e.case_label, "user": e.user,
                  "time": _iso(e.time), "action": e.action, "detail": e.detail, "comment": e.comment}
@@ -560,13 +728,15 @@ class CaseStore:
         list of dict
             ``{"id", "case_id", "case_label", "image_name", "image_sha256",
             "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections",
-            "created_by", "reviewed_by", "reviewed_at", "complete"}`` (users None when unknown;
-            ``complete`` False for an analysis whose saving did not finish: numbers without files).
+            "created_by", "reviewed_by", "reviewed_at", "complete" (always True: a save is
+            complete or absent), "owner", "group"}`` (users None when unknown), of the cases the
+            actor sees.
         """
         with self._read() as session:
-            q = (
-                sa.select(Analysis, Case.label)
+            q = self._visible(
+                sa.select(Analysis, Case.label, Case.owner, Case.group_name)
                 .join(Case, Case.id == Analysis.case_id)
+                .where(Analysis.complete.is_not(False))
                 .order_by(Analysis.created_at.desc(), Analysis.id.desc())
                 .limit(limit)
             )
@@ -597,8 +767,10 @@ class CaseStore:
                     "reviewed_by": a.reviewed_by,
                     "reviewed_at": _iso(a.reviewed_at),
                     "complete": a.complete is not False,
+                    "owner": owner,
+                    "group": group,
                 }
-                for a, label in session.execute(q).all()
+                for a, label, owner, group in session.execute(q).all()
             ]
 
     def get_analysis(self, analysis_id: int) -> dict[str, Any]:
@@ -607,18 +779,15 @@ class CaseStore:
         ``summary`` / ``spatial`` are the current (reviewed, once reviewed) ones;
         ``detected_summary`` / ``detected_spatial`` those before the first review (None
         until then); ``originals`` lists what :meth:`get_original` reads; ``complete`` is
-        False when saving did not finish (the numbers were written, the files never were).
+        always True (a save is complete or absent); ``owner`` and ``group`` are its case's.
 
         Raises
         ------
         StoreError
-            If there is no such analysis.
+            If there is no such analysis, or it is not shared with the actor.
         """
         with self._read() as session:
-            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.files), selectinload(Analysis.case),
-                                                            selectinload(Analysis.originals)])
-            if a is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a = self._analysis(session, analysis_id, selectinload(Analysis.files), selectinload(Analysis.originals))
             return {
                 "id": a.id,
                 "case_id": a.case_id,
@@ -643,6 +812,8 @@ class CaseStore:
                 "detected_summary": a.detected_summary,
                 "detected_spatial": a.detected_spatial,
                 "complete": a.complete is not False,
+                "owner": a.case.owner,
+                "group": a.case.group_name,
                 "files": [
                     {"name": f.name, "media_type": f.media_type, "size_bytes": f.size_bytes}
                     for f in sorted(a.files, key=lambda f: f.name)
@@ -685,9 +856,10 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If the analysis has no file of that name.
+            If the analysis has no file of that name, or is not shared with the actor.
         """
         with self._read() as session:
+            self._analysis(session, analysis_id)
             data = session.scalars(
                 sa.select(AnalysisFile.data).where(AnalysisFile.analysis_id == analysis_id, AnalysisFile.name == name)
             ).first()
@@ -701,13 +873,14 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If there is no such analysis.
+            If there is no such analysis (or it is not shared with the actor).
+        AccessError
+            If the actor is a viewer.
         """
-        user = None if user is None else check_user(user)
+        self._check_write("write notes")
+        user = self._audit_user(user)
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
-            if a is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a = self._analysis(session, analysis_id)
             a.note = note
             if user is not None:
                 session.add(AuditEvent(analysis_id=analysis_id, case_label=a.case.label, user=user, time=utcnow(),
@@ -719,13 +892,16 @@ class CaseStore:
         Raises
         ------
         StoreError
-            If there is no such analysis.
+            If there is no such analysis (or it is not shared with the actor).
+        AccessError
+            If the actor is neither an admin nor the analyst who owns the analysis (ran it, or owns its case).
         """
-        user = None if user is None else check_user(user)
+        user = self._audit_user(user)
         with self._write() as session, session.begin():
-            a = session.get(Analysis, analysis_id, options=[selectinload(Analysis.case)])
-            if a is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (it may have been deleted in another session)")
+            a = self._analysis(session, analysis_id)
+            if not auth.can_delete(self.actor, a.case.owner, a.created_by):
+                raise AccessError(f"only an admin, or the analyst who ran analysis {analysis_id} or owns its case, "
+                                  "can delete it")
             session.add(AuditEvent(analysis_id=analysis_id, case_label=a.case.label, user=user or "unknown",
                                    time=utcnow(), action="analysis deleted",
                                    detail={"image": a.image_name, "scenario": a.scenario_key},

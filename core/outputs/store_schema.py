@@ -50,6 +50,10 @@ class Case(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     label: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+    # Added by migration 6: who owns the case, and the group it is shared with (both may be NULL:
+    # a case saved before users existed, or from the command line; only admins see those).
+    owner: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, index=True)
+    group_name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, index=True)
     analyses: Mapped[list["Analysis"]] = relationship(
         back_populates="case", cascade="all, delete-orphan", passive_deletes=True
     )
@@ -84,8 +88,8 @@ class Analysis(Base):
     reviewed_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)
     detected_summary: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
     detected_spatial: Mapped[dict | None] = mapped_column(sa.JSON, nullable=True)
-    # schema 5: False from the moment the numbers are written until the files are (two transactions,
-    # core.outputs.exports.save_result); an analysis left False was interrupted while saving.
+    # schema 5: False while a save of the old two-transaction protocol was unfinished. Since schema 6 an
+    # analysis is written in one transaction (always True); migration 6 removed the unfinished ones.
     complete: Mapped[bool | None] = mapped_column(sa.Boolean, nullable=True, default=True)
 
     case: Mapped[Case] = relationship(back_populates="analyses")
@@ -133,6 +137,20 @@ class AnalysisOriginal(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
     analysis: Mapped[Analysis] = relationship(back_populates="originals")
+
+
+class IdCounter(Base):
+    """Next ids handed out before their rows exist (migration 6).
+
+    ``"analyses"``: the id a save reserves (:meth:`core.outputs.store.CaseStore.reserve_analysis_id`)
+    so the report drawn before the one transaction that writes the analysis can carry it.
+    A reserved id whose save never commits is a gap, nothing else.
+    """
+
+    __tablename__ = "id_counters"
+
+    name: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    next_value: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class AuditEvent(Base):
@@ -273,6 +291,55 @@ def _migration_5(conn: sa.Connection) -> None:
     conn.execute(analyses.update().values(complete=True))
 
 
+def _migration_6(conn: sa.Connection) -> None:
+    """Cases get an owner and a group; analyses ids can be reserved; unfinished saves are removed.
+
+    ``cases.owner`` is filled in with the user who ran the case's first analysis (None when
+    unknown: only admins see such a case); ``cases.group_name`` starts empty. Table
+    ``id_counters`` starts the analysis ids after the highest one. Analyses whose saving
+    never finished under the old two-transaction protocol (``complete`` False: numbers
+    without files) are deleted with their rows, each with an audit entry saying so: from
+    schema 6 on a save is complete or absent.
+    """
+    _add_column(conn, "cases", "owner", sa.String(200))
+    _add_column(conn, "cases", "group_name", sa.String(200))
+    md = sa.MetaData()
+    cases = sa.Table("cases", md, sa.Column("id", sa.Integer), sa.Column("label", sa.String), sa.Column("owner", sa.String))
+    analyses = sa.Table("analyses", md, sa.Column("id", sa.Integer), sa.Column("case_id", sa.Integer),
+                        sa.Column("created_by", sa.String), sa.Column("created_at", sa.DateTime),
+                        sa.Column("complete", sa.Boolean), sa.Column("image_name", sa.String),
+                        sa.Column("scenario_key", sa.String))
+    first = (sa.select(analyses.c.created_by).where(analyses.c.case_id == cases.c.id, analyses.c.created_by.is_not(None))
+             .order_by(analyses.c.created_at, analyses.c.id).limit(1).scalar_subquery())
+    conn.execute(cases.update().values(owner=first))
+    counters = sa.Table(
+        "id_counters", md,
+        sa.Column("name", sa.String(50), primary_key=True),
+        sa.Column("next_value", sa.BigInteger, nullable=False),
+    )
+    counters.create(conn)
+    top = conn.execute(sa.select(sa.func.max(analyses.c.id))).scalar() or 0
+    conn.execute(counters.insert().values(name="analyses", next_value=int(top) + 1))
+    audit = sa.Table("audit_events", md, sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("analysis_id", sa.Integer), sa.Column("case_label", sa.String), sa.Column("user", sa.String),
+                     sa.Column("time", sa.DateTime), sa.Column("action", sa.String), sa.Column("detail", sa.JSON),
+                     sa.Column("comment", sa.Text))
+    unfinished = conn.execute(
+        sa.select(analyses.c.id, analyses.c.image_name, analyses.c.scenario_key, cases.c.label)
+        .join(cases, cases.c.id == analyses.c.case_id).where(analyses.c.complete.is_(False))
+    ).all()
+    for row in unfinished:
+        conn.execute(audit.insert().values(
+            analysis_id=row.id, case_label=row.label, user="TILscope", time=utcnow(), action="analysis deleted",
+            detail={"image": row.image_name, "scenario": row.scenario_key},
+            comment="its saving never finished (numbers without files); removed when the case store was upgraded "
+                    "to complete-or-nothing saves"))
+        for table in ("analysis_files", "analysis_originals"):
+            t = sa.table(table, sa.column("analysis_id"))
+            conn.execute(t.delete().where(t.c.analysis_id == row.id))
+        conn.execute(analyses.delete().where(analyses.c.id == row.id))
+
+
 #: Ordered schema steps: (version reached, description, function).
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (1, "cases, analyses and their files", _migration_1),
@@ -281,6 +348,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (4, "analyses.created_by/reviewed_by/reviewed_at/detected_summary/detected_spatial, analysis_originals, "
         "audit_events", _migration_4),
     (5, "analyses.complete (saving finished: numbers and files written)", _migration_5),
+    (6, "cases.owner/group_name, id_counters; unfinished saves removed", _migration_6),
 ]
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1][0]

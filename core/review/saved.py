@@ -196,6 +196,7 @@ def result_from_store(store: Any, analysis: dict | int) -> tuple[AnalysisResult,
         runtime_s=float(summary.get("runtime_s") or 0.0), app_version=str(summary.get("app_version") or a.get("app_version") or ""),
         torch_version=str(summary.get("torch") or ""), python_version=str(summary.get("python") or ""),
         created_at=str(summary.get("created_at") or a.get("created_at") or ""),
+        operating_point=summary.get("operating_point") if isinstance(summary.get("operating_point"), dict) else None,
     )
     warnings = [str(w) for w in summary.get("warnings") or []]
     extra = {}

@@ -201,6 +201,12 @@ class ScenarioModel(ABC):
         """Context for the network's forward pass: bfloat16 autocast when ``precision`` says so."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
+    @property
+    def operating_point(self) -> dict | None:
+        """Post-processing settings calibrated with the weights (e.g. cd3-ihc's ``threshold`` and
+        ``nms_radius_um``), recorded in ``summary.json``; None for a scenario that has none."""
+        return None
+
     # ------------------------------------------------------------------ what a scenario implements
 
     @abstractmethod
@@ -280,8 +286,7 @@ class ScenarioModel(ABC):
         check_input(image, self.scenario)
         if spec.is_rgb:
             return image.rgb
-        idx = [image.channel_names.index(c) for c in spec.channels]
-        return np.ascontiguousarray(image.data[..., idx])
+        return np.ascontiguousarray(image.data[..., input_channel_indices(image, self.scenario)])
 
     def predict(self, work: np.ndarray, progress: Progress | None = None) -> Prediction:
         """Run the scenario on an image at its input mpp with the registry's tiler.
@@ -399,11 +404,39 @@ def check_input(image: ImageData, scenario: Scenario) -> None:
     if spec.is_rgb:
         check_colour(image, scenario)
         return
-    if any(c not in image.channel_names for c in spec.channels):
+    if input_channel_indices(image, scenario) is None:
+        listed = ", ".join(f"{i}: {n}" for i, n in enumerate(image.channel_names))
+        if len(spec.channels) == 1:
+            raise InputError(
+                f"{image.name}: the {scenario.key} model reads one {spec.channels[0]} channel; the image has "
+                f"{image.n_channels} channels ({listed}): pick the {spec.channels[0]} channel with --channel NAME or "
+                "INDEX (from 0) on the command line, or the channel picker in the app"
+            )
         raise InputError(
             f"{image.name}: the {scenario.key} model reads the channels {', '.join(spec.channels)}; "
             f"the image has {', '.join(image.channel_names)}: export the image with those channels"
         )
+
+
+def input_channel_indices(image: ImageData, scenario: Scenario) -> list[int] | None:
+    """Indices of the channels a named-channel scenario reads in ``image``, or None if it lacks one.
+
+    A channel is found by its name (``scenario.input.channels``); a scenario that reads one
+    channel also takes the only plane of a one-channel image whatever its name (a greyscale
+    Hoechst or DAPI export is called "grey"). RGB scenarios: None (they read ``image.rgb``).
+
+    Returns
+    -------
+    list of int (one per declared channel, in declared order) or None
+    """
+    spec = scenario.input
+    if spec.is_rgb:
+        return None
+    if all(c in image.channel_names for c in spec.channels):
+        return [image.channel_names.index(c) for c in spec.channels]
+    if len(spec.channels) == 1 and image.n_channels == 1:
+        return [0]
+    return None
 
 
 def check_colour(image: ImageData, scenario: Scenario) -> None:

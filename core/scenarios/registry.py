@@ -95,7 +95,7 @@ SCENARIOS: dict[str, Scenario] = {
             trained_on_synthetic=False,
             # trained and validated on 0.2 µm/px patches (40x); the antibody cannot be read from the colours
             use=Use(stain="dab-hematoxylin", mpp_range=(0.15, 0.3), antigen="CD3", min_focus=0.003),
-            params={"nms_box_um": 8.0, "nms_iou": 0.1},  # defaults; the weights carry their tuned values
+            # no params: the operating point (threshold, nms_radius_um) is in the weights' metadata
         ),
         _tnrd_scenario(
             key="tnrd-if-melanoma",

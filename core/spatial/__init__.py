@@ -16,12 +16,15 @@ Submodules (each imports only from the ones listed before it):
   compartments, stromal TIL proxy, phenotype, invasive margin, per-cell zones.
 * :mod:`~core.spatial.statistics`: :func:`compute_spatial_stats`, :class:`SpatialStats`
   (conventions and references are in its docstring).
-* :mod:`~core.spatial.cell_tables`: reading TILscope and QuPath cell tables.
+* :mod:`~core.spatial.cell_tables`: reading TILscope and QuPath cell tables (CSV, Parquet).
+* :mod:`~core.spatial.heatmaps`: density heat maps (cells/mm² per µm bin) and Getis-Ord
+  Gi* hot spots, O(n) in the cells, for whole slides.
 """
 
-from core.spatial.cell_tables import CLASS_ROLE_RULES, class_to_role, read_cell_table_csv
+from core.spatial.cell_tables import CLASS_ROLE_RULES, class_to_role, read_cell_table, read_cell_table_csv
 from core.spatial.compartments import cell_spatial_table
 from core.spatial.geometry import distance_to_segments_um, signed_distance_to_border_um
+from core.spatial.heatmaps import DensityMap, HotSpotMap, density_map, getis_ord_gi_star, hot_spots, immune_density_map
 from core.spatial.params import SpatialParams
 from core.spatial.point_processes import MAX_PAIRS, morisita_horn
 from core.spatial.regions import Region
@@ -29,6 +32,8 @@ from core.spatial.statistics import SCHEMA, SpatialStats, compute_spatial_stats,
 
 __all__ = [
     "CLASS_ROLE_RULES",
+    "DensityMap",
+    "HotSpotMap",
     "MAX_PAIRS",
     "SCHEMA",
     "Region",
@@ -37,8 +42,13 @@ __all__ = [
     "cell_spatial_table",
     "class_to_role",
     "compute_spatial_stats",
+    "density_map",
     "distance_to_segments_um",
+    "getis_ord_gi_star",
+    "hot_spots",
+    "immune_density_map",
     "morisita_horn",
+    "read_cell_table",
     "read_cell_table_csv",
     "signed_distance_to_border_um",
     "spatial_stats",

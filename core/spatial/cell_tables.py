@@ -2,6 +2,7 @@
 
 :func:`read_cell_table_csv` reads a TILscope ``cells.csv`` or a QuPath detection
 measurement export (tab- or comma-separated) and says which column became which field;
+:func:`read_cell_table` reads the same tables, or TILscope's ``cells.parquet``, by suffix;
 :func:`class_to_role` maps class names such as QuPath's ``"Tumor"``, ``"Immune cells"``
 or ``"Tumor: Positive"`` to the roles of :data:`core.cells.ROLES` by
 :data:`CLASS_ROLE_RULES`, so :func:`core.spatial.compute_spatial_stats` can run on
@@ -25,6 +26,9 @@ import pandas as pd
 from core.cells import ROLES
 from core.errors import InputError
 
+#: Most rows read from a Parquet cell table (checked from its footer before reading): 10
+#: million cells, about what the 1 GiB limit on a CSV table (``core.cli.MAX_CELL_TABLE_BYTES``) lets in.
+MAX_PARQUET_ROWS = 10_000_000
 
 _IMMUNE_WORDS = {
     "til", "tils", "immune", "lymphocyte", "lymphocytes", "lymphoid", "cd3", "cd4", "cd8", "cd20", "cd45",
@@ -124,6 +128,60 @@ def read_cell_table_csv(path: str | Path, mpp: float | None = None) -> tuple[pd.
         df = pd.read_csv(p, sep=sep, encoding="utf-8-sig", encoding_errors="replace", low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read {p.name!r} as a CSV/TSV cell table: {err}") from err
+    return _cell_table_from_frame(df, p, mpp, "tab" if sep == "\t" else "comma")
+
+
+def read_cell_table(path: str | Path, mpp: float | None = None) -> tuple[pd.DataFrame, dict]:
+    """Read a cell table from CSV/TSV (:func:`read_cell_table_csv`) or Apache Parquet, by the file's suffix.
+
+    A ``.parquet`` file (TILscope's ``cells.parquet``, or any Parquet table with the
+    columns :func:`read_cell_table_csv` recognises) is read with pyarrow and mapped to the
+    cell table the same way; every other suffix is read as CSV/TSV.
+
+    Parameters
+    ----------
+    path : str or Path
+    mpp : float, optional
+        As for :func:`read_cell_table_csv`.
+
+    Returns
+    -------
+    cells, info
+        As :func:`read_cell_table_csv`; ``info["separator"]`` is ``"parquet"`` for Parquet.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, is not a readable Parquet file (e.g. a CSV named
+        ``.parquet``), holds more than :data:`MAX_PARQUET_ROWS` rows, or its columns are not
+        a cell table (see :func:`read_cell_table_csv`).
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".parquet":
+        return read_cell_table_csv(p, mpp)
+    if not p.is_file():
+        raise InputError(f"cell table {str(p)!r} does not exist")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        n_rows = pq.ParquetFile(p).metadata.num_rows
+        if n_rows > MAX_PARQUET_ROWS:
+            raise InputError(f"{p.name!r} holds {n_rows:,} cells, more than the {MAX_PARQUET_ROWS:,} read at once; "
+                             "split the table by region or slide")
+        df = pq.read_table(p).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InputError(f"cannot read {p.name!r} as a Parquet cell table ({_one_line(err)}); give a Parquet "
+                         "file such as TILscope's cells.parquet, or the table as CSV") from err
+    return _cell_table_from_frame(df, p, mpp, "parquet")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+def _cell_table_from_frame(df: pd.DataFrame, p: Path, mpp: float | None, separator: str) -> tuple[pd.DataFrame, dict]:
+    """The cell table and reading notes of a table read from ``p`` (see :func:`read_cell_table_csv`)."""
     cols = {_norm_col(c): c for c in df.columns}
 
     def pick(*names: str) -> str | None:
@@ -220,7 +278,7 @@ def read_cell_table_csv(path: str | Path, mpp: float | None = None) -> tuple[pd.
     info = {
         "format": fmt,
         "path": str(p),
-        "separator": "tab" if sep == "\t" else "comma",
+        "separator": separator,
         "n_rows": n,
         "columns": {k: v for k, v in src.items() if v is not None},
         "class_to_role": mapping,

@@ -16,9 +16,26 @@ augmentation. Departures, stated in the model card:
   14 px (crops in between are not used). A patch classifier trained on centred
   patches alone fires on every window that merely contains a lymphocyte, which
   multiplies detections around each cell once it is slid over a field;
-- a one-cycle learning-rate schedule; epoch chosen on the ``tune`` split (patch
-  F1), and the detection threshold chosen on mosaics of ``tune`` patches, so the
-  reported ``validation`` metrics are untouched.
+- a one-cycle learning-rate schedule; epoch chosen on the ``tune`` split (detection F1
+  on mosaics of tune patches, ties by tune patch F1: :func:`selection_rule`, printed
+  before training), so the reported ``validation`` metrics are untouched;
+- *hard negatives* (``--hard-negatives SHARE --hard-negatives-index CSV``): that share
+  of each batch's centred-patch slots is filled with windows mined from the false
+  positives of earlier weights (:mod:`core.training.cd3_negatives`), label 0, with
+  the dihedral and colour augmentation but no shift (a shift would move an off-centre
+  crop's lymphocyte towards the centre).
+
+The detection operating point (threshold, NMS radius in µm) saved here is a provisional
+one chosen on tune mosaics; :mod:`core.evaluation.cd3_calibration` replaces it with the
+one calibrated on the validation calibration half before the weights are shipped.
+
+Fine-tuning with hard negatives (issue 21), from the shipped weights::
+
+    python -m core.training.cd3_negatives --weights weights/cd3-ihc-cnn-v1.safetensors \
+        --out runs/cd3-hard-negatives-v1.csv
+    python -m core.training.cd3 --init weights/cd3-ihc-cnn-v1.safetensors --epochs 6 --lr 5e-4 \
+        --negative-weight 3 --hard-negatives 0.25 --hard-negatives-index runs/cd3-hard-negatives-v1.csv \
+        --time-limit-s 2100 --out runs/cd3-v2.safetensors
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ from torch import nn
 
 from core.evaluation.datasets import CD3_DATA_DIR, cd3_patch_table, read_patches
 from core.evaluation.metrics import best_f1_threshold, binary_metrics
+from core.evaluation.cd3_calibration import MATCH_RADIUS_UM, NMS_RADII_UM, THRESHOLDS
 from core.nets.cd3_cnn import CD3CNN
 
 SHIFT_PX = 4
@@ -77,14 +95,17 @@ def context_windows(x: torch.Tensor, y: torch.Tensor, n: int, gen: torch.Generat
     return torch.stack(crops), torch.tensor(labels, dtype=torch.long)
 
 
-def augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random dihedral transform, ±4 px shift and colour jitter of (N, 3, 70, 70) float in [0, 1]."""
+def augment(batch: torch.Tensor, gen: torch.Generator, shift_px: int = SHIFT_PX) -> torch.Tensor:
+    """Random dihedral transform, ±``shift_px`` shift and colour jitter of (N, 3, 70, 70) float in [0, 1].
+
+    ``shift_px`` 0 for hard negatives: an off-centre crop must keep its cell 10-20 px off centre.
+    """
     n = batch.shape[0]
     out = torch.empty_like(batch)
-    padded = nn.functional.pad(batch, (SHIFT_PX,) * 4, mode="reflect")
+    padded = nn.functional.pad(batch, (shift_px,) * 4, mode="reflect") if shift_px else batch
     k = torch.randint(0, 4, (n,), generator=gen)
     flip = torch.randint(0, 2, (n,), generator=gen)
-    shifts = torch.randint(0, 2 * SHIFT_PX + 1, (n, 2), generator=gen)
+    shifts = torch.randint(0, 2 * shift_px + 1, (n, 2), generator=gen)
     for i in range(n):
         dy, dx = int(shifts[i, 0]), int(shifts[i, 1])
         x = padded[i, :, dy : dy + 70, dx : dx + 70]
@@ -109,18 +130,180 @@ def predict_proba(model: nn.Module, patches: np.ndarray, mean: np.ndarray, std: 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def selection_rule(args: argparse.Namespace) -> str:
+    """The pre-registered checkpoint and shipping rule, in words (printed before training and recorded).
+
+    References: the paper picks its model by validation precision with early stopping (§IV.B);
+    here the pick is on the tune split only, and for detection F1, the figure the issue judges.
+    """
+    init = args.init or "none"
+    return (
+        "Pre-registered selection rule (fixed before any score of this run is seen): after every epoch the "
+        f"weights are scored on {len(TUNE_SEEDS)} mosaics of tune patches ({TUNE_GRID[0]}x{TUNE_GRID[1]}, seeds "
+        f"{list(TUNE_SEEDS)}) by the best detection F1 over thresholds {THRESHOLDS[0]}-{THRESHOLDS[-1]} x NMS radii "
+        f"{list(NMS_RADII_UM)} um (match within {MATCH_RADIUS_UM} um); the epoch with the highest F1 is kept, ties "
+        "by the higher tune patch F1, then the earlier epoch. The validation split is not read during training. "
+        f"Shipping rule: the kept weights replace --init ({init}) only if, after calibration on the validation "
+        "calibration half (python -m core.evaluation.cd3_calibration), their calibration-half mosaic F1 is higher "
+        "than that of --init calibrated the same way; the reporting half is measured once, afterwards, for the card."
+    )
+
+
+#: Share of the hard negatives drawn from each source group (a source name or its prefix, e.g.
+#: ``ki67`` for both Ki67 tiles). In-domain windows (CD3 training patches) first; the external
+#: IHC, which has many more mined windows from one image, is held to 30 % so it does not dominate.
+DEFAULT_HARD_NEGATIVE_MIX = "train-nonpositive-mosaic=0.35,train-positive-offcentre=0.35,skimage-ihc=0.15,ki67=0.15"
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"a=0.5,b=0.5"`` → ``{"a": 0.5, "b": 0.5}``.
+
+    Raises
+    ------
+    InputError
+        If an entry is not ``name=share`` with a share >= 0, or all shares are 0.
+    """
+    from core.errors import InputError
+
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if not sep or not name.strip() or not share >= 0:
+            raise InputError(f"--hard-negative-mix entry {part!r} is not NAME=SHARE with SHARE >= 0, "
+                             f"e.g. {DEFAULT_HARD_NEGATIVE_MIX}")
+        mix[name.strip()] = share
+    if not mix or sum(mix.values()) <= 0:
+        raise InputError(f"--hard-negative-mix gives no source a share: {text!r}")
+    return mix
+
+
+def mix_weights(sources: np.ndarray, mix: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-row sampling weights so that each source group is drawn with its share of ``mix``.
+
+    Parameters
+    ----------
+    sources : (N,) str, the index's ``source`` column
+    mix : group (source name or prefix) → share >= 0; a row belongs to the first group that
+        names it; groups with no rows are dropped and the others renormalised; rows in no
+        group get weight 0
+
+    Returns
+    -------
+    weights : (N,) float64 tensor summing to 1
+    share_drawn : dict group → the share actually drawn
+
+    Raises
+    ------
+    InputError
+        If no row falls into a group with a positive share.
+    """
+    from core.errors import InputError
+
+    sources = np.asarray(sources).astype(str)
+    weights = np.zeros(len(sources))
+    members, claimed = {}, np.zeros(len(sources), bool)
+    for g in mix:  # a row belongs to the first group that names it
+        members[g] = np.char.startswith(sources, g) & ~claimed
+        claimed |= members[g]
+    present = {g: share for g, share in mix.items() if members[g].any() and share > 0}
+    if not present:
+        raise InputError(f"no hard negative belongs to a source of the mix {mix}; sources: {sorted(set(sources))}")
+    total = sum(present.values())
+    for g, share in present.items():
+        weights[members[g]] = share / total / members[g].sum()
+    return torch.from_numpy(weights / weights.sum()), {g: round(v / total, 4) for g, v in present.items()}
+
+
+def _tune_mosaics(tune_table, seeds=None, grid=None) -> list:
+    """(pixels, truth_xy) of the tune mosaics the selection rule scores (built once per run)."""
+    from core.evaluation.mosaic import build_mosaic
+
+    out = []
+    for seed in seeds or TUNE_SEEDS:
+        m = build_mosaic(tune_table, *(grid or TUNE_GRID), seed=seed)
+        out.append((m.pixels, m.positive_xy))
+    return out
+
+
+def tune_detection(model: nn.Module, mean, std, mosaics: list) -> dict:
+    """Best detection F1 on tune mosaics over the calibration grid (threshold x NMS radius).
+
+    Parameters
+    ----------
+    model : CD3CNN, ``compact`` layout (runs fully convolutionally)
+    mean, std : (3,) float, the input normalisation
+    mosaics : list of (pixels (H, W, 3) uint8, truth_xy (P, 2) float64 px), :func:`_tune_mosaics`
+
+    Returns
+    -------
+    dict: ``threshold``, ``nms_radius_um``, ``tune_mosaic_f1`` and the best row's counts,
+    and what was searched.
+    """
+    from core.evaluation.cd3_calibration import pick_operating_point, score_grid
+    from core.scenarios.cd3_ihc import CD3IHCModel
+    from core.scenarios.registry import get_scenario
+
+    meta = {"layout": "compact", "normalization_mean": json.dumps([float(v) for v in mean]),
+            "normalization_std": json.dumps([float(v) for v in std]), "threshold": "0.5", "nms_radius_um": "4.0"}
+    runner = CD3IHCModel(get_scenario("cd3-ihc"), torch.device("cpu"), model.state_dict(), meta)
+    maps = [(runner.probability_map(px), truth) for px, truth in mosaics]
+    best = pick_operating_point(score_grid(runner, maps))
+    model.train()  # the runner shares no modules, but be explicit: training continues after this
+    return {"threshold": best["threshold"], "nms_radius_um": best["nms_radius_um"], "tune_mosaic_f1": best["f1"],
+            "precision": best["precision"], "recall": best["recall"], "tp": best["tp"], "fp": best["fp"],
+            "fn": best["fn"], "seeds": list(TUNE_SEEDS), "mosaic_grid": list(TUNE_GRID),
+            "searched": {"threshold": list(THRESHOLDS), "nms_radius_um": list(NMS_RADII_UM)}}
+
+
 def train(args: argparse.Namespace) -> dict:
+    """Train (or fine-tune with ``--init``) the CD3 CNN; write the weights and a ``.train.json`` record.
+
+    Returns
+    -------
+    dict, the record (settings, per-epoch history, kept epoch, tune and validation figures).
+
+    Raises
+    ------
+    InputError
+        If ``--hard-negatives`` is outside [0, 0.9] or its index is missing.
+    """
+    from core.errors import InputError
+
+    if not 0.0 <= args.hard_negatives <= 0.9:
+        raise InputError(f"--hard-negatives is the share of a batch's centred patches, in [0, 0.9]; got {args.hard_negatives}")
+    rule = selection_rule(args)
+    print(rule, flush=True)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     table = cd3_patch_table(args.data)
+    # the validation split is read only after training, for the record
     parts = {s: table[table.split == s] for s in ("train", "tune", "validation")}
-    arrays = {s: read_patches(p.path) for s, p in parts.items()}
+    arrays = {s: read_patches(parts[s].path) for s in ("train", "tune")}
     labels = {s: p.label.to_numpy() for s, p in parts.items()}
     x_train = torch.from_numpy(arrays["train"]).permute(0, 3, 1, 2).float() / 255.0
     mean = x_train.mean(dim=(0, 2, 3)).numpy()
     std = x_train.std(dim=(0, 2, 3)).numpy()
     y_train = torch.from_numpy(labels["train"]).long()
+
+    hard = None
+    if args.hard_negatives > 0:
+        from core.training.cd3_negatives import load_hard_negatives, read_index
+
+        if not args.hard_negatives_index:
+            raise InputError("--hard-negatives needs --hard-negatives-index CSV (python -m core.training.cd3_negatives)")
+        index = read_index(args.hard_negatives_index)
+        if len(index) == 0:
+            raise InputError(f"{args.hard_negatives_index} holds no hard negatives")
+        hard = torch.from_numpy(load_hard_negatives(index, table)).permute(0, 3, 1, 2).contiguous()  # uint8
+        hard_counts = {k: int(v) for k, v in index.source.value_counts().sort_index().items()}
+        mix = parse_mix(args.hard_negative_mix)
+        hard_weight, hard_mix = mix_weights(index.source.to_numpy(), mix)
+        print(json.dumps({"hard_negatives": len(hard), "by_source": hard_counts, "share_drawn": hard_mix}), flush=True)
 
     model = CD3CNN(args.layout)
     if args.init:
@@ -132,24 +315,28 @@ def train(args: argparse.Namespace) -> dict:
         model.load_state_dict({k: v.float() for k, v in load_file(args.init).items()}, strict=True)
         mean = np.asarray(json.loads(init_meta["normalization_mean"]), dtype=np.float32)
         std = np.asarray(json.loads(init_meta["normalization_std"]), dtype=np.float32)
-    # Hard negatives: DAB-stained non-lymphocytes are drawn more often than their share.
+    # DAB-stained non-lymphocytes ('negative' patches) can be drawn more often than their share.
     sample_weight = torch.ones(len(x_train))
     sample_weight[torch.from_numpy((parts["train"].folder == "negative").to_numpy())] = args.negative_weight
+    n_hard = int(round(args.batch * args.hard_negatives)) if hard is not None else 0
+    n_regular = args.batch - n_hard
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / args.batch)
+    steps_per_epoch = math.ceil(len(x_train) / n_regular)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch)
     m = torch.as_tensor(mean).view(1, 3, 1, 1)
     s = torch.as_tensor(std).view(1, 3, 1, 1)
-    best = {"f1": -1.0}
+    mosaics = _tune_mosaics(parts["tune"]) if model.fully_convolutional else []
+    best = {"key": (-1.0, -1.0, 0)}
     history = []
     t0 = time.time()
+    stopped = None
     for epoch in range(args.epochs):
         model.train()
         order = torch.multinomial(sample_weight, len(x_train), replacement=True, generator=gen) \
             if args.negative_weight != 1 else torch.randperm(len(x_train), generator=gen)
         total = 0.0
         for b in range(steps_per_epoch):
-            idx = order[b * args.batch : (b + 1) * args.batch]
+            idx = order[b * n_regular : (b + 1) * n_regular]
             if len(idx) < 2:
                 continue
             xb, yb = x_train[idx], y_train[idx]
@@ -157,24 +344,38 @@ def train(args: argparse.Namespace) -> dict:
                 n_ctx = int(round(len(idx) * args.context_fraction))
                 cx, cy = context_windows(x_train, y_train, n_ctx, gen)
                 xb, yb = torch.cat([xb, cx]), torch.cat([yb, cy])
-            xb = (augment(xb, gen) - m) / s
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            xb = augment(xb, gen)
+            if n_hard:
+                pick = torch.multinomial(hard_weight, n_hard, replacement=True, generator=gen)
+                xb = torch.cat([xb, augment(hard[pick].float() / 255.0, gen, shift_px=0)])
+                yb = torch.cat([yb, torch.zeros(n_hard, dtype=torch.long)])
+            loss = nn.functional.cross_entropy(model((xb - m) / s), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
+            if args.time_limit_s and time.time() - t0 > args.time_limit_s:
+                stopped = {"epoch": epoch + 1, "step": b + 1, "of_steps": steps_per_epoch}
+                break
         prob = predict_proba(model, arrays["tune"], mean, std)
         thr, f1 = best_f1_threshold(labels["tune"], prob)
+        det = tune_detection(model, mean, std, mosaics) if mosaics else None
         history.append({"epoch": epoch + 1, "train_loss": total / len(x_train), "tune_f1": f1, "tune_threshold": thr,
-                        "elapsed_s": time.time() - t0})
+                        "tune_mosaic_f1": det and det["tune_mosaic_f1"], "tune_mosaic_precision": det and det["precision"],
+                        "tune_mosaic_recall": det and det["recall"], "elapsed_s": round(time.time() - t0, 1)})
         print(json.dumps(history[-1]), flush=True)
-        if f1 > best["f1"]:
-            best = {"f1": f1, "threshold": thr, "epoch": epoch + 1,
+        key = ((det["tune_mosaic_f1"] if det else f1), f1, -(epoch + 1))
+        if key > best["key"]:
+            best = {"key": key, "f1": f1, "threshold": thr, "epoch": epoch + 1, "detection": det,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if stopped:
+            print(json.dumps({"stopped_by_time_limit": stopped}), flush=True)
+            break
     model.load_state_dict(best["state"], strict=True)
-    detection = tune_detection_threshold(model, mean, std, parts["tune"]) if model.fully_convolutional else None
-    val_prob = predict_proba(model, arrays["validation"], mean, std)
+    detection = best["detection"]
+    x_val = read_patches(parts["validation"].path)
+    val_prob = predict_proba(model, x_val, mean, std)
     val = binary_metrics(labels["validation"], val_prob >= best["threshold"])
     val_05 = binary_metrics(labels["validation"], val_prob >= 0.5)
     result = {
@@ -182,9 +383,13 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "epochs": args.epochs, "best_epoch": best["epoch"], "batch": args.batch, "lr": args.lr,
         "weight_decay": args.weight_decay, "seed": args.seed, "threads": args.threads,
-        "train_time_s": round(time.time() - t0, 1),
+        "train_time_s": round(time.time() - t0, 1), "stopped_by_time_limit": stopped,
+        "selection_rule": rule,
         "threshold": best["threshold"], "tune_f1": best["f1"], "detection_tuning": detection,
         "context_fraction": args.context_fraction, "init": args.init, "negative_weight": args.negative_weight,
+        "hard_negatives": None if hard is None else {
+            "share_of_batch": args.hard_negatives, "per_batch": n_hard, "index": args.hard_negatives_index,
+            "n": int(len(hard)), "by_source": hard_counts, "mix": args.hard_negative_mix, "share_drawn": hard_mix},
         "validation": val, "validation_at_0.5": val_05,
         "split_counts": {k: {"n": int(len(v)), "positive": int(v.label.sum())} for k, v in parts.items()},
         "normalization_mean": mean.tolist(), "normalization_std": std.tolist(),
@@ -197,49 +402,13 @@ def train(args: argparse.Namespace) -> dict:
     return result
 
 
-#: NMS settings searched on tune mosaics: boxes of 6-8 µm (about one lymphocyte nucleus) and
-#: small overlaps; larger boxes win on mosaics (one labelled cell per 14 µm tile) but would
-#: merge touching lymphocytes in real infiltrates, so they are not offered.
-NMS_BOXES_UM = (6.0, 7.0, 8.0)
-NMS_IOUS = (0.1, 0.15)
+#: Tune mosaics of the selection rule (and the provisional operating point).
 TUNE_SEEDS = (11, 12, 13, 14, 15)
-
-
-def tune_detection_threshold(model: nn.Module, mean, std, tune_table, seeds=TUNE_SEEDS) -> dict:
-    """Choose detection threshold and NMS box/IoU for F1 on mosaics of ``tune`` patches (never validation)."""
-    from core.evaluation.metrics import detection_metrics
-    from core.evaluation.mosaic import build_mosaic
-    from core.scenarios.registry import get_scenario
-    from core.scenarios.cd3_ihc import CD3IHCModel
-
-    scenario = get_scenario("cd3-ihc")
-    meta = {"layout": "compact", "normalization_mean": json.dumps([float(v) for v in mean]),
-            "normalization_std": json.dumps([float(v) for v in std])}
-    runner = CD3IHCModel(scenario, torch.device("cpu"), model.state_dict(), meta)
-    radius_px = 4.0 / scenario.input_mpp
-    maps = []
-    for seed in seeds:
-        m = build_mosaic(tune_table, 10, 10, seed=seed)
-        maps.append((runner.probability_map(m.pixels), m.positive_xy))
-    scores = []
-    for box_um in NMS_BOXES_UM:
-        for iou in NMS_IOUS:
-            for thr in np.arange(0.30, 0.951, 0.05):
-                tp = fp = fn = 0
-                for prob, truth in maps:
-                    xy, _ = runner.detect(prob, float(thr), box_um / scenario.input_mpp, iou)
-                    d = detection_metrics(xy, truth, radius_px)
-                    tp, fp, fn = tp + d["tp"], fp + d["fp"], fn + d["fn"]
-                f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-                scores.append((round(f1, 6), float(round(thr, 2)), box_um, iou, tp, fp, fn))
-    f1, thr, box_um, iou, tp, fp, fn = max(scores)
-    return {"threshold": thr, "nms_box_um": box_um, "nms_iou": iou, "tune_mosaic_f1": f1, "tp": tp, "fp": fp,
-            "fn": fn, "seeds": list(seeds), "mosaic_grid": [10, 10],
-            "searched": {"nms_box_um": list(NMS_BOXES_UM), "nms_iou": list(NMS_IOUS), "threshold": "0.30-0.95 step 0.05"}}
+TUNE_GRID = (10, 10)
 
 
 def retune(weights: Path) -> dict:
-    """Re-run :func:`tune_detection_threshold` on trained weights and rewrite their metadata and train record."""
+    """Re-run :func:`tune_detection` on trained weights and rewrite their metadata and train record."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -249,7 +418,7 @@ def retune(weights: Path) -> dict:
     model = CD3CNN(meta["layout"])
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     mean, std = json.loads(meta["normalization_mean"]), json.loads(meta["normalization_std"])
-    detection = tune_detection_threshold(model, mean, std, cd3_patch_table().query("split == 'tune'"))
+    detection = tune_detection(model, mean, std, _tune_mosaics(cd3_patch_table().query("split == 'tune'")))
     save_weights(model, weights, mean, std, float(meta["patch_threshold"]), meta["layout"], meta["dtype"] == "float16", detection)
     record_path = weights.with_suffix(".train.json")
     if record_path.is_file():
@@ -274,7 +443,9 @@ def save_weights(model: nn.Module, path: Path, mean, std, threshold: float, layo
         "dtype": "float16" if half else "float32",
     }
     if detection is not None:
-        meta["nms_box_um"], meta["nms_iou"] = str(detection["nms_box_um"]), str(detection["nms_iou"])
+        meta["nms_radius_um"] = str(detection["nms_radius_um"])
+        meta["operating_point_chosen_on"] = (f"tune split: {len(detection['seeds'])} mosaics of tune patches "
+                                             "(provisional; calibrate with core.evaluation.cd3_calibration)")
     save_file(state, str(path), metadata=meta)
 
 
@@ -294,6 +465,13 @@ def main(argv=None) -> int:
     p.add_argument("--half", action="store_true", help="store float16 weights")
     p.add_argument("--context-fraction", type=float, default=0.5,
                    help="context windows per centred patch in each batch (0 = the paper's centred patches only)")
+    p.add_argument("--hard-negatives", type=float, default=0.0,
+                   help="share of each batch's centred-patch slots filled with mined hard negatives (0-0.9; 0 = none)")
+    p.add_argument("--hard-negatives-index", help="CSV of core.training.cd3_negatives (needed with --hard-negatives)")
+    p.add_argument("--hard-negative-mix", default=DEFAULT_HARD_NEGATIVE_MIX,
+                   help="share of the hard negatives drawn from each source (name or prefix)=share, comma-separated")
+    p.add_argument("--time-limit-s", type=float, default=0.0,
+                   help="stop training after this many seconds (smoke runs; 0 = no limit); the epoch is still scored")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--retune", action="store_true",
                    help="only re-tune the detection threshold and NMS of the trained weights at --out")
