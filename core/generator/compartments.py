@@ -61,6 +61,7 @@ from core.errors import InputError
 from core.generator.geometry import ellipse_coverage
 from core.generator.recipes import HE_MELANOMA, CellType
 from core.generator.stains import REFERENCE_VECTORS, unit
+from core.generator.geometry import hex_lattice_points as _lattice, uniform_points_in_mask as _uniform_points
 
 #: Label value of each compartment in a label map (the scenario's ``summary.json`` labels).
 COMPARTMENT_LABELS = {"background": 0, "tumour": 1, "stroma": 2, "necrosis": 3}
@@ -320,36 +321,6 @@ def _fibres(shape, angle: float, um: float, rng: np.random.Generator) -> np.ndar
     z = z / max(float(z.std()), 1e-6)
     iso = _field(shape, 1.0 * um, rng)
     return np.clip(0.5 + 0.22 * z + 0.1 * iso, 0.0, 1.0).astype(np.float32)
-
-
-def _lattice(mask: np.ndarray, spacing_px: float, jitter: float, rng: np.random.Generator) -> np.ndarray:
-    """(N, 2) float64 x, y of a jittered hexagonal lattice inside ``mask`` (random offset and orientation)."""
-    h, w = mask.shape
-    ang = rng.uniform(0, np.pi)
-    r = math.hypot(h, w) / 2 + spacing_px
-    dy = spacing_px * math.sqrt(3) / 2
-    jj = np.arange(-r, r + dy, dy)
-    ii = np.arange(-r, r + spacing_px, spacing_px)
-    gx, gy = np.meshgrid(ii, jj)
-    gx = gx + (np.arange(len(jj))[:, None] % 2) * spacing_px / 2
-    c, s = math.cos(ang), math.sin(ang)
-    x = gx * c - gy * s + w / 2 + rng.uniform(0, spacing_px)
-    y = gx * s + gy * c + h / 2 + rng.uniform(0, spacing_px)
-    xy = np.c_[x.ravel(), y.ravel()]
-    xy = xy + rng.normal(0.0, jitter * spacing_px, xy.shape)
-    ix, iy = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
-    ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-    xy, ix, iy = xy[ok], ix[ok], iy[ok]
-    return xy[mask[iy, ix]]
-
-
-def _uniform_points(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 2) float64 x, y uniform over the pixels of ``mask`` (empty when the mask is)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0 or n <= 0:
-        return np.zeros((0, 2))
-    k = rng.integers(0, len(xs), n)
-    return np.c_[xs[k] + rng.uniform(-0.5, 0.5, n), ys[k] + rng.uniform(-0.5, 0.5, n)]
 
 
 def _paint(target: np.ndarray, cx, cy, a, b, angle, value: float, mode: str = "max") -> np.ndarray | None:

@@ -7,6 +7,8 @@ coordinates, x = column.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -59,3 +61,33 @@ def voronoi_labels(shape: tuple[int, int], n: int, rng: np.random.Generator) -> 
     yy, xx = np.mgrid[0:h, 0:w]
     d = (xx[None] - sites[:, 0, None, None]) ** 2 + (yy[None] - sites[:, 1, None, None]) ** 2
     return np.argmin(d, axis=0).astype(np.int32)
+
+
+def hex_lattice_points(mask: np.ndarray, spacing_px: float, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """(N, 2) float64 x, y of a jittered hexagonal lattice inside ``mask`` (random offset and orientation)."""
+    h, w = mask.shape
+    ang = rng.uniform(0, np.pi)
+    r = math.hypot(h, w) / 2 + spacing_px
+    dy = spacing_px * math.sqrt(3) / 2
+    jj = np.arange(-r, r + dy, dy)
+    ii = np.arange(-r, r + spacing_px, spacing_px)
+    gx, gy = np.meshgrid(ii, jj)
+    gx = gx + (np.arange(len(jj))[:, None] % 2) * spacing_px / 2
+    c, s = math.cos(ang), math.sin(ang)
+    x = gx * c - gy * s + w / 2 + rng.uniform(0, spacing_px)
+    y = gx * s + gy * c + h / 2 + rng.uniform(0, spacing_px)
+    xy = np.c_[x.ravel(), y.ravel()]
+    xy = xy + rng.normal(0.0, jitter * spacing_px, xy.shape)
+    ix, iy = np.round(xy[:, 0]).astype(int), np.round(xy[:, 1]).astype(int)
+    ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    xy, ix, iy = xy[ok], ix[ok], iy[ok]
+    return xy[mask[iy, ix]]
+
+
+def uniform_points_in_mask(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2) float64 x, y uniform over the pixels of ``mask`` (empty when the mask is)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0 or n <= 0:
+        return np.zeros((0, 2))
+    k = rng.integers(0, len(xs), n)
+    return np.c_[xs[k] + rng.uniform(-0.5, 0.5, n), ys[k] + rng.uniform(-0.5, 0.5, n)]
