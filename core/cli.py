@@ -126,12 +126,13 @@ def _check_case_label(label: str) -> str:
     return text
 
 
-def _analysis_file_names(scenario, report: bool) -> list[str]:
+def _analysis_file_names(scenario, report: bool, compartments: bool = False) -> list[str]:
     """The files ``analyze`` writes for ``scenario`` (to check the output folder before the run)."""
-    from core.outputs.exports import REPORT_FILES
+    from core.outputs.exports import COMPARTMENT_FILES, REPORT_FILES
 
     names = ["cells.csv", "summary.json", "overlay.png"]
     names += [f"{o.name}.png" for o in scenario.outputs if o.kind in ("dense", "restored")]
+    names += list(COMPARTMENT_FILES) if compartments or scenario.outputs_of("regions") else []
     return names + (list(REPORT_FILES) if report else [])
 
 
@@ -152,6 +153,7 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
                 "weights": s.weights,
                 "weights_present": s.weights_path.is_file(),
                 "trained_on_synthetic": s.trained_on_synthetic,
+                "research_only": s.research_only,
             }
         )
     if args.json:
@@ -167,29 +169,42 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from core.slides import is_slide
 
     if is_slide(args.image):  # a whole slide: streamed tile by tile (core.slides.command)
+        if args.compartments:
+            raise InputError("--compartments works on fields (images up to the 100-megapixel field limit), not yet on "
+                             "whole slides: run without it, or export a field of the slide")
         from core.slides.command import analyze_slide_command
 
         return analyze_slide_command(args)
     from core.io import check_output_folder, load_image
-    from core.pipeline import check_input, load_model, run_analysis, save_analysis, write_analysis, write_stored
+    from core.pipeline import (check_input, compartment_scenario, load_model, run_analysis, save_analysis,
+                               write_analysis, write_stored)
     from core.scenarios.base import check_precision, pick_device
     from core.scenarios.registry import get_scenario, runner_class
 
     # Everything that can be refused is refused before the analysis runs.
     scenario = get_scenario(args.scenario)
     case = _check_case_label(args.case)
-    check_output_folder(args.out, _analysis_file_names(scenario, args.report))
+    comp = compartment_scenario(args.compartments, args.scenario)  # a key that is no compartment scenario: refused
+    check_output_folder(args.out, _analysis_file_names(scenario, args.report, comp is not None))
     scenario.card()  # an edited model card is refused (its intended use goes into the report)
+    if comp is not None:
+        comp.card()
     check_precision(args.precision, pick_device(args.device), runner_class(scenario).supported_precisions, scenario.key)
     image = load_image(args.image, mpp=args.mpp, page=args.page)
     if args.channel is not None:
-        image = _pick_channel(image, scenario, args.channel)
+        from core.scenarios.base import pick_input_channel
+
+        image = pick_input_channel(image, scenario, args.channel)
     check_input(image, args.scenario)  # channels, colour, size at the model's mpp: before the model is loaded
     regions, region_notes = _read_regions(args.regions, image.mpp)
+    if comp is not None:
+        check_input(image, comp.key)
     model = load_model(args.scenario, args.device, args.precision)
+    comp_model = load_model(comp.key, args.device) if comp is not None else None
     result = run_analysis(image, args.scenario, model=model, regions=regions,
                           outside_validated_use=args.outside_validated_use,
-                          antigen_confirmed=True if args.confirm_antigen else None)
+                          antigen_confirmed=True if args.confirm_antigen else None,
+                          compartments=comp.key if comp is not None else None, compartments_model=comp_model)
     result.warnings.extend(region_notes)
     if args.no_store or result.scenario.trained_on_synthetic:
         if not args.no_store:
@@ -216,25 +231,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         f"{k}: {v}" + (f" ({density[k]:.1f} cells/mm²)" if density else "") for k, v in s["counts"].items()
     )
     print(f"{image.name}: {s['n_cells']} cells [{counts}] in {s['runtime_s']:.2f} s on {s['device']}")
+    if s.get("compartments"):
+        c = s["compartments"]
+        areas = ", ".join(f"{k} {v:.4f} mm²" for k, v in (c["area_mm2"] or {}).items()) or "areas need the mpp"
+        used = {"predicted": "these compartments", "drawn": "the given regions"}.get(c["regions_for_statistics"],
+                                                                                    "no regions (no statistics)")
+        print(f"compartments ({c.get('scenario')}): {areas}; statistics on {used}")
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     return 0
-
-
-def _pick_channel(image, scenario, spec: str):
-    """``--channel NAME|INDEX``: the one channel a single-channel scenario reads, renamed to its input name.
-
-    Raises
-    ------
-    InputError
-        If the scenario does not read exactly one named channel, or the image has no such channel.
-    """
-    from core.io import pick_channel
-
-    channels = scenario.input.channels
-    if scenario.input.is_rgb or len(channels) != 1:
-        raise InputError(f"--channel picks the one channel a single-channel scenario reads; {scenario.key} reads "
-                         f"{', '.join(channels)}: leave --channel out")
-    return pick_channel(image, spec, channels[0])
 
 
 def _read_regions(regions_path: str | None, mpp: float | None):
@@ -357,6 +361,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_users(args: argparse.Namespace) -> int:
+    from core.auth import users_main  # (python -m core users reaches it without importing this module's models)
+
+    return users_main(args.arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m core", description="TILscope: count and locate TILs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -379,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                    help="numeric precision of inference: bfloat16 is faster on CPUs with AVX512-BF16/AMX, for scenarios validated at it (he-til)")
     a.add_argument("--regions", help="GeoJSON regions (tumour, stroma, exclude, margin) for the statistics")
+    a.add_argument("--compartments", metavar="KEY",
+                   help="also run a tissue-compartment scenario (tissue-compartments) on the image: its tumour, stroma, "
+                        "necrosis and background give the statistics their regions (--regions overrides them) and the "
+                        "densities their tissue; writes compartments.png and regions.geojson")
     a.add_argument("--roi", help="whole slides: GeoJSON region of interest (level-0 pixels, as QuPath exports); only "
                    "tissue inside it is analysed")
     a.add_argument("--exclude", help="whole slides: GeoJSON regions (level-0 pixels) left out of the tissue")
@@ -457,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the slides are stained for the antibody the scenario counts (e.g. CD3 for cd3-ihc)")
     b.add_argument("--no-store", action="store_true", help="do not save the analyses in the case history")
     b.set_defaults(func=_cmd_batch)
+
+    u = sub.add_parser("users", add_help=False, help="sign-in users of the app: add, passwd, remove, list "
+                       "('python -m core users -h' for their options)")
+    u.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    u.set_defaults(func=_cmd_users)
     return p
 
 

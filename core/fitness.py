@@ -17,7 +17,9 @@ and on every export (``summary["outside_validated_use"]``).
   the H&E images of four sources (CRC 80, BRCA-M2C 90, CoNSeP 108 tiles, necrosis 20) have
   0.019-0.96 (5th percentile 0.25). Between 0.01 and 0.05 the stain is "uncertain" and the
   run goes on with a warning. This cannot tell which antibody was used (CD3 from Ki67): a
-  scenario that counts one antigen asks the user to confirm it (:attr:`Use.antigen`).
+  scenario that counts one antigen asks the user to confirm it (:attr:`Use.antigen`). A
+  multistain model declares several families (:attr:`Use.stains`, e.g. CD-UNET: H&E and
+  DAB-hematoxylin IHC); the image must show one of them (:func:`stain_check`).
 - **Tissue** (:func:`tissue_mask`): brightfield pixels whose colour saturation exceeds 0.05
   (glass is grey, whatever its brightness) or whose summed optical density exceeds 0.9 (dark
   material), fluorescence pixels above an Otsu threshold of the brightest
@@ -42,7 +44,7 @@ from core.errors import InputError
 from core.io import ImageData
 
 __all__ = ["StainReading", "TissueMask", "FitnessReport", "read_stain", "tissue_mask", "focus_score", "assess",
-           "OutsideValidatedUse", "STAIN_LABELS"]
+           "stain_check", "stains_label", "merge_reports", "OutsideValidatedUse", "STAIN_LABELS"]
 
 #: Plain names of the stain families a scenario can declare.
 STAIN_LABELS = {"he": "H&E", "dab-hematoxylin": "DAB with a hematoxylin counterstain (IHC)",
@@ -62,6 +64,17 @@ MASK_MAX_SIDE = 2048
 #: Smallest tissue fraction of the image and smallest tissue area (mm²) analysed.
 MIN_TISSUE_FRACTION = 0.02
 MIN_TISSUE_AREA_MM2 = 0.001
+
+
+def stains_label(use) -> str:
+    """The stain families a scenario reads, in words: "H&E" or "H&E or DAB with a hematoxylin counterstain (IHC)".
+
+    Parameters
+    ----------
+    use : core.scenarios.spec.Use (its ``stains``)
+    """
+    names = [STAIN_LABELS[s] for s in use.stains]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class OutsideValidatedUse(InputError):
@@ -279,7 +292,35 @@ def focus_score(image: ImageData, model_mpp: float, tissue: TissueMask) -> float
     return float(lap[m].var())
 
 
-def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None) -> FitnessReport:
+def stain_check(stain: StainReading, scenario, what: str = "image") -> tuple[list[str], list[str]]:
+    """Does the stain read from the pixels fit one of the stain families the scenario reads?
+
+    Parameters
+    ----------
+    stain : StainReading of the image (:func:`read_stain`)
+    scenario : core.scenarios.spec.Scenario (its ``use.stains``: one family, or several for a
+        multistain model such as CD-UNET, H&E and DAB-hematoxylin IHC)
+    what : str, the word for the input in the messages ("image", "slide")
+
+    Returns
+    -------
+    (problems, notes) : lists of str
+        A problem when the stain is read as a family the model does not read; a note when the
+        stain could not be told from the colours.
+    """
+    wanted = stains_label(scenario.use)
+    if stain.family == "uncertain":
+        article = "an" if what[:1] in ("a", "e", "i", "o", "u") else "a"
+        return [], [f"TILscope could not tell the stain from the colours; the {scenario.title} model reads "
+                    f"{wanted}: check that this is such {article} {what}."]
+    if stain.family not in scenario.use.stains:
+        return [f"The {what} looks like {stain.label}, but the {scenario.title} model reads {wanted}: choose the "
+                "scenario for this stain."], []
+    return [], []
+
+
+def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None, *, stain: StainReading | None = None,
+           tissue: TissueMask | None = None) -> FitnessReport:
     """Check an image against a scenario's declared use (stain, magnification, tissue, focus).
 
     Parameters
@@ -289,6 +330,8 @@ def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None) ->
     antigen_confirmed : bool, optional
         The user confirmed the antibody (e.g. CD3) for a scenario that counts one antigen;
         None when not asked (the CLI): a note says it was not confirmed.
+    stain, tissue : StainReading and TissueMask of this image, optional
+        Readings already made (for a second scenario on the same image); read here if absent.
 
     Returns
     -------
@@ -296,17 +339,9 @@ def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None) ->
         ``problems`` (stop unless overridden) and ``notes`` (warnings), in plain language.
     """
     use = scenario.use
-    stain = read_stain(image)
-    tissue = tissue_mask(image, stain.family == "fluorescence")
-    problems: list[str] = []
-    notes: list[str] = []
-    want = use.stain
-    if stain.family == "uncertain":
-        notes.append(f"TILscope could not tell the stain from the colours; the {scenario.title} model reads "
-                     f"{STAIN_LABELS[want]}: check that this is such an image.")
-    elif stain.family != want:
-        problems.append(f"The image looks like {stain.label}, but the {scenario.title} model reads "
-                        f"{STAIN_LABELS[want]}: choose the scenario for this stain.")
+    stain = stain or read_stain(image)
+    tissue = tissue or tissue_mask(image, stain.family == "fluorescence")
+    problems, notes = stain_check(stain, scenario)
     if use.antigen:
         if antigen_confirmed is False:
             problems.append(f"The {scenario.title} model counts {use.antigen}-stained cells only; the antibody was "
@@ -334,8 +369,24 @@ def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None) ->
     return FitnessReport(stain, tissue, focus, problems, notes)
 
 
-def outside_use_message(scenario, problems: list[str]) -> str:
-    """The message that stops a run: the problems, then how to override."""
-    return (f"This image is outside what the {scenario.title} model was validated for. " + " ".join(problems)
+def merge_reports(first: FitnessReport, second: FitnessReport) -> FitnessReport:
+    """One report for two scenarios run on the same image (e.g. cells and their tissue compartments).
+
+    The stain, tissue and focus readings are those of ``first``; problems and notes are those
+    of both, each once, in order.
+    """
+    problems = list(dict.fromkeys([*first.problems, *second.problems]))
+    notes = list(dict.fromkeys([*first.notes, *second.notes]))
+    return FitnessReport(first.stain, first.tissue, first.focus, problems, notes)
+
+
+def outside_use_message(scenario, problems: list[str], others=()) -> str:
+    """The message that stops a run: the problems, then how to override.
+
+    ``others``: further scenarios run on the same image (e.g. the tissue compartments), named too.
+    """
+    titles = " and the ".join(s.title for s in (scenario, *others))
+    what = "models were" if others else "model was"
+    return (f"This image is outside what the {titles} {what} validated for. " + " ".join(problems)
             + " To run it anyway, tick 'Run outside the validated use' (command line: --outside-validated-use); "
               "the result is then marked as outside the validated use everywhere it appears.")

@@ -83,6 +83,15 @@ def max_decoded_bytes(max_pixels: int | None = None) -> int:
     return MAX_DECODED_BYTES_PER_PIXEL * int(MAX_PIXELS if max_pixels is None else max_pixels)
 
 
+#: Where a pixel size (``mpp_source`` of an image or a slide) came from, in words for the pages and reports.
+MPP_SOURCE_WORDS = {
+    "openslide": "from the scanner's metadata", "ome": "from the OME-TIFF metadata",
+    "tiff-resolution": "from the TIFF resolution tags", "imagej-resolution": "from the ImageJ calibration",
+    "tiff-description": "from the scanner's description", "user": "entered by you", "sample": "given with the sample",
+    "none": "not recorded in the file",
+}
+
+
 @dataclass
 class ImageData:
     """An image ready for analysis, with its channels intact.
@@ -256,6 +265,25 @@ def composite_rgb8(data: np.ndarray, channel_names: tuple[str, ...]) -> np.ndarr
         color = (0, 80, 255) if nuclear else next(others, (255, 255, 255))
         out += norm[..., None] * (np.asarray(color, np.float32) / 255.0)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def nuclear_channel(channel_names: tuple[str, ...]) -> int | None:
+    """Index of the first channel whose name says it is a nuclear (DNA) stain, e.g. "Hoechst 33342", "H3342", "DAPI".
+
+    The channel picker's default for a scenario that reads a nuclear stain.
+
+    Parameters
+    ----------
+    channel_names : tuple of str, e.g. ``("CD3", "DAPI", "CD8")``
+
+    Returns
+    -------
+    int from 0, or None when no name matches (case ignored)
+    """
+    for i, name in enumerate(channel_names):
+        if any(word in str(name).lower() for word in _NUCLEAR_WORDS):
+            return i
+    return None
 
 
 def select_channels(image: "ImageData", picks: tuple[str | None, ...], names: tuple[str, ...]) -> "ImageData":

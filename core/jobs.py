@@ -562,31 +562,38 @@ def _serve() -> None:
         importlib.import_module(name)
     children: dict[int, Path] = {}
     stdin_open = True
+    fd = sys.stdin.fileno()
+    pending = b""
     while stdin_open or children:
-        ready = select.select([sys.stdin], [], [], 0.2)[0] if stdin_open else (time.sleep(0.2) or [])
+        ready = select.select([fd], [], [], 0.2)[0] if stdin_open else (time.sleep(0.2) or [])
+        lines: list[bytes] = []
         if ready:
-            line = sys.stdin.readline()
-            if not line:
+            # os.read, not sys.stdin.readline: a buffered reader takes in every line sent so far, and
+            # those after the first would wait, unseen by select(), until the next job arrived.
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 stdin_open = False
             else:
+                *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            try:
+                job = json.loads(line)
+                folder, memory = Path(job["folder"]), job.get("memory_bytes")
+            except (ValueError, KeyError, TypeError):
+                continue
+            pid = os.fork()
+            if pid == 0:  # the worker
+                code = 0
                 try:
-                    job = json.loads(line)
-                    folder, memory = Path(job["folder"]), job.get("memory_bytes")
-                except (ValueError, KeyError, TypeError):
-                    continue
-                pid = os.fork()
-                if pid == 0:  # the worker
-                    code = 0
-                    try:
-                        _worker(str(folder), memory)
-                    except BaseException:  # noqa: BLE001 - _worker records its own errors; never return into the loop
-                        code = 1
-                    finally:
-                        with contextlib.suppress(Exception):
-                            sys.stdout.flush()
-                            sys.stderr.flush()
-                        os._exit(code)
-                children[pid] = folder
+                    _worker(str(folder), memory)
+                except BaseException:  # noqa: BLE001 - _worker records its own errors; never return into the loop
+                    code = 1
+                finally:
+                    with contextlib.suppress(Exception):
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    os._exit(code)
+            children[pid] = folder
         while children:
             try:
                 pid, wait_status = os.waitpid(-1, os.WNOHANG)

@@ -104,7 +104,13 @@ class AnalysisResult:
         anyway (:mod:`core.fitness`); empty within the validated use.
     tissue : core.fitness.TissueMask or None
         Tissue of the image (glass excluded), the denominator of every density; computed
-        from the image on first use when not given (:attr:`tissue_mask`).
+        from the image on first use when not given (:attr:`tissue_mask`). With predicted
+        compartments: their tumour and stroma (background and necrosis left out).
+    compartments : core.scenarios.compartments.CompartmentMap or None
+        Tissue compartments predicted for this image by a compartment scenario (its own
+        output, or run beside a cell scenario): (H, W) uint8 labels in the image's pixels.
+    compartments_run : RunInfo or None
+        How the compartments were predicted (model, weights, device, time).
     """
 
     image: ImageData
@@ -119,10 +125,60 @@ class AnalysisResult:
     review: dict | None = None
     outside_validated_use: list[str] = field(default_factory=list)
     tissue: Any = None
+    compartments: Any = None
+    compartments_run: RunInfo | None = None
 
     @property
     def scenario_key(self) -> str:
         return self.run.scenario_key
+
+    def _cells_in_tissue(self) -> np.ndarray | None:
+        """(N,) bool: the cells whose centroid lies in the predicted tumour or stroma; None without compartments."""
+        if self.compartments is None:
+            return None
+        lab = self.compartments.labels_at(self.cells[["x_px", "y_px"]].to_numpy(np.float64))
+        return (lab == 1) | (lab == 2)
+
+    def cells_outside_tissue(self) -> int:
+        """Cells whose centroid lies in predicted background or necrosis (0 without compartments)."""
+        inside = self._cells_in_tissue()
+        return 0 if inside is None else int((~inside).sum())
+
+    def compartments_summary(self) -> dict[str, Any] | None:
+        """``summary["compartments"]``: the predicted map's labels, areas and provenance; None without compartments.
+
+        Returns
+        -------
+        dict or None
+            :meth:`core.scenarios.compartments.CompartmentMap.summary` (``labels`` exactly
+            ``{"background": 0, "tumour": 1, "stroma": 2, "necrosis": 3}``, ``area_mm2`` per
+            compartment, ``area_px``, ``fraction``, ``mpp``, ``method``), plus ``scenario``,
+            ``scenario_title``, ``weights_file``, ``weights_sha256``, ``weights_version``,
+            ``runtime_s``, ``n_cells_by_compartment`` (cells whose centroid lies in each; cells
+            there are counted, but only those in tumour or stroma enter the densities) and
+            ``regions_for_statistics``: ``"predicted"`` (the compartments gave the spatial
+            statistics their regions), ``"drawn"`` (regions drawn or given override them),
+            ``"not used"`` (statistics computed without them, e.g. those of a review) or
+            ``"none"`` (no statistics: no cells, or no mpp).
+        """
+        if self.compartments is None:
+            return None
+        out = dict(self.compartments.summary())
+        run = self.compartments_run
+        if run is not None:
+            out.update(scenario=run.scenario_key, scenario_title=run.scenario_title, weights_file=run.weights_file,
+                       weights_sha256=run.weights_sha256, weights_version=run.weights_version,
+                       runtime_s=round(run.runtime_s, 3))
+        lab = self.compartments.labels_at(self.cells[["x_px", "y_px"]].to_numpy(np.float64))
+        out["n_cells_by_compartment"] = {name: int((lab == v).sum()) for name, v in out["labels"].items()}
+        sp = self.spatial
+        if hasattr(sp, "extra"):  # SpatialStats
+            available, predicted = bool(sp.available), "predicted_compartments" in sp.extra
+        else:
+            available, predicted = bool((sp or {}).get("available")), "predicted_compartments" in (sp or {})
+        out["regions_for_statistics"] = ("none" if not available else "predicted" if predicted
+                                         else "drawn" if self.regions else "not used")
+        return out
 
     @property
     def tissue_mask(self):
@@ -161,15 +217,24 @@ class AnalysisResult:
         ``inference_precision``, ``torch``, ``app_version``, ``python``, ``created_at``,
         ``warnings``, and when present ``operating_point`` (the detection threshold and
         ``nms_radius_um`` read from the weights, :attr:`RunInfo.operating_point`), ``spatial``
-        and ``review``.
+        and ``review``. A scenario without a cell output (tissue compartments) has empty
+        ``counts``. With predicted compartments (:attr:`compartments`): ``compartments``
+        (:meth:`compartments_summary`), ``n_cells_in_tissue``, and the densities count only the
+        cells whose centroid lies in the tumour or stroma their area is measured on.
         """
         cells, run = self.cells, self.run
         h, w = self.image.shape
         area_mm2 = self.area_mm2
-        counts = {c.name: int((cells["cell_class"] == c.name).sum()) for c in self.scenario.classes}
+        counted = self.scenario.outputs_of("cells") if hasattr(self.scenario, "outputs_of") else True
+        counts = {c.name: int((cells["cell_class"] == c.name).sum()) for c in self.scenario.classes} if counted else {}
         for extra in sorted(set(cells["cell_class"]) - set(counts)):
             counts[str(extra)] = int((cells["cell_class"] == extra).sum())
         roles = {r: int((cells["role"] == r).sum()) for r in ROLES}
+        # Densities count the cells on the tissue of their denominator: with predicted compartments, tumour and stroma.
+        inside = self._cells_in_tissue()
+        dense_cells = cells if inside is None else cells[inside]
+        d_counts = counts if inside is None else {k: int((dense_cells["cell_class"] == k).sum()) for k in counts}
+        d_roles = roles if inside is None else {r: int((dense_cells["role"] == r).sum()) for r in ROLES}
         out = {
             "scenario": run.scenario_key,
             "scenario_title": run.scenario_title,
@@ -189,9 +254,9 @@ class AnalysisResult:
             "n_cells": int(len(cells)),
             "counts": counts,
             "counts_by_role": roles,
-            "density_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in counts.items()},
-            "density_by_role_per_mm2": None if area_mm2 is None else {k: v / area_mm2 for k, v in roles.items()},
-            "density_ci95_per_mm2": None if not area_mm2 else {k: poisson_ci_per_mm2(v, area_mm2) for k, v in counts.items()},
+            "density_per_mm2": None if not area_mm2 else {k: v / area_mm2 for k, v in d_counts.items()},
+            "density_by_role_per_mm2": None if not area_mm2 else {k: v / area_mm2 for k, v in d_roles.items()},
+            "density_ci95_per_mm2": None if not area_mm2 else {k: poisson_ci_per_mm2(v, area_mm2) for k, v in d_counts.items()},
             "runtime_s": round(run.runtime_s, 3),
             "device": run.device,
             "inference_precision": run.precision,
@@ -204,8 +269,12 @@ class AnalysisResult:
         }
         if run.operating_point is not None:
             out["operating_point"] = dict(run.operating_point)
+        if inside is not None:
+            out["n_cells_in_tissue"] = int(inside.sum())
         if self.spatial is not None:
             out["spatial"] = self.spatial.to_dict()
+        if self.compartments is not None:
+            out["compartments"] = self.compartments_summary()
         if self.review is not None:
             out["review"] = self.review
         return out

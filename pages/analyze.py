@@ -7,23 +7,28 @@ and the page says in one line what happened."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import streamlit as st
 
 from core import jobs
 from core.errors import TILscopeError
-from core.io import PLAUSIBLE_MPP_RANGE
+from core.explain.saliency import (DEFAULT_EVALUATIONS, EVALUATION_CHOICES, compute_saliency, report_with_saliency,
+                                   saliency_field, supports_saliency)
+from core.io import MPP_SOURCE_WORDS, PLAUSIBLE_MPP_RANGE
 from core.model_card import markdown_path, render_markdown
-from core.fitness import STAIN_LABELS
-from core.pipeline import (FROM_FILE, ImageSource, analyze_source, device_name, fast_mode, prepare_image, previous_runs,
-                           save_analysis)
+from core.fitness import stains_label
+from core.pipeline import (FROM_FILE, ImageSource, analyze_source, compartment_scenarios, device_name, fast_mode,
+                           prepare_image, previous_runs, save_analysis)
 from core.samples import list_samples
+from core.scenarios.base import channel_choices
 from core.scenarios.registry import get_scenario, list_scenarios
 from core.outputs.exports import build_exports, media_type
 from core.outputs.figures import dense_over_image
 from core.outputs.key_figures import key_figure_rows
 from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
+from core.outputs.report_pdf import compartment_rows
 from pages._resources import case_store, job_runner
 from pages._router import through_app_router
 from pages._text import md_escape
@@ -37,18 +42,15 @@ job_runner()  # old job folders cleaned up, once per server
 
 log = logging.getLogger("tilscope.analyze")
 
-#: Where the pixel size came from, in words.
-MPP_SOURCES = {"ome": "from the OME-TIFF metadata", "tiff-resolution": "from the TIFF resolution tags",
-               "imagej-resolution": "from the ImageJ calibration", "tiff-description": "from the scanner's description",
-               "user": "entered by you", "sample": "given with the sample"}
 
 
-def prepared(src: ImageSource, context, key: str, mpp, fitness: bool = True):
+def prepared(src: ImageSource, context, key: str, mpp, fitness: bool = True, compartments: str | None = None):
     """The image read and checked at pixel size ``mpp`` (``FROM_FILE``: the file's); once per combination.
 
     An upload is read and checked in a worker process (:mod:`core.jobs`); a bundled sample,
     small and shipped with TILscope, here (``fitness`` False: read and checked without the
-    fitness checks, which then follow once the page has drawn its settings).
+    fitness checks, which then follow once the page has drawn its settings). ``compartments``:
+    a compartment scenario run beside ``key``, checked too.
 
     Raises
     ------
@@ -56,17 +58,18 @@ def prepared(src: ImageSource, context, key: str, mpp, fitness: bool = True):
         The file cannot be read, or the worker failed (one line: out of memory, killed).
     """
     cache = st.session_state.setdefault("prepare_cache", {})
-    k = (context, mpp, fitness)
+    k = (context, mpp, fitness, compartments)
     if k not in cache:
         if not any(c[0] == context for c in cache):
             cache.clear()
         antigen = True if get_scenario(key).use.antigen else None
         if src.sample is not None:
-            cache[k] = prepare_image(src, key, mpp, antigen_confirmed=antigen, fitness=fitness)
+            cache[k] = prepare_image(src, key, mpp, antigen_confirmed=antigen, fitness=fitness,
+                                     compartments=compartments)
         else:
             with st.spinner("Reading the image…"):
                 cache[k] = jobs.wait(jobs.submit(prepare_image, src, key, mpp, antigen_confirmed=antigen,
-                                                 kind="read image"))
+                                                 compartments=compartments, kind="read image"))
     return cache[k]
 
 
@@ -103,20 +106,79 @@ def failed(what: str, err: BaseException) -> None:
         st.error(f"{what}: it failed unexpectedly. Nothing was saved; the details are in the server log.")
 
 
+def current_saliency() -> dict | None:
+    """The saliency maps computed for the result on the page ({"maps", "report"}), or None."""
+    sal = st.session_state.get("saliency")
+    return sal if sal and sal.get("context") == st.session_state.get("analysis_context") and "maps" in sal else None
+
+
+def saliency_view(result, labels: dict) -> None:
+    """The "Saliency (HiPe)" view: computed on demand in a worker process, with a progress bar, shown per class."""
+    sc = result.scenario
+    sal = current_saliency()
+    with st.expander("Saliency (HiPe): which parts of the image each class's calls rest on", expanded=sal is not None):
+        st.caption("Hierarchical perturbation (the Hoechst U-Net paper, §5.1): regions of the image are faded in a "
+                   "refining grid and the drop of each class's mean probability is mapped. It costs one network pass "
+                   "per perturbed image, so it runs on one field of at most 256 x 256 pixels at the model's pixel "
+                   "size (the one with the most cells) and only when asked.")
+        names = [c.name for c in sc.classes]
+        left, right = st.columns(2)
+        chosen = left.multiselect("Classes", names, default=names, format_func=labels.get, key="saliency_classes")
+        budget = right.select_slider("Perturbed images per class (more: finer, slower)", EVALUATION_CHOICES,
+                                     value=DEFAULT_EVALUATIONS, key="saliency_budget")
+        if st.button("Compute saliency maps", disabled=not chosen):
+            try:
+                job_id = jobs.submit(compute_saliency, saliency_field(result.image, result.cells, sc.input_mpp), sc.key,
+                                     tuple(chosen), int(budget), device=device_name(), kind="saliency",
+                                     progress_kwarg="progress")
+                st.session_state["saliency"] = {"context": st.session_state.get("analysis_context"), "job": job_id}
+            except TILscopeError as err:
+                failed("The saliency maps could not start", err)
+        running = st.session_state.get("saliency")
+        if running and "job" in running and running.get("context") == st.session_state.get("analysis_context"):
+            bar = st.progress(0.0, text="Computing the saliency maps…")
+            finished = False
+            try:
+                maps = jobs.wait(running["job"], on_progress=lambda j: bar.progress(
+                    j.fraction, text=f"Perturbed image {j.done} of at most {j.total}" if j.total
+                    else "Loading the model…"))
+                finished = True
+                st.session_state["saliency"] = {"context": running["context"], "maps": maps, "report": None}
+            except Exception as err:  # noqa: BLE001 - one line in the page
+                finished = True
+                st.session_state.pop("saliency", None)
+                failed("The saliency maps did not finish", err)
+            finally:  # a rerun of the page leaves the job running, to be picked up again
+                if finished:
+                    bar.empty()
+            sal = current_saliency()
+        if sal is not None:
+            maps = sal["maps"]
+            st.caption(md_escape(maps.method_text()))
+            pictures = maps.pictures()
+            for col, (title, picture, caption) in zip(st.columns(max(3, len(pictures))), pictures):
+                col.image(picture, caption=f"{title}. {caption}", width="stretch")
+
+
 st.title("Analyze an image")
 
 scenarios = [s for s in list_scenarios() if not s.trained_on_synthetic]  # synthetic-only models: Teaching page
 key = st.selectbox(
     "What is the slide stained with?", [s.key for s in scenarios],
     format_func=lambda k: f"{get_scenario(k).stain}: {get_scenario(k).title}",
-    help="Models trained on synthetic images only are on the Teaching page, not here.",
+    help="Models trained on synthetic images only are on the Teaching page, not here. Models marked research only "
+         "did not pass their validation: their numbers are not counts for a patient case.",
 )
 scenario = get_scenario(key)
 lo, hi = scenario.use.mpp_range
-st.caption(f"Validated for {STAIN_LABELS[scenario.use.stain]} images at {lo:g} to {hi:g} µm per pixel "
-           "(0.25 µm per pixel is about a 40x scan, 0.5 about 20x).")
-if scenario.caution:
-    st.warning(scenario.caution, icon="⚠️")
+if scenario.research_only:
+    st.error("**Research only: not for counting on patient cases.** This model did not pass its validation. "
+             + md_escape(scenario.caution), icon=":material/science:")
+else:
+    st.caption(f"Validated for {stains_label(scenario.use)} images at {lo:g} to {hi:g} µm per pixel "
+               "(0.25 µm per pixel is about a 40x scan, 0.5 about 20x).")
+    if scenario.caution:
+        st.warning(scenario.caution, icon="⚠️")
 try:
     full_card = scenario.card()
     card = card_summary(full_card)
@@ -150,6 +212,17 @@ try:
         src = ImageSource(sample=sample.key)
     if src is not None:
         info = prepared(src, context, key, FROM_FILE, fitness=src.sample is None)
+        choices = channel_choices(scenario, info.channel_names)
+        if choices is not None:  # a multi-channel fluorescence file for a one-channel model: pick the channel
+            names, default = choices
+            channel = st.selectbox(
+                f"Channel of the file that holds the {scenario.input.channels[0]} stain", names, index=default,
+                key=f"channel_{context}", format_func=lambda n: f"{names.index(n)}: {n}",
+                help=f"The {scenario.title} model reads one {scenario.input.channels[0]} channel; the file has "
+                     f"{len(names)} (their names as the file records them).")
+            src = replace(src, channel=channel)
+            context = (*context, channel)
+            info = prepared(src, context, key, FROM_FILE, fitness=src.sample is None)
         if info.n_pages > 1 and source == "Upload a file":
             st.number_input(f"Page of the file to analyse (it holds {info.n_pages})", min_value=1,
                             max_value=info.n_pages, step=1, key=f"page_{upload.file_id}")
@@ -162,7 +235,10 @@ except Exception as err:  # noqa: BLE001 - every failure of reading is one line
 finally:
     # One case, one result: a new image or model clears the previous result and case label.
     if context is not None and st.session_state.get("analysis_context") != context:
-        for name in ("analysis", "analysis_id", "pending_save", "case_label"):
+        stale = st.session_state.get("saliency") or {}
+        if "job" in stale:  # saliency maps of the previous result still being computed
+            jobs.cancel(stale["job"])
+        for name in ("analysis", "analysis_id", "pending_save", "case_label", "saliency"):
             st.session_state.pop(name, None)
         running = st.session_state.pop("analysis_job", None)
         if running:
@@ -184,7 +260,7 @@ if info is not None:
         )
     with col2:
         h, w = info.shape
-        where = MPP_SOURCES.get(info.mpp_source, info.mpp_source) if info.mpp else "not recorded in the file"
+        where = MPP_SOURCE_WORDS.get(info.mpp_source, info.mpp_source) if info.mpp else "not recorded in the file"
         st.caption(f"{md_escape(info.name)}: {w} x {h} px · pixel size {md_escape(where)}")
         if not known:
             st.warning(
@@ -194,6 +270,15 @@ if info is not None:
             )
     chosen_mpp = mpp if known else None
     run_mpp = FROM_FILE if chosen_mpp == info.mpp_used else chosen_mpp
+    comp_key = None
+    comp_choices = [c.key for c in compartment_scenarios(scenario)]
+    if scenario.outputs_of("cells") and comp_choices:  # a cell scenario: its cells placed in predicted compartments
+        if st.toggle("Tissue compartments from CD-UNET", value=False, key=f"compartments_{key}",
+                     help="Also segment the image into tumour, stroma, necrosis and background (the tissue-compartments "
+                          "model): the statistics then use these compartments (stromal TILs, intratumoral and stromal "
+                          "densities, the invasive margin, the phenotype) and the densities leave out necrosis and "
+                          "glass. Regions drawn on the Review page override them. Check the map before trusting it."):
+            comp_key = comp_choices[0]
     antigen_ok = True
     if scenario.use.antigen:
         antigen_ok = st.checkbox(
@@ -204,7 +289,8 @@ if info is not None:
         )
     fitness = None
     try:
-        checked = info if run_mpp == FROM_FILE and info.fitness is not None else prepared(src, context, key, run_mpp)
+        checked = info if run_mpp == FROM_FILE and info.fitness is not None and comp_key is None else \
+            prepared(src, context, key, run_mpp, compartments=comp_key)
         if checked.refused:
             st.error(md_escape(checked.refused))
         else:
@@ -252,13 +338,14 @@ if info is not None:
         st.caption(blocked)
     if st.button("Run", type="primary", disabled=bool(blocked)):
         st.session_state.pop("analysis", None)  # an error replaces the old result, never sits under it
+        st.session_state.pop("saliency", None)
         st.session_state.pop("analysis_id", None)
         st.session_state.pop("pending_save", None)
         try:
             job_id = jobs.submit(analyze_source, src, key, run_mpp, device=device_name(), precision=precision,
                                  outside_validated_use=override,
                                  antigen_confirmed=True if scenario.use.antigen else None, fitness=fitness,
-                                 kind="analysis", progress_kwarg="progress")
+                                 compartments=comp_key, kind="analysis", progress_kwarg="progress")
             st.session_state["analysis_job"] = {"id": job_id, "context": context, "case_label": case_label,
                                                 "group": group}
         except TILscopeError as err:
@@ -302,12 +389,17 @@ if result is not None:
                  + " Treat these numbers as exploratory.", icon="🛑")
     for w in result.warnings:
         st.warning(md_escape(w))
+    has_cells = bool(sc.outputs_of("cells"))
     cols = st.columns(4)
-    cols[0].metric("Cells", s["n_cells"])
+    if has_cells:
+        cols[0].metric("Cells", s["n_cells"])
     tissue_help = (f"Tissue found in {100 * s['tissue_fraction']:.0f} % of the image (glass and empty background left "
-                   "out); every density is per mm² of tissue.")
-    if s["density_per_mm2"] and s["area_mm2"]:
-        cols[1].metric("Density (cells/mm² of tissue)", f"{s['n_cells'] / s['area_mm2']:,.0f}", help=tissue_help)
+                   "out); every density is per mm² of tissue.") if not s.get("compartments") else (
+        f"Predicted tumour and stroma: {100 * s['tissue_fraction']:.0f} % of the image (background and necrosis left "
+        "out); every density is per mm² of them, counting the cells in them.")
+    if s["density_per_mm2"] and s["area_mm2"] and has_cells:
+        cols[1].metric("Density (cells/mm² of tissue)", f"{s.get('n_cells_in_tissue', s['n_cells']) / s['area_mm2']:,.0f}",
+                       help=tissue_help)
         cols[2].metric("Tissue area (mm²)", f"{s['area_mm2']:.4f}",
                        help=tissue_help + f" The whole image is {s['image_area_mm2']:.4f} mm².")
     else:
@@ -319,34 +411,56 @@ if result is not None:
 
     if sc.trained_on_synthetic:
         st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon="🧪")
+    if sc.research_only:
+        st.error("**Research only:** the model behind these numbers did not pass its validation (see the warning "
+                 "above and its model card); they are not counts for a patient case.", icon=":material/science:")
     for name, restored in result.restored.items():  # e.g. a denoised image
         left, right = st.columns(2)
         left.image(result.image.rgb, caption="Input", width="stretch")
         right.image(restored, caption=sc.output(name).description, width="stretch")
+    if result.compartments is not None:  # regions: tissue compartments, the map over the image with its areas
+        st.markdown("**Tissue compartments**")
+        comp_sc = get_scenario(result.compartments_run.scenario_key) if result.compartments_run else sc
+        if comp_sc.research_only and comp_sc.key != sc.key:  # the cell model's own banner is above
+            st.error(f"**Research only:** the compartments come from {md_escape(comp_sc.title)}, which did not pass "
+                     "its validation: check the map over the image before trusting the compartment densities, the "
+                     "stromal TIL % or the margin.", icon=":material/science:")
+        st.image(result.compartments.picture(result.image.rgb, 1600), width="stretch",
+                 caption="Tumour, stroma, necrosis and background predicted for every pixel, over the image (legend "
+                         "and areas below the picture); compartments.png and regions.geojson below hold them.")
+        st.dataframe([{"compartment": a, "area, share of the image, cells": b}
+                      for a, b in compartment_rows(s, s.get("spatial") or {})], hide_index=True)
     for name, dense in result.dense.items():  # probability maps, masks, class maps
         with st.expander(f"{name.replace('_', ' ').capitalize()} map: {dense.description}",
                          expanded=dense.meaning == "mask"):
             st.image(dense_over_image(result.image.rgb, dense, sc.class_colors), width="stretch",
                      caption=f"{dense.description}, over the image (full colour = 1)")
     labels = sc.class_labels
-    visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors), format_func=labels.get)
-    st.plotly_chart(
-        cell_figure(result.image.rgb, result.cells, sc.class_colors, labels, visible),
-        width="stretch", config={"scrollZoom": True},
-    )
-    ci = s.get("density_ci95_per_mm2") or {}
-    counts = [
-        {"class": labels.get(k, k), "count": v,
-         "cells/mm² of tissue": None if not s["density_per_mm2"] else round(s["density_per_mm2"][k], 1),
-         "95 % interval (Poisson)": f"{ci[k][0]:,.0f} – {ci[k][1]:,.0f}" if k in ci else "n/a"}
-        for k, v in s["counts"].items()
-    ]
-    st.dataframe(counts, hide_index=True)
-    with st.expander(f"Cell table ({len(result.cells)} rows)"):
-        st.dataframe(result.cells, hide_index=True)
+    if supports_saliency(sc.key):
+        saliency_view(result, labels)
+    if has_cells:  # outputs by kind: a compartments-only scenario has no cells to show
+        visible = st.multiselect("Show classes", list(sc.class_colors), default=list(sc.class_colors),
+                                 format_func=labels.get)
+        st.plotly_chart(
+            cell_figure(result.image.rgb, result.cells, sc.class_colors, labels, visible),
+            width="stretch", config={"scrollZoom": True},
+        )
+        ci = s.get("density_ci95_per_mm2") or {}
+        counts = [
+            {"class": labels.get(k, k), "count": v,
+             "cells/mm² of tissue": None if not s["density_per_mm2"] else round(s["density_per_mm2"][k], 1),
+             "95 % interval (Poisson)": f"{ci[k][0]:,.0f} – {ci[k][1]:,.0f}" if k in ci else "n/a"}
+            for k, v in s["counts"].items()
+        ]
+        st.dataframe(counts, hide_index=True)
+        with st.expander(f"Cell table ({len(result.cells)} rows)"):
+            st.dataframe(result.cells, hide_index=True)
     headline = key_figure_rows(s.get("spatial"))
     if headline:
-        st.markdown("**Spatial statistics** (whole image; draw regions on the Review page)")
+        where = ("regions: the predicted tissue compartments; regions drawn on the Review page override them"
+                 if (s.get("compartments") or {}).get("regions_for_statistics") == "predicted"
+                 else "whole image; draw regions on the Review page")
+        st.markdown(f"**Spatial statistics** ({where})")
         st.dataframe(headline, hide_index=True)
 
     analysis_id = st.session_state.get("analysis_id")
@@ -382,6 +496,19 @@ if result is not None:
             files = {name: store.get_file(analysis_id, name) for name in sorted(stored)}
         except TILscopeError as err:
             st.error(md_escape(err))
+    sal = current_saliency()
+    if sal is not None and "report.pdf" in files:
+        try:
+            if sal.get("report") is None:
+                record = case_store().get_record(analysis_id) if analysis_id is not None else None
+                sal["report"] = report_with_saliency(result, sal["maps"], record,
+                                                     case_label=st.session_state.get("case_label") or None)
+            files["report.pdf"] = sal["report"]
+            st.caption("report.pdf below includes the saliency maps"
+                       + ("; the copy in the case history was saved before they were computed, without them."
+                          if analysis_id is not None else "."))
+        except Exception as err:  # noqa: BLE001 - the report without them stays available
+            failed("The report with the saliency maps could not be made (the one below is without them)", err)
     stem = s["image"]["name"].rsplit(".", 1)[0]
     cols = st.columns(max(1, len(files)))
     for col, (name, data) in zip(cols, sorted(files.items())):

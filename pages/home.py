@@ -30,7 +30,8 @@ st.markdown(
 )
 
 st.subheader("What TILscope can read")
-clinical = [s for s in list_scenarios() if not s.trained_on_synthetic]
+clinical = [s for s in list_scenarios() if s.validated_for_counting]
+research = [s for s in list_scenarios() if s.research_only and not s.trained_on_synthetic]
 teaching = [s for s in list_scenarios() if s.trained_on_synthetic]
 for s in clinical:
     lo, hi = s.use.mpp_range
@@ -41,6 +42,14 @@ for s in clinical:
                    + ", ".join(c.label for c in s.classes))
         if s.caution:
             st.caption(f"What to know: {s.caution}")
+if research:
+    st.subheader("For research only")
+    st.caption("Trained on real labelled images but did not pass their validation: on Analyze, marked research only; "
+               "their numbers are not counts for a patient case.")
+    for s in research:
+        with st.container(border=True):
+            st.markdown(f"**{s.stain}** — {s.title}")
+            st.caption(f"Why: {s.caution}")
 if teaching:
     st.subheader("For teaching and method development")
     st.caption("Trained on synthetic images only: shown on the Teaching page, never used for case counts.")

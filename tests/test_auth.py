@@ -146,3 +146,12 @@ def test_users_command(tmp_path):
     assert UserFile(tmp_path / "team" / "users.json").authenticate("Dr Ana", "another long password").role == "analyst"
     assert users_cli("remove", "ana@example.org", env=env).returncode == 0
     assert [r.name for r in UserFile(tmp_path / "team" / "users.json").records()] == ["Dr Ana"]
+
+
+def test_users_command_is_listed_in_the_cli_and_reached_through_it(tmp_path, monkeypatch, capsys):
+    from core.cli import build_parser, main
+
+    assert "users" in build_parser().format_help()
+    monkeypatch.setenv("TILSCOPE_USERS_FILE", str(tmp_path / "users.json"))
+    assert main(["users", "list"]) == 0
+    assert "no users in" in capsys.readouterr().out

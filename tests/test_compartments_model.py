@@ -369,29 +369,31 @@ def test_outputs_labels_png_geojson_and_areas():
         CompartmentMap.from_probabilities(np.zeros((4, 4, 3)), 1.0)
 
 
-def test_prepared_registry_entry_follows_the_registry_rules():
+def test_registry_entry_follows_the_registry_rules():
     from core.cells import ROLES
     from core.evaluation import EVALUATIONS
+    from core.scenarios.registry import get_scenario
     from core.scenarios.spec import DENSE_MEANINGS, OUTPUT_KINDS
-    from core.scenarios.compartments import scenario_spec
 
-    sc = scenario_spec("0" * 64, "1" * 64)
-    assert sc.key == "tissue-compartments" and sc.model_card == "tissue-compartments-cdunet-v1.json"
+    sc = get_scenario("tissue-compartments")
+    assert sc.model_card == "tissue-compartments-cdunet-s1.json" and sc.weights == "tissue-compartments-cdunet-s1.safetensors"
     assert sc.tiling.tile_px(sc.input_mpp) == 512 and sc.tiling.overlap_px(sc.input_mpp) == 64
     assert all(c.role in ROLES and c.color.startswith("#") for c in sc.classes)
     assert all(o.kind in OUTPUT_KINDS for o in sc.outputs) and sc.outputs_of("regions")
     assert all(o.meaning in DENSE_MEANINGS for o in sc.outputs_of("dense"))
     assert sc.evaluation in EVALUATIONS and not sc.trained_on_synthetic
     assert [c.name for c in sc.classes] == list(CLASSES)
+    assert sc.use.stains == ("he", "dab-hematoxylin")
 
 
 def test_scenario_runner_gives_probabilities_at_the_image_size():
     from core.io import ImageData
-    from core.scenarios.compartments import PROBABILITIES, CompartmentsModel, scenario_spec
+    from core.scenarios.compartments import PROBABILITIES, CompartmentsModel
+    from core.scenarios.registry import get_scenario
     from core.training.cd_unet import metadata
 
     net = CDUNet(base=4, depth=2)
-    spec = scenario_spec("0" * 64, "0" * 64)
+    spec = get_scenario("tissue-compartments")
     assert spec.key == "tissue-compartments" and spec.input_mpp == 1.0 and spec.tiling.kind == "dense"
     assert spec.output(PROBABILITIES).class_names == CLASSES
     model = CompartmentsModel(spec, torch.device("cpu"), net.state_dict(), metadata(net, np.ones(4)))

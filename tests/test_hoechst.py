@@ -1,8 +1,8 @@
 """hoechst-lymphocytes (issue 19): network, normalisation, cell calls, HiPe, training, evaluation, channels, CLI.
 
-The scenario is not registered until its real weights are trained; these tests use
-:func:`core.scenarios.hoechst.draft_scenario` with weights trained here for two steps on two
-tiles (a smoke model: the contract is checked, not the accuracy).
+Most tests use the registered entry with weights trained here for two steps on two tiles
+(a smoke model: the contract is checked, not the accuracy); the registered v1 weights run in
+tests/test_scenarios.py and the browser test (tests/test_browser_hoechst.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from core.errors import InputError
 from core.evaluation.hoechst import (HOECHST_DATA_DIR, HoechstTile, Nuclei, bootstrap_intervals, pooled_metrics,
                                      rule_prediction, tile_counts, true_cells, tune_size_rule)
 from core.nets.hoechst_unet import CLASS_SCHEMES, HoechstUNet, label_to_class
-from core.scenarios.hoechst import (KEY, CellCallParams, cells_from_probabilities, draft_scenario, model_from_file,
-                                    normalise_hoechst, segment_nuclei)
+from core.scenarios.hoechst import (KEY, CellCallParams, cells_from_probabilities, model_from_file, normalise_hoechst,
+                                    segment_nuclei)
+from core.scenarios.registry import get_scenario
 
 TILES = sorted(HOECHST_DATA_DIR.glob("*.tif"))
 
@@ -291,7 +292,7 @@ def test_cross_validation_evaluation_and_model_card(smoke, tmp_path):
     cv.write_text(json.dumps(rec))
     args = Namespace(split="validation", data=str(smoke.data), cv_record=str(cv), weights=None, device="cpu",
                      precision="float32", restained=False, dataset=None)
-    result = evaluate(KEY, args)  # the pending recipe: the scenario is not registered yet
+    result = evaluate(KEY, args)  # the registered recipe, on the smoke folds
     assert result["n_tiles"] == 2 and result["subtypes"] == ["cd3", "cd8", "cd20"]
     assert set(result["model"]) >= {"pixel", "centroid", "presence"} and result["aim"]["cd3_centroid_f1_at_least"] == 0.6
     assert set(result["baselines"]["all_nuclei"]["cd3"]) == {"pixel", "centroid", "presence"}
@@ -345,26 +346,53 @@ def test_multichannel_16_bit_tiff_channel_names_and_picking(tmp_path):
     assert picked.channel_names == ("Hoechst",) and picked.data.dtype == np.uint16
     np.testing.assert_array_equal(picked.data[..., 0], ij.data[..., 0])
     assert any("DAPI as Hoechst" in n for n in picked.notes)
-    scenario = draft_scenario("0" * 64, "0" * 64)
+    scenario = get_scenario(KEY)
     check_input(picked, scenario)
     check_input(ImageData(ij.data[..., :1], 1.0, "grey.tif", ""), scenario)  # a one-plane image whatever its name
     with pytest.raises(InputError, match="--channel NAME or INDEX"):
         check_input(ij, scenario)
+    rgb = ImageData(np.zeros((64, 64, 3), np.uint8) + np.array([200, 120, 180], np.uint8), 1.0, "he.png", "")
+    with pytest.raises(InputError, match="colour \\(RGB\\) image: upload the channel"):
+        check_input(rgb, scenario)  # a brightfield scan is not a Hoechst image
+
+
+def test_channel_picker_choices_and_the_picked_source(tmp_path):
+    from core.pipeline import ImageSource, prepare_image
+    from core.scenarios.base import channel_choices
+
+    scenario = get_scenario(KEY)
+    assert channel_choices(scenario, ("CD3", "DAPI", "CD8")) == (("CD3", "DAPI", "CD8"), 1)  # the nuclear stain
+    assert channel_choices(scenario, ("H3342", "FITC", "Cy3", "Cy5", "AF751"))[1] == 0
+    assert channel_choices(scenario, ("CD3", "hoechst")) == (("CD3", "hoechst"), 1)  # its own name first
+    assert channel_choices(scenario, ("CD3", "CD8"))[1] == 0  # no nuclear name: the first, shown to be changed
+    assert channel_choices(scenario, ("grey",)) is None and channel_choices(scenario, ("red", "green", "blue")) is None
+    assert channel_choices(get_scenario("he-til"), ("CD3", "DAPI")) is None  # an RGB model picks no channel
+    _, ome = _write_stacks(tmp_path)
+    whole = prepare_image(ImageSource(path=str(ome), name="panel.ome.tif"), KEY, fitness=False)
+    assert whole.channel_names == ("Hoechst 33342", "CD20", "CD3") and "pick the Hoechst channel" in whole.refused
+    picked = prepare_image(ImageSource(path=str(ome), name="panel.ome.tif", channel="CD3"), KEY, fitness=False)
+    assert picked.refused is None and picked.channel_names == whole.channel_names  # the file's channels, for the picker
+    with pytest.raises(InputError, match="no channel named 'PD1'"):
+        prepare_image(ImageSource(path=str(ome), name="panel.ome.tif", channel="PD1"), KEY, fitness=False)
 
 
 def test_cli_analyze_picks_the_channel_and_writes_the_cell_table(smoke, tmp_path, monkeypatch):
     import pandas as pd
 
+    from dataclasses import replace
+
     from core import cli
     from core.scenarios import registry, spec
     from core.scenarios.hoechst import CARD_NAME, WEIGHTS_NAME
+    from core.scenarios.weights import sha256_file
 
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
     shutil.copy(smoke.weights, weights_dir / WEIGHTS_NAME)
     (weights_dir / CARD_NAME).write_text(json.dumps({"name": "smoke", "version": "0.0.0"}))
     monkeypatch.setattr(spec, "WEIGHTS_DIR", weights_dir)
-    monkeypatch.setitem(registry.SCENARIOS, KEY, draft_scenario())
+    monkeypatch.setitem(registry.SCENARIOS, KEY, replace(get_scenario(KEY), sha256=sha256_file(weights_dir / WEIGHTS_NAME),
+                                                         card_sha256=sha256_file(weights_dir / CARD_NAME)))
     out = tmp_path / "out"
     rc = cli.main(["analyze", str(TILES[2]), "--scenario", KEY, "--channel", "0", "--no-store", "--out", str(out)])
     assert rc == 0
@@ -378,16 +406,96 @@ def test_cli_analyze_picks_the_channel_and_writes_the_cell_table(smoke, tmp_path
     assert cli.main(["analyze", str(TILES[2]), "--scenario", KEY, "--no-store", "--out", str(tmp_path / "o3")]) == 2
 
 
-def test_the_registry_entry_when_added_is_the_draft():
-    """Until the trained weights are registered, evaluation finds the scenario's recipe as pending; once registered,
-    the registry's entry must be exactly :func:`draft_scenario` (the module this code is written against)."""
-    from core.evaluation import PENDING_RECIPES, recipe_for
-    from core.scenarios.registry import SCENARIOS
+def test_the_registered_entry_fits_its_weights_and_says_it_is_research_only():
+    """The entry's classes are the weights' subtypes, its caution is the card's evaluation in words, and it is
+    marked research only (the v1 weights miss the aim and do not beat the baselines on CD8)."""
+    from safetensors import safe_open
 
-    if KEY in SCENARIOS:
-        entry = SCENARIOS[KEY]
-        assert entry == draft_scenario(entry.sha256, entry.card_sha256)
-        assert KEY not in PENDING_RECIPES, "remove the pending recipe once the scenario is registered"
-    else:
-        assert PENDING_RECIPES[KEY] == "hoechst-tiles"
-    assert recipe_for(KEY) == "hoechst-tiles"
+    from core.evaluation import PENDING_RECIPES, recipe_for
+    from core.training.hoechst_card import caution
+
+    sc = get_scenario(KEY)
+    with safe_open(str(sc.weights_path), framework="pt") as fh:
+        meta = fh.metadata()
+    assert [c.name for c in sc.classes] == json.loads(meta["classes"])[1:]
+    assert sc.output("subtypes").class_names == tuple(json.loads(meta["classes"]))
+    assert float(meta["mpp"]) == sc.input_mpp and {c.role for c in sc.classes} == {"immune"}
+    assert sc.input.channels == ("Hoechst",) and not sc.input.is_rgb and not sc.reads_colour
+    evaluation = json.loads((sc.weights_path.parent / "hoechst-lymphocytes-unet-v1.cv-evaluation.json").read_text())
+    assert sc.caution == caution(evaluation) and "NOT better than the simple baselines" in sc.caution
+    card = sc.card()
+    assert card["metrics"]["aim"]["met"] is False and card["limitations"][0].startswith("Does NOT meet")
+    assert sc.research_only and not sc.trained_on_synthetic and not sc.validated_for_counting
+    assert KEY not in PENDING_RECIPES and recipe_for(KEY) == "hoechst-tiles"
+
+
+def test_model_from_file_and_the_shared_loader(smoke, tmp_path):
+    from core.errors import WeightsError
+    from core.scenarios.weights import sha256_file
+
+    model = model_from_file(smoke.weights)
+    assert model.scenario.weights == smoke.weights.name and model.scenario.sha256 == sha256_file(smoke.weights)
+    assert model.scenario.classes == get_scenario(KEY).classes  # the registered entry, with the file's name and hash
+    assert model.operating_point["threshold"] == 0.5 and model.operating_point["percentiles"] == [1.0, 99.8]
+    with pytest.raises(WeightsError, match="missing; train it with python -m core.training.hoechst"):
+        model_from_file(tmp_path / "none.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="could not be read"):
+        model_from_file(bad)
+
+
+# --------------------------------------------------------------------------- saliency on demand (page and report)
+
+
+def test_saliency_field_is_the_window_with_the_most_cells():
+    import pandas as pd
+
+    from core.explain.saliency import saliency_field
+    from core.io import ImageData
+
+    data = np.arange(600 * 400, dtype=np.uint16).reshape(600, 400, 1)
+    image = ImageData(data, 0.5, "big.tif", "", "user", channel_names=("Hoechst",))
+    cells = pd.DataFrame({"x_px": [390.0, 395.0, 380.0, 10.0], "y_px": [590.0, 560.0, 580.0, 10.0]})
+    field = saliency_field(image, cells, input_mpp=1.0, max_side_px=128)  # 128 px at 1 µm/px = 256 px at 0.5
+    assert field.box_px == (144, 344, 400, 600) and not field.whole  # flush with the corner holding 3 cells
+    assert field.image.shape == (256, 256) and field.image.mpp == 0.5 and field.image.channel_names == ("Hoechst",)
+    np.testing.assert_array_equal(field.image.data, data[344:600, 144:400])
+    small = saliency_field(ImageData(data[:100, :90], 0.5, "s.tif", "", "user", channel_names=("Hoechst",)), None, 1.0)
+    assert small.whole and small.box_px == (0, 0, 90, 100)
+
+
+def test_saliency_maps_pictures_report_section_and_refusals(tmp_path):
+    import subprocess
+
+    from core.explain.saliency import SaliencyMaps, compute_saliency, saliency_field, supports_saliency
+    from core.io import ImageData
+    from core.outputs.report_pdf import build_report_pdf
+
+    assert supports_saliency(KEY) and not supports_saliency("cd3-ihc")
+    sc = get_scenario(KEY)
+    hot = np.zeros((40, 50), np.float32)
+    hot[10:20, 30:40] = 0.02
+    maps = SaliencyMaps(KEY, {"cd3": hot, "cd8": np.zeros((40, 50), np.float32)}, dict(sc.class_labels),
+                        dict(sc.class_colors), np.full((40, 50, 3), 40, np.uint8), (0, 0, 50, 40), True, 1.0, 81)
+    pictures = maps.pictures()
+    assert [t for t, _, _ in pictures] == ["Saliency (HiPe): CD3+ T cell (CD8-negative)", "Saliency (HiPe): CD8+ T cell"]
+    cd3 = pictures[0][1]
+    assert cd3.shape == (40, 50, 3) and cd3.dtype == np.uint8
+    assert tuple(cd3[15, 35]) != (40, 40, 40) and tuple(cd3[0, 0]) == (40, 40, 40)  # coloured where salient only
+    assert "0.02" in pictures[0][2] and "nothing in it supports this class" in pictures[1][2]
+    assert "At most 81 perturbed images per class" in maps.method_text() and "the whole image (50 x 40 px" in maps.method_text()
+    pdf = build_report_pdf({"summary": {"scenario": KEY, "n_cells": 0, "counts": {}}}, sections=[maps.report_section()])
+    (tmp_path / "r.pdf").write_bytes(pdf)
+    text = " ".join(subprocess.run(["pdftotext", str(tmp_path / "r.pdf"), "-"], capture_output=True, text=True,
+                                   check=True).stdout.split())
+    assert "Saliency (HiPe)" in text and "Hierarchical perturbation" in text and "CD8+ T cell" in text
+    assert "Research only" in text  # the report of a research-only scenario says so first
+    field = saliency_field(ImageData(np.zeros((64, 64, 1), np.uint16), 1.0, "f.tif", "", "user",
+                                     channel_names=("Hoechst",)), None, 1.0)
+    with pytest.raises(InputError, match="at least 81 perturbed images"):
+        compute_saliency(field, KEY, ("cd3",), 40)
+    with pytest.raises(InputError, match="unknown class"):
+        compute_saliency(field, KEY, ("cd4",), 81)
+    with pytest.raises(InputError, match="computes no saliency"):
+        compute_saliency(field, "cd3-ihc", None, 81)

@@ -13,18 +13,39 @@ from core.pipeline import analyze, load_model
 from core.scenarios.registry import list_scenarios
 
 
-def _stained_field(scenario, h: int, w: int) -> np.ndarray:
-    """(H, W, 3) uint8 at the scenario's mpp: a crop of its bundled sample, or of a section of the
-    project's generator for a generator-trained scenario; cells of its kind are in it."""
+def _stained_field(scenario, h: int, w: int, mpp: float) -> ImageData:
+    """An (H, W) image of the scenario's own input, given the pixel size ``mpp``: a crop of its bundled sample
+    (for a model that reads one channel, the channel its picker offers by default, as the page does), or of a
+    section of the project's generator for a generator-trained scenario; cells of its kind are in it."""
     from core.samples import list_samples
+    from core.scenarios.base import channel_choices, pick_input_channel
 
     sample = next((smp for smp in list_samples() if smp.scenario == scenario.key), None)
     if sample is not None and abs(sample.mpp - scenario.input_mpp) < 1e-6:
-        return sample.load().rgb[:h, :w]
+        image = sample.load()
+        choices = channel_choices(scenario, image.channel_names)
+        if choices is not None:
+            image = pick_input_channel(image, scenario, choices[1])
+        return ImageData(np.ascontiguousarray(image.data[:h, :w]), mpp, "field.tif", "", "user",
+                         channel_names=image.channel_names)
+    if scenario.outputs_of("regions"):  # tissue compartments: a section of the compartment recipe (tumour and stroma)
+        from core.generator.compartments import generate_compartments
+
+        return ImageData.from_rgb(generate_compartments((h, w), seed=10007, stain="he").image, mpp, "field.png")
     from core.evaluation.tnrd import recipe_for
     from core.generator import generate
 
-    return generate(recipe_for(scenario.key), (h, w), seed=10007).noisy_uint8
+    return ImageData.from_rgb(generate(recipe_for(scenario.key), (h, w), seed=10007).noisy_uint8, mpp, "field.png")
+
+
+def _of_input_kind(scenario, rgb: np.ndarray, mpp: float) -> ImageData:
+    """``rgb`` as the kind of image the scenario reads: itself for a colour model, else its grey level in 16 bits
+    under the scenario's channel names (an image the model accepts, so only the check under test can refuse it)."""
+    if scenario.input.is_rgb:
+        return ImageData.from_rgb(rgb, mpp, "field.png")
+    grey = (rgb.mean(axis=-1, keepdims=True) * 257).astype(np.uint16)
+    return ImageData(np.repeat(grey, len(scenario.input.channels), axis=-1), mpp, "field.tif", "", "user",
+                     channel_names=scenario.input.channels)
 
 
 def _field(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -48,10 +69,24 @@ def test_every_scenario_honours_the_result_contract(loaded, mpp_factor):
     scenario = loaded.scenario
     h, w = 150, 170
     mpp = scenario.input_mpp * mpp_factor  # 1.5: resampled to the model's mpp and mapped back
-    image = ImageData.from_rgb(_stained_field(scenario, h, w), mpp, "field.png")
+    image = _stained_field(scenario, h, w, mpp)
     result = analyze(image, scenario.key, model=loaded)
     cells = result.cells
-    assert len(cells) > 0  # a field of its own stain has cells for every scenario (else the checks below are vacuous)
+    if scenario.outputs_of("cells"):
+        assert len(cells) > 0  # a field of its own stain has cells for every cell scenario (else the checks are vacuous)
+    else:  # a regions scenario finds no cells: its table is empty but has the columns
+        assert len(cells) == 0
+    if scenario.outputs_of("regions"):
+        from core.spatial.predicted_compartments import LABELS
+
+        labels = result.compartments.labels
+        assert labels.dtype == np.uint8 and labels.shape == (h, w)
+        assert set(np.unique(labels)) <= set(LABELS.values()) and len(np.unique(labels)) >= 2  # not one flat class
+        assert result.summary["compartments"]["labels"] == LABELS
+        assert result.summary["area_mm2"] == pytest.approx(
+            result.summary["compartments"]["area_mm2"]["tumour"] + result.summary["compartments"]["area_mm2"]["stroma"])
+    else:
+        assert result.compartments is None
     assert list(cells.columns[: len(CELL_COLUMNS)]) == list(CELL_COLUMNS)
     assert set(cells["cell_class"]) <= {c.name for c in scenario.classes}
     assert set(cells["role"]) <= set(ROLES)
@@ -73,21 +108,31 @@ def test_every_scenario_honours_the_result_contract(loaded, mpp_factor):
     assert s["trained_on_synthetic"] == scenario.trained_on_synthetic
     again = analyze(image, scenario.key, model=loaded)
     pd.testing.assert_frame_equal(again.cells, cells)  # deterministic
+    if scenario.outputs_of("regions"):
+        np.testing.assert_array_equal(again.compartments.labels, result.compartments.labels)
 
 
 def test_every_scenario_refuses_an_image_smaller_than_its_window(loaded):
     scenario = loaded.scenario
     side = max(2, int(scenario.min_side_um / scenario.input_mpp) - 2)
     with pytest.raises(InputError, match="needs at least"):
-        analyze(ImageData.from_rgb(_field(side, side), scenario.input_mpp, "tiny.png"), scenario.key, model=loaded)
+        analyze(_of_input_kind(scenario, _field(side, side), scenario.input_mpp), scenario.key, model=loaded)
 
 
-def test_every_rgb_scenario_refuses_a_multichannel_fluorescence_stack(loaded):
+def test_every_scenario_refuses_input_of_another_modality(loaded):
+    """A colour model refuses a multi-channel fluorescence stack; a model of named fluorescence channels refuses a
+    brightfield RGB scan, and a stack without its channel until one is picked; nothing is analysed."""
     scenario = loaded.scenario
     side = max(64, int(np.ceil(scenario.min_side_um / scenario.input_mpp)))
     stack = np.random.default_rng(0).integers(0, 4096, (side, side, 5)).astype(np.uint16)
     image = ImageData(stack, scenario.input_mpp, "panel.tif", "", "user",
-                      channel_names=("Hoechst", "CD20", "CD8", "PD1", "CD3"))
-    assert scenario.input.is_rgb
-    with pytest.raises(InputError, match="5 channels"):
+                      channel_names=("DAPI", "CD20", "CD8", "PD1", "CD3"))
+    if scenario.input.is_rgb:
+        with pytest.raises(InputError, match="5 channels"):
+            analyze(image, scenario.key, model=loaded)
+        return
+    assert scenario.modality == "fluorescence" and not scenario.reads_colour
+    with pytest.raises(InputError, match="colour \\(RGB\\) image"):
+        analyze(ImageData.from_rgb(_field(side, side), scenario.input_mpp, "he.png"), scenario.key, model=loaded)
+    with pytest.raises(InputError, match="5 channels .*pick the"):
         analyze(image, scenario.key, model=loaded)

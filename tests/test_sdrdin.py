@@ -585,3 +585,20 @@ def test_unannotated_classes_leave_the_softmax():
     target = torch.full((2, 4, 4), 1, dtype=torch.long)
     pixel_weighted_cross_entropy(masked, target).backward()
     assert logits.grad[1, 3].abs().max() == 0 and logits.grad[0, 3].abs().max() > 0
+
+
+def test_training_stage_smoke_writes_weights_and_its_record(tmp_path):
+    """Two steps of the he-til training command: a score after the last step, the weights it chose, the record."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from core.training.sdrdin import main as train_main
+
+    out = tmp_path / "sd.safetensors"
+    assert train_main(["train", "--max-steps", "2", "--minutes", "5", "--base", "8", "--crop", "64", "--batch", "2",
+                       "--eval-minutes", "100", "--eval-thresholds", "0.3", "--threads", "1", "--out", str(out)]) in (0, None)
+    record = json.loads(out.with_suffix(".train.json").read_text())
+    assert record["steps"] == 2 and [h["step"] for h in record["history"]] == [2]  # scored once, after the last step
+    net = SDRDIN(4, "s-drdin", 8)
+    net.load_state_dict(load_file(out), strict=True)

@@ -58,7 +58,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from core.errors import InputError
-from core.generator.geometry import ellipse_coverage
+from core.generator.geometry import add_coverage, ellipse_coverage, ring_coverage, smooth_field
 from core.generator.recipes import HE_MELANOMA, CellType
 from core.generator.stains import REFERENCE_VECTORS, unit
 from core.generator.geometry import hex_lattice_points as _lattice, uniform_points_in_mask as _uniform_points
@@ -285,21 +285,6 @@ class CompartmentSection:
 # ------------------------------------------------------------------------------------------ fields and shapes
 
 
-def _field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Smooth Gaussian random field, (H, W) float32 with mean 0 and standard deviation 1.
-
-    Fields wider than 4 px are filtered on a coarser grid and interpolated (same statistics, faster).
-    """
-    h, w = shape
-    f = max(1, int(sigma_px // 4))
-    gh, gw = -(-h // f) + 2, -(-w // f) + 2
-    z = ndimage.gaussian_filter(rng.standard_normal((gh, gw)).astype(np.float32), max(sigma_px / f, 0.3), mode="wrap")
-    if f > 1:
-        z = ndimage.zoom(z, f, order=1, grid_mode=False)
-    z = z[:h, :w]
-    return ((z - z.mean()) / max(float(z.std()), 1e-6)).astype(np.float32)
-
-
 def _clean(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Remove islands and fill holes smaller than ``min_px`` pixels."""
     from skimage.morphology import remove_small_holes, remove_small_objects
@@ -319,7 +304,7 @@ def _fibres(shape, angle: float, um: float, rng: np.random.Generator) -> np.ndar
     y0, x0 = (side - h) // 2, (side - w) // 2
     z = z[y0 : y0 + h, x0 : x0 + w]
     z = z / max(float(z.std()), 1e-6)
-    iso = _field(shape, 1.0 * um, rng)
+    iso = smooth_field(shape, 1.0 * um, rng)
     return np.clip(0.5 + 0.22 * z + 0.1 * iso, 0.0, 1.0).astype(np.float32)
 
 
@@ -417,7 +402,7 @@ def _layout(shape, recipe: CompartmentRecipe, rng: np.random.Generator, um: floa
     min_px = recipe.min_region_um2 * um * um
     # glass: a smooth field plus a ramp, so that tissue has an edge
     if rng.uniform() < recipe.glass_probability:
-        f = _field(shape, u((40.0, 120.0)) * um, rng)
+        f = smooth_field(shape, u((40.0, 120.0)) * um, rng)
         ang = rng.uniform(0, 2 * np.pi)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         ramp = ((xx - w / 2) * np.cos(ang) + (yy - h / 2) * np.sin(ang)) / max(h, w)
@@ -427,7 +412,7 @@ def _layout(shape, recipe: CompartmentRecipe, rng: np.random.Generator, um: floa
     else:
         tissue = np.ones(shape, bool)
     # tumour nests
-    nest = _field(shape, u(recipe.nest_scale_um) * um, rng) + 0.25 * _field(shape, 4.0 * um, rng)
+    nest = smooth_field(shape, u(recipe.nest_scale_um) * um, rng) + 0.25 * smooth_field(shape, 4.0 * um, rng)
     tumour = np.zeros(shape, bool)
     if tissue.any():
         tumour = tissue & (nest > np.quantile(nest[tissue], 1.0 - u(recipe.tumour_fraction)))
@@ -457,7 +442,7 @@ def _layout(shape, recipe: CompartmentRecipe, rng: np.random.Generator, um: floa
             necrosis = (lumen_nec | (tumour & (depth > max(q, 6.0 * um)))) & tissue
         else:
             near = ndimage.gaussian_filter(tumour.astype(np.float32), 25.0 * um)
-            f = _field(shape, u((20.0, 60.0)) * um, rng) + 2.0 * near
+            f = smooth_field(shape, u((20.0, 60.0)) * um, rng) + 2.0 * near
             necrosis = tissue & (f > np.quantile(f[tissue], 1.0 - frac))
         necrosis = _clean(necrosis, min_px) & tissue
     lumen &= ~necrosis
@@ -577,7 +562,7 @@ def _cells(lay: dict, recipe: CompartmentRecipe, rng: np.random.Generator, um: f
             out.lymphocytes.append((x, y, a, a * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi)))
     # collagen direction (also the spindle cells' axis): two bundle directions blended by a smooth field
     a1, a2 = rng.uniform(0, np.pi), rng.uniform(0, np.pi)
-    out.fibre_weight = 1.0 / (1.0 + np.exp(-3.0 * _field((h, w), 40.0 * um, rng)))
+    out.fibre_weight = 1.0 / (1.0 + np.exp(-3.0 * smooth_field((h, w), 40.0 * um, rng)))
     out.fibre_angles = (a1, a2)
     out.fibre_angle = np.where(out.fibre_weight > 0.5, a1, a2).astype(np.float32)
     for x, y in _uniform_points(stroma & ~lay["aggregates"], int(rng.poisson(u(recipe.spindle_per_mm2) * mm2(stroma))), rng):
@@ -633,13 +618,13 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
     lv_tum = max(lv_tum, rng.uniform(0.55, 0.85) * lv_imm)  # crowded carcinoma nuclei are dark too (the
     # estimate is a median in 1.5 µm discs, which for large vesicular nuclei includes their pale centres)
     # background counterstain and eosin of the compartments
-    tex = 1.0 + 0.25 * _field((h, w), 1.0 * um, rng)
+    tex = 1.0 + 0.25 * smooth_field((h, w), 1.0 * um, rng)
     H += lv_bg * tissue * tex
     wf = cells.fibre_weight
     fibres = wf * _fibres((h, w), cells.fibre_angles[0], um, rng) + (1 - wf) * _fibres((h, w), cells.fibre_angles[1], um, rng)
-    loose = _field((h, w), 20.0 * um, rng) > rng.uniform(0.3, 1.5)
+    loose = smooth_field((h, w), 20.0 * um, rng) > rng.uniform(0.3, 1.5)
     collagen = (0.35 + 1.3 * fibres) * np.where(loose, 0.45, 1.0) * u(recipe.collagen_density)
-    debris = np.clip(1.0 + 0.35 * _field((h, w), 1.5 * um, rng) + 0.25 * _field((h, w), 8.0 * um, rng), 0.2, 2.0)
+    debris = np.clip(1.0 + 0.35 * smooth_field((h, w), 1.5 * um, rng) + 0.25 * smooth_field((h, w), 8.0 * um, rng), 0.2, 2.0)
     site = cells.tumour_site_id
     if site is not None:
         per_cell = rng.uniform(0.75, 1.25, len(cells.tumour_xy)).astype(np.float32)
@@ -657,12 +642,12 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
         H += lv_bg * (0.5 * stroma * collagen + 0.6 * cyto) + max(lv_bg, 0.04) * 2.2 * necrosis * debris
     # nuclei
     nuc = np.zeros((h, w), np.float32)
-    chromatin = 1.0 + 0.3 * _field((h, w), 0.6 * um, rng)
+    chromatin = 1.0 + 0.3 * smooth_field((h, w), 0.6 * um, rng)
     for cx, cy, a, b, ang in cells.tumour_nuclei:
         v = lv_tum * rng.uniform(0.7, 1.3)
         box = _paint(nuc, cx, cy, a, b, ang, v)
         if box is not None:  # vesicular nucleus: a darker nuclear membrane
-            _add_ring(nuc, box, ellipse_coverage(cx, cy, max(a - 0.8 * um, 0.5), max(b - 0.8 * um, 0.5), ang, (h, w)), 0.5 * v)
+            add_coverage(nuc, ring_coverage(box, ellipse_coverage(cx, cy, max(a - 0.8 * um, 0.5), max(b - 0.8 * um, 0.5), ang, (h, w))), 0.5 * v)
         if rng.uniform() < 0.5:  # nucleolus
             _paint(nuc, cx + rng.normal(0, 0.3 * a), cy + rng.normal(0, 0.3 * b), 0.7 * um, 0.7 * um, 0.0, lv_tum * 2.0)
     lymph_nuc = np.zeros((h, w), np.float32)
@@ -687,7 +672,7 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
         nuc += np.minimum(frag, 2.0 * lv_imm)
     H += (nuc + lymph_nuc) * chromatin
     if he:
-        E += macro_body * level(c_he["tumour_cytoplasm_e"], 0.08) * 0.6 * (1.0 + 0.4 * _field((h, w), 1.0 * um, rng))
+        E += macro_body * level(c_he["tumour_cytoplasm_e"], 0.08) * 0.6 * (1.0 + 0.4 * smooth_field((h, w), 1.0 * um, rng))
     lymph_mask = lymph_nuc > 0.5 * lv_imm * 0.85
     # IHC chromogens on their targets
     for rule in STAINS[stain]:
@@ -702,7 +687,7 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
                 if rule.pattern == "membrane":
                     box = ellipse_coverage(cx, cy, a + 1.0 * um, b + 1.0 * um, ang, (h, w))
                     inner = ellipse_coverage(cx, cy, max(a - 0.3 * um, 0.3), max(b - 0.3 * um, 0.3), ang, (h, w))
-                    _add_ring(m, box, inner, v)
+                    add_coverage(m, ring_coverage(box, inner), v)
                 elif rule.pattern == "nucleus":
                     _paint(m, cx, cy, a, b, ang, v)
                 else:  # granular: a few dots in the thin cytoplasm
@@ -746,7 +731,7 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
     if pen.any():
         ink = REFERENCE_VECTORS[str(rng.choice(["ink_blue", "ink_green", "ink_black", "ink_red"]))][0]
         od += (pen * rng.uniform(0.5, 1.4))[..., None] * (_jitter_vector(ink, 0.05, rng).astype(np.float32)
-                                                           * (1.0 + 0.2 * _field((h, w), 3.0 * um, rng)[..., None]))
+                                                           * (1.0 + 0.2 * smooth_field((h, w), 3.0 * um, rng)[..., None]))
     g = STAIN_ESTIMATE["glass"]
     white = np.clip(rng.multivariate_normal(g["mean"], np.asarray(g["cov"]) * spread + 1e-6 * np.eye(3), method="cholesky"),
                     0.8, 1.0)
@@ -757,20 +742,6 @@ def _render(lay: dict, cells: _Cells, stain: str, recipe: CompartmentRecipe, rng
     rgb += rng.normal(0.0, u(recipe.noise_sd), rgb.shape).astype(np.float32)
     image = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return image, lymph_mask
-
-
-def _add_ring(target: np.ndarray, outer, inner, value: float) -> None:
-    """Add ``value`` x (outer coverage - inner coverage) into ``target`` (a membrane ring)."""
-    oy, ox, oc = outer
-    if oc.size == 0:
-        return
-    ring = oc.copy()
-    iy, ix, ic = inner
-    if ic.size:
-        ys, xs = iy - oy, ix - ox
-        ring[ys : ys + ic.shape[0], xs : xs + ic.shape[1]] -= ic
-    sl = (slice(oy, oy + oc.shape[0]), slice(ox, ox + oc.shape[1]))
-    target[sl] += np.clip(ring, 0, 1) * value
 
 
 def _cell_table(cells: _Cells, labels: np.ndarray, mpp: float) -> pd.DataFrame:

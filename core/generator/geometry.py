@@ -1,4 +1,5 @@
-"""Shapes on the pixel grid: anti-aliased ellipses (cells, nuclei) and Voronoi tessellations.
+"""Shapes on the pixel grid: anti-aliased ellipses (cells, nuclei), membrane rings, smooth random fields and
+Voronoi tessellations.
 
 Every cell and nucleus of the generator is an ellipse (TNRD melanoma paper, §2.2); cells of
 some types fill the regions of a random Voronoi tessellation. Pixel centres are at integer
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
 
 def ellipse_coverage(cx: float, cy: float, a: float, b: float, angle: float, shape: tuple[int, int]):
@@ -47,6 +49,62 @@ def ellipse_coverage(cx: float, cy: float, a: float, b: float, angle: float, sha
                            + (np.where(rho > 0, v / np.maximum(rho, 1e-9), 0) / b) ** 2)
     cov = np.clip((1.0 - rho) * radius + 0.5, 0.0, 1.0).astype(np.float32)
     return y0, x0, cov
+
+
+def ring_coverage(outer, inner):
+    """Coverage of a ring: ``outer`` minus ``inner``, clipped to [0, 1], in ``outer``'s box.
+
+    Parameters
+    ----------
+    outer, inner : (y0, x0, cov)
+        Boxes from :func:`ellipse_coverage` (``inner`` inside ``outer``; either may be empty).
+
+    Returns
+    -------
+    (y0, x0, cov) with ``cov`` (h, w) float32 in [0, 1]: a membrane or nuclear rim.
+    """
+    oy, ox, oc = outer
+    if oc.size == 0:
+        return oy, ox, oc
+    iy, ix, ic = inner
+    ring = oc.copy()
+    if ic.size:
+        ys, xs = iy - oy, ix - ox
+        ring[ys : ys + ic.shape[0], xs : xs + ic.shape[1]] -= ic
+    return oy, ox, np.clip(ring, 0.0, 1.0)
+
+
+def add_coverage(target: np.ndarray, box, value: float, texture: np.ndarray | None = None) -> None:
+    """Add ``value`` x the coverage of ``box`` (y0, x0, cov) into ``target`` (H, W), in place.
+
+    ``texture`` (H, W), when given, multiplies the added amount pixel by pixel (chromatin,
+    patchy membranes). An empty box adds nothing.
+    """
+    y0, x0, cov = box
+    if cov.size == 0:
+        return
+    sl = (slice(y0, y0 + cov.shape[0]), slice(x0, x0 + cov.shape[1]))
+    target[sl] += cov * value if texture is None else cov * value * texture[sl]
+
+
+def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth Gaussian random field: white noise filtered by a Gaussian of ``sigma_px``.
+
+    Fields wider than 4 px are filtered on a grid coarser by ``sigma_px // 4`` and
+    interpolated linearly (same statistics, much faster); the noise wraps at the edges.
+
+    Returns
+    -------
+    (H, W) float32, mean 0 and standard deviation 1.
+    """
+    h, w = shape
+    f = max(1, int(sigma_px // 4))
+    gh, gw = -(-h // f) + 2, -(-w // f) + 2
+    z = ndimage.gaussian_filter(rng.standard_normal((gh, gw)).astype(np.float32), max(sigma_px / f, 0.3), mode="wrap")
+    if f > 1:
+        z = ndimage.zoom(z, f, order=1, grid_mode=False)
+    z = z[:h, :w]
+    return ((z - z.mean()) / max(float(z.std()), 1e-6)).astype(np.float32)
 
 
 def voronoi_labels(shape: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -73,7 +73,7 @@ import pandas as pd
 from scipy import ndimage
 
 from core.errors import InputError
-from core.generator.geometry import ellipse_coverage
+from core.generator.geometry import add_coverage, ellipse_coverage, ring_coverage
 from core.generator.geometry import hex_lattice_points as _lattice, uniform_points_in_mask as _uniform_points
 
 #: Pixel size of the S-DRDIN paper's images (§2.2: 40x scans rescaled to 20x), µm/px.
@@ -361,12 +361,17 @@ def beer_lambert_rgb(concentrations: np.ndarray, stains: np.ndarray, white=1.0) 
 
 
 def _field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Smooth Gaussian random field, (H, W) float32, mean 0 and standard deviation 1 (coarse grid for wide fields)."""
+    """Smooth Gaussian random field, (H, W) float32, mean 0 and standard deviation 1 (coarse grid for wide fields).
+
+    Same noise as :func:`core.generator.geometry.smooth_field` but up-sampled at exactly i / f by
+    gathering along each axis (no BLAS: cheap under load); the mIHC recipe's sections and tests
+    were drawn with this interpolation, so it stays.
+    """
     h, w = shape
     f = max(1, int(sigma_px // 4))
     gh, gw = -(-h // f) + 2, -(-w // f) + 2
     z = ndimage.gaussian_filter(rng.standard_normal((gh, gw)).astype(np.float32), max(sigma_px / f, 0.3), mode="wrap")
-    if f > 1:  # bilinear up-sampling by f, gathering along each axis (no BLAS: cheap under load)
+    if f > 1:
         z = _upsample_axis(_upsample_axis(z, h, f, 0), w, f, 1)
     else:
         z = z[:h, :w]
@@ -385,26 +390,10 @@ def _upsample_axis(z: np.ndarray, n_out: int, f: int, axis: int) -> np.ndarray:
     return np.take(z, i0, axis=axis) * (1.0 - t) + np.take(z, i0 + 1, axis=axis) * t
 
 
-def _add(target: np.ndarray, box, value: float, texture: np.ndarray | None = None) -> None:
-    """Add ``value`` x coverage of ``box`` (y0, x0, cov) [x ``texture`` (H, W) there] into ``target`` (in place)."""
-    y0, x0, cov = box
-    if cov.size == 0:
-        return
-    sl = (slice(y0, y0 + cov.shape[0]), slice(x0, x0 + cov.shape[1]))
-    target[sl] += cov * value if texture is None else cov * value * texture[sl]
-
-
 def _ring(cx, cy, a, b, angle, width_px, shape):
     """(y0, x0, cov) of an elliptical ring of ``width_px`` centred on the ellipse's edge."""
-    oy, ox, oc = ellipse_coverage(cx, cy, a + width_px / 2, b + width_px / 2, angle, shape)
-    if oc.size == 0:
-        return oy, ox, oc
-    iy, ix, ic = ellipse_coverage(cx, cy, max(a - width_px / 2, 0.3), max(b - width_px / 2, 0.3), angle, shape)
-    ring = oc.copy()
-    if ic.size:
-        ys, xs = iy - oy, ix - ox
-        ring[ys : ys + ic.shape[0], xs : xs + ic.shape[1]] -= ic
-    return oy, ox, np.clip(ring, 0.0, 1.0)
+    return ring_coverage(ellipse_coverage(cx, cy, a + width_px / 2, b + width_px / 2, angle, shape),
+                         ellipse_coverage(cx, cy, max(a - width_px / 2, 0.3), max(b - width_px / 2, 0.3), angle, shape))
 
 
 def _away_from(xy: np.ndarray, centres: np.ndarray, min_dist_px: float) -> np.ndarray:
@@ -542,11 +531,11 @@ def generate_mihc(shape: tuple[int, int] = (256, 256), seed: int = 0, recipe: MI
         a, b = u(r_tum) * um, u(r_tum) * um
         ang = rng.uniform(0, np.pi)
         cell = ellipse_coverage(x, y, a, b, ang, (h, w))
-        _add(H, cell, lv_tum * 0.15)  # faint counterstained cytoplasm
+        add_coverage(H, cell, lv_tum * 0.15)  # faint counterstained cytoplasm
         na = min(u(recipe.tumour_nucleus_um) * um, 0.8 * min(a, b))
         nb = na * rng.uniform(0.7, 1.0)
         off = rng.normal(0, 0.1 * min(a, b), 2)
-        _add(H, ellipse_coverage(x + off[0], y + off[1], na, nb, ang, (h, w)), lv_tum * rng.uniform(0.8, 1.2), chromatin)
+        add_coverage(H, ellipse_coverage(x + off[0], y + off[1], na, nb, ang, (h, w)), lv_tum * rng.uniform(0.8, 1.2), chromatin)
         cid = len(cells_rows) + 1
         stamp(cid, cell)
         cells_rows.append((cid, x, y, "tumour", "tumour", "", -1, (False,) * 4, a, b))
@@ -554,7 +543,7 @@ def generate_mihc(shape: tuple[int, int] = (256, 256), seed: int = 0, recipe: MI
     for x, y in str_xy:
         a, b = rng.uniform(3.5, 7.0) * um, rng.uniform(0.8, 1.5) * um
         box = ellipse_coverage(x, y, a, b, rng.uniform(0, np.pi), (h, w))
-        _add(H, box, lv_str * rng.uniform(0.8, 1.2), chromatin)
+        add_coverage(H, box, lv_str * rng.uniform(0.8, 1.2), chromatin)
         cid = len(cells_rows) + 1
         stamp(cid, box)
         cells_rows.append((cid, x, y, "stroma", "stroma", "", -1, (False,) * 4, a, b))
@@ -568,7 +557,7 @@ def generate_mihc(shape: tuple[int, int] = (256, 256), seed: int = 0, recipe: MI
         ang = rng.uniform(0, np.pi)
         ratio = u(recipe.nucleus_ratio)
         nuc = ellipse_coverage(x, y, a * ratio, b * ratio, ang, (h, w))
-        _add(H, nuc, lv_t * rng.uniform(0.85, 1.15), chromatin)
+        add_coverage(H, nuc, lv_t * rng.uniform(0.85, 1.15), chromatin)
         expr = EXPRESSION[PHENOTYPES[k]]
         ring = None
         for m in MARKERS:
@@ -577,10 +566,10 @@ def generate_mihc(shape: tuple[int, int] = (256, 256), seed: int = 0, recipe: MI
             v = level[m] * float(np.exp(rng.normal(0.0, recipe.cell_intensity_sd)))
             target = conc[CHROMOGEN_NAMES.index(MARKER_CHROMOGEN[m])]
             if m == "FOXP3":
-                _add(target, nuc, v, chromatin)
+                add_coverage(target, nuc, v, chromatin)
             else:
                 ring = ring or _ring(x, y, a, b, ang, ring_w, (h, w))
-                _add(target, ring, v, patch)
+                add_coverage(target, ring, v, patch)
         cid = len(cells_rows) + 1
         stamp(cid, ellipse_coverage(x, y, a, b, ang, (h, w)))
         cells_rows.append((cid, x, y, "tcell", "immune", PHENOTYPES[k], int(k), tuple(expr[m] for m in MARKERS), a, b))

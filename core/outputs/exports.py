@@ -16,9 +16,14 @@
 - ``<name>.png`` for each dense output (:func:`core.outputs.figures.dense_to_image`: 8-bit
   grey = value x 255 for a probability or a mask; the arg-max in its class colours for
   class probabilities) and each restored image ((H, W, 3) uint8 as it is);
-- ``cells.geojson`` when the mpp is known (QuPath: cells as detections, regions as annotations);
+- ``compartments.png`` and ``regions.geojson`` when the result has predicted tissue
+  compartments (:attr:`core.results.AnalysisResult.compartments`): the 8-bit label image of the
+  input's size (0 background, 1 tumour, 2 stroma, 3 necrosis) and the tumour / stroma / necrosis
+  polygons as QuPath annotations (:class:`core.scenarios.compartments.CompartmentMap`);
+- ``cells.geojson`` when the mpp is known (QuPath: cells as detections, regions as annotations:
+  the regions drawn or given, else the predicted compartments);
 - ``report.pdf`` (:func:`core.outputs.report_pdf.build_report_pdf`), which shows the same
-  pictures smaller.
+  pictures smaller, and the compartments with their areas when there are any.
 
 Outputs are rendered by kind (cells, dense, restored), never by scenario or output name.
 Media types follow the file suffix (:func:`media_type`). A reviewed analysis goes through the
@@ -56,10 +61,13 @@ from core.outputs.media import MEDIA_TYPES, media_type
 from core.outputs.report_pdf import ReportImage, build_report_pdf
 
 __all__ = ["build_exports", "write_exports", "save_result", "summary_json", "cells_csv", "cells_parquet", "cells_geojson",
-           "draw_regions", "source_image_png", "media_type", "MEDIA_TYPES", "REPORT_FILES", "REPORT_IMAGE_MAX_SIDE_PX"]
+           "draw_regions", "source_image_png", "media_type", "MEDIA_TYPES", "REPORT_FILES", "COMPARTMENT_FILES",
+           "REPORT_IMAGE_MAX_SIDE_PX"]
 
 #: Files the CLI writes only with ``--report`` (:func:`core.pipeline.write_analysis`).
 REPORT_FILES = ("report.pdf", "cells.geojson")
+#: Files of predicted tissue compartments (:meth:`core.scenarios.compartments.CompartmentMap.exports`).
+COMPARTMENT_FILES = ("compartments.png", "regions.geojson")
 #: Longest side, in pixels, of the pictures inside report.pdf.
 REPORT_IMAGE_MAX_SIDE_PX = 1600
 
@@ -74,6 +82,7 @@ def build_exports(
     model_card: dict | None = None,
     case_label: str | None = None,
     record: dict | None = None,
+    sections: Any = (),
 ) -> dict[str, bytes]:
     """All export files of one analysis, as ``{file name: bytes}``.
 
@@ -90,12 +99,15 @@ def build_exports(
         and (as Regions) go into cells.geojson as annotations.
     record : dict, optional
         A record already built (e.g. with the store's ``analysis_id``); built here if absent.
+    sections : iterable of core.outputs.report_pdf.ReportSection
+        Sections computed on demand for report.pdf (e.g. saliency maps); none by default.
 
     Returns
     -------
     dict of str to bytes
         In this order: ``cells.csv``, ``summary.json``, ``overlay.png``, one
         ``<name>.png`` per entry of ``result.dense`` then of ``result.restored``,
+        ``compartments.png`` and ``regions.geojson`` (predicted compartments),
         ``cells.parquet``, ``cells.geojson`` (mpp known), ``report.pdf``. Media types: :func:`media_type`.
 
     Raises
@@ -131,13 +143,21 @@ def build_exports(
         _add(files, f"{name}.png", png_bytes(image))
         pictures.append(ReportImage(f"{_title(name)} (restored image)", png_bytes(downscale(image, REPORT_IMAGE_MAX_SIDE_PX)[0]),
                                     descriptions.get(name, "")))
+    cmap = getattr(result, "compartments", None)
+    compartments_png = None
+    if cmap is not None:
+        for name, data in cmap.exports().items():
+            _add(files, name, data)
+        compartments_png = png_bytes(cmap.picture(rgb, REPORT_IMAGE_MAX_SIDE_PX))
     files["cells.parquet"] = cells_parquet(cells)
-    geojson = cells_geojson(result, regions, class_palette(sorted(set(cells["cell_class"].astype(str))), class_colors))
+    geo_regions = regions if regions or cmap is None or not mpp else cmap.regions()
+    geojson = cells_geojson(result, geo_regions, class_palette(sorted(set(cells["cell_class"].astype(str))), class_colors))
     if geojson is not None:
         files["cells.geojson"] = geojson
     overlay_small = png_bytes(draw_regions(render_overlay(rgb, cells, class_colors, mpp, REPORT_IMAGE_MAX_SIDE_PX),
                                            outlined, mpp, rgb.shape[:2]))
-    files["report.pdf"] = build_report_pdf(record, overlay_png=overlay_small, images=pictures)
+    files["report.pdf"] = build_report_pdf(record, overlay_png=overlay_small, images=pictures,
+                                           compartments_png=compartments_png, sections=sections)
     return files
 
 

@@ -149,8 +149,13 @@ def mask_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def plane_colors(output: Any, class_colors: dict[str, str] | None = None) -> dict[str, str]:
-    """``{plane name: "#rrggbb"}`` of a class-probabilities output (a class's own colour when it has one)."""
-    return class_palette(list(output.class_names) or [str(k) for k in range(output.values.shape[-1])], class_colors)
+    """``{plane name: "#rrggbb"}`` of a class-probabilities output (a class's own colour when it has one).
+
+    A plane called ``background`` without a colour of its own is black, so the arg-max picture
+    shows the classes, not a palette colour that may match one of them.
+    """
+    colors = {"background": "#000000", **(class_colors or {})}
+    return class_palette(list(output.class_names) or [str(k) for k in range(output.values.shape[-1])], colors)
 
 
 def dense_to_image(output: Any, class_colors: dict[str, str] | None = None) -> np.ndarray:
@@ -367,7 +372,9 @@ def compartment_densities(record: dict[str, Any]) -> list[tuple[str, float, str]
         if comp.get(key) is not None:
             out.append((label, float(comp[key]), color))
     kind_colors = {"tumour": TUMOUR_COLOR, "stroma": STROMA_COLOR, "margin": MARGIN_COLOR}
-    for kind, k in ((s.get("regions") or {}).get("by_kind") or {}).items():
+    # predicted compartments (core.pipeline) are the regions of the compartments above: not drawn, not shown twice
+    by_kind = {} if "predicted_compartments" in s else (s.get("regions") or {}).get("by_kind") or {}
+    for kind, k in by_kind.items():
         value = (k.get("density_per_mm2_by_role") or {}).get("immune")
         if kind != "exclude" and value is not None:
             out.append((f"{kind}\nregions (drawn)", float(value), kind_colors.get(kind, OTHER_COLOR)))

@@ -293,6 +293,12 @@ def _spatial_figures(s: dict, with_counts: bool) -> list[KeyFigure]:
     if til.get("available"):
         add("stromal_til_proxy", "stromal TILs (computational proxy)", til["percent"], "%",
             f"immune-cell area {til['immune_cell_area_um2']:g} µm² over stromal area")
+    wg = (s.get("predicted_compartments") or {}).get("stromal_til") or {}
+    if wg:  # the predicted compartments' stroma, by the TILs Working Group's definition (core.pipeline)
+        add("predicted_compartments.stromal_til", "stromal TILs (TILs Working Group definition)",
+            wg.get("percent") if wg.get("available") else None, "%",
+            f"predicted stroma covered by immune cells ({wg.get('immune_cell_area_um2', 0):g} µm² each, union) / "
+            "stromal area; necrosis and glass excluded" if wg.get("available") else wg.get("reason", "not available"))
 
     ph = s.get("phenotype") or {}
     add("phenotype", "immune phenotype", ph.get("call"), "", ph.get("rule", "") if ph.get("available") else ph.get("reason", ""))

@@ -392,6 +392,12 @@ def scenario_caution(key: str | None) -> str:
     return "" if scenario is None else (scenario.caution or "")
 
 
+def scenario_research_only(key: str | None) -> bool:
+    """Whether scenario ``key`` is registered as research only (:attr:`core.scenarios.spec.Scenario.research_only`)."""
+    scenario = _scenario(key)
+    return bool(scenario is not None and scenario.research_only)
+
+
 def scenario_colors(key: str | None) -> dict[str, str]:
     """``{class: "#rrggbb"}`` of scenario ``key`` from the registry; ``{}`` if unknown."""
     scenario = _scenario(key)

@@ -8,7 +8,10 @@ unit and what it means. Then figures that answer a question (immune density by
 compartment, distances to the nearest tumour cell, cross-G and cross-L against the
 envelopes of random labelling), the pictures of the result (:class:`ReportImage`), and a
 methods appendix (image and run, model and its held-out validation, thresholds, settings,
-definitions) in words, never raw keys (:mod:`core.outputs.labels`).
+definitions) in words, never raw keys (:mod:`core.outputs.labels`). An analysis with predicted
+tissue compartments (``summary["compartments"]``) gets a section with the map over the image,
+the area of each compartment, the model that drew them, the stromal TIL % by the TILs Working
+Group's definition and whether they or drawn regions gave the statistics their regions.
 
 Built from the plain-dict analysis record (:mod:`core.outputs.records`), so a result just
 computed, one reviewed by hand (its record carries the corrected summary and statistics)
@@ -37,8 +40,8 @@ from core.outputs.figures import (
 )
 from core.outputs.key_figures import KeyFigure, format_figure, format_value, key_figures
 
-__all__ = ["ReportImage", "build_report_pdf", "report_cautions", "report_warnings", "outside_validated_use",
-           "review_text", "RESEARCH_USE"]
+__all__ = ["ReportImage", "ReportSection", "build_report_pdf", "report_cautions", "report_warnings", "outside_validated_use",
+           "review_text", "compartment_rows", "RESEARCH_USE"]
 
 RESEARCH_USE = P.RESEARCH_USE
 #: Characters of the case label printed on page 1 and in tables (longer labels are shortened, with a note).
@@ -54,6 +57,15 @@ class ReportImage:
     caption: str = ""
 
 
+@dataclass(frozen=True)
+class ReportSection:
+    """A titled section computed on demand (e.g. saliency maps): its explanation ``text`` and its pictures."""
+
+    title: str
+    text: str
+    images: tuple[ReportImage, ...] = ()
+
+
 def outside_validated_use(summary: dict[str, Any]) -> list[str]:
     """Why a run lies outside its model's validated use, in plain words (``summary["outside_validated_use"]``).
 
@@ -66,11 +78,14 @@ def outside_validated_use(summary: dict[str, Any]) -> list[str]:
 
 
 def report_cautions(summary: dict[str, Any]) -> list[str]:
-    """What a reader must know first: synthetic training data, the scenario's caution (from the registry)."""
+    """What a reader must know first: synthetic training data or a research-only model, the scenario's caution (from the registry)."""
     lines = []
     if summary.get("trained_on_synthetic"):
         lines.append("This model was trained on synthetic images only: the numbers illustrate the method and are "
                      "not measurements of real tissue.")
+    if rec.scenario_research_only(rec.scenario_key(summary)):
+        lines.append("Research only: this model did not pass its validation (see below and its model card); its "
+                     "numbers are not counts for a patient case.")
     caution = rec.scenario_caution(rec.scenario_key(summary))
     if caution:
         lines.append(caution)
@@ -139,6 +154,8 @@ class _Content:
     thumbnail: bytes | None
     pictures: list[ReportImage]
     charts: list[ReportImage] = field(default_factory=list)
+    compartments_png: bytes | None = None
+    sections: list[ReportSection] = field(default_factory=list)
 
 
 def build_report_pdf(
@@ -148,6 +165,8 @@ def build_report_pdf(
     case_label: str | None = None,
     path: str | Path | None = None,
     images: Iterable[ReportImage] = (),
+    compartments_png: bytes | None = None,
+    sections: Iterable[ReportSection] = (),
 ) -> bytes:
     """Write the PDF report of one analysis.
 
@@ -182,6 +201,13 @@ def build_report_pdf(
         Also write the PDF there.
     images : iterable of ReportImage
         Further pictures of the result, shown after the overlay in this order.
+    compartments_png : bytes, optional
+        PNG of the predicted tissue compartments over the image with their legend
+        (:meth:`core.scenarios.compartments.CompartmentMap.picture`), shown in the
+        "Tissue compartments" section with the areas of ``summary["compartments"]``.
+    sections : iterable of ReportSection
+        Sections computed on demand (e.g. the saliency maps of the Analyze page), each with
+        its text and pictures, after the pictures of the result.
 
     Returns
     -------
@@ -213,7 +239,7 @@ def build_report_pdf(
         case_label=str(label) if label not in (None, "") else "no case label",
         figures=key_figures(dict(record, spatial=spatial)), outside=outside_validated_use(summary),
         warnings=report_warnings(record), thumbnail=thumbnail_png(overlay_png, 900) if overlay_png else None,
-        pictures=pictures,
+        pictures=pictures, compartments_png=compartments_png, sections=list(sections),
     )
     content.charts = _charts(content)
     pdf = None
@@ -234,8 +260,10 @@ def _document(c: _Content, compact: bool):
     _first_page(pdf, c, compact)
     fits = pdf.page_no() == 1
     _figures_section(pdf, c)
+    _compartments_section(pdf, c)
     _details_section(pdf, c)
     _pictures_section(pdf, c)
+    _extra_sections(pdf, c)
     _methods_appendix(pdf, c)
     return pdf, fits
 
@@ -513,14 +541,95 @@ def _pictures_section(pdf, c: _Content) -> None:
         P.image(pdf, pic.png, pdf.w - 30, 120, pic.caption)
 
 
+def compartment_rows(summary: dict[str, Any], spatial: dict[str, Any]) -> list[list[str]]:
+    """Rows (what, value) of the "Tissue compartments" section: areas, model, use in the statistics, stromal TILs.
+
+    Parameters
+    ----------
+    summary : dict, an analysis summary (its ``compartments``, :meth:`core.results.AnalysisResult.compartments_summary`)
+    spatial : dict, the analysis's spatial statistics (its ``predicted_compartments``)
+
+    Returns
+    -------
+    list of [str, str]; empty without compartments
+    """
+    comp = summary.get("compartments")
+    if not isinstance(comp, dict):
+        return []
+    areas = comp.get("area_mm2") or {}
+    fraction = comp.get("fraction") or {}
+    n_cells = comp.get("n_cells_by_compartment") or {}
+    rows = []
+    for name in ("tumour", "stroma", "necrosis", "background"):
+        area = format_figure(areas.get(name), "mm²", with_unit=True) if areas else "n/a (no pixel size)"
+        share = f"{100 * fraction[name]:.1f} % of the image" if isinstance(fraction.get(name), (int, float)) else ""
+        cells = (f"{format_figure(n_cells[name], 'cells')} cell{'' if n_cells[name] == 1 else 's'}"
+                 if name in n_cells and summary.get("n_cells") else "")
+        label = {"background": "Background (glass, artefacts)"}.get(name, name.capitalize())
+        rows.append([label, ", ".join(t for t in (area, share, cells) if t)])
+    model = comp.get("scenario_title") or comp.get("scenario") or "a compartment model"
+    version = comp.get("weights_version")
+    rows.append(["Predicted by", f"{model}" + (f", version {version}" if version else "")
+                 + (f" ({comp['weights_file']})" if comp.get("weights_file") else "")])
+    used = comp.get("regions_for_statistics")
+    rows.append(["Regions of the statistics", {
+        "predicted": "these compartments: tumour and stroma as regions, necrosis and background excluded",
+        "drawn": "the regions drawn or given (they override the predicted compartments)",
+        "not used": "not these compartments: the statistics were computed without them (e.g. those of a review)",
+    }.get(used, "none: no spatial statistics (no cells, or no pixel size)")])
+    if comp.get("n_cells_by_compartment") and summary.get("n_cells"):
+        rows.append(["Tissue of the densities", "tumour and stroma only: cells in necrosis or background are in the "
+                                                "cell table but not in the densities"])
+    til = ((spatial or {}).get("predicted_compartments") or {}).get("stromal_til") or {}
+    if til:
+        value = (f"{format_figure(til.get('percent'), '%', with_unit=True)} of "
+                 f"{format_figure(til.get('stroma_area_mm2'), 'mm²', with_unit=True)} of stroma"
+                 if til.get("available") else f"not available: {til.get('reason') or 'no stroma'}")
+        rows.append(["Stromal TILs (TILs Working Group)", value])
+    return rows
+
+
+def _compartments_section(pdf, c: _Content) -> None:
+    rows = compartment_rows(c.summary, c.spatial)
+    if not rows:
+        return
+    need = (P.image_size_mm(c.compartments_png, pdf.w - 30, 110)[1] if c.compartments_png else 0) + 40
+    P.heading(pdf, "Tissue compartments", 13, need_mm=need)
+    if c.compartments_png:
+        P.image(pdf, c.compartments_png, pdf.w - 30, 110,
+                "Tumour, stroma, necrosis and background predicted for every pixel, in the colours of the legend "
+                "below the picture, over the image; compartments.png holds the labels (0 background, 1 tumour, "
+                "2 stroma, 3 necrosis) and regions.geojson their outlines for QuPath.")
+    P.table(pdf, [["Compartment", "Area, share, cells"], *rows], (55, 125), font_size=8)
+
+
+def _extra_sections(pdf, c: _Content) -> None:
+    for section in c.sections:
+        first = P.image_size_mm(section.images[0].png, pdf.w - 30, 120)[1] + 10 if section.images else 0
+        P.heading(pdf, section.title, 13, need_mm=first + 30)
+        pdf.set_font("DejaVu", "", 8.5)
+        pdf.multi_cell(0, 4.2, section.text, new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(1)
+        for pic in section.images:
+            need = P.image_size_mm(pic.png, pdf.w - 30, 120)[1] + 10
+            P.heading(pdf, pic.title, 10.5, need_mm=need)
+            P.image(pdf, pic.png, pdf.w - 30, 120, pic.caption)
+
+
 def _details_section(pdf, c: _Content) -> None:
     regions = rec.region_stats(c.record)
+    if "predicted_compartments" in c.spatial:  # one row per predicted part would run to pages: by kind instead
+        regions = {f"all predicted {kind}": {"area_mm2": k.get("area_mm2"),
+                                             "counts": {r: v for r, v in (k.get("counts_by_role") or {}).items() if v},
+                                             "densities_per_mm2": k.get("density_per_mm2_by_role") or {}}
+                   for kind, k in ((c.spatial.get("regions") or {}).get("by_kind") or {}).items()}
     rows = _more_figures(c.spatial)
     if not regions and not rows:
         return
     P.heading(pdf, "Further figures", 13, need_mm=30)
     if regions:
-        P.heading(pdf, "Regions drawn on the image", 10.5)
+        P.heading(pdf, "Predicted compartments by kind" if "predicted_compartments" in c.spatial
+                  else "Regions drawn on the image", 10.5)
         table = [["Region", "Area", "Cells", "Density"]]
         for name, stats in regions.items():
             r_cnt = stats.get("counts") or {}
@@ -682,4 +791,7 @@ def _definitions(s: dict) -> list[list[str]]:
                 parts.append(f"{part_key.upper()}: {sec[part_key]['definition']}")
         if parts:
             rows.append([name, "; ".join(parts)])
+    til = (s.get("predicted_compartments") or {}).get("stromal_til") or {}
+    if isinstance(til.get("definition"), str):
+        rows.append(["Stromal TILs (TILs Working Group)", til["definition"] + "; stroma as predicted"])
     return rows

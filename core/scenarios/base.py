@@ -404,6 +404,13 @@ def check_input(image: ImageData, scenario: Scenario) -> None:
     if spec.is_rgb:
         check_colour(image, scenario)
         return
+    if input_channel_indices(image, scenario) is None and image.is_rgb:  # e.g. an H&E or IHC scan
+        raise InputError(
+            f"{image.name}: the {scenario.key} model reads the {', '.join(spec.channels)} channel(s) of a "
+            f"{scenario.modality} image ({scenario.stain}); this is a colour (RGB) image: upload the channel(s) as a "
+            "greyscale or multi-channel TIFF / OME-TIFF, or choose a scenario for this stain (a nuclear stain saved as "
+            "colour: pick its plane with --channel blue on the command line)"
+        )
     if input_channel_indices(image, scenario) is None:
         listed = ", ".join(f"{i}: {n}" for i, n in enumerate(image.channel_names))
         if len(spec.channels) == 1:
@@ -437,6 +444,70 @@ def input_channel_indices(image: ImageData, scenario: Scenario) -> list[int] | N
     if len(spec.channels) == 1 and image.n_channels == 1:
         return [0]
     return None
+
+
+def pick_input_channel(image: ImageData, scenario: Scenario, spec: str | int) -> ImageData:
+    """The one channel a single-channel scenario reads, picked from a multi-channel image and renamed to its input name.
+
+    What the CLI's ``--channel NAME|INDEX`` and the Analyze page's channel picker do.
+
+    Parameters
+    ----------
+    image : ImageData, e.g. a 16-bit multiplex fluorescence OME-TIFF
+    scenario : Scenario reading one named channel (e.g. ``("Hoechst",)``)
+    spec : str or int, the file's channel name (case ignored) or its index from 0
+        (:func:`core.io.resolve_channel`)
+
+    Returns
+    -------
+    ImageData, (H, W, 1) of the image's dtype, mpp and hash, its channel named as the scenario
+    reads it; a note says which channel was picked
+
+    Raises
+    ------
+    InputError
+        If the scenario does not read exactly one named channel, or the image has no such
+        channel (the message lists the channels with their indices).
+    """
+    from core.io import pick_channel
+
+    channels = scenario.input.channels
+    if scenario.input.is_rgb or len(channels) != 1:
+        raise InputError(f"--channel picks the one channel a single-channel scenario reads; {scenario.key} reads "
+                         f"{', '.join(channels)}: leave --channel out")
+    return pick_channel(image, spec, channels[0])
+
+
+def channel_choices(scenario: Scenario, channel_names: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
+    """What the channel picker offers for a file: its channels and the one chosen by default, or None.
+
+    A pick is offered when the scenario reads one named channel and the file has several
+    channels that are not a colour (RGB) image; an RGB image is refused by :func:`check_input`
+    instead. The default is the channel named as the scenario reads it (case ignored), else,
+    for a scenario reading a nuclear stain, the first channel named like one
+    (:func:`core.io.nuclear_channel`: Hoechst, H3342, DAPI...), else the first.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    channel_names : tuple of str, the file's channels (:attr:`core.pipeline.PreparedImage.channel_names`)
+
+    Returns
+    -------
+    (names, default index) or None when nothing is to be picked
+    """
+    from core.io import RGB_CHANNELS, nuclear_channel
+
+    spec = scenario.input
+    names = tuple(channel_names)
+    if spec.is_rgb or len(spec.channels) != 1 or len(names) < 2 or names == RGB_CHANNELS:
+        return None
+    wanted = spec.channels[0].casefold()
+    same = [i for i, n in enumerate(names) if n.casefold() == wanted]
+    if same:
+        return names, same[0]
+    nuclear = nuclear_channel(names) if nuclear_channel((spec.channels[0],)) == 0 else None
+    return names, nuclear if nuclear is not None else 0
 
 
 def check_colour(image: ImageData, scenario: Scenario) -> None:

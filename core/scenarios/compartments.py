@@ -20,15 +20,17 @@ Outputs (:class:`CompartmentMap`), for the pipeline's writers:
 Background is glass and what is not tissue to score (pen marks, white gland lumina); necrosis and
 background are what the TIL statistics leave out (:mod:`core.spatial.predicted_compartments`).
 
-The registry entry (:func:`scenario_spec`) is added to :mod:`core.scenarios.registry` once
-trained weights and their card are in ``weights/``.
+The registry entry is ``tissue-compartments`` in :mod:`core.scenarios.registry` (its output of
+kind ``regions``); a cell scenario uses the map through :func:`core.pipeline.run_analysis`
+(``compartments="tissue-compartments"``): the map's tumour and stroma become the regions of the
+spatial statistics, its tumour and stroma the tissue of the densities.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,18 +39,25 @@ from core.errors import InputError
 from core.io import ImageData
 from core.nets.cd_unet import CLASSES, build, pad_to_multiple
 from core.scenarios.base import Prediction, ScenarioModel, ScenarioOutput
-from core.scenarios.spec import CellClass, InputSpec, OutputSpec, Scenario, Tiling, Use
-from core.spatial.predicted_compartments import LABELS, compartment_areas_mm2, mask_polygons
+from core.scenarios.registry import get_scenario
+from core.spatial.predicted_compartments import (
+    LABELS,
+    MIN_REGION_AREA_UM2,
+    compartment_areas_mm2,
+    label_map_regions,
+    labels_at,
+    mask_polygons,
+)
 from core.tiling import Progress
 
-#: Display colours (QuPath's Tumor and Stroma; necrosis amber; glass white).
-COLORS = {"background": "#ffffff", "tumour": "#c80000", "stroma": "#96c896", "necrosis": "#e0a800"}
-#: Name of the dense output holding the class probabilities.
-PROBABILITIES = "compartment_probabilities"
-#: Parts of a compartment smaller than this are left out of regions.geojson (the label map keeps them).
-MIN_POLYGON_AREA_UM2 = 150.0
 #: Registry key.
 KEY = "tissue-compartments"
+#: Display colours, as the registry entry declares them (QuPath's Tumor and Stroma; necrosis amber; glass white).
+COLORS = dict(get_scenario(KEY).class_colors)
+#: Name of the dense output holding the class probabilities (declared in the registry entry).
+PROBABILITIES = "compartment_probabilities"
+#: Parts of a compartment smaller than this are left out of regions.geojson (the label map keeps them).
+MIN_POLYGON_AREA_UM2 = MIN_REGION_AREA_UM2
 
 
 @dataclass
@@ -63,6 +72,7 @@ class CompartmentMap:
 
     labels: np.ndarray
     mpp: float | None
+    _regions: list | None = field(default=None, init=False, repr=False, compare=False)  # cache of :meth:`regions`
 
     @classmethod
     def from_probabilities(cls, probabilities: np.ndarray, mpp: float | None) -> "CompartmentMap":
@@ -145,6 +155,90 @@ class CompartmentMap:
         return {"compartments.png": self.png(),
                 "regions.geojson": json.dumps(self.geojson(), separators=(",", ":")).encode("utf-8")}
 
+    @property
+    def tissue(self) -> np.ndarray:
+        """(H, W) bool: tumour or stroma, the tissue TIL densities are measured on (background and necrosis left out)."""
+        return (self.labels == LABELS["tumour"]) | (self.labels == LABELS["stroma"])
+
+    def tissue_mask(self):
+        """The map's tissue (tumour and stroma) as the :class:`core.fitness.TissueMask` of the densities.
+
+        Returns
+        -------
+        core.fitness.TissueMask at the map's own pixels (scale 1): its area is exactly the
+        tumour + stroma area of :meth:`areas_mm2`.
+        """
+        from core.fitness import TissueMask
+
+        mask = self.tissue
+        return TissueMask(mask, 1.0, float(mask.mean()) if mask.size else 0.0,
+                          "tumour and stroma of the predicted tissue compartments (background and necrosis left out)")
+
+    def labels_at(self, xy_px: np.ndarray) -> np.ndarray:
+        """(N,) int16 label under each (x, y) pixel position, -1 outside the map (:func:`labels_at`)."""
+        return labels_at(self.labels, xy_px)
+
+    def regions(self, min_area_um2: float = MIN_POLYGON_AREA_UM2) -> list:
+        """The compartments as regions (µm) for the spatial statistics (:func:`label_map_regions`).
+
+        Tumour and stroma parts become ``tumour`` and ``stroma`` regions, necrosis and background
+        ``exclude`` regions; parts smaller than ``min_area_um2`` are left out.
+
+        Raises
+        ------
+        InputError
+            Without an mpp (regions are in µm).
+        """
+        if min_area_um2 != MIN_POLYGON_AREA_UM2:
+            return label_map_regions(self.labels, self.mpp, min_area_um2)
+        if self._regions is None:  # traced once: the statistics, cells.geojson and the report read the same regions
+            self._regions = label_map_regions(self.labels, self.mpp, min_area_um2)
+        return list(self._regions)
+
+    def picture(self, rgb: np.ndarray, max_side_px: int | None = None, alpha: float = 0.5) -> np.ndarray:
+        """The map over the image, each compartment in its colour and outlined, with a legend strip (and areas) below.
+
+        Parameters
+        ----------
+        rgb : (H, W, 3) uint8, the image the map was made of (same size as :attr:`labels`)
+        max_side_px : int, optional, longest side of the picture (the image is reduced, area filter)
+        alpha : float in [0, 1], opacity of the colours
+
+        Returns
+        -------
+        (h + legend, w, 3) uint8 RGB
+        """
+        from PIL import Image, ImageDraw, ImageFont
+
+        from matplotlib import font_manager
+
+        from core.outputs.figures import downscale, hex_to_rgb
+
+        small, scale = downscale(np.asarray(rgb, np.uint8), max_side_px) if max_side_px else (np.asarray(rgb, np.uint8), 1.0)
+        h, w = small.shape[:2]
+        lab = self.labels if scale >= 1.0 else np.asarray(
+            Image.fromarray(self.labels).resize((w, h), Image.Resampling.NEAREST))
+        lut = np.array([hex_to_rgb(COLORS[name]) for name in LABELS], np.float32)
+        blended = small.astype(np.float32) * (1 - alpha) + lut[lab] * alpha
+        edge = np.zeros(lab.shape, bool)  # compartment borders, darkened so that the parts read apart on any stain
+        edge[:-1] |= lab[:-1] != lab[1:]
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        blended[edge] *= 0.25
+        picture = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        size = max(11, round(w / 60))
+        font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)  # as the report: it has "²" and "µ"
+        strip = Image.new("RGB", (w, 2 * size + 8), (255, 255, 255))
+        draw = ImageDraw.Draw(strip)
+        areas = self.areas_mm2()
+        x = 6
+        for name in LABELS:
+            text = name + (f" {areas[name]:.3f} mm²" if areas else "")
+            draw.rectangle([x, size // 2 + 2, x + size, size // 2 + 2 + size], fill=hex_to_rgb(COLORS[name]),
+                           outline=(0, 0, 0))
+            draw.text((x + size + 5, size // 2), text, fill=(0, 0, 0), font=font)
+            x += size + 14 + int(draw.textlength(text, font=font))
+        return np.vstack([picture, np.asarray(strip)[:, :w]])
+
 
 class CompartmentsModel(ScenarioModel):
     """CD-UNET (paper §3.2) with the dense tiler; probabilities → :class:`CompartmentMap`."""
@@ -174,54 +268,12 @@ class CompartmentsModel(ScenarioModel):
         probs = probs / np.maximum(probs.sum(axis=-1, keepdims=True), 1e-6)
         return Prediction(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0), dense={PROBABILITIES: probs.astype(np.float32)})
 
+    def regions_map(self, out: ScenarioOutput, image: ImageData) -> CompartmentMap:
+        """The output of kind ``regions``: the compartment map of :meth:`analyze`'s output, at the image's size."""
+        return CompartmentMap.from_probabilities(out.dense[PROBABILITIES], image.mpp)
+
     def compartments(self, image: ImageData, progress: Progress | None = None) -> tuple[CompartmentMap, ScenarioOutput]:
         """Run the scenario and return the compartment map at the image's size with the raw output."""
         out = self.analyze(image, progress)
-        return CompartmentMap.from_probabilities(out.dense[PROBABILITIES], image.mpp), out
+        return self.regions_map(out, image), out
 
-
-def scenario_spec(sha256: str, card_sha256: str, weights: str = "tissue-compartments-cdunet-v1.safetensors") -> Scenario:
-    """The registry entry of ``tissue-compartments`` (add it to :data:`core.scenarios.registry.SCENARIOS` with real weights).
-
-    Parameters
-    ----------
-    sha256, card_sha256 : hex SHA-256 of the weights file and of its JSON card
-    weights : file name under ``weights/`` (the card is the same stem ``.json``)
-    """
-    return Scenario(
-        key=KEY,
-        title="Tissue compartments: tumour, stroma, necrosis (H&E and IHC)",
-        stain="H&E, or IHC with a haematoxylin counterstain (DAB, red, purple, yellow chromogens)",
-        modality="brightfield",
-        description=(
-            "CD-UNET (§3.2): two learned 1 x 1 colour-deconvolution layers in front of a U-Net label every pixel "
-            "background (glass), tumour, stroma or necrosis at 1.0 µm/px (10x); trained on synthetic multistain "
-            "sections, weak tumour / stroma labels from real classed cell points and real necrosis masks."
-        ),
-        input=InputSpec(),
-        input_mpp=1.0,
-        min_side_um=32.0,  # 32 px: two steps of the network's 16 px size multiple
-        tiling=Tiling("dense", tile_um=512.0, overlap_um=64.0, blend="linear"),  # 512 px windows, 64 px ramps
-        classes=tuple(CellClass(name, role, COLORS[name], label) for name, role, label in (
-            ("background", "other", "Background (glass, artefacts)"), ("tumour", "tumour", "Tumour"),
-            ("stroma", "stroma", "Stroma"), ("necrosis", "other", "Necrosis"))),
-        outputs=(
-            OutputSpec("dense", PROBABILITIES, "Probability of background, tumour, stroma and necrosis at each pixel",
-                       meaning="class_probabilities", class_names=CLASSES),
-            OutputSpec("regions", "compartments", "Compartment of each pixel (compartments.png: 0 background, 1 tumour, "
-                       "2 stroma, 3 necrosis) and its polygons (regions.geojson), areas in mm²"),
-        ),
-        weights=weights,
-        sha256=sha256,
-        model_card=weights.replace(".safetensors", ".json"),
-        card_sha256=card_sha256,
-        runner="core.scenarios.compartments:CompartmentsModel",
-        evaluation="compartments",
-        trained_on_synthetic=False,  # synthetic sections plus real weak labels and real necrosis masks
-        use=Use(stain="he", mpp_range=(0.2, 1.1), min_focus=None),
-        caution=(
-            "Compartments were learned from synthetic sections and weak labels (tumour / stroma from annotated cell "
-            "points; necrosis from 20 crops of one TCGA slide): check the map over the image before trusting "
-            "compartment densities or the stromal TIL %, and draw regions on the Review page where it is wrong."
-        ),
-    )

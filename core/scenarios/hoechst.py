@@ -21,8 +21,10 @@ map per class (§3.4): background, CD3, CD8, CD20. Here:
 The settings of steps 1 and 3 are fixed in advance (:class:`CellCallParams`), not tuned on
 held-out tiles; the weights' metadata carries them.
 
-Until the trained weights are registered, :func:`draft_scenario` gives the registry entry
-this module is written against (the lead adds it to :mod:`core.scenarios.registry`).
+The registry entry (:mod:`core.scenarios.registry`, ``hoechst-lymphocytes``) declares the
+input, classes and outputs; it is marked ``research_only``: the registered v1 weights fall far
+short of the issue's aim and do not beat simple baselines on CD8 (model card). A HiPe saliency
+map per class (:meth:`HoechstModel.saliency_maps`, paper §5.1) is computed on demand.
 """
 
 from __future__ import annotations
@@ -36,28 +38,25 @@ import torch
 from scipy import ndimage
 
 from core.errors import InputError
-from core.nets.hoechst_unet import CLASS_SCHEMES, SIZE_MULTIPLE_PX, HoechstUNet
+from core.nets.hoechst_unet import SIZE_MULTIPLE_PX, HoechstUNet
 from core.scenarios.base import Prediction, ScenarioModel
-from core.scenarios.spec import CellClass, InputSpec, OutputSpec, Scenario, Tiling, Use
+from core.scenarios.registry import get_scenario
+from core.scenarios.spec import Scenario
 
 #: Scenario key (stable: CLI, registry, app, saved analyses).
 KEY = "hoechst-lymphocytes"
-#: Weights and card of the first trained version.
-WEIGHTS_NAME = "hoechst-lymphocytes-unet-v1.safetensors"
-CARD_NAME = "hoechst-lymphocytes-unet-v1.json"
+#: Weights and card of the registered version (the registry entry is the one declaration).
+WEIGHTS_NAME = get_scenario(KEY).weights
+CARD_NAME = get_scenario(KEY).model_card
 #: Pixel size of the training tiles (1128 px at 0.227 µm/px exported at 256 px).
-INPUT_MPP = 1.0
+INPUT_MPP = get_scenario(KEY).input_mpp
 #: Percentiles of the per-image normalisation (§3.3: each patch normalised individually).
 PERCENTILES = (1.0, 99.8)
 #: Most pixels the percentiles are computed from (a regular subsample of larger images).
 PERCENTILE_SAMPLE_PX = 1_000_000
 
 #: The cell classes of the ``merged`` scheme, in the network's order after background.
-CELL_CLASSES = (
-    CellClass("cd3", "immune", "#e8341c", "CD3+ T cell (CD8-negative)"),
-    CellClass("cd8", "immune", "#ffb000", "CD8+ T cell"),
-    CellClass("cd20", "immune", "#1f9bff", "CD20+ B cell"),
-)
+CELL_CLASSES = get_scenario(KEY).classes
 
 
 @dataclass(frozen=True)
@@ -270,6 +269,21 @@ class HoechstModel(ScenarioModel):
         decoder = tuple(json.loads(metadata.get("decoder_channels", "[256, 128, 64, 32, 16]")))
         return HoechstUNet(len(names), metadata.get("encoder", "resnet34"), decoder)
 
+    @property
+    def operating_point(self) -> dict:
+        """The settings that turn the network's maps into cells, as written to ``summary.json``.
+
+        Returns
+        -------
+        dict
+            ``threshold`` (1 - P(background) in (0, 1) a lymphocyte pixel needs),
+            ``min_area_um2`` (µm²), ``split_distance_um`` (µm), ``percentiles`` (the
+            normalisation's low and high, in [0, 100]) and ``chosen_on`` (fixed before any
+            held-out tile was scored).
+        """
+        return {**asdict(self.params), "percentiles": list(self.percentiles),
+                "chosen_on": "fixed in advance (CellCallParams), not tuned on held-out tiles"}
+
     def prepare(self, work: np.ndarray) -> np.ndarray:
         """(H, W, 1) Hoechst of any dtype → (H, W, 1) float32 in [0, 1], percentiles of the whole image."""
         return normalise_hoechst(work, self.percentiles)[..., None]
@@ -388,67 +402,6 @@ class HoechstModel(ScenarioModel):
         return out
 
 
-def draft_scenario(sha256: str = "", card_sha256: str = "") -> Scenario:
-    """The registry entry of ``hoechst-lymphocytes`` (to be added to :mod:`core.scenarios.registry`).
-
-    Parameters
-    ----------
-    sha256, card_sha256 : hex SHA-256 of ``weights/hoechst-lymphocytes-unet-v1.safetensors`` and
-        of its JSON card; empty strings are filled from the files in ``weights/`` when present
-        (for evaluation and tests before the entry is registered).
-
-    Returns
-    -------
-    Scenario
-    """
-    from core.scenarios.spec import WEIGHTS_DIR
-    from core.scenarios.weights import sha256_file
-
-    if not sha256 and (WEIGHTS_DIR / WEIGHTS_NAME).is_file():
-        sha256 = sha256_file(WEIGHTS_DIR / WEIGHTS_NAME)
-    if not card_sha256 and (WEIGHTS_DIR / CARD_NAME).is_file():
-        card_sha256 = sha256_file(WEIGHTS_DIR / CARD_NAME)
-    return Scenario(
-        key=KEY,
-        title="Lymphocyte subtypes from a Hoechst nuclear stain",
-        stain="Hoechst 33342 / DAPI nuclear stain (one fluorescence channel)",
-        modality="fluorescence",
-        description=(
-            "U-Net with a ResNet34 encoder (Hoechst U-Net paper §3.4) reads CD3+, CD8+ and CD20+ lymphocytes off the "
-            "DNA stain alone, the channel stretched between its 1st and 99.8th percentiles; cells are regions of "
-            "P(lymphocyte) >= 0.5 split by a watershed, each with the subtype of most probability over its pixels. "
-            "Trained on 12 tiles of one lung adenocarcinoma slide (cross-validated by tile position)."
-        ),
-        input=InputSpec(channels=("Hoechst",), dtype="uint16", value_range=(0.0, 65535.0), reads_colour=False),
-        input_mpp=INPUT_MPP,
-        min_side_um=32.0,  # one 32 px window: the encoder's five stride-2 stages
-        tiling=Tiling("dense", tile_um=256.0, overlap_um=64.0, blend="linear"),
-        classes=CELL_CLASSES,
-        outputs=(
-            OutputSpec("cells", "cells", "Lymphocytes with their subtype (majority of the pixel classes over each cell)"),
-            OutputSpec("dense", "lymphocyte", "P(lymphocyte of any subtype) at each pixel: 1 - P(background)",
-                       meaning="probability", color="#ff00d4"),
-            OutputSpec("dense", "subtypes", "Softmax of the U-Net per pixel over background, CD3, CD8 and CD20",
-                       meaning="class_probabilities", class_names=CLASS_SCHEMES["merged"]),
-        ),
-        weights=WEIGHTS_NAME,
-        sha256=sha256,
-        model_card=CARD_NAME,
-        card_sha256=card_sha256,
-        runner="core.scenarios.hoechst:HoechstModel",
-        evaluation="hoechst-tiles",
-        trained_on_synthetic=False,
-        # trained on tiles at 1.0 µm/px; finer images (e.g. 0.227 µm/px scans) are resampled to it
-        use=Use(stain="fluorescence", mpp_range=(0.2, 1.05)),
-        caution=(
-            "Subtypes are read from nuclear (DNA) morphology alone, by a model trained and cross-validated on 12 tiles "
-            "(0.8 mm²) of one lung adenocarcinoma slide at 1 µm/px: read its cross-validated F1 and the baselines in the "
-            "model card before trusting a count. CD20 B cells could not be learnt or checked (2 in the data)."
-        ),
-        params=asdict(CellCallParams()),
-    )
-
-
 def model_from_file(weights: str | Path, device: str | torch.device = "cpu", scenario: Scenario | None = None
                     ) -> HoechstModel:
     """A :class:`HoechstModel` from any weights file (fold weights, a training run), SHA-256 taken from the file.
@@ -457,22 +410,14 @@ def model_from_file(weights: str | Path, device: str | torch.device = "cpu", sce
     ----------
     weights : path to a ``.safetensors`` file written by :mod:`core.training.hoechst`
     device : torch device or its name
-    scenario : Scenario, optional; default :func:`draft_scenario`
+    scenario : Scenario, optional; default the registered ``hoechst-lymphocytes`` entry
 
     Raises
     ------
     WeightsError
         If the file is missing, not safetensors, or does not fit the network.
     """
-    from dataclasses import replace
+    from core.scenarios.weights import model_from_weights_file
 
-    from core.errors import WeightsError
-    from core.scenarios.weights import load_verified_state_dict, sha256_file
-
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} is missing; train it with python -m core.training.hoechst")
-    sha256 = sha256_file(path)
-    state, metadata = load_verified_state_dict(path, sha256)
-    scenario = replace(scenario or draft_scenario(sha256, "-"), weights=path.name, sha256=sha256)
-    return HoechstModel(scenario, torch.device(device), state, metadata)
+    return model_from_weights_file(HoechstModel, scenario or get_scenario(KEY), weights, device,
+                                   "python -m core.training.hoechst")

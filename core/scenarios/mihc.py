@@ -201,16 +201,10 @@ def model_from_file(weights: str | Path, device: str | torch.device = "cpu", sce
     WeightsError
         If the file is missing, not safetensors, or does not fit the network.
     """
-    from core.errors import WeightsError
-    from core.scenarios.weights import load_verified_state_dict, sha256_file
+    from core.scenarios.weights import model_from_weights_file
 
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} is missing; train it with python -m core.training.mihc train")
-    sha256 = sha256_file(path)
-    state, metadata = load_verified_state_dict(path, sha256)
-    scenario = replace(scenario or draft_scenario(sha256, "-"), weights=path.name, sha256=sha256)
-    return MIHCModel(scenario, torch.device(device), state, metadata)
+    return model_from_weights_file(MIHCModel, scenario or draft_scenario("-", "-"), weights, device,
+                                   "python -m core.training.mihc train")
 
 
 def model_from_net(net: SDRDIN, metadata: dict, device: str | torch.device = "cpu") -> MIHCModel:

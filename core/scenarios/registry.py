@@ -165,6 +165,101 @@ SCENARIOS: dict[str, Scenario] = {
             input_spec=_BRIGHTFIELD,
             use=Use(stain="he", mpp_range=(0.3, 0.7)),
         ),
+        Scenario(
+            key="hoechst-lymphocytes",
+            title="Lymphocyte subtypes from a Hoechst nuclear stain (research only)",
+            stain="Hoechst 33342 / DAPI nuclear stain (one fluorescence channel)",
+            modality="fluorescence",
+            description=(
+                "U-Net with a ResNet34 encoder (Hoechst U-Net paper §3.4) reads CD3+, CD8+ and CD20+ lymphocytes off the "
+                "DNA stain alone, the channel stretched between its 1st and 99.8th percentiles (§3.3); cells are regions "
+                "of P(lymphocyte) >= 0.5 split by a watershed, each with the subtype of most probability over its pixels. "
+                "Trained on 12 tiles of one lung adenocarcinoma slide (cross-validated by tile position)."
+            ),
+            # one channel of any bit depth; a multi-channel file's Hoechst/DAPI plane is picked by name or index
+            input=InputSpec(channels=("Hoechst",), dtype="uint16", value_range=(0.0, 65535.0), reads_colour=False),
+            input_mpp=1.0,  # the training tiles: 1128 px at 0.227 µm/px exported at 256 px
+            min_side_um=32.0,  # one 32 px window: the encoder's five stride-2 stages
+            tiling=Tiling("dense", tile_um=256.0, overlap_um=64.0, blend="linear"),
+            classes=(  # the weights' "merged" scheme, in the network's order after background
+                CellClass("cd3", "immune", "#e8341c", "CD3+ T cell (CD8-negative)"),
+                CellClass("cd8", "immune", "#ffb000", "CD8+ T cell"),
+                CellClass("cd20", "immune", "#1f9bff", "CD20+ B cell"),
+            ),
+            outputs=(
+                OutputSpec("cells", "cells", "Lymphocytes with their subtype (majority of the pixel classes over each cell)"),
+                OutputSpec("dense", "lymphocyte", "P(lymphocyte of any subtype) at each pixel: 1 - P(background)",
+                           meaning="probability", color="#ff00d4"),
+                OutputSpec("dense", "subtypes", "Softmax of the U-Net per pixel over background, CD3, CD8 and CD20",
+                           meaning="class_probabilities", class_names=("background", "cd3", "cd8", "cd20")),
+            ),
+            weights="hoechst-lymphocytes-unet-v1.safetensors",
+            sha256="874d1f7dac6437f95df47d4a0cd4cf98c9712c521fe72583aef0a74415e32634",
+            model_card="hoechst-lymphocytes-unet-v1.json",
+            card_sha256="b189382eb08a99ca068df485fb49896024e8aa7daeba520ab15ffd955cd9277a",
+            runner="core.scenarios.hoechst:HoechstModel",
+            evaluation="hoechst-tiles",
+            trained_on_synthetic=False,
+            # trained on tiles at 1.0 µm/px; finer images (e.g. 0.227 µm/px scans) are resampled to it
+            use=Use(stain="fluorescence", mpp_range=(0.2, 1.05)),
+            # core.training.hoechst_card.caution of the card's cross-validated evaluation (tested to agree)
+            caution=(
+                "Subtypes are read from nuclear (DNA) morphology alone, by a model trained on 12 tiles (0.8 mm²) of one "
+                "lung adenocarcinoma slide at 1 µm/px. Does NOT meet the project's aim (CD3 F1 >= 0.6 and better than "
+                "every baseline on CD3 and CD8). Cross-validated over 12 tiles of one slide, per centroid within 4 µm: "
+                "CD3 F1 0.20 (168 labelled cells), better than the simple baselines (every nucleus 0.11, nucleus-size "
+                "rule 0.16); CD8 F1 0.00 (55 labelled cells), NOT better than the simple baselines (every nucleus 0.04, "
+                "nucleus-size rule 0.05). CD20 B cells could not be learnt or checked (2 in the data)."
+            ),
+            # no params: the cell-call settings and the normalisation percentiles are in the weights' metadata
+            research_only=True,  # far below its aim, CD8 not better than baselines: not for counting on patient cases
+        ),
+        Scenario(
+            key="tissue-compartments",
+            title="Tissue compartments: tumour, stroma, necrosis (H&E and IHC; research only)",
+            stain="H&E, or IHC with a haematoxylin counterstain (DAB, red, purple, yellow chromogens)",
+            modality="brightfield",
+            description=(
+                "CD-UNET (§3.2): two learned 1 x 1 colour-deconvolution layers in front of a U-Net label every pixel "
+                "background (glass), tumour, stroma or necrosis at 1.0 µm/px (10x); trained on synthetic multistain "
+                "sections, weak tumour / stroma labels from real classed cell points and real necrosis masks. Its "
+                "regions can also give a cell scenario's statistics their compartments (--compartments)."
+            ),
+            input=_BRIGHTFIELD,
+            input_mpp=1.0,
+            min_side_um=32.0,  # 32 px: two steps of the network's 16 px size multiple
+            tiling=Tiling("dense", tile_um=512.0, overlap_um=64.0, blend="linear"),  # 512 px windows, 64 px ramps
+            classes=(  # label values 0-3 of compartments.png, in this order
+                CellClass("background", "other", "#ffffff", "Background (glass, artefacts)"),
+                CellClass("tumour", "tumour", "#c80000", "Tumour"),
+                CellClass("stroma", "stroma", "#96c896", "Stroma"),
+                CellClass("necrosis", "other", "#e0a800", "Necrosis"),
+            ),
+            outputs=(
+                OutputSpec("dense", "compartment_probabilities",
+                           "Probability of background, tumour, stroma and necrosis at each pixel",
+                           meaning="class_probabilities", class_names=("background", "tumour", "stroma", "necrosis")),
+                OutputSpec("regions", "compartments", "Compartment of each pixel (compartments.png: 0 background, "
+                           "1 tumour, 2 stroma, 3 necrosis) and its polygons (regions.geojson), areas in mm²"),
+            ),
+            weights="tissue-compartments-cdunet-s1.safetensors",
+            sha256="7fd8c0886fcbb9f754ae3db69ceb70e44680c68a598dd79ea745ccc179915449",
+            model_card="tissue-compartments-cdunet-s1.json",
+            card_sha256="144d38337ca2468a0b838098e86214d51efbaa07c8f13153574b400588426c12",
+            runner="core.scenarios.compartments:CompartmentsModel",
+            evaluation="compartments",
+            trained_on_synthetic=False,  # synthetic sections plus real weak labels and real necrosis masks
+            research_only=True,  # stage-1 weights below the card's aims on real and synthetic sections
+            # validated on real H&E at 0.25-0.5 µm/px and synthetic sections at 1.0, resampled to 1.0 µm/px
+            use=Use(stain="he", other_stains=("dab-hematoxylin",), mpp_range=(0.2, 1.1)),
+            caution=(
+                "Below the aims its card states (stage-1 weights): on real H&E only 58 % of annotated tumour cells fall "
+                "in the predicted tumour (aim 85 %), and on held-out synthetic sections tumour F1 is 0.67 (aim 0.85). "
+                "Compartments were learned from synthetic sections and weak labels (tumour / stroma from annotated cell "
+                "points; necrosis from crops of one TCGA slide): check the map over the image before trusting "
+                "compartment densities or the stromal TIL %, and draw regions on the Review page where it is wrong."
+            ),
+        ),
     ]
 }
 

@@ -64,6 +64,10 @@ class InputSpec:
         return self.channels == ("red", "green", "blue")
 
 
+#: Stain families a scenario can declare it reads (:func:`core.fitness.read_stain` tells them apart).
+STAIN_FAMILIES = ("he", "dab-hematoxylin", "fluorescence")
+
+
 @dataclass(frozen=True)
 class Use:
     """What the model was validated for: the checks of :func:`core.fitness.assess`.
@@ -71,7 +75,12 @@ class Use:
     Attributes
     ----------
     stain : {"he", "dab-hematoxylin", "fluorescence"}
-        Stain family the pixels must show (:func:`core.fitness.read_stain`).
+        Stain family the pixels must show (:func:`core.fitness.read_stain`); for a model
+        validated on several families, the first of them (what a one-line caption names).
+    other_stains : tuple of str
+        Further families of :data:`STAIN_FAMILIES` the model reads as well, e.g.
+        ``("dab-hematoxylin",)`` beside ``stain="he"`` for a model of H&E and of IHC with a
+        hematoxylin counterstain (CD-UNET). Empty for a one-stain model.
     mpp_range : (float, float)
         Pixel sizes (µm/px) of the images the model was trained and validated on, with
         the resampling the pipeline does; outside it the run stops unless overridden.
@@ -86,6 +95,20 @@ class Use:
     mpp_range: tuple[float, float]
     antigen: str | None = None
     min_focus: float | None = None
+    other_stains: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stains if s not in STAIN_FAMILIES]
+        if unknown:
+            raise ValueError(f"Use: unknown stain famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                             f"known: {', '.join(STAIN_FAMILIES)}")
+        if len(set(self.stains)) != len(self.stains):
+            raise ValueError(f"Use: stain families listed twice in {self.stains}")
+
+    @property
+    def stains(self) -> tuple[str, ...]:
+        """Every stain family the model reads: ``stain`` first, then ``other_stains``."""
+        return (self.stain, *self.other_stains)
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,13 @@ class Scenario:
         What a user must know before trusting the results on their own slides ("" for none).
     params : dict
         Scenario-specific post-processing defaults (the weights' metadata may override them).
+    research_only : bool
+        True for a model trained on real images whose validation fell short (it does not beat
+        simple baselines, or misses the aim its card states): not fit for counting on patient
+        cases. It stays on Analyze for research, marked "research only" where it is chosen, on
+        its results and first in its reports, and is never listed among the validated models;
+        ``caution`` says plainly why (the card's figures). Models trained on synthetic images
+        only are ``trained_on_synthetic`` instead (Teaching page, never saved as cases).
     """
 
     key: str
@@ -207,10 +237,16 @@ class Scenario:
     use: Use
     caution: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    research_only: bool = False
 
     @property
     def weights_path(self) -> Path:
         return WEIGHTS_DIR / self.weights
+
+    @property
+    def validated_for_counting(self) -> bool:
+        """Offered for counts on patient cases: trained on real images and validated (not synthetic-only, not research-only)."""
+        return not (self.trained_on_synthetic or self.research_only)
 
     @property
     def reads_colour(self) -> bool:

@@ -95,3 +95,43 @@ def load_strict(net, state_dict: dict, weights_name: str) -> None:
     except RuntimeError as err:  # e.g. a dtype that cannot be copied
         raise WeightsError(f"weights file {weights_name} could not be loaded into its network ({err}); restore it "
                            "from the repository") from err
+
+
+def model_from_weights_file(runner, scenario, weights: str | Path, device="cpu", how_to_train: str = ""):
+    """A scenario model from a weights file outside the registry (a cross-validation fold, a training run).
+
+    The file's own SHA-256 is taken as the one it must have (it is not a registered file), so
+    what is checked is that it is a readable safetensors file whose tensors fit the network
+    (``strict=True``, :func:`load_strict`); the scenario entry is copied with the file's name
+    and hash, so results and summaries name the weights actually used.
+
+    Parameters
+    ----------
+    runner : type
+        The :class:`core.scenarios.base.ScenarioModel` subclass to build (e.g. ``HoechstModel``).
+    scenario : core.scenarios.spec.Scenario
+        The entry the weights are used under (the registered one, or a draft before registration).
+    weights : path to a ``.safetensors`` file
+    device : torch device or its name
+    how_to_train : str, optional
+        The command that writes such a file, named in the message when it is missing.
+
+    Returns
+    -------
+    ScenarioModel of class ``runner``, on ``device``, in eval mode
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, not safetensors, or does not fit the network.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is missing" + (f"; train it with {how_to_train}" if how_to_train else ""))
+    sha256 = sha256_file(path)
+    state, metadata = load_verified_state_dict(path, sha256)
+    return runner(replace(scenario, weights=path.name, sha256=sha256), torch.device(device), state, metadata)

@@ -3,8 +3,10 @@
 Called by :func:`core.cli._cmd_analyze` when :func:`core.slides.is_slide` takes the input for a
 whole slide. Same conventions as a field: bad input raises a
 :class:`~core.errors.TILscopeError` (the CLI prints ``error: ...`` and exits 2); the files
-appear in ``--out`` only when all are written. An interrupted run (Ctrl-C, a crash, a full
-disk) keeps its finished tiles in ``<out>.partial/``: the same command resumes it.
+appear in ``--out`` only when all are written; the analysis is saved in the case history under
+``--case`` (default ``unlabelled``) unless ``--no-store`` (:func:`core.slides.records.save_slide_analysis`,
+the record the app's Slides page saves). An interrupted run (Ctrl-C, a crash, a full disk)
+keeps its finished tiles in ``<out>.partial/``: the same command resumes it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ __all__ = ["analyze_slide_command"]
 
 
 def analyze_slide_command(args: argparse.Namespace) -> int:
-    """Run ``analyze`` on a whole slide; print the counts and the files written.
+    """Run ``analyze`` on a whole slide, save it in the case history; print the counts and the files written.
 
     Options that have no meaning for a slide yet (``--page`` other than 1, ``--regions``,
-    ``--report``, ``--case``) are refused with a message; the analysis is not saved in the
-    case history (the store keeps field analyses; say so on stderr).
+    ``--report``) are refused with a message, as is a case label the store would refuse,
+    before anything runs. Unless ``--no-store``, the analysis is saved under ``--case``
+    (default ``unlabelled``) with the output folder's files (:mod:`core.slides.records`).
 
     Returns
     -------
@@ -31,8 +34,10 @@ def analyze_slide_command(args: argparse.Namespace) -> int:
     Raises
     ------
     InputError, ImageReadError, UnknownScenarioError, WeightsError, TILscopeError
-        See :func:`core.slides.run.analyze_slide`.
+        See :func:`core.slides.run.analyze_slide`; StoreError when the case history cannot
+        be written (the files are in ``--out`` by then).
     """
+    from core.cli import _check_case_label
     from core.slides.run import SLIDE_FILES, analyze_slide, partial_folder
 
     refused = []
@@ -42,11 +47,15 @@ def analyze_slide_command(args: argparse.Namespace) -> int:
         refused.append("--regions (use --roi and --exclude; statistics by region are for fields)")
     if getattr(args, "report", False):
         refused.append("--report (the PDF report is made for fields)")
-    if (getattr(args, "case", "") or "").strip():
-        refused.append("--case (slide analyses are not saved in the case history yet)")
     if refused:
         raise InputError(f"{args.image}: is a whole slide, for which these options are not available yet: "
                          f"{'; '.join(refused)}. Run without them")
+    case = _check_case_label(getattr(args, "case", "") or "")
+    store = None
+    if not getattr(args, "no_store", False):
+        from core.outputs.store import CaseStore
+
+        store = CaseStore()  # a database that cannot be opened is said before the slide is analysed
 
     last = [-1]
     tty = sys.stderr.isatty()
@@ -58,6 +67,7 @@ def analyze_slide_command(args: argparse.Namespace) -> int:
             last[0] = done
             print(f"tiles {done}/{total}", file=sys.stderr, flush=True)
 
+    summary = None
     try:
         summary = analyze_slide(args.image, args.scenario, args.out, mpp=args.mpp, roi=getattr(args, "roi", None),
                                 exclude=getattr(args, "exclude", None), progress=progress, device=args.device,
@@ -67,8 +77,20 @@ def analyze_slide_command(args: argparse.Namespace) -> int:
         print(f"\nthe finished tiles are kept in {partial_folder(args.out)}: run the same command again to resume",
               file=sys.stderr)
         raise
-    if not getattr(args, "no_store", False):
-        print("not saved in the case history: whole-slide analyses are written to --out only", file=sys.stderr)
+    finally:
+        if summary is None and store is not None:
+            store.close()
+    if store is not None:
+        from core.slides.records import save_slide_analysis
+
+        try:
+            params = {"roi": str(args.roi) if getattr(args, "roi", None) else None,
+                      "exclude": str(args.exclude) if getattr(args, "exclude", None) else None,
+                      "mpp_given": args.mpp, "outputs": str(args.out)}
+            analysis_id, _ = save_slide_analysis(store, args.out, summary, case, params=params)
+        finally:
+            store.close()
+        print(f"saved as analysis {analysis_id} of case {case or 'unlabelled'!r} in the case history")
     for w in summary.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     for w in summary.get("outside_validated_use", []):

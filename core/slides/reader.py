@@ -411,14 +411,21 @@ def _interp_axis(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
     return lo
 
 
-def missing_mpp_message(name: str, objective_power: float | None) -> str:
-    """The message for a slide whose file records no microns per pixel."""
+def missing_mpp_message(name: str, objective_power: float | None,
+                        fix: str = "give them with --mpp (about 0.25 at 40x, 0.5 at 20x), or enter them in the app") -> str:
+    """The message for a slide whose file records no microns per pixel.
+
+    Parameters
+    ----------
+    name : str, the slide's file name
+    objective_power : float or None, the objective the file records (gives a hint of the mpp)
+    fix : str, how to give the mpp where the message is shown (the command line's option by default)
+    """
     hint = ""
     if objective_power:
         guess = 10.0 / float(objective_power)
         hint = f" (the file records a {objective_power:g}x objective: often about {guess:.2g} µm/px, but check the scanner)"
-    return (f"{name}: the slide's microns per pixel are not recorded in the file{hint}; give them with --mpp "
-            "(about 0.25 at 40x, 0.5 at 20x), or enter them in the app")
+    return f"{name}: the slide's microns per pixel are not recorded in the file{hint}; {fix}"
 
 
 # ---------------------------------------------------------------------------------- backends

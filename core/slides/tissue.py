@@ -49,7 +49,7 @@ import shapely.geometry
 
 from core.errors import InputError
 
-__all__ = ["SlideTissue", "detect_tissue", "tissue_from_rgb", "mask_to_geometry", "read_geometry",
+__all__ = ["SlideTissue", "detect_tissue", "limit_tissue", "tissue_from_rgb", "mask_to_geometry", "read_geometry",
            "rasterise_geometry", "tissue_geojson", "TISSUE_MPP", "MAX_MASK_SIDE_PX"]
 
 #: µm per mask pixel of the tissue detection.
@@ -307,6 +307,40 @@ def rasterise_geometry(geom, mpp: float, shape: tuple[int, int]) -> np.ndarray:
     return rasterise(rings, 0.0, 0.0, mpp, shape)
 
 
+def limit_tissue(geometry, size_um: tuple[float, float], roi=None, exclude=None) -> tuple[Any, str]:
+    """Tissue polygons clipped to the slide, minus exclusion regions, within a region of interest.
+
+    Parameters
+    ----------
+    geometry : shapely Polygon / MultiPolygon, the detected tissue in level-0 µm
+    size_um : (width, height) of the slide in µm
+    roi, exclude : shapely geometries in level-0 µm, or None (:func:`read_geometry`)
+
+    Returns
+    -------
+    geometry : shapely Polygon / MultiPolygon (possibly empty), µm
+    method : str, what was done, appended to :attr:`SlideTissue.method` ("" when nothing)
+
+    Raises
+    ------
+    InputError
+        The region of interest lies outside the slide.
+    """
+    bounds = shapely.box(0.0, 0.0, float(size_um[0]), float(size_um[1]))
+    geom = shapely.intersection(geometry, bounds)
+    method = ""
+    if exclude is not None:
+        geom = shapely.difference(geom, exclude)
+        method += "; exclusion regions subtracted"
+    if roi is not None:
+        if shapely.intersection(roi, bounds).is_empty:
+            raise InputError("the region of interest lies outside the slide: check that its coordinates are level-0 "
+                             "pixels (GeoJSON) or µm (a rectangle) of this slide")
+        geom = shapely.intersection(geom, roi)
+        method += "; limited to the region of interest"
+    return _polygonal(geom), method
+
+
 def detect_tissue(slide, *, mask_mpp: float = TISSUE_MPP, roi=None, exclude=None, pen_marks: bool = True,
                   min_tissue_um2: float = MIN_TISSUE_UM2, min_hole_um2: float = MIN_HOLE_UM2) -> tuple[SlideTissue, np.ndarray]:
     """Tissue of a slide (module docstring), with exclusions subtracted and a ROI intersected.
@@ -341,18 +375,8 @@ def detect_tissue(slide, *, mask_mpp: float = TISSUE_MPP, roi=None, exclude=None
     tissue, ink, method = tissue_from_rgb(rgb, m, pen_marks=pen_marks, min_tissue_um2=min_tissue_um2,
                                           min_hole_um2=min_hole_um2)
     notes = []
-    bounds = shapely.box(0.0, 0.0, width_um, height_um)
-    geom = shapely.intersection(mask_to_geometry(tissue, m), bounds)
-    if exclude_geom is not None:
-        geom = shapely.difference(geom, exclude_geom)
-        method += "; exclusion regions subtracted"
-    if roi_geom is not None:
-        geom = shapely.intersection(geom, roi_geom)
-        method += "; limited to the region of interest"
-        if shapely.intersection(roi_geom, bounds).is_empty:
-            raise InputError("the region of interest (--roi) lies outside the slide: check that its coordinates are "
-                             "level-0 pixels of this slide")
-    geom = _polygonal(geom)
+    geom, how = limit_tissue(mask_to_geometry(tissue, m), (width_um, height_um), roi_geom, exclude_geom)
+    method += how
     pen_mm2 = float(ink.sum()) * m * m / 1e6
     if pen_mm2 > 0:
         notes.append(f"pen marks excluded from the tissue: {pen_mm2:.2f} mm²")

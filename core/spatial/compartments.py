@@ -340,6 +340,31 @@ def invasive_margin_section(
         sd_grid[rr, cc] = np.where(inside[rr, cc], -dd, dd)
     area_ct = float((valid & (sd_grid < -h)).sum()) * p * p
     area_im = float((valid & (np.abs(sd_grid) <= h)).sum()) * p * p
+    return margin_section(sd, imm, in_win, zone_ct, zone_im, area_ct, area_im, params, source,
+                          f"raster {p:.3g} µm of the study window")
+
+
+def margin_section(sd: np.ndarray, imm: np.ndarray, in_win: np.ndarray, zone_ct: np.ndarray, zone_im: np.ndarray,
+                   area_ct: float, area_im: float, params: SpatialParams, border_source: str, area_method: str) -> dict:
+    """The ``invasive_margin`` section from the cells' zones and the zones' areas, however the border was found.
+
+    Shared by the drawn-region border (:func:`invasive_margin_section`) and the border of
+    predicted compartments (:func:`core.spatial.predicted_compartments.invasive_margin_from_labels`).
+
+    Parameters
+    ----------
+    sd : (N,) float64, signed distance of each cell to the tumour border in µm (< 0 inside the tumour)
+    imm, in_win : (N,) bool, immune cells and cells inside the study window
+    zone_ct, zone_im : (N,) bool, cells in the tumour centre and in the invasive margin
+    area_ct, area_im : float, areas of the two zones in µm²
+    params : SpatialParams (``margin_half_width_um``, ``immunoscore_cutoffs_per_mm2``, ``min_compartment_area_mm2``)
+    border_source, area_method : str, how the border was found and the areas measured (printed)
+
+    Returns
+    -------
+    dict, as :func:`invasive_margin_section`
+    """
+    h = float(params.margin_half_width_um)
     n_ct, n_im = int((zone_ct & imm).sum()), int((zone_im & imm).sum())
     d_ct, d_im = density_per_mm2(n_ct, area_ct), density_per_mm2(n_im, area_im)
     cut = params.immunoscore_cutoffs_per_mm2
@@ -361,10 +386,10 @@ def invasive_margin_section(
     hist, _ = np.histogram(sd_imm[(sd_imm >= edges[0]) & (sd_imm <= edges[-1])], bins=edges)
     return {
         "available": True,
-        "border_source": source,
+        "border_source": border_source,
         "half_width_um": h,
         "sign_convention": "signed distance < 0 inside the tumour, > 0 outside",
-        "area_method": f"raster {p:.3g} µm of the study window",
+        "area_method": area_method,
         "ct": {"area_mm2": area_ct / 1e6, "n_immune": n_ct, "immune_density_per_mm2": d_ct,
                "definition": f"inside the tumour, more than {h:g} µm from the border"},
         "im": {"area_mm2": area_im / 1e6, "n_immune": n_im, "immune_density_per_mm2": d_im,

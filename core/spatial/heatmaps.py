@@ -6,7 +6,12 @@ Slide-scale companions of the point statistics: O(n) in the number of cells (one
 (90 000 bins) a few milliseconds.
 
 * :func:`density_map`: cells per bin and cells/mm² of tissue per bin (e.g. immune cells/mm²
-  per 100 µm bin), with the bins that count as tissue.
+  per 100 µm bin), with the bins that count as tissue: bins holding a cell, a tissue mask of
+  the bins, or the tissue area of each bin (:func:`tissue_area_per_bin`, from a tissue mask
+  at any resolution) for densities per mm² of the tissue actually in the bin.
+* :func:`bin_counts` and :func:`density_from_counts`: the same map built in pieces, for cell
+  tables read part by part (a whole slide's millions of cells are never held at once:
+  :func:`core.slides.run.analyze_slide` adds each part's counts, then divides once).
 * :func:`immune_density_map`: :func:`density_map` of one role of a cell table, tissue =
   bins holding any cell.
 * :func:`getis_ord_gi_star`: the Gi* z-score of every bin over a disc of bins.
@@ -46,8 +51,8 @@ from scipy import ndimage, stats
 from core.cells import ROLES
 from core.errors import InputError
 
-__all__ = ["DensityMap", "HotSpotMap", "density_map", "immune_density_map", "getis_ord_gi_star", "hot_spots",
-           "MAX_GRID_BINS"]
+__all__ = ["DensityMap", "HotSpotMap", "density_map", "density_from_counts", "bin_counts", "tissue_area_per_bin",
+           "immune_density_map", "getis_ord_gi_star", "hot_spots", "MAX_GRID_BINS"]
 
 #: Most bins of one grid (e.g. 100 mm x 100 mm in 50 µm bins); a finer grid is refused.
 MAX_GRID_BINS = 4_000_000
@@ -62,7 +67,8 @@ class DensityMap:
     counts : (ny, nx) int64 ndarray
         Cells per bin.
     density_per_mm2 : (ny, nx) float64 ndarray
-        ``counts / (bin area in mm²)`` in the tissue bins, NaN elsewhere (glass).
+        ``counts / (tissue area of the bin in mm²)`` in the tissue bins, NaN elsewhere
+        (glass); the tissue area is the whole bin unless ``tissue_area_mm2`` is known.
     tissue : (ny, nx) bool ndarray
         Bins that count as tissue (the denominator's area).
     origin_um : (float, float)
@@ -71,6 +77,9 @@ class DensityMap:
         Side of a bin, µm.
     n_outside : int
         Cells outside the grid's window (not counted).
+    tissue_area_mm2 : (ny, nx) float64 ndarray or None
+        Tissue area inside each bin, mm² (0 to ``bin_um² / 10⁶``), when the map was made
+        from a tissue mask (:func:`tissue_area_per_bin`); None: tissue bins count whole.
     """
 
     counts: np.ndarray
@@ -79,6 +88,7 @@ class DensityMap:
     origin_um: tuple[float, float]
     bin_um: float
     n_outside: int = 0
+    tissue_area_mm2: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -172,6 +182,167 @@ def _bin_counts(xy: np.ndarray, x0: float, y0: float, nx: int, ny: int, bin_um: 
     return counts.astype(np.int64), int((~inside).sum())
 
 
+def bin_counts(xy_um: np.ndarray, *, bin_um: float, window_um: tuple[float, float, float, float]) -> tuple[np.ndarray, int]:
+    """Cells per bin of the grid of ``bin_um`` bins over ``window_um`` (the grid of :func:`density_map`).
+
+    Counts of parts of one cell table add up to the counts of the whole table, so a table
+    read part by part is binned without holding it whole.
+
+    Parameters
+    ----------
+    xy_um : (N, 2) float array
+        Centroids (x, y) in µm; rows with NaN are left out.
+    bin_um : float > 0
+        Side of a bin, µm.
+    window_um : (x_min, y_min, x_max, y_max) in µm
+        The grid's extent: ``ceil((x_max - x_min) / bin_um)`` bins across; cells on the far
+        edge go into the last bin, cells outside are not counted.
+
+    Returns
+    -------
+    counts : (ny, nx) int64 ndarray
+    n_outside : int
+        Cells outside the window.
+
+    Raises
+    ------
+    InputError
+        As :func:`density_map` (bin size, window, more than :data:`MAX_GRID_BINS` bins).
+    """
+    xy = _check_xy(xy_um, "xy_um")
+    x0, y0, nx, ny = _grid(xy, float(bin_um), window_um)
+    return _bin_counts(xy, x0, y0, nx, ny, float(bin_um), (float(window_um[2]), float(window_um[3])))
+
+
+def _bin_sum(a: np.ndarray, index: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Sums of ``a`` along ``axis`` over runs of equal, non-decreasing bin ``index`` → ``n`` bins on that axis."""
+    out_shape = list(a.shape)
+    out_shape[axis] = n
+    out = np.zeros(out_shape, a.dtype)
+    if a.shape[axis] == 0:
+        return out
+    starts = np.r_[0, np.nonzero(np.diff(index))[0] + 1]
+    sums = np.add.reduceat(a, starts, axis=axis)
+    sl = [slice(None)] * a.ndim
+    sl[axis] = index[starts]
+    out[tuple(sl)] = sums
+    return out
+
+
+def tissue_area_per_bin(mask: np.ndarray, mask_mpp: float, *, bin_um: float, shape: tuple[int, int],
+                        origin_um: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Tissue area inside each bin of a grid, mm², from a tissue mask.
+
+    Mask pixel (i, j) covers ``[j m, (j + 1) m) x [i m, (i + 1) m)`` µm (``m = mask_mpp``,
+    origin at the mask's top-left corner, as :func:`core.slides.tissue.detect_tissue` makes
+    it) and is given whole to the bin holding its centre. O(mask pixels): one
+    ``numpy.add.reduceat`` per axis.
+
+    Parameters
+    ----------
+    mask : (h, w) bool ndarray
+        True on tissue.
+    mask_mpp : float > 0
+        µm per mask pixel (e.g. 8).
+    bin_um : float > 0
+        Side of a bin, µm.
+    shape : (ny, nx)
+        The grid's shape (e.g. :attr:`DensityMap.shape` of the same window).
+    origin_um : (x0, y0)
+        The grid's corner in the mask's µm frame.
+
+    Returns
+    -------
+    (ny, nx) float64 ndarray
+        mm² of tissue per bin, in [0, bin_um² / 10⁶] (up to the mask's pixelation); mask
+        pixels whose centre falls outside the grid are not counted.
+
+    Raises
+    ------
+    InputError
+        If ``mask`` is not 2-D or a size is not positive.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise InputError(f"the tissue mask must be a 2-D (h, w) bool array, got shape {m.shape}")
+    if not (math.isfinite(mask_mpp) and mask_mpp > 0 and math.isfinite(bin_um) and bin_um > 0):
+        raise InputError(f"mask_mpp and bin_um must be positive µm, got {mask_mpp!r} and {bin_um!r}")
+    ny, nx = (int(v) for v in shape)
+    x0, y0 = (float(v) for v in origin_um)
+    rows = np.floor(((np.arange(m.shape[0]) + 0.5) * mask_mpp - y0) / bin_um).astype(np.int64)
+    cols = np.floor(((np.arange(m.shape[1]) + 0.5) * mask_mpp - x0) / bin_um).astype(np.int64)
+    keep_r, keep_c = (rows >= 0) & (rows < ny), (cols >= 0) & (cols < nx)
+    sub = m[np.ix_(keep_r, keep_c)].astype(np.int64)
+    px = _bin_sum(_bin_sum(sub, cols[keep_c], nx, axis=1), rows[keep_r], ny, axis=0)
+    return px * (float(mask_mpp) ** 2 / 1e6)
+
+
+def density_from_counts(
+    counts: np.ndarray,
+    *,
+    bin_um: float,
+    origin_um: tuple[float, float] = (0.0, 0.0),
+    tissue: np.ndarray | None = None,
+    tissue_area_mm2: np.ndarray | None = None,
+    min_tissue_fraction: float = 0.0,
+    n_outside: int = 0,
+) -> DensityMap:
+    """A :class:`DensityMap` from cells already counted per bin (:func:`bin_counts`).
+
+    Parameters
+    ----------
+    counts : (ny, nx) int array
+        Cells per bin.
+    bin_um : float > 0
+        Side of a bin, µm.
+    origin_um : (x0, y0)
+        The grid's corner, µm.
+    tissue : (ny, nx) bool array, optional
+        The bins that count as tissue, each counted whole. Default (without
+        ``tissue_area_mm2``): the bins holding a cell.
+    tissue_area_mm2 : (ny, nx) float array, optional
+        Tissue area of each bin, mm² (:func:`tissue_area_per_bin`): the densities' denominator,
+        so a bin half covered by tissue is not halved. Overrides ``tissue``.
+    min_tissue_fraction : float in [0, 1]
+        With ``tissue_area_mm2``: a bin with less tissue than this share of its area is not
+        tissue (NaN; a sliver of tissue would give an unstable density). Default 0: any tissue.
+    n_outside : int
+        Cells outside the grid, kept in the result.
+
+    Returns
+    -------
+    DensityMap
+        ``density_per_mm2 = counts / tissue area`` (the whole bin's area with ``tissue``) in
+        the tissue bins, NaN elsewhere.
+
+    Raises
+    ------
+    InputError
+        If an array has another shape than ``counts`` or ``min_tissue_fraction`` is outside [0, 1].
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    if c.ndim != 2:
+        raise InputError(f"counts must be a 2-D grid (ny, nx), got shape {c.shape}")
+    if not 0.0 <= min_tissue_fraction <= 1.0:
+        raise InputError(f"min_tissue_fraction must be in [0, 1] (a share of a bin's area), got {min_tissue_fraction!r}")
+    bin_area_mm2 = float(bin_um) ** 2 / 1e6
+    area = None
+    if tissue_area_mm2 is not None:
+        area = np.asarray(tissue_area_mm2, dtype=np.float64)
+        if area.shape != c.shape:
+            raise InputError(f"tissue_area_mm2 has shape {area.shape}, the counts {c.shape}: give one area per bin")
+        is_tissue = (area > 0) & (area >= min_tissue_fraction * bin_area_mm2)
+        denominator = np.where(is_tissue, area, 1.0)
+    else:
+        is_tissue = (c > 0) if tissue is None else np.asarray(tissue, dtype=bool)
+        if is_tissue.shape != c.shape:
+            raise InputError(f"tissue has shape {is_tissue.shape}, the counts {c.shape}: give one bool per bin")
+        denominator = bin_area_mm2
+    density = np.where(is_tissue, c / denominator, np.nan)
+    return DensityMap(c, density, is_tissue, (float(origin_um[0]), float(origin_um[1])), float(bin_um),
+                      int(n_outside), area)
+
+
 def density_map(
     xy_um: np.ndarray,
     *,
@@ -179,6 +350,8 @@ def density_map(
     window_um: tuple[float, float, float, float] | None = None,
     tissue_xy_um: np.ndarray | None = None,
     tissue_mask: np.ndarray | None = None,
+    tissue_area_mm2: np.ndarray | None = None,
+    min_tissue_fraction: float = 0.0,
 ) -> DensityMap:
     """Cells per bin of a square µm grid and their density in cells/mm² of tissue.
 
@@ -199,11 +372,19 @@ def density_map(
     tissue_mask : (ny, nx) bool array, optional
         The tissue bins, given directly (e.g. a tissue detection resampled to the grid);
         overrides ``tissue_xy_um``. Needs ``window_um`` (the shape must be known).
+    tissue_area_mm2 : (ny, nx) float array, optional
+        Tissue area of each bin in mm² (:func:`tissue_area_per_bin` of a tissue mask):
+        densities per mm² of the tissue in the bin; overrides ``tissue_mask`` and
+        ``tissue_xy_um``. Needs ``window_um``.
+    min_tissue_fraction : float in [0, 1]
+        With ``tissue_area_mm2``: bins with less tissue than this share of their area are
+        not tissue (NaN). Default 0.
 
     Returns
     -------
     DensityMap
-        ``density_per_mm2 = counts / (bin_um² / 10⁶)`` in tissue bins, NaN in the others. A
+        ``density_per_mm2 = counts / (bin_um² / 10⁶)`` in tissue bins, NaN in the others
+        (with ``tissue_area_mm2``: counts / the bin's tissue area). Without a tissue area a
         bin only partly covered by tissue is counted whole, so densities at the tissue edge
         are underestimates.
 
@@ -211,7 +392,8 @@ def density_map(
     ------
     InputError
         If ``bin_um`` is not positive, the window is malformed, the grid would exceed
-        :data:`MAX_GRID_BINS`, or ``tissue_mask`` has the wrong shape or no window.
+        :data:`MAX_GRID_BINS`, or ``tissue_mask`` / ``tissue_area_mm2`` has the wrong shape
+        or no window.
 
     Examples
     --------
@@ -222,11 +404,16 @@ def density_map(
     """
     xy = _check_xy(xy_um, "xy_um")
     txy = xy if tissue_xy_um is None else _check_xy(tissue_xy_um, "tissue_xy_um")
-    if tissue_mask is not None and window_um is None:
-        raise InputError("tissue_mask needs window_um: give the grid's extent (x_min, y_min, x_max, y_max) in µm")
+    for given, name in ((tissue_mask, "tissue_mask"), (tissue_area_mm2, "tissue_area_mm2")):
+        if given is not None and window_um is None:
+            raise InputError(f"{name} needs window_um: give the grid's extent (x_min, y_min, x_max, y_max) in µm")
     x0, y0, nx, ny = _grid(np.vstack([xy, txy]) if len(txy) else xy, float(bin_um), window_um)
     edge = None if window_um is None else (float(window_um[2]), float(window_um[3]))
     counts, n_out = _bin_counts(xy, x0, y0, nx, ny, float(bin_um), edge)
+    common = dict(bin_um=float(bin_um), origin_um=(x0, y0), n_outside=n_out)
+    if tissue_area_mm2 is not None:
+        return density_from_counts(counts, tissue_area_mm2=tissue_area_mm2, min_tissue_fraction=min_tissue_fraction,
+                                   **common)
     if tissue_mask is not None:
         tissue = np.asarray(tissue_mask, dtype=bool)
         if tissue.shape != (ny, nx):
@@ -235,9 +422,7 @@ def density_map(
     else:
         tissue = (counts > 0) if tissue_xy_um is None else (_bin_counts(txy, x0, y0, nx, ny, float(bin_um), edge)[0] > 0)
         tissue |= counts > 0
-    area_mm2 = float(bin_um) ** 2 / 1e6
-    density = np.where(tissue, counts / area_mm2, np.nan)
-    return DensityMap(counts, density, tissue, (float(x0), float(y0)), float(bin_um), n_out)
+    return density_from_counts(counts, tissue=tissue, **common)
 
 
 def immune_density_map(cells: pd.DataFrame, *, role: str = "immune", bin_um: float = 100.0,
@@ -404,7 +589,8 @@ def hot_spots(dmap: DensityMap, *, neighbourhood_um: float = 150.0, alpha: float
         "n_tissue_bins": int(dmap.tissue.sum()),
         "n_hot_bins": int(hot.sum()),
         "n_cold_bins": int(cold.sum()),
-        "hot_area_mm2": float(hot.sum()) * dmap.bin_area_mm2,
+        "hot_area_mm2": (float(hot.sum()) * dmap.bin_area_mm2 if dmap.tissue_area_mm2 is None
+                         else float(dmap.tissue_area_mm2[hot].sum())),
         "fraction_of_cells_in_hot_bins": (float(dmap.counts[hot].sum()) / total) if total else None,
         "bin_um": dmap.bin_um,
         "neighbourhood_um": float(neighbourhood_um),

@@ -8,11 +8,13 @@ ones:
 * :func:`label_map_regions`: tumour and stroma polygons (:class:`core.spatial.regions.Region`,
   µm) and exclusions for necrosis and glass, the input of
   :func:`core.spatial.compute_spatial_stats` (which then gives the intratumoral / stromal
-  densities, the phenotype and the CT / IM densities around the tumour border with its
-  ``margin_half_width_um``);
+  densities and the phenotype);
 * :func:`compartment_masks`: the same on the raster, with the invasive margin as a band of
-  ``band_width_um`` centred on the predicted tumour border, cut to tissue (necrosis and glass
-  excluded);
+  ``band_width_um`` centred on the predicted tumour-stroma border, cut to tissue (necrosis and
+  glass excluded);
+* :func:`invasive_margin_from_labels`: the CT / IM section of the statistics on that band (the
+  outline of a tumour polygon also runs along the image's edges and around necrosis, which are
+  no invasive margin);
 * :func:`stromal_til_percent`: stromal TILs by the International TILs Working Group's
   definition, the share of the stromal area covered by mononuclear cells (necrosis and glass
   are not stroma);
@@ -172,11 +174,14 @@ def compartment_areas_mm2(labels: np.ndarray, mpp: float) -> dict[str, float]:
 def compartment_masks(labels: np.ndarray, mpp: float, band_width_um: float) -> dict[str, np.ndarray]:
     """Raster compartments with the invasive margin as a band around the predicted tumour border.
 
-    The tumour border is the edge of the tumour pixels; a pixel's signed distance to it is
-    negative inside the tumour. The invasive margin (IM) is the tissue (tumour or stroma, not
-    necrosis or glass) within ``band_width_um / 2`` of the border on either side; the tumour
-    centre (CT) is the tumour deeper than that. A map whose tumour has no border inside the image
-    (no tumour, or tumour everywhere) has no band, and all its tumour is centre.
+    The tumour border is where tumour meets stroma (the invasive front): tumour pixels with a
+    stroma pixel among their 4 neighbours. The tumour's edges against necrosis or glass, and the
+    image's edges, are not an invasive margin. A pixel's signed distance to the border is
+    measured from pixel centre to the tumour-stroma interface half a pixel beyond those border
+    pixels, negative inside the tumour. The invasive margin (IM) is the tissue (tumour or stroma,
+    not necrosis or glass) within ``band_width_um / 2`` of the border on either side; the tumour
+    centre (CT) is the tumour deeper than that. A map without a tumour-stroma border (no tumour,
+    or no stroma next to it) has no band, and all its tumour is centre.
 
     Parameters
     ----------
@@ -201,10 +206,10 @@ def compartment_masks(labels: np.ndarray, mpp: float, band_width_um: float) -> d
     tumour, stroma = lab == 1, lab == 2
     tissue = tumour | stroma
     out = {"tumour": tumour, "stroma": stroma, "necrosis": lab == 3, "glass": lab == 0, "tissue": tissue}
-    if tumour.any() and not tumour.all():
-        d_in = ndimage.distance_transform_edt(tumour) * mpp
-        d_out = ndimage.distance_transform_edt(~tumour) * mpp
-        sd = np.where(tumour, -(d_in - 0.5 * mpp), d_out - 0.5 * mpp).astype(np.float32)
+    border = tumour & ndimage.binary_dilation(stroma)  # tumour pixels touching stroma (4-neighbourhood)
+    if border.any():
+        d = ndimage.distance_transform_edt(~border) * mpp
+        sd = np.where(tumour, -(d + 0.5 * mpp), d - 0.5 * mpp).astype(np.float32)
         half = band_width_um / 2.0
         out["margin"] = tissue & (np.abs(sd) <= half)
         out["centre"] = tumour & (sd < -half)
@@ -223,6 +228,25 @@ def _pixels_of(xy_px: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray, np.nda
     iy = np.clip(np.round(np.nan_to_num(xy[:, 1])).astype(np.int64), 0, shape[0] - 1)
     inside = ok & (xy[:, 0] > -0.5) & (xy[:, 0] < shape[1] - 0.5) & (xy[:, 1] > -0.5) & (xy[:, 1] < shape[0] - 0.5)
     return ix, iy, inside
+
+
+def labels_at(labels: np.ndarray, xy_px: np.ndarray) -> np.ndarray:
+    """The compartment label under each point.
+
+    Parameters
+    ----------
+    labels : (H, W) uint8 in {0, 1, 2, 3}
+    xy_px : (N, 2) float x, y in pixels of the map (pixel centres at integers, as ``x_px``, ``y_px``)
+
+    Returns
+    -------
+    (N,) int16: the label of the pixel nearest each point, -1 for a point outside the map or not finite
+    """
+    lab = np.asarray(labels)
+    ix, iy, inside = _pixels_of(xy_px, lab.shape)
+    out = np.full(len(ix), -1, np.int16)
+    out[inside] = lab[iy[inside], ix[inside]]
+    return out
 
 
 def stromal_til_percent(labels: np.ndarray, mpp: float, immune_xy_px: np.ndarray,
@@ -277,6 +301,62 @@ def stromal_til_percent(labels: np.ndarray, mpp: float, immune_xy_px: np.ndarray
     covered &= stroma
     return {**res, "available": True, "percent": 100.0 * float(covered.sum()) / float(stroma.sum()),
             "covered_area_mm2": float(covered.sum()) * mpp**2 / 1e6}
+
+
+def invasive_margin_from_labels(labels: np.ndarray, mpp: float, cells: pd.DataFrame, params) -> dict:
+    """The ``invasive_margin`` section of the spatial statistics on a predicted compartment map.
+
+    The tumour centre (CT) and the invasive margin (IM, a band of ± ``margin_half_width_um``
+    around the predicted tumour-stroma border) of :func:`compartment_masks`, cut to tissue
+    (tumour and stroma: necrosis and glass are in neither), their areas counted on the map's
+    pixels; a cell is in a zone when its centroid's pixel is. The figures (densities,
+    Immunoscore-like summary, histogram of the immune cells' signed distances) are those of
+    drawn regions (:func:`core.spatial.compartments.margin_section`).
+
+    Parameters
+    ----------
+    labels : (H, W) uint8 in {0, 1, 2, 3}, in the pixels of ``cells``
+    mpp : float > 0, µm/px
+    cells : pandas.DataFrame with ``x_px``, ``y_px`` and ``role``
+    params : core.spatial.SpatialParams (``margin_half_width_um``, ``immunoscore_cutoffs_per_mm2``,
+        ``min_compartment_area_mm2``)
+
+    Returns
+    -------
+    dict, the layout of :func:`core.spatial.compartments.invasive_margin_section`;
+    ``{"available": False, "reason": ...}`` when the map has no tumour-stroma border
+
+    Raises
+    ------
+    InputError
+        If a column is missing or the map or mpp is invalid.
+
+    References
+    ----------
+    Galon et al. 2006; Pagès et al. 2018 (CT and IM, IM = a band around the invasive border).
+    """
+    from core.spatial.compartments import margin_section
+    from core.spatial.params import unavailable
+
+    missing = [c for c in ("x_px", "y_px", "role") if c not in cells.columns]
+    if missing:
+        raise InputError(f"cell table is missing column(s) {missing}: the invasive margin needs x_px, y_px and role")
+    h = float(params.margin_half_width_um)
+    m = compartment_masks(labels, mpp, 2.0 * h)
+    if not np.isfinite(m["signed_distance_um"]).any():
+        return unavailable("no border between predicted tumour and stroma: no invasive margin")
+    ix, iy, inside = _pixels_of(cells[["x_px", "y_px"]].to_numpy(np.float64), m["tumour"].shape)
+    in_tissue = inside & m["tissue"][iy, ix]
+    sd = np.where(in_tissue, m["signed_distance_um"][iy, ix], np.nan).astype(np.float64)
+    imm = cells["role"].astype(str).to_numpy() == "immune"
+    px_um2 = mpp * mpp
+    out = margin_section(sd, imm, in_tissue, inside & m["centre"][iy, ix], inside & m["margin"][iy, ix],
+                         float(m["centre"].sum()) * px_um2, float(m["margin"].sum()) * px_um2, params,
+                         "border between the predicted tumour and stroma", f"pixels of the compartment map ({mpp:.3g} µm)")
+    out["ct"]["definition"] = f"predicted tumour more than {h:g} µm from its border with the stroma"
+    out["im"]["definition"] = (f"predicted tumour or stroma within {h:g} µm of the tumour-stroma border (necrosis and "
+                               "glass excluded)")
+    return out
 
 
 def compartment_statistics(labels: np.ndarray, mpp: float, cells: pd.DataFrame, band_width_um: float = 1000.0,

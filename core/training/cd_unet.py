@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -58,6 +57,7 @@ from core.evaluation.compartments import TRAIN_SEEDS, TUNE_SEEDS, evaluate_real,
 from core.generator.compartments import COMPARTMENT_NAMES, COMPARTMENTS, STAINS
 from core.nets.cd_unet import CDUNet, VARIANTS
 from core.training.compartment_labels import IGNORE, LABEL_SETS, MODEL_MPP
+from core.training.stage import TimedStage
 
 #: (256, 4) bool: the classes each label value allows (unlisted values: all, i.e. ignored).
 ALLOWED = np.ones((256, 4), bool)
@@ -334,19 +334,11 @@ def train(args: argparse.Namespace, real_fields: dict | None = None, necrosis: l
         opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    budget = args.minutes * 60.0
-    history, best = [], {"score": -1.0, "state": None, "step": 0, "tune": None}
-    t_train = time.time()
-    next_eval = args.eval_minutes * 60.0
-    step, running = 0, []
-    while True:
-        elapsed = time.time() - t_train
-        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
-            break
-        frac = min(elapsed / budget, 1.0) if not args.max_steps else step / args.max_steps
-        warm = min(1.0, (step + 1) / 20)
-        for grp in opt.param_groups:
-            grp["lr"] = args.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+    stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=20)
+    stage.best["tune"] = None
+    history, running = [], []
+    while not stage.finished():
+        stage.set_lr(opt, args.lr)
         net.train()
         x, y = sampler.batch(args.batch)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -356,27 +348,22 @@ def train(args: argparse.Namespace, real_fields: dict | None = None, necrosis: l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
         running.append(float(loss.detach()))
-        done = time.time() - t_train >= budget or (args.max_steps and step >= args.max_steps)
-        if step % args.log_every == 0:
-            print(json.dumps({"step": step, "loss": round(float(np.mean(running[-args.log_every:])), 4),
-                              "lr": round(opt.param_groups[0]["lr"], 6), "elapsed_s": round(time.time() - t_train, 1)}),
+        due = stage.tick()
+        if stage.step % args.log_every == 0:
+            print(json.dumps({"step": stage.step, "loss": round(float(np.mean(running[-args.log_every:])), 4),
+                              "lr": round(opt.param_groups[0]["lr"], 6), "elapsed_s": round(stage.elapsed_s(), 1)}),
                   flush=True)
-        if time.time() - t_train >= next_eval or done:
-            next_eval += args.eval_minutes * 60.0
+        if due:
             sc = tune_score(net, tune_fields, args.tune_per_stain, args.tune_size, device)
-            rec = {"step": step, "elapsed_s": round(time.time() - t_train, 1), "loss": round(float(np.mean(running)), 4),
+            rec = {"step": stage.step, "elapsed_s": round(stage.elapsed_s(), 1), "loss": round(float(np.mean(running)), 4),
                    "tune": sc}
             running = []
             history.append(rec)
             print(json.dumps(rec), flush=True)
-            if sc["score"] > best["score"]:
-                best = {"score": sc["score"], "step": step, "tune": sc,
-                        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
-    train_s = time.time() - t_train
-    if best["state"] is not None:
-        net.load_state_dict(best["state"], strict=True)
+            stage.keep_if_best(sc["score"], net, tune=sc)
+    train_s, step, best = stage.elapsed_s(), stage.step, stage.best
+    stage.restore_best(net)
     accepted = init_score is None or best["score"] > init_score["score"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,49 @@ def comparison(cd: dict, unet: dict) -> dict:
     }
 
 
+#: The issue's aims on held-out synthetic sections: per-class F1 (necrosis lower), stromal TIL % agreement (points).
+F1_AIMS = {"background": 0.85, "tumour": 0.85, "stroma": 0.85, "necrosis": 0.75}
+STROMAL_TIL_AIM_POINTS = 5.0
+
+
+def aims_statement(evaluation: dict, compared_with_unet: bool) -> str:
+    """One plain limitation saying which of the issue's aims the weights meet and which they miss, with the figures.
+
+    Parameters
+    ----------
+    evaluation : :func:`core.evaluation.compartments.evaluate_weights` output
+    compared_with_unet : bool, whether the plain U-Net was evaluated on the same data
+
+    Returns
+    -------
+    str, starting "Below the aims ..." when any aim is missed, else "Meets the aims ..."
+    """
+    syn = evaluation["synthetic"]
+    f1 = {k: syn["overall"]["per_class"][k]["f1"] for k in F1_AIMS}
+    judged = evaluation["real_weak_labels"]["mean_judged"]
+    til = syn.get("stromal_til") or {}
+    missed, met = [], []
+    for k, aim in F1_AIMS.items():
+        (met if (f1[k] or 0) >= aim else missed).append(f"{k} F1 {f1[k]:.2f} (aim {aim:.2f})")
+    for key, aim in JUDGED_SHARES.items():
+        what = "annotated tumour cells in the predicted tumour" if key.startswith("tumour") else \
+            "annotated stromal cells in the predicted stroma"
+        value = judged.get(key)
+        text = f"{what} {100 * (value or 0):.0f} % (aim {100 * aim:.0f} %)"
+        (met if value is not None and value >= aim else missed).append(text)
+    if til.get("share_within_5_points") is not None:
+        text = (f"stromal TIL % within {STROMAL_TIL_AIM_POINTS:g} points of the ground-truth compartments' in "
+                f"{100 * til['share_within_5_points']:.0f} % of synthetic sections (mean difference "
+                f"{til.get('mean_abs_diff_points', float('nan')):.1f} points; aim: all)")
+        (met if til["share_within_5_points"] >= 1.0 else missed).append(text)
+    unet = "" if compared_with_unet else " The CD-UNET vs U-Net comparison has not been run for these weights."
+    if not missed:
+        return "Meets the aims of the issue on the project's validation data: " + "; ".join(met) + "." + unet
+    return ("Below the aims of the issue (these are early-stage weights, registered as the current model until "
+            "better ones pass): missed " + "; ".join(missed) + (f"; met {'; '.join(met)}" if met else "")
+            + ". Treat the compartments as a draft to check over the image, not as measurements." + unet)
+
+
 def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict] | None = None,
                unet_evaluation: dict | None = None, unet_train: dict | None = None, benchmark: dict | None = None) -> dict:
     """The card's dict (see the module docstring)."""
@@ -89,6 +132,7 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
                          "intratumoral vs stromal densities, invasive margin) and for excluding necrosis and glass; "
                          "results must be reviewed by a pathologist."),
         "limitations": [
+            aims_statement(evaluation, unet_evaluation is not None),
             "No real image with compartment masks exists in the project: tumour and stroma were learned from synthetic "
             "sections and weak labels derived from annotated cell points (borders known to about 20 µm), necrosis from "
             "20 overlapping crops of one TCGA slide. The real figures below are on those weak labels, not on a "

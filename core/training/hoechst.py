@@ -51,13 +51,14 @@ import argparse
 import json
 import math
 import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from core.training.stage import TimedStage
 
 #: The selection rule, fixed before any held-out tile was scored; printed by every run.
 SELECTION_RULE = (
@@ -239,25 +240,20 @@ def class_weights(tiles: list[TrainTile], n_classes: int, power: float = CLASS_W
     return torch.tensor(w, dtype=torch.float32), [round(float(f), 6) for f in freq]
 
 
-def _lr_factor(step: int, frac: float) -> float:
-    """Warm-up over :data:`WARMUP_STEPS` steps, then cosine from 1 to 0.02 over the budget fraction ``frac``."""
-    warm = min(1.0, (step + 1) / WARMUP_STEPS)
-    return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
 def _loop(net, sampler, loss_fn, args, minutes: float, max_steps: int, device, label: str) -> dict:
-    """The optimisation loop shared by pre-training and training; returns steps, time and loss history."""
+    """The optimisation loop shared by pre-training and training; returns steps, time and loss history.
+
+    Schedule (:class:`core.training.stage.TimedStage`): :data:`WARMUP_STEPS` of warm-up, then a
+    cosine from ``args.lr`` to 0.02 x ``args.lr`` over the budget; no budget and no step limit
+    means no steps.
+    """
+    if minutes <= 0 and not max_steps:
+        return {"steps": 0, "time_s": 0.0, "history": []}
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    budget = minutes * 60.0
-    t0 = time.time()
-    step, running, history = 0, [], []
-    while True:
-        elapsed = time.time() - t0
-        if (budget > 0 and elapsed >= budget) or (max_steps and step >= max_steps) or (budget <= 0 and not max_steps):
-            break
-        frac = max(elapsed / budget if budget > 0 else 0.0, step / max_steps if max_steps else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * _lr_factor(step, frac)
+    stage = TimedStage(max(minutes, 0.0), max_steps, warmup_steps=WARMUP_STEPS)
+    running, history = [], []
+    while not stage.finished():
+        stage.set_lr(opt, args.lr)
         net.train()
         x, y = sampler.batch(args.batch)
         x, y = x.to(device), y.to(device)
@@ -267,18 +263,18 @@ def _loop(net, sampler, loss_fn, args, minutes: float, max_steps: int, device, l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
+        stage.tick()
         running.append(float(loss.detach()))
-        if step % args.log_every == 0:
-            rec = {"stage": label, "step": step, "elapsed_s": round(time.time() - t0, 1),
+        if stage.step % args.log_every == 0:
+            rec = {"stage": label, "step": stage.step, "elapsed_s": round(stage.elapsed_s(), 1),
                    "lr": round(opt.param_groups[0]["lr"], 6), "loss": round(float(np.mean(running)), 4)}
             history.append(rec)
             print(json.dumps(rec), flush=True)
             running = []
     if running:
-        history.append({"stage": label, "step": step, "elapsed_s": round(time.time() - t0, 1),
+        history.append({"stage": label, "step": stage.step, "elapsed_s": round(stage.elapsed_s(), 1),
                         "lr": round(opt.param_groups[0]["lr"], 6), "loss": round(float(np.mean(running)), 4)})
-    return {"steps": step, "time_s": round(time.time() - t0, 1), "history": history}
+    return {"steps": stage.step, "time_s": round(stage.elapsed_s(), 1), "history": history}
 
 
 def pretrain_denoising(net, tiles: list[TrainTile], args, device) -> dict:

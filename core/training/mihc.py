@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from collections import deque
 from pathlib import Path
 
@@ -248,6 +246,7 @@ def train(args: argparse.Namespace) -> dict:
     from core.scenarios.base import pick_device
     from core.scenarios.mihc import model_from_net
     from core.training.sdrdin import sdrdin_loss
+    from core.training.stage import TimedStage
 
     print(SELECTION_RULE, flush=True)
     if args.size % 8 or args.tune_size % 8:
@@ -289,19 +288,10 @@ def train(args: argparse.Namespace) -> dict:
             maps = [model.predict_maps(sec.image) for sec in tune]
             return [r for w in windows_um for r in _scores_at(model, tune, maps, thresholds, w)]
 
-        budget = args.minutes * 60.0
-        history, best = [], {"score": -1.0, "step": 0, "state": None}
-        t0 = time.time()
-        next_eval = args.eval_minutes * 60.0
-        step, running = 0, []
-        while True:
-            elapsed = time.time() - t0
-            if elapsed >= budget or (args.max_steps and step >= args.max_steps):
-                break
-            frac = min(elapsed / budget, 1.0)
-            warm = min(1.0, (step + 1) / 50)
-            for group in opt.param_groups:
-                group["lr"] = args.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
+        history, running = [], []
+        while not stage.finished():
+            stage.set_lr(opt, args.lr)
             net.train()
             x, ct, dt = pool.batch(args.batch)
             x, ct, dt = x.to(device), ct.to(device), dt.to(device)
@@ -310,29 +300,24 @@ def train(args: argparse.Namespace) -> dict:
             opt.zero_grad()
             terms["total"].backward()
             opt.step()
-            step += 1
             running.append([float(v.detach()) for k, v in terms.items() if k != "total"])
             pool.refresh(args.fresh)
-            last = time.time() - t0 >= budget or (args.max_steps and step >= args.max_steps)
-            if time.time() - t0 >= next_eval or last:
-                next_eval += args.eval_minutes * 60.0
+            if stage.tick():
                 rows = score(args.eval_thresholds)
                 top = max(rows, key=lambda r: r["score"])
-                rec = {"step": step, "elapsed_s": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
+                rec = {"step": stage.step, "elapsed_s": round(stage.elapsed_s(), 1), "lr": opt.param_groups[0]["lr"],
                        "sections_seen": stream.seeds_used - first_seed,
                        "loss_terms": np.mean(running, axis=0).round(4).tolist(), "tune": top}
                 running = []
                 history.append(rec)
                 print(json.dumps(rec), flush=True)
-                if top["score"] > best["score"]:
-                    best = {"score": top["score"], "step": step,
-                            "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
-        train_time = time.time() - t0
+                stage.keep_if_best(top["score"], net)
+        train_time = stage.elapsed_s()
+        step = stage.step
         sections_seen = stream.seeds_used - first_seed
     finally:
         stream.close()
-    if best["state"] is not None:  # else no step was scored: the weights as they are
-        net.load_state_dict(best["state"], strict=True)
+    stage.restore_best(net)  # else no step was scored: the weights as they are
     sweep = score(SWEEP_THRESHOLDS, CLASS_WINDOWS_UM)
     paper_window = [r for r in sweep if r["class_window_um"] == CLASS_WINDOWS_UM[0]]
     threshold = max(paper_window, key=lambda r: (r["detection_f1"], -abs(r["threshold"] - 0.5)))["threshold"]
@@ -351,7 +336,7 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": int(sum(p.numel() for p in net.parameters())), "size_px": args.size, "batch": args.batch,
         "lr": args.lr, "det_weight": args.det_weight, "radius_um": args.radius_um, "radius_px": radius_px,
         "minutes": args.minutes, "max_steps": args.max_steps, "eval_minutes": args.eval_minutes,
-        "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": best["step"], "init": args.init,
+        "eval_thresholds": list(args.eval_thresholds), "steps": step, "best_step": stage.best["step"], "init": args.init,
         "seed": args.seed, "device": str(device), "threads": args.threads, "workers": args.workers,
         "pool": args.pool, "fresh": args.fresh, "train_time_s": round(train_time, 1),
         "train_seeds": [first_seed, first_seed + sections_seen - 1], "sections_seen": sections_seen,

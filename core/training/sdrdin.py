@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ from torch.nn import functional as F
 from core.evaluation.datasets_he import HE_CLASSES, HE_DATA_DIR, HE_MPP, IGNORE_LABEL, disk_targets, he_folders, read_he_split
 from core.evaluation.he import restain
 from core.training import sdrdin_card
+from core.training.stage import TimedStage
 
 #: Disk radius of the training targets: 2.2 µm = 4 px at 0.55 µm/px (see :func:`main`'s help).
 RADIUS_UM = 2.2
@@ -311,29 +310,24 @@ def train(args: argparse.Namespace) -> dict:
     swa = torch.optim.swa_utils.AveragedModel(net) if args.swa_start is not None else None
     match_px = MATCH_RADII_UM[PRIMARY_RADIUS] / HE_MPP
     sweep_thresholds = np.round(np.arange(0.20, 0.901, 0.05), 3)
-    init_score = None
+    init_score, references = None, []
     if multi:  # the acceptance rule compares the stage with its --init weights on the same tune splits
         net.eval()
         init_rows = hs.score_sources(make_runner(net, mean, std, 0.5, args.variant, args.base, window), tune_by,
                                      sweep_thresholds)
         init_score = max(init_rows, key=lambda r: r["score"])
         print(json.dumps({"init_tune": init_score}), flush=True)
+        references = [init_score]
         if args.baseline:  # the stage must beat these weights (e.g. the shipped version), scored with their own window
-            init_score = max(init_score, hs.baseline_score(args.baseline, tune_by, sweep_thresholds), key=lambda r: r["score"])
-            print(json.dumps({"baseline_tune": init_score}), flush=True)
-    budget = args.minutes * 60.0
-    history, best = [], {"score": -1.0}
-    t0 = time.time()
-    next_eval = args.eval_minutes * 60.0
-    step, running = 0, []
-    while True:
-        elapsed = time.time() - t0
-        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
-            break
-        frac = min(elapsed / budget, 1.0)
-        warm = min(1.0, (step + 1) / 50)
-        for group in opt.param_groups:  # SWA: constant rate (Izmailov et al. 2018); otherwise cosine
-            group["lr"] = args.lr * warm * (1.0 if swa is not None else (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
+            baseline_tune = hs.baseline_score(args.baseline, tune_by, sweep_thresholds)
+            print(json.dumps({"baseline_tune": baseline_tune}), flush=True)
+            references.append(baseline_tune)
+            init_score = max(init_score, baseline_tune, key=lambda r: r["score"])
+    stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
+    history, running = [], []
+    while not stage.finished():
+        frac = stage.fraction()
+        stage.set_lr(opt, args.lr, constant=swa is not None)  # SWA: constant rate (Izmailov et al. 2018); else cosine
         net.train()
         x, ct, dt, *allowed = sampler.batch(args.batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -345,13 +339,11 @@ def train(args: argparse.Namespace) -> dict:
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
-        step += 1
         running.append([float(v.detach()) for k, v in terms.items() if k != "total"])
-        if swa is not None and frac >= args.swa_start and step % args.swa_every == 0:
+        due = stage.tick()
+        if swa is not None and frac >= args.swa_start and stage.step % args.swa_every == 0:
             swa.update_parameters(net)
-        last = time.time() - t0 >= budget or (args.max_steps and step >= args.max_steps)
-        if time.time() - t0 >= next_eval or last:
-            next_eval += args.eval_minutes * 60.0
+        if due:
             net.eval()
             runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
             if multi:
@@ -361,18 +353,18 @@ def train(args: argparse.Namespace) -> dict:
                 rows = tune_scores(runner, tune, args.eval_thresholds, match_px)
                 top = max(rows, key=lambda r: r["detection_f1"])
                 score = top["detection_f1"] + top["classification_weighted_f1"]
-            rec = {"step": step, "elapsed_s": round(time.time() - t0, 1), "lr": opt.param_groups[0]["lr"],
+            rec = {"step": stage.step, "elapsed_s": round(stage.elapsed_s(), 1), "lr": opt.param_groups[0]["lr"],
                    "loss_terms": np.mean(running, axis=0).round(4).tolist(), "tune": top}
             running = []
             history.append(rec)
             print(json.dumps(rec), flush=True)
-            if score > best["score"]:
-                best = {"score": score, "step": step, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+            stage.keep_if_best(score, net)
+    step, best = stage.step, stage.best
     if swa is not None and swa.n_averaged.item() > 0:
         # The weight average is the result; its batch-norm statistics are re-estimated on fit crops.
         torch.optim.swa_utils.update_bn(((x - m) / s for x in sampler.inputs(args.batch, SWA_BN_BATCHES)), swa.module)
         best = {"score": None, "step": step, "state": swa.module.state_dict()}
-    train_time = time.time() - t0
+    train_time = stage.elapsed_s()
     net.load_state_dict(best["state"], strict=True)
     net.eval()
     runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
@@ -410,9 +402,10 @@ def train(args: argparse.Namespace) -> dict:
                                 "tune splits, at the best threshold, beats that of the --init weights and of the "
                                 "--baseline weights (each scored with its own class window)"),
             "guard_sources": args.guard_sources, "init_tune": init_score,
+            # guards: not below the --init's nor the --baseline's on each guarded source (each its own best threshold)
             "accepted": bool(init_score is None or (chosen["score"] > init_score["score"] and all(
-                sum(chosen["by_source"][g].values()) >= sum(init_score["by_source"][g].values())
-                for g in args.guard_sources or [])))}
+                sum(chosen["by_source"][g].values()) >= sum(ref["by_source"][g].values())
+                for g in args.guard_sources or [] for ref in references)))}
            if multi else {}),
         "n_fit_nuclei": int(sum(len(im.points_xy) for im in fit)),
         "threshold": chosen["threshold"], "tune_at_threshold": chosen, "tune_sweep": sweep,
