@@ -241,8 +241,8 @@ def _spatial_figures(s: dict, with_counts: bool) -> list[KeyFigure]:
         add("count.tumour", "tumour cells", by_role.get("tumour"), "cells", "")
         win = s.get("window") or {}
         add("density.immune", "immune density, study window", (c.get("density_per_mm2_in_window") or {}).get("immune"),
-            "cells/mm²", f"study window {win['area_mm2']:.4f} mm² (image extent minus exclusion regions; glass "
-            "counted, unlike the per-class densities)" if "area_mm2" in win else "")
+            "cells/mm²", f"study window {win['area_mm2']:.4f} mm² (the rectangle studied minus exclusion regions: "
+            "glass counts unless excluded, unlike the per-class densities per mm² of tissue)" if "area_mm2" in win else "")
 
     d = s.get("distances") or {}
     if d.get("available"):
