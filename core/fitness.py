@@ -319,6 +319,41 @@ def stain_check(stain: StainReading, scenario, what: str = "image") -> tuple[lis
     return [], []
 
 
+def use_checks(scenario, mpp: float | None, antigen_confirmed: bool | None,
+               fix: str = "scan or export the image at such a magnification") -> tuple[list[str], list[str]]:
+    """The checks of a scenario's declared use that need no pixels: the antibody and the pixel size.
+
+    Parameters
+    ----------
+    scenario : core.scenarios.spec.Scenario (its ``use``)
+    mpp : float or None, µm per pixel of the input (None: not checked)
+    antigen_confirmed : bool or None, the user confirmed the antibody (None: not asked)
+    fix : str, what the user should do about a pixel size outside the range (field or slide wording)
+
+    Returns
+    -------
+    (problems, notes) : lists of str
+        A problem for an antibody denied or a pixel size outside ``use.mpp_range``; a note for
+        an antibody not asked about.
+    """
+    use = scenario.use
+    problems, notes = [], []
+    if use.antigen:
+        if antigen_confirmed is False:
+            problems.append(f"The {scenario.title} model counts {use.antigen}-stained cells only; the antibody was "
+                            f"not confirmed as {use.antigen}.")
+        elif antigen_confirmed is None:
+            notes.append(f"The antibody was not confirmed as {use.antigen}: the colours cannot tell {use.antigen} "
+                         "from another DAB stain (e.g. Ki67).")
+    if mpp is not None:
+        lo, hi = use.mpp_range
+        if not lo <= mpp <= hi:
+            problems.append(f"The pixel size is {mpp:.3g} µm/px; the {scenario.title} model is validated from "
+                            f"{lo:g} to {hi:g} µm/px (0.25 µm/px is about a 40x scan, 0.5 about 20x): {fix}, or "
+                            "correct the pixel size if it is wrong.")
+    return problems, notes
+
+
 def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None, *, stain: StainReading | None = None,
            tissue: TissueMask | None = None) -> FitnessReport:
     """Check an image against a scenario's declared use (stain, magnification, tissue, focus).
@@ -342,19 +377,9 @@ def assess(image: ImageData, scenario, antigen_confirmed: bool | None = None, *,
     stain = stain or read_stain(image)
     tissue = tissue or tissue_mask(image, stain.family == "fluorescence")
     problems, notes = stain_check(stain, scenario)
-    if use.antigen:
-        if antigen_confirmed is False:
-            problems.append(f"The {scenario.title} model counts {use.antigen}-stained cells only; the antibody was "
-                            f"not confirmed as {use.antigen}.")
-        elif antigen_confirmed is None:
-            notes.append(f"The antibody was not confirmed as {use.antigen}: the colours cannot tell {use.antigen} "
-                         "from another DAB stain (e.g. Ki67).")
-    if image.mpp is not None:
-        lo, hi = use.mpp_range
-        if not lo <= image.mpp <= hi:
-            problems.append(f"The pixel size is {image.mpp:.3g} µm/px; the {scenario.title} model is validated from "
-                            f"{lo:g} to {hi:g} µm/px (0.25 µm/px is about a 40x scan, 0.5 about 20x): scan or export the image at such a "
-                            "magnification, or correct the pixel size if it is wrong.")
+    more_problems, more_notes = use_checks(scenario, image.mpp, antigen_confirmed)
+    problems += more_problems
+    notes += more_notes
     area = tissue.area_mm2(image.mpp)
     if tissue.fraction < MIN_TISSUE_FRACTION or (area is not None and area < MIN_TISSUE_AREA_MM2):
         problems.append(f"Almost no tissue was found ({100 * tissue.fraction:.1f} % of the image"

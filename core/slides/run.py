@@ -581,29 +581,11 @@ def slide_fitness(scenario, stain_family: str, mpp: float, antigen_confirmed: bo
     problems : list of str, each a reason the run is outside the validated use (stain, mpp, antibody)
     notes : list of str, what the user should check (stain uncertain, antibody not confirmed)
     """
-    from core.fitness import STAIN_LABELS
+    from core.fitness import StainReading, stain_check, use_checks
 
-    problems, notes = [], []
-    use = scenario.use
-    if stain_family == "uncertain":
-        notes.append(f"TILscope could not tell the stain from the colours; the {scenario.title} model reads "
-                     f"{STAIN_LABELS[use.stain]}: check that this is such a slide.")
-    elif stain_family != use.stain:
-        problems.append(f"The slide looks like {STAIN_LABELS.get(stain_family, 'an uncertain stain')}, but the {scenario.title} model reads "
-                        f"{STAIN_LABELS[use.stain]}: choose the scenario for this stain.")
-    lo, hi = use.mpp_range
-    if not lo <= mpp <= hi:
-        problems.append(f"The pixel size is {mpp:.3g} µm/px; the {scenario.title} model is validated from "
-                        f"{lo:g} to {hi:g} µm/px (0.25 µm/px is about a 40x scan, 0.5 about 20x): use a scan at such a "
-                        "magnification, or correct the pixel size if it is wrong.")
-    if use.antigen:
-        if antigen_confirmed is False:
-            problems.append(f"The {scenario.title} model counts {use.antigen}-stained cells only; the antibody was "
-                            f"not confirmed as {use.antigen}.")
-        elif antigen_confirmed is None:
-            notes.append(f"The antibody was not confirmed as {use.antigen}: the colours cannot tell {use.antigen} "
-                         "from another DAB stain (e.g. Ki67).")
-    return problems, notes
+    problems, notes = stain_check(StainReading(stain_family, None, 0.0), scenario, what="slide")
+    more_problems, more_notes = use_checks(scenario, mpp, antigen_confirmed, fix="use a scan at such a magnification")
+    return problems + more_problems, notes + more_notes
 
 
 def _run_tiles(slide, model, plan: _Plan, geometry, mpp0: float, todo: list[int], total: int, done_before: int,
