@@ -48,6 +48,7 @@ import torch
 
 from core.evaluation.mihc import TRAIN_SEED_BASE, TUNE_SEEDS, score_model, selection_score
 from core.generator.mihc import MIHC_MPP, PHENOTYPES
+from core.training.sdrdin import random_dihedral
 
 #: Disk radius of the training targets, µm (5 px at 0.44 µm/px).
 RADIUS_UM = 2.2
@@ -184,14 +185,8 @@ class SectionPool:
         """
         xs, cs, ds = [], [], []
         for _ in range(n):
-            parts = list(self.items[int(torch.randint(len(self.items), (1,), generator=self.gen))])
-            flips = torch.randint(2, (3,), generator=self.gen)
-            if flips[0]:
-                parts = [p.flip(-1) for p in parts]
-            if flips[1]:
-                parts = [p.flip(-2) for p in parts]
-            if flips[2]:
-                parts = [p.transpose(-1, -2) for p in parts]
+            parts = random_dihedral(list(self.items[int(torch.randint(len(self.items), (1,), generator=self.gen))]),
+                                    self.gen)
             xs.append(parts[0])
             cs.append(parts[1])
             ds.append(parts[2])

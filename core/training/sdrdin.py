@@ -128,6 +128,22 @@ def hed_stain_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> 
     return restain(x, scale, amp / 10 * u())
 
 
+def random_dihedral(parts: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
+    """One of the 8 dihedral transforms (flips, transpose; S-DRDIN paper §2.2), the same for every tensor of ``parts``.
+
+    ``parts`` share their last two (H, W) axes (an image and its target maps); three random
+    bits from ``gen`` pick the transform.
+    """
+    flips = torch.randint(2, (3,), generator=gen)
+    if flips[0]:
+        parts = [p.flip(-1) for p in parts]
+    if flips[1]:
+        parts = [p.flip(-2) for p in parts]
+    if flips[2]:
+        parts = [p.transpose(-1, -2) for p in parts]
+    return parts
+
+
 class CropSampler:
     """Random square crops of the training images with their targets, augmented.
 
@@ -183,14 +199,8 @@ class CropSampler:
         xs, cs, ds = [], [], []
         for _ in range(n):
             i, y, x = self._corner()
-            parts = [self.pixels[i][:, y : y + c, x : x + c], self.cls[i][y : y + c, x : x + c], self.det[i][y : y + c, x : x + c]]
-            flips = torch.randint(2, (3,), generator=g)
-            if flips[0]:
-                parts = [p.flip(-1) for p in parts]
-            if flips[1]:
-                parts = [p.flip(-2) for p in parts]
-            if flips[2]:
-                parts = [p.transpose(-1, -2) for p in parts]
+            parts = random_dihedral([self.pixels[i][:, y : y + c, x : x + c], self.cls[i][y : y + c, x : x + c],
+                                     self.det[i][y : y + c, x : x + c]], g)
             xs.append(parts[0])
             cs.append(parts[1])
             ds.append(parts[2])
