@@ -46,6 +46,7 @@ def test_cell_scenario_with_tissue_compartments_shows_the_map_legend_and_areas(a
     page.get_by_text("Tissue compartments", exact=True).wait_for(timeout=60_000)
     assert "Traceback" not in page.inner_text("body")
     caption = page.get_by_text("Tumour, stroma, necrosis and background predicted for every pixel")
+    caption.wait_for(timeout=60_000)  # the heading can be drawn a moment before the picture and its caption
     assert caption.count() == 1
     table = page.get_by_test_id("stDataFrame").filter(has_text="area, share of the image, cells")
     table.wait_for(timeout=30_000)
