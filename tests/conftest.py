@@ -133,6 +133,29 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=timeout_ms)
 
 
+def open_expander(page, label: str, timeout_ms: int = 120_000) -> None:
+    """Open the expander whose header reads ``label`` and wait until its content is shown.
+
+    On a loaded machine the first click can land while the page is being redrawn and be lost;
+    the header is clicked again only while the content is still closed (``inert``), so a late
+    first click is never undone by a second one.
+    """
+    expander = page.get_by_test_id("stExpander").filter(has=page.locator("summary", has_text=label)).first
+    expander.wait_for(timeout=timeout_ms)
+    content = expander.get_by_test_id("stExpanderDetails")
+    for _ in range(6):
+        wait_idle(page, timeout_ms)
+        if content.get_attribute("inert") is None:
+            break
+        expander.locator("summary").first.click()
+        for _ in range(30):  # up to 15 s for the click to take
+            page.wait_for_timeout(500)
+            if content.get_attribute("inert") is None:
+                break
+    assert content.get_attribute("inert") is None, f"the expander {label!r} did not open"
+    wait_idle(page, timeout_ms)
+
+
 def give_name(page, name: str = "Dr Test") -> None:
     """Enter the user's name in the sidebar form (asked once per browser) when the page asks for it."""
     box = page.get_by_test_id("stSidebar").get_by_role("textbox", name="Your name")

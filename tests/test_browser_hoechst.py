@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.conftest import give_name, open_page, wait_idle
+from tests.conftest import give_name, open_expander, open_page, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -113,8 +113,7 @@ def test_hoechst_panel_picker_run_research_only_and_saliency(app_url, browser, t
     shot(page, tmp_path, "hoechst-result")
 
     # HiPe saliency on demand, one class at the smallest budget (each perturbed image is a network pass).
-    page.get_by_text("Saliency (HiPe): which parts of the image").click()
-    wait_idle(page)
+    open_expander(page, "Saliency (HiPe): which parts of the image")
     page.get_by_role("combobox", name="Classes", exact=True).click()
     for _ in range(2):  # leave CD3 only
         page.keyboard.press("Backspace")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import open_page, serve_app, wait_idle
+from tests.conftest import open_expander, open_page, serve_app, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -230,11 +230,9 @@ def _flow(page, tmp_path, app_url, aid):
     wait_idle(page)
     assert metric_value(page, "Cells") == reviewed_cells and metric_value(page, "Manual corrections") == "3"
     page.get_by_text(re.compile("Analysed by Dr Analyst .* reviewed by Dr Test Reviewer")).first.wait_for(timeout=30_000)
-    page.get_by_text("Before review: the analysis as detected").click()
-    wait_idle(page)
+    open_expander(page, "Before review: the analysis as detected")
     page.get_by_role("button", name="report.pdf (before review)").wait_for(timeout=30_000)
-    page.get_by_text("Audit log: who did what, when and why").click()
-    wait_idle(page)
+    open_expander(page, "Audit log: who did what, when and why")
     audit = page.get_by_test_id("stDataFrame").last
     audit.wait_for(timeout=30_000)
     overlay = _stored_file(aid, "overlay.png")
