@@ -73,3 +73,27 @@ def tune_allocator() -> str:
     ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1
     ok = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(THRESHOLD_BYTES)) == 1 and ok
     return "glibc, mmap/trim thresholds 1 GiB" if ok else "default (glibc refused the mmap/trim thresholds)"
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the operating system (glibc ``malloc_trim(0)``).
+
+    With :func:`tune_allocator`'s thresholds, up to 1 GiB of freed activations stays resident
+    for reuse; between the tiles of a whole slide, pieces of the heap freed around the cell
+    tables can no longer hold the next window's large activations, and resident memory crept
+    up with the slide's size. A whole-slide run calls this between windows so its peak is that
+    of one window; it costs the next window faulting its pages in again (a few per cent of a
+    he-til window on 2 CPU cores, ``benchmarks/bench_slides.py``).
+
+    Returns
+    -------
+    bool
+        True when memory was handed back, False when nothing was done (not glibc, or
+        ``TILSCOPE_DEFAULT_ALLOCATOR`` set, where glibc's own trimming applies).
+    """
+    if os.environ.get("TILSCOPE_DEFAULT_ALLOCATOR"):
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.malloc_trim(ctypes.c_size_t(0)))

@@ -502,14 +502,27 @@ def show_plots(live: dict, stats: dict | None, session: rv.ReviewSession, params
         st.caption(f"Immune cells/mm² per region, exclusions subtracted; CT = > {params.margin_half_width_um:g} µm inside "
                    f"the border, IM = ±{params.margin_half_width_um:g} µm.")
     with t2:
+        from core.spatial.heatmaps import HEATMAP_MIN_TISSUE_FRACTION, immune_density_map
+
         image = session.result.image
+        per = (f"the tissue in each square (exclusion regions cut out), as on a whole slide's heat map; squares with "
+               f"less than {HEATMAP_MIN_TISSUE_FRACTION:.0%} tissue are left empty")
         if image.mpp:
             h, w = image.shape
             thumb = thumbnail(image.rgb, rv.review_key(session.result), image.shape)
-            fig = density_heatmap(session.cells(), params.grid_cell_um, "immune", extent_um=(0.0, 0.0, w * image.mpp, h * image.mpp),
-                                  image=thumb, mpp=image.mpp * w / thumb.shape[1])
-            st.plotly_chart(fig, width="stretch")
-        st.caption(f"Grid of {params.grid_cell_um:g} µm squares; colour = immune cells/mm².")
+            reviewed = session.reviewed_result()  # cells outside exclusions; its tissue has the exclusions cut out
+            tissue = getattr(reviewed, "tissue_mask", None)
+            if tissue is None:
+                per = "the whole image in each square (no tissue mask: glass counts as analysed)"
+            dmap = immune_density_map(reviewed.cells, bin_um=params.grid_cell_um,
+                                      window_um=(0.0, 0.0, w * image.mpp, h * image.mpp),
+                                      tissue_px=None if tissue is None else tissue.mask,
+                                      tissue_mpp=None if tissue is None else tissue.scale * image.mpp,
+                                      whole_window=tissue is None, min_tissue_fraction=HEATMAP_MIN_TISSUE_FRACTION)
+            st.plotly_chart(density_heatmap(dmap, role="immune", image=thumb, mpp=image.mpp * w / thumb.shape[1],
+                                            analysed_area="the whole image" if tissue is None else "tissue"),
+                            width="stretch")
+        st.caption(f"Grid of {params.grid_cell_um:g} µm squares; colour = immune cells per mm² of {per}.")
     with t3:
         st.plotly_chart(distance_figure(live), width="stretch")
         st.caption(f"Marked thresholds r = {', '.join(f'{r:g}' for r in params.radii_um)} µm; bins "

@@ -386,3 +386,25 @@ def test_cli_analyzes_a_pyramidal_slide(tmp_path, capsys):
     assert "cells [" in text and "mm² of tissue" in text
     assert (out / "cells.parquet").is_file() and (out / "overlay.png").is_file()
     assert not (tmp_path / "result.partial").exists()
+
+
+def test_edge_tiles_read_only_the_box_around_their_tissue():
+    """A tile at the tissue's edge is read over its tissue's box plus the full context, never beyond a full window."""
+    from core.slides.run import PART_MARGIN_PX, WINDOW_STEP_PX, _Plan, _tissue_parts
+
+    mpp0 = 0.5
+    plan = _Plan(scale=1.0, work_mpp=mpp0, level=0, grid_hw=(2000, 2000), tile_px=1024, context_px=96)
+    tissue = shapely.box(0, 0, 1200 * mpp0, 2000 * mpp0)  # tissue: x in [0, 1200) px, y in [0, 2000) px
+    parts = _tissue_parts(plan, tissue, mpp0, [0, 1, 2, 3])
+    assert parts[0] == plan.core(0)  # all tissue: the whole core
+    assert parts[1] == (1024, 0, 1200 + PART_MARGIN_PX, 1024)  # tissue up to x = 1200 px
+    assert parts[3] == (1024, 1024, 1200 + PART_MARGIN_PX, 2000)
+    full = plan.window(0)
+    assert (full[2] - full[0], full[3] - full[1]) == (1024 + 2 * 96, 1024 + 2 * 96)  # shifted inwards at the edge
+    x0, y0, x1, y1 = plan.window(1, parts[1])
+    assert x0 == 1024 - 96 and x1 - x0 == -(-(1200 + PART_MARGIN_PX - 1024) // WINDOW_STEP_PX) * WINDOW_STEP_PX + 2 * 96
+    assert x1 >= parts[1][2] + 96 and (y0, y1) == (0, 1024 + 2 * 96)
+    w = plan.window(1)
+    assert (x1 - x0) * (y1 - y0) < 0.5 * (w[2] - w[0]) * (w[3] - w[1])  # under half the network's work
+    # a tile whose core only touches a line of zero area holds no tissue: not read at all
+    assert _tissue_parts(plan, shapely.box(0, 0, 1024 * mpp0, 1024 * mpp0), mpp0, [1]) == {1: None}

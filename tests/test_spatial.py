@@ -338,6 +338,7 @@ def test_read_qupath_and_tilscope_tables(tmp_path):
 
 def test_plots_build_from_stats():
     from core.outputs import plots
+    from core.spatial.heatmaps import immune_density_map
 
     xy, roles = lattice_case()
     regions = [Region("T", "tumour", square(0, 0, 1000)), Region("S", "stroma", square(1000, 0, 1000))]
@@ -346,8 +347,12 @@ def test_plots_build_from_stats():
     fig = plots.distance_figure(s)
     assert len(fig.data) == 2 and sum(1 for sh in fig.layout.shapes) == 2 * 4  # r lines in both panels
     assert len(plots.ripley_figure(s, "L").data) == 4 and len(plots.ripley_figure(s, "G").data) == 2
-    hm = plots.density_heatmap(cells, 100.0, image=np.zeros((4200, 4200, 3), np.uint8), mpp=0.5)
+    dmap = immune_density_map(cells, bin_um=100.0, window_um=(0, 0, 2100, 2100), whole_window=True)
+    hm = plots.density_heatmap(dmap, image=np.zeros((4200, 4200, 3), np.uint8), mpp=0.5)
     assert hm.data[-1].type == "heatmap" and hm.data[0].type == "image"
+    z = np.asarray(hm.data[-1].z, dtype=float)
+    assert z.shape == (21, 21) and np.nansum(z) * 0.01 == pytest.approx(400)  # the 400 immune cells, 0.01 mm² squares
+    assert z[1, 1] == pytest.approx(200.0)  # tumour cell (100, 100): immune cells at +5 µm in x and +15 µm in y
     bar = plots.region_density_figure(s)
     assert list(bar.data[0].x)[:2] == ["T (tumour)", "S (stroma)"]
     empty = plots.distance_figure({"available": False, "reason": "needs an mpp"})

@@ -4,7 +4,8 @@
 spatial figures take the statistics dict (:meth:`core.spatial.SpatialStats.to_dict`,
 i.e. :func:`core.spatial.compute_spatial_stats`) or a cell table and return a
 :class:`plotly.graph_objects.Figure`; axes carry units (µm, µm², cells/mm²) and the
-thresholds that produced a figure are drawn on it.
+thresholds that produced a figure are drawn on it. :func:`density_heatmap` draws a
+:class:`core.spatial.heatmaps.DensityMap` (the grid and its densities are computed there).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.errors import InputError
+from core.spatial.heatmaps import DensityMap
 
 _IMMUNE = "#7b3fa0"
 _TUMOUR = "#c82020"
@@ -221,82 +223,72 @@ def ripley_figure(stats: dict, which: str = "L") -> go.Figure:
 
 
 def density_heatmap(
-    cells: pd.DataFrame,
-    grid_cell_um: float = 100.0,
+    dmap: DensityMap,
+    *,
     role: str = "immune",
-    extent_um: tuple[float, float, float, float] | None = None,
     image: np.ndarray | None = None,
     mpp: float | None = None,
+    analysed_area: str | None = None,
 ) -> go.Figure:
-    """Density of one cell role on a square grid, in cells/mm², over the image.
+    """Draw a density map (cells/mm² per square of a µm grid) over the image.
+
+    Only draws: the counting and the denominators are those of ``dmap``
+    (:func:`core.spatial.heatmaps.immune_density_map`, the same map as a whole slide's).
 
     Parameters
     ----------
-    cells : pandas.DataFrame
-        Cell table with ``x_um``, ``y_um``, ``role``.
-    grid_cell_um : float > 0
-        Side of the grid squares in µm.
+    dmap : core.spatial.heatmaps.DensityMap
+        Cells per square and cells/mm² of the analysed area in each square; squares with
+        no analysed area (glass, excluded) hold NaN and are drawn empty.
     role : str
-        Which cells to count, e.g. ``"immune"``.
-    extent_um : (x_min, y_min, x_max, y_max), optional
-        Grid extent in µm (the image extent); default the cells' bounding box, or the
-        image's extent when ``image`` and ``mpp`` are given.
+        The role counted, for the title (e.g. ``"immune"``).
     image : (H, W, 3) uint8 ndarray, optional
-        Drawn underneath (at ``mpp`` µm per pixel) so the heatmap sits over the tissue.
+        Drawn underneath at ``mpp`` µm per pixel, its top-left corner at µm (0, 0) (a
+        downsampled display copy is fine: give its own mpp).
     mpp : float > 0, optional
-        Needed with ``image``.
+        µm per pixel of ``image``; needed with it.
+    analysed_area : str, optional
+        What the densities are per mm² of, shown under the title (e.g. ``"tissue: Otsu
+        ..."`` or ``"the whole image (no tissue mask)"``). Default: read from ``dmap``.
 
     Returns
     -------
     plotly.graph_objects.Figure
-        Heatmap in µm coordinates (y down, as in the image), colour = cells/mm².
+        A ``go.Heatmap`` (last trace) of ``dmap.density_per_mm2`` in µm (y down, as in the
+        image), one square per bin, colour = cells/mm²; hover gives the count and the
+        square's analysed area (mm²). With ``image``, a ``go.Image`` first.
 
     Raises
     ------
     InputError
-        If columns are missing, ``grid_cell_um`` is not positive, or ``image`` is given
-        without a valid ``mpp``.
+        If ``dmap`` is not a DensityMap or ``image`` comes without a positive ``mpp``.
     """
-    if not (isinstance(grid_cell_um, (int, float)) and math.isfinite(grid_cell_um) and grid_cell_um > 0):
-        raise InputError(f"grid_cell_um must be a positive number of µm, got {grid_cell_um!r}")
-    if any(c not in cells.columns for c in ("x_um", "y_um", "role")):
-        raise InputError("density heatmap needs x_um, y_um and role columns")
-    if image is not None and not (mpp and mpp > 0):
-        raise InputError("an image underlay needs its mpp (microns per pixel)")
-    xy = cells[["x_um", "y_um"]].to_numpy(dtype=float)
-    ok = np.isfinite(xy).all(axis=1)
-    title = f"{role} cell density ({grid_cell_um:g} µm squares)"
-    if not ok.any():
-        return _empty(title, "no µm coordinates: the image needs an mpp")
-    if extent_um is None:
-        if image is not None:
-            extent_um = (0.0, 0.0, image.shape[1] * mpp, image.shape[0] * mpp)
-        else:
-            lo, hi = xy[ok].min(axis=0), xy[ok].max(axis=0)
-            extent_um = (lo[0], lo[1], hi[0], hi[1])
-    x0, y0, x1, y1 = (float(v) for v in extent_um)
-    nx = max(int(math.ceil((x1 - x0) / grid_cell_um)), 1)
-    ny = max(int(math.ceil((y1 - y0) / grid_cell_um)), 1)
-    sel = ok & (cells["role"].astype(str).to_numpy() == role)
-    h, _, _ = np.histogram2d(xy[sel, 1], xy[sel, 0], bins=[ny, nx],
-                             range=[[y0, y0 + ny * grid_cell_um], [x0, x0 + nx * grid_cell_um]])
-    # Edge squares that run past the extent are divided by their area inside it only.
-    width_um = np.minimum(x0 + (np.arange(nx) + 1) * grid_cell_um, x1) - (x0 + np.arange(nx) * grid_cell_um)
-    height_um = np.minimum(y0 + (np.arange(ny) + 1) * grid_cell_um, y1) - (y0 + np.arange(ny) * grid_cell_um)
-    area_mm2 = np.outer(np.maximum(height_um, 0), np.maximum(width_um, 0)) / 1e6
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dens = np.where(area_mm2 > 0, h / np.where(area_mm2 > 0, area_mm2, 1), np.nan)
+    if not isinstance(dmap, DensityMap):
+        raise InputError(f"density_heatmap draws a core.spatial.heatmaps.DensityMap (e.g. immune_density_map(cells, "
+                         f"window_um=...)), got {type(dmap).__name__}")
+    if image is not None and not (mpp is not None and math.isfinite(mpp) and mpp > 0):
+        raise InputError(f"an image underlay needs its mpp (microns per pixel of the image drawn), got {mpp!r}")
+    if analysed_area is None:
+        analysed_area = ("the analysed area in each square" if dmap.tissue_area_mm2 is not None
+                         else "each whole square holding a cell (no tissue mask)")
+    bin_um = dmap.bin_um
+    x0, y0 = dmap.origin_um
+    area_mm2 = dmap.tissue_area_mm2 if dmap.tissue_area_mm2 is not None else np.where(dmap.tissue, dmap.bin_area_mm2, 0.0)
     fig = go.Figure()
     if image is not None:
-        fig.add_trace(go.Image(z=image, dx=mpp, dy=mpp, x0=mpp / 2, y0=mpp / 2, name="image"))
+        fig.add_trace(go.Image(z=image, dx=mpp, dy=mpp, x0=mpp / 2, y0=mpp / 2, name="image", hoverinfo="skip"))
     fig.add_trace(
-        go.Heatmap(z=dens, x0=x0 + grid_cell_um / 2, dx=grid_cell_um, y0=y0 + grid_cell_um / 2, dy=grid_cell_um,
-                   colorscale="Viridis", opacity=0.55 if image is not None else 1.0,
-                   colorbar=dict(title="cells/mm²"), hovertemplate="x %{x:.0f} µm, y %{y:.0f} µm: %{z:.0f} cells/mm²<extra></extra>")
+        go.Heatmap(z=dmap.density_per_mm2, x0=x0 + bin_um / 2, dx=bin_um, y0=y0 + bin_um / 2, dy=bin_um,
+                   customdata=np.dstack([dmap.counts, area_mm2]), colorscale="Viridis",
+                   opacity=0.55 if image is not None else 1.0, colorbar=dict(title="cells/mm²"),
+                   hovertemplate="x %{x:.0f} µm, y %{y:.0f} µm: %{z:.0f} cells/mm² (%{customdata[0]} cells in "
+                                 "%{customdata[1]:.4f} mm²)<extra></extra>")
     )
     fig.update_yaxes(autorange="reversed", scaleanchor="x", title_text="y (µm)")
     fig.update_xaxes(title_text="x (µm)")
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=dict(text=f"{role} cells/mm² in {bin_um:g} µm squares<br><sub>per mm² of "
+                                      f"{analysed_area}; empty squares: no analysed area</sub>"),
+                      template="plotly_white")
     return fig
 
 

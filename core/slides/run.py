@@ -9,7 +9,9 @@
    :meth:`core.slides.reader.Slide.read_grid`), cut into core tiles of the scenario's tile
    size (registry ``tiling.tile_um``); tiles whose core does not meet the tissue are skipped.
    Each tile is read with a context margin on every side the slide has (the registry's
-   overlap, at least :data:`MIN_CONTEXT_UM`) and run through the scenario's own block
+   overlap, at least :data:`MIN_CONTEXT_UM`); a tile at the tissue's edge is read only over
+   the box around its tissue, with the same context (:func:`_tissue_parts`: glass is not run
+   through the network). Each window is run through the scenario's own block
    machinery: network + ``postprocess_window`` for a cell tiler (he-til), the dense tiler
    and its cell post-processing (:meth:`~core.scenarios.base.ScenarioModel.predict`) for a
    dense one (cd3-ihc). A cell is kept when its centroid lies in the tile's core (so it
@@ -44,8 +46,10 @@ for one window (he-til in float32 on CPU: about 1.9 GB for 1216 x 1216 px), the 
 most :data:`FLUSH_TILES` tiles (a few MB), the tissue mask (at most 4096 x 4096 bool, 16 MB)
 and its polygons, the overlay thumbnail (at most 2048 px a side, 12 MB) and the density grid
 (100 µm bins: 1 000 x 1 000 for a 10 cm slide, 4 MB). The final files are assembled part by
-part, never holding the whole cell table. Every window has the same shape (:class:`_Plan`),
-so the network's buffers are reused rather than fragmenting the allocator that
+part, never holding the whole cell table. A window is never larger than a tile with its
+context; one over a tile at the tissue's edge covers only the tissue's box in it
+(:func:`_tissue_parts`), its sides in steps of :data:`WINDOW_STEP_PX`, so the network sees few
+shapes and its buffers are reused rather than fragmenting the allocator that
 :func:`core.allocator.tune_allocator` tunes (it keeps freed memory for reuse). Tiles are read
 and analysed in turn, not read ahead in a thread: a reader thread's allocator arena cost
 about 1 GB of peak memory for under 5 % of the time. Measured
@@ -69,8 +73,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from core.allocator import release_free_memory
 from core.cells import CELL_COLUMNS, ROLES
 from core.errors import InputError, TILscopeError
+from core.spatial.heatmaps import HEATMAP_MIN_TISSUE_FRACTION
 from core.tiling import Progress
 
 __all__ = ["analyze_slide", "check_slide_scenario", "partial_folder", "slide_spatial_statistics", "slide_fitness",
@@ -83,8 +89,6 @@ SLIDE_FILES = ("cells.parquet", "cells.csv", "summary.json", "tissue.geojson", "
                "immune_density.npy", "immune_hot_spots.npy")
 #: Side of a bin of the immune-density heat map, µm.
 HEATMAP_BIN_UM = 100.0
-#: A heat-map bin with less tissue than this share of its area is left empty (NaN).
-HEATMAP_MIN_TISSUE_FRACTION = 0.25
 #: Least context around each tile, µm (the registry's overlap when larger): covers the CD3
 #: CNN's 14 µm field and its 8 µm non-maximum suppression box, whose registry overlap is 0.
 MIN_CONTEXT_UM = 20.0
@@ -94,6 +98,11 @@ FLUSH_CELLS = 200_000
 FLUSH_SECONDS = 60.0
 #: Longest side of the overlay thumbnail, px.
 OVERLAY_MAX_SIDE_PX = 2048
+#: A window over part of a tile (the tissue in it) has sides in steps of this many px, so
+#: the network sees few distinct input shapes and reuses its buffers.
+WINDOW_STEP_PX = 128
+#: Grid px added around the tissue's bounding box in a tile before its window is cut.
+PART_MARGIN_PX = 4
 #: Version of the ``.partial`` folder layout (a rerun refuses another version).
 PARTIAL_VERSION = 1
 #: Share of the slide's mpp within which a pyramid level is read as the model's grid as it is.
@@ -178,14 +187,20 @@ class _Plan:
         return x0, y0, min(x0 + self.tile_px, self.grid_hw[1]), min(y0 + self.tile_px, self.grid_hw[0])
 
     def _span(self, c0: int, c1: int, length: int) -> tuple[int, int]:
-        full = min(self.tile_px + 2 * self.context_px, length)
+        full = min(_round_up(c1 - c0, WINDOW_STEP_PX) + 2 * self.context_px, self.tile_px + 2 * self.context_px,
+                   length)
         w0 = min(max(0, c0 - self.context_px), length - full)
         w0 = (w0 // self.stride_px) * self.stride_px  # on the network's output grid
         return w0, max(min(length, w0 + full), c1)
 
-    def window(self, index: int) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) of a tile with its context, inside the grid."""
-        x0, y0, x1, y1 = self.core(index)
+    def window(self, index: int, part: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of a tile with its context, inside the grid.
+
+        ``part`` (x0, y0, x1, y1), grid px inside the tile's core: the window covers that part
+        of the core only (the tissue in it, :func:`_tissue_parts`) with its context, its sides
+        rounded up to :data:`WINDOW_STEP_PX`; default the whole core.
+        """
+        x0, y0, x1, y1 = self.core(index) if part is None else part
         wx0, wx1 = self._span(x0, x1, self.grid_hw[1])
         wy0, wy1 = self._span(y0, y1, self.grid_hw[0])
         return wx0, wy0, wx1, wy1
@@ -215,6 +230,36 @@ def _plan(slide, scenario, model, tile_um: float | None) -> _Plan:
     tile_px = max(stride, (tile_px // stride) * stride)
     context_px = -(-context_px // stride) * stride
     return _Plan(scale, work_mpp, level, slide.grid_shape(scale), tile_px, context_px, stride)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-int(n) // step) * step
+
+
+def _tissue_parts(plan: _Plan, geometry, mpp0: float, tiles: list[int]) -> dict[int, tuple[int, int, int, int] | None]:
+    """The part of each tile's core that holds tissue: its bounding box, grid px, or None when none.
+
+    A tile at the edge of the tissue is mostly glass; the network reads only the box around
+    its tissue (with the usual context), which on a biopsy saves a third to a half of the
+    network's work. Cells outside the tissue are dropped anyway, so the cells kept are those of
+    the whole core. The box is widened by :data:`PART_MARGIN_PX` and kept inside the core.
+    """
+    if not tiles:
+        return {}
+    k = plan.scale * mpp0  # µm per grid px
+    parts = shapely.intersection(geometry, _tile_boxes_um(plan, mpp0)[np.asarray(tiles)])
+    out: dict[int, tuple[int, int, int, int] | None] = {}
+    for index, part, (bx0, by0, bx1, by1) in zip(tiles, parts, shapely.bounds(parts)):
+        if part is None or part.is_empty or part.area <= 0 or not np.isfinite(bx0):
+            out[index] = None
+            continue
+        cx0, cy0, cx1, cy1 = plan.core(index)
+        x0 = max(cx0, int(math.floor(bx0 / k)) - PART_MARGIN_PX)
+        y0 = max(cy0, int(math.floor(by0 / k)) - PART_MARGIN_PX)
+        x1 = min(cx1, int(math.ceil(bx1 / k)) + PART_MARGIN_PX)
+        y1 = min(cy1, int(math.ceil(by1 / k)) + PART_MARGIN_PX)
+        out[index] = (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+    return out
 
 
 def _with_origin(plan: _Plan, geometry, mpp0: float) -> _Plan:
@@ -358,6 +403,11 @@ class _Work:
 
     def append(self, tiles: list[int], frames: list[pd.DataFrame], runtime_s: float) -> None:
         """Write one Parquet part with the cells of ``tiles``, then record the tiles as done."""
+        if not frames:  # tiles without tissue inside their core: recorded, no part
+            self.done.extend(tiles)
+            self.runtime_s += runtime_s
+            self._save_record()
+            return
         name = f"part-{len(self.parts):06d}.parquet"
         frame = pd.concat(frames, ignore_index=True)
         tmp = self.parts_dir / f".{name}.tmp"
@@ -598,8 +648,10 @@ def _run_tiles(slide, model, plan: _Plan, geometry, mpp0: float, todo: list[int]
         raise InputError(f"{slide.name}: the slide is {plan.grid_hw[1]} x {plan.grid_hw[0]} px at "
                          f"{plan.work_mpp:.3g} µm/px; the {model.scenario.key} model needs at least {need} px a side")
 
+    parts = _tissue_parts(plan, geometry, mpp0, todo)
+
     def read(index: int) -> np.ndarray:
-        x0, y0, x1, y1 = plan.window(index)
+        x0, y0, x1, y1 = plan.window(index, parts[index])
         return slide.read_grid(x0, y0, x1 - x0, y1 - y0, plan.scale)
 
     pending_tiles: list[int] = []
@@ -620,11 +672,18 @@ def _run_tiles(slide, model, plan: _Plan, geometry, mpp0: float, todo: list[int]
         for index in todo:
             # Read and analyse in turn: reading ahead in a thread saved under 5 % of the time but kept
             # that thread's allocator arena resident (about 1 GB more at peak with the tuned allocator).
-            window = read(index)
-            wx0, wy0, _, _ = plan.window(index)
+            if parts[index] is None:  # the tile only touches the tissue's outline: no cell can be inside it
+                pending_tiles.append(index)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                continue
             cx0, cy0, cx1, cy1 = plan.core(index)
+            window = read(index)
+            wx0, wy0, _, _ = plan.window(index, parts[index])
             xy, cls, prob, extra = _tile_cells(model, window)
             del window
+            release_free_memory()  # the next window's activations start from a trimmed heap: peak flat with the slide
             gx, gy = xy[:, 0] + wx0, xy[:, 1] + wy0
             own = (gx >= cx0) & (gx < cx1) & (gy >= cy0) & (gy < cy1)
             x_px = np.clip((gx[own] + 0.5) * plan.scale - 0.5, 0, slide.width_px - 1)

@@ -12,8 +12,8 @@ Slide-scale companions of the point statistics: O(n) in the number of cells (one
 * :func:`bin_counts` and :func:`density_from_counts`: the same map built in pieces, for cell
   tables read part by part (a whole slide's millions of cells are never held at once:
   :func:`core.slides.run.analyze_slide` adds each part's counts, then divides once).
-* :func:`immune_density_map`: :func:`density_map` of one role of a cell table, tissue =
-  bins holding any cell.
+* :func:`immune_density_map`: :func:`density_map` of one role of a cell table, per mm² of
+  the bins holding any cell, of a tissue mask (the analysed area) or of the whole window.
 * :func:`getis_ord_gi_star`: the Gi* z-score of every bin over a disc of bins.
 * :func:`hot_spots`: Gi* of a density map, two-sided p-values, Benjamini-Hochberg
   q-values, hot and cold bins and a summary.
@@ -52,10 +52,13 @@ from core.cells import ROLES
 from core.errors import InputError
 
 __all__ = ["DensityMap", "HotSpotMap", "density_map", "density_from_counts", "bin_counts", "tissue_area_per_bin",
-           "immune_density_map", "getis_ord_gi_star", "hot_spots", "MAX_GRID_BINS"]
+           "immune_density_map", "getis_ord_gi_star", "hot_spots", "MAX_GRID_BINS", "HEATMAP_MIN_TISSUE_FRACTION"]
 
 #: Most bins of one grid (e.g. 100 mm x 100 mm in 50 µm bins); a finer grid is refused.
 MAX_GRID_BINS = 4_000_000
+#: Heat maps shown to users (slides, the Review page) leave a bin with less tissue than this share of its
+#: area empty (NaN): a density over a sliver of tissue is noise.
+HEATMAP_MIN_TISSUE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -425,9 +428,27 @@ def density_map(
     return density_from_counts(counts, tissue=tissue, **common)
 
 
+def _window_area_per_bin(window_um: tuple[float, float, float, float], bin_um: float) -> np.ndarray:
+    """(ny, nx) float64 mm²: the area of each bin of the window's grid that lies inside the window
+    (the last row and column are cut by its far edges)."""
+    x0, y0, nx, ny = _grid(np.empty((0, 2)), float(bin_um), window_um)
+    x1, y1 = float(window_um[2]), float(window_um[3])
+    width_um = np.minimum(x0 + (np.arange(nx) + 1) * bin_um, x1) - (x0 + np.arange(nx) * bin_um)
+    height_um = np.minimum(y0 + (np.arange(ny) + 1) * bin_um, y1) - (y0 + np.arange(ny) * bin_um)
+    return np.outer(np.maximum(height_um, 0.0), np.maximum(width_um, 0.0)) / 1e6
+
+
 def immune_density_map(cells: pd.DataFrame, *, role: str = "immune", bin_um: float = 100.0,
-                       window_um: tuple[float, float, float, float] | None = None) -> DensityMap:
-    """:func:`density_map` of the cells of one role; tissue = bins holding a cell of any role.
+                       window_um: tuple[float, float, float, float] | None = None,
+                       tissue_px: np.ndarray | None = None, tissue_mpp: float | None = None,
+                       whole_window: bool = False, min_tissue_fraction: float = 0.0) -> DensityMap:
+    """:func:`density_map` of the cells of one role, per mm² of the analysed area in each bin.
+
+    The analysed area (the densities' denominator) is, in this order: the tissue mask
+    ``tissue_px`` (each bin's tissue area, :func:`tissue_area_per_bin`, as a slide's heat map
+    has it); the whole window when ``whole_window`` (each bin's area inside the window, so a
+    bin cut by the image's edge is not diluted); else the bins holding a cell of any role,
+    each counted whole.
 
     Parameters
     ----------
@@ -436,16 +457,41 @@ def immune_density_map(cells: pd.DataFrame, *, role: str = "immune", bin_um: flo
     role : str
         One of :data:`core.cells.ROLES`; default ``"immune"`` (TILs/mm² per bin).
     bin_um, window_um
-        As for :func:`density_map`.
+        As for :func:`density_map`; ``window_um`` is in the frame of ``tissue_px`` (e.g. the
+        image: ``(0, 0, W·mpp, H·mpp)``).
+    tissue_px : (h, w) bool ndarray, optional
+        The analysed area (tissue, exclusions cut out) at ``tissue_mpp`` µm per pixel, pixel
+        (0, 0) at µm (0, 0) (:class:`core.fitness.TissueMask` ``.mask``, or
+        :func:`core.slides.tissue.detect_tissue`). Needs ``window_um`` and ``tissue_mpp``.
+    tissue_mpp : float > 0, optional
+        µm per pixel of ``tissue_px`` (``TissueMask.scale`` x the image's mpp).
+    whole_window : bool
+        Without ``tissue_px``: the whole window is analysed (no bin is glass). Needs
+        ``window_um``. Default False.
+    min_tissue_fraction : float in [0, 1]
+        With ``tissue_px`` or ``whole_window``: a bin whose analysed area is less than this
+        share of a whole bin is left empty (NaN). Default 0.
 
     Returns
     -------
     DensityMap
+        With ``tissue_px`` or ``whole_window``, ``tissue_area_mm2`` holds each bin's analysed
+        area (never more than its area inside the window) and bins without any are NaN.
 
     Raises
     ------
     InputError
-        If a column is missing or ``role`` is unknown (and as :func:`density_map`).
+        If a column is missing, ``role`` is unknown, the cells have no µm coordinates,
+        ``tissue_px`` comes without ``tissue_mpp`` or with ``whole_window``, or either comes
+        without ``window_um`` (and as :func:`density_map`).
+
+    Examples
+    --------
+    >>> cells = pd.DataFrame({"x_um": [10.0, 20.0], "y_um": [10.0, 20.0], "role": "immune"})
+    >>> tissue = np.zeros((10, 20), bool); tissue[:, :5] = True  # 10 µm pixels: x < 50 µm is tissue
+    >>> m = immune_density_map(cells, window_um=(0, 0, 200, 100), tissue_px=tissue, tissue_mpp=10.0)
+    >>> m.density_per_mm2.tolist()  # 2 cells in 0.005 mm² of tissue; the second bin is glass
+    [[400.0, nan]]
     """
     if role not in ROLES:
         raise InputError(f"unknown role {role!r}: choose one of {list(ROLES)}")
@@ -457,7 +503,22 @@ def immune_density_map(cells: pd.DataFrame, *, role: str = "immune", bin_um: flo
         raise InputError("the cells have no µm coordinates (the image had no mpp): enter the scanner's microns per "
                          "pixel and analyse again")
     pick = (cells["role"] == role).to_numpy()
-    return density_map(xy[pick], bin_um=bin_um, window_um=window_um, tissue_xy_um=xy)
+    if tissue_px is None and not whole_window:
+        return density_map(xy[pick], bin_um=bin_um, window_um=window_um, tissue_xy_um=xy)
+    if tissue_px is not None and whole_window:
+        raise InputError("give either tissue_px (the analysed area's mask) or whole_window=True, not both")
+    if window_um is None:
+        raise InputError("a density map over a tissue mask or the whole window needs window_um: give the grid's "
+                         "extent (x_min, y_min, x_max, y_max) in µm, e.g. the image's (0, 0, W·mpp, H·mpp)")
+    area_mm2 = _window_area_per_bin(window_um, bin_um)
+    if tissue_px is not None:
+        if tissue_mpp is None:
+            raise InputError("tissue_px needs tissue_mpp, its µm per pixel (the mask's scale x the image's mpp)")
+        in_mask_mm2 = tissue_area_per_bin(tissue_px, float(tissue_mpp), bin_um=float(bin_um), shape=area_mm2.shape,
+                                          origin_um=(float(window_um[0]), float(window_um[1])))
+        area_mm2 = np.minimum(in_mask_mm2, area_mm2)  # a mask pixel astride the window's edge counts whole
+    return density_map(xy[pick], bin_um=bin_um, window_um=window_um, tissue_area_mm2=area_mm2,
+                       min_tissue_fraction=min_tissue_fraction)
 
 
 def _disc(radius_bins: float) -> np.ndarray:
