@@ -12,6 +12,16 @@ A batch analyses every input with one scenario and writes, under the output fold
 - ``DIR/cohort.csv``: one row per input (:data:`COHORT_COLUMNS`): status, counts and densities
   by role, tissue area and the key spatial figures (:func:`core.outputs.key_figures.key_figures`).
 
+With ``--compartments KEY`` (a tissue-compartment scenario, ``tissue-compartments``) each field
+is also analysed with that scenario, as ``python -m core analyze --compartments`` does
+(:func:`core.pipeline.run_analysis`): its folder gets ``compartments.png`` and
+``regions.geojson``, the densities are per mm² of predicted tumour and stroma, and the
+statistics (so ``cohort.csv``'s intratumoral and stromal densities, and the stromal TILs by the
+TILs Working Group's definition) are computed on the predicted compartments. Each worker loads
+the compartment model once, as it loads the cell model. Whole slides cannot be analysed with
+compartments yet: a batch with ``--compartments`` and a slide among its inputs is refused before
+anything runs (:func:`check_compartments`).
+
 How it runs
 -----------
 One Dask task per input (:func:`analyse_input`) on a ``distributed`` cluster: by default a
@@ -72,7 +82,7 @@ from core.errors import InputError, TILscopeError
 
 __all__ = ["BatchInput", "InputOutcome", "BatchResult", "collect_inputs", "read_manifest", "input_ids", "open_client",
            "run_batch", "analyse_input", "completed", "cohort_row", "write_cohort_csv", "default_n_workers",
-           "batch_command", "COHORT_COLUMNS",
+           "batch_command", "check_compartments", "COHORT_COLUMNS",
            "COMPLETE_MARKER", "STORED_MARKER", "TASK_RETRIES", "EXIT_SOME_FAILED", "FAULT_ENV"]
 
 #: Written last into an input's folder: the folder is complete.
@@ -106,8 +116,8 @@ COHORT_COLUMNS = (
     "count_immune", "count_tumour", "count_stroma", "count_other",
     "density_immune_per_mm2", "density_tumour_per_mm2", "density_stroma_per_mm2", "density_other_per_mm2",
     "tissue_area_mm2", "intratumoral_immune_density_per_mm2", "stromal_immune_density_per_mm2",
-    "ratio_intratumoral_to_stromal", "immune_to_tumour_median_um", "stromal_til_percent", "immune_phenotype",
-    "outside_validated_use", "analysis_id", "runtime_s", "outputs",
+    "ratio_intratumoral_to_stromal", "immune_to_tumour_median_um", "stromal_til_percent", "stromal_til_wg_percent",
+    "immune_phenotype", "outside_validated_use", "analysis_id", "runtime_s", "outputs",
 )
 #: cohort.csv column ← key of :func:`core.outputs.key_figures.key_figures`.
 _KEY_FIGURE_COLUMNS = {
@@ -116,8 +126,12 @@ _KEY_FIGURE_COLUMNS = {
     "ratio_intratumoral_to_stromal": "compartments.ratio",
     "immune_to_tumour_median_um": "distances.median_um",
     "stromal_til_percent": "stromal_til_proxy",
+    "stromal_til_wg_percent": "predicted_compartments.stromal_til",  # TILs Working Group, predicted stroma (--compartments)
     "immune_phenotype": "phenotype",
 }
+#: Why a whole slide is not analysed with ``--compartments`` (as ``python -m core analyze`` refuses it).
+SLIDE_COMPARTMENTS_REFUSED = ("--compartments works on fields (images up to the 100-megapixel field limit), not yet on "
+                              "whole slides")
 _ROLES = ("immune", "tumour", "stroma", "other")
 _RESERVED_IDS = {"cohort.csv", STORE_FOLDER}
 
@@ -370,7 +384,8 @@ def completed(folder: Path, task: dict[str, Any]) -> tuple[bool, str | None]:
     Returns
     -------
     (True, None)
-        Complete, for the same file (path, size, modification time), scenario and mpp.
+        Complete, for the same file (path, size, modification time), scenario, compartment
+        scenario and mpp.
     (False, None)
         No such folder: the input is to be analysed.
     (False, reason)
@@ -389,6 +404,10 @@ def completed(folder: Path, task: dict[str, Any]) -> tuple[bool, str | None]:
     if marker.get("scenario") != task["scenario"]:
         return False, (f"{folder} holds results of scenario {marker.get('scenario')!r}; choose another output folder "
                        f"to analyse with {task['scenario']!r}")
+    if marker.get("compartments") != task.get("compartments"):
+        was, now = marker.get("compartments") or "no compartment scenario", task.get("compartments") or "none"
+        return False, (f"{folder} was analysed with {was}, now --compartments is {now}; choose another output folder, "
+                       "or delete that folder to analyse the input again")
     if marker.get("mpp_given") != task.get("mpp"):
         return False, (f"{folder} was analysed with mpp {marker.get('mpp_given')}, now {task.get('mpp')} is given; "
                        "delete that folder to analyse the input again")
@@ -436,9 +455,11 @@ def _analyse_field(task: dict[str, Any], folder: Path) -> dict[str, Any]:
     from core.pipeline import run_analysis
 
     image = load_image(task["path"], mpp=task.get("mpp"))
+    comp = task.get("compartments")
     result = run_analysis(image, task["scenario"], model=_model(task["scenario"], task.get("device")),
                           outside_validated_use=bool(task.get("outside_validated_use")),
-                          antigen_confirmed=task.get("antigen_confirmed"))
+                          antigen_confirmed=task.get("antigen_confirmed"), compartments=comp,
+                          compartments_model=_model(comp, task.get("device")) if comp else None)
     record = rec.record_from_result(result, case_label=task["case"])
     files = build_exports(result, record=record)
     names = list(files)
@@ -458,6 +479,8 @@ def _analyse_slide(task: dict[str, Any], folder: Path) -> dict[str, Any]:
     from core.outputs import records as rec
     from core.slides import analyze_slide
 
+    if task.get("compartments"):  # refused up front by run_batch; a task sent otherwise fails with the reason
+        raise InputError(f"{SLIDE_COMPARTMENTS_REFUSED}: analyse the slide in a batch without --compartments")
     # The finished tiles are kept in a folder of their own, so an attempt that dies with its
     # worker is resumed by the next one instead of starting the slide again.
     work = Path(task["out_dir"]) / f".{task['input_id']}.slide-work"
@@ -489,7 +512,8 @@ def analyse_input(task: dict[str, Any]) -> dict[str, Any]:
     task : dict
         ``path`` (str, absolute), ``input_id``, ``case``, ``mpp`` (float or None),
         ``scenario``, ``out_dir`` (str), ``device``, ``outside_validated_use`` (bool),
-        ``antigen_confirmed`` (bool or None).
+        ``antigen_confirmed`` (bool or None), ``compartments`` (a compartment scenario's key
+        run beside ``scenario`` on a field, or None).
 
     Returns
     -------
@@ -523,7 +547,8 @@ def analyse_input(task: dict[str, Any]) -> dict[str, Any]:
             json.dumps(record, ensure_ascii=False, default=_json_default), encoding="utf-8")
         marker = {
             "schema": MARKER_SCHEMA, **state, "id": task["input_id"], "case": task["case"], "scenario": task["scenario"],
-            "mpp_given": task.get("mpp"), "kind": kind, "token": uuid.uuid4().hex,
+            "mpp_given": task.get("mpp"), "compartments": task.get("compartments"), "kind": kind,
+            "token": uuid.uuid4().hex,
             "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - start, 3), "worker_pid": os.getpid(),
         }
@@ -660,10 +685,45 @@ def _glob_escape(text: str) -> str:
 
 
 def _task(inp: BatchInput, scenario: str, out_dir: Path, device: str | None, outside_validated_use: bool,
-          antigen_confirmed: bool | None) -> dict[str, Any]:
+          antigen_confirmed: bool | None, compartments: str | None = None) -> dict[str, Any]:
     return {"path": str(inp.path), "input_id": inp.input_id, "case": inp.case, "mpp": inp.mpp, "scenario": scenario,
             "out_dir": str(out_dir), "device": device, "outside_validated_use": outside_validated_use,
-            "antigen_confirmed": antigen_confirmed}
+            "antigen_confirmed": antigen_confirmed, "compartments": compartments or None}
+
+
+def check_compartments(scenario: str, compartments: str | None, inputs: Iterable[BatchInput]) -> None:
+    """Refuse, before anything runs, a compartment scenario that cannot run beside ``scenario`` on these inputs.
+
+    Parameters
+    ----------
+    scenario : str
+        The batch's cell scenario key.
+    compartments : str or None
+        The ``--compartments`` key; None (or empty): nothing to check.
+    inputs : iterable of BatchInput
+
+    Raises
+    ------
+    UnknownScenarioError
+        ``compartments`` is not registered (the message lists the known keys).
+    InputError
+        ``compartments`` is not a tissue-compartment scenario, or cannot run beside
+        ``scenario`` (:func:`core.pipeline.compartment_scenario`); its model card does not
+        read; or an input is a whole slide (:func:`core.slides.is_slide`): the message names
+        the first few.
+    """
+    if not compartments:
+        return
+    from core.pipeline import compartment_scenario
+
+    comp = compartment_scenario(compartments, scenario)
+    comp.card()  # an edited model card is refused, as analyze refuses it (its intended use goes into the report)
+    slides = [inp.given for inp in inputs if _is_slide(inp.path)]
+    if slides:
+        more = f" and {len(slides) - 3} more" if len(slides) > 3 else ""
+        raise InputError(f"{SLIDE_COMPARTMENTS_REFUSED}, and {len(slides)} input(s) are whole slides: "
+                         f"{', '.join(slides[:3])}{more}; analyse them in a batch without --compartments, or export "
+                         "fields of them")
 
 
 def _store_files(folder: Path, kind: str | None) -> tuple[dict[str, bytes], dict[str, bytes], list[str]]:
@@ -729,6 +789,7 @@ def run_batch(
     outside_validated_use: bool = False,
     antigen_confirmed: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    compartments: str | None = None,
 ) -> BatchResult:
     """Analyse every input with one scenario on a Dask cluster; write the folders, the case store and cohort.csv.
 
@@ -753,6 +814,12 @@ def run_batch(
         As for :func:`core.pipeline.run_analysis` (field images).
     echo : callable(str), optional
         Receives one line per event (start, dashboard, each input's outcome).
+    compartments : str, optional
+        A tissue-compartment scenario (``"tissue-compartments"``) run beside ``scenario`` on
+        every field (:func:`core.pipeline.run_analysis` ``compartments=``), its model loaded
+        once per worker; checked with the inputs by :func:`check_compartments` before anything
+        runs. An input folder completed with another (or no) compartment scenario is not
+        taken as complete (:func:`completed`).
 
     Returns
     -------
@@ -762,9 +829,11 @@ def run_batch(
     Raises
     ------
     UnknownScenarioError
-        ``scenario`` is not registered (before anything runs).
+        ``scenario`` or ``compartments`` is not registered (before anything runs).
     InputError
-        ``out_dir`` cannot be a folder; the scheduler cannot be reached.
+        ``out_dir`` cannot be a folder; the scheduler cannot be reached; ``compartments`` is
+        not a compartment scenario for ``scenario``, or a slide is among the inputs
+        (:func:`check_compartments`; before anything runs).
     StoreError
         The case store cannot be opened.
     """
@@ -773,6 +842,7 @@ def run_batch(
 
     say = echo or (lambda line: None)
     spec = get_scenario(scenario)
+    check_compartments(scenario, compartments, inputs)
     out = check_output_folder(out_dir, ["cohort.csv"])
     out.mkdir(parents=True, exist_ok=True)
     out = Path(os.path.abspath(out))
@@ -790,7 +860,7 @@ def run_batch(
     outcomes: dict[str, InputOutcome] = {}
     todo: list[BatchInput] = []
     for inp in inputs:
-        task = _task(inp, scenario, out, device, outside_validated_use, antigen_confirmed)
+        task = _task(inp, scenario, out, device, outside_validated_use, antigen_confirmed, compartments)
         done, why = completed(out / inp.input_id, task)
         if done:
             outcomes[inp.input_id] = InputOutcome(inp, "skipped", "complete from an earlier run")
@@ -825,7 +895,7 @@ def run_batch(
             futures = {}
             for inp in todo:
                 fut = client.submit(analyse_input, _task(inp, scenario, out, device, outside_validated_use,
-                                                         antigen_confirmed),
+                                                         antigen_confirmed, compartments),
                                     key=f"tilscope-batch-{inp.input_id}-{uuid.uuid4().hex[:8]}", pure=False,
                                     retries=TASK_RETRIES)
                 futures[fut] = inp
@@ -978,7 +1048,7 @@ def batch_command(args) -> int:
     args : argparse.Namespace
         ``inputs``, ``manifest``, ``scenario``, ``out``, ``scheduler``, ``workers``,
         ``memory_limit``, ``mpp``, ``case_prefix``, ``device``, ``outside_validated_use``,
-        ``confirm_antigen``, ``no_store``.
+        ``confirm_antigen``, ``no_store``, ``compartments`` (optional).
 
     Returns
     -------
@@ -988,21 +1058,27 @@ def batch_command(args) -> int:
     Raises
     ------
     TILscopeError
-        Bad invocation (unknown scenario, missing files or manifest column, bad output
-        folder, unreachable scheduler): the CLI prints it on one line and exits with 2.
+        Bad invocation (unknown scenario, a ``--compartments`` key that is no compartment
+        scenario, a whole slide with ``--compartments``, missing files or manifest column, bad
+        output folder, unreachable scheduler): the CLI prints it on one line and exits with 2.
     """
     from core.io import check_output_folder
     from core.scenarios.registry import get_scenario
 
     get_scenario(args.scenario)  # an unknown key lists the known ones, before anything else
+    compartments = getattr(args, "compartments", None) or None
+    check_compartments(args.scenario, compartments, ())  # a wrong key, before the inputs are read
     memory_limit = _memory_limit(args.memory_limit)
     check_output_folder(args.out, ["cohort.csv"])
     inputs = collect_inputs(args.inputs, args.manifest, mpp=args.mpp, case_prefix=args.case_prefix or "")
-    print(f"batch: {len(inputs)} input(s), scenario {args.scenario}, output {args.out}", flush=True)
+    check_compartments(args.scenario, compartments, inputs)  # slides, before the cluster starts
+    with_comp = f" with compartments from {compartments}" if compartments else ""
+    print(f"batch: {len(inputs)} input(s), scenario {args.scenario}{with_comp}, output {args.out}", flush=True)
     result = run_batch(
         inputs, args.scenario, args.out, scheduler=args.scheduler, n_workers=args.workers, memory_limit=memory_limit,
         device=args.device, store=not args.no_store, outside_validated_use=args.outside_validated_use,
         antigen_confirmed=True if args.confirm_antigen else None, echo=lambda line: print(line, flush=True),
+        compartments=compartments,
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -469,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse images that fail a fitness check; their results are marked so")
     b.add_argument("--confirm-antigen", action="store_true",
                    help="the slides are stained for the antibody the scenario counts (e.g. CD3 for cd3-ihc)")
+    b.add_argument("--compartments", metavar="KEY",
+                   help="also run a tissue-compartment scenario (tissue-compartments) on each field, as analyze does: "
+                        "compartments.png and regions.geojson per input, densities and statistics (cohort.csv's "
+                        "intratumoral and stromal densities) on the predicted compartments; fields only (a batch "
+                        "with whole slides is refused)")
     b.add_argument("--no-store", action="store_true", help="do not save the analyses in the case history")
     b.set_defaults(func=_cmd_batch)
 

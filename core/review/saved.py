@@ -4,7 +4,9 @@
   analysis as it was detected: the analysed image (kept as an original since schema 4;
   for older analyses the saved overlay stands in, with a note), the detections (the
   original ``cells.csv``), the dense outputs and restored images from their exported PNGs,
-  and the run's metadata from the summary.
+  and the run's metadata from the summary; with the tissue compartments predicted beside the
+  cells (``compartments.png``, the label map, and the summary's ``compartments`` block), so the
+  statistics of a review use the same predicted regions and its report keeps them.
 * :func:`open_saved_analysis` makes a :class:`~core.review.session.ReviewSession` of it
   with the saved corrections and regions.
 * :func:`save_review` writes the reviewed state: the summary with the reviewed counts, the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,8 +41,8 @@ from core.review.session import ReviewSession
 from core.spatial import SpatialParams
 from core.spatial.regions import Region, read_regions_geojson, regions_to_geojson
 
-__all__ = ["RegionImport", "result_from_store", "open_saved_analysis", "is_same_run", "save_review", "import_regions",
-           "png_rgb"]
+__all__ = ["RegionImport", "result_from_store", "compartments_from_store", "open_saved_analysis", "is_same_run",
+           "save_review", "import_regions", "png_rgb"]
 
 
 def png_rgb(data: bytes) -> np.ndarray:
@@ -100,10 +102,16 @@ def result_from_store(store: Any, analysis: dict | int) -> tuple[AnalysisResult,
         ``image``: the analysed image's 8-bit RGB (``source-image.png``), else the saved
         overlay resized to the image's size, else a grey field; ``cells``: the detections
         (the original ``cells.csv``); ``dense`` / ``restored``: read back from their PNG
-        exports (one-plane maps as value = grey / 255); ``run`` from the summary.
+        exports (one-plane maps as value = grey / 255); ``run`` from the summary. An
+        analysis run with predicted tissue compartments gets them back
+        (:func:`compartments_from_store`, put on the result by
+        :func:`core.pipeline.attach_compartments`): ``compartments``, ``compartments_run``,
+        ``tissue`` (their tumour and stroma, the densities' denominator) and each cell's
+        ``tissue_compartment``, as when it was analysed.
     notes : list of str
         What the user should know (a stand-in background, corrections already in the
-        cell table of an analysis reviewed before originals were kept).
+        cell table of an analysis reviewed before originals were kept, compartments that
+        could not be read back).
 
     Raises
     ------
@@ -202,7 +210,98 @@ def result_from_store(store: Any, analysis: dict | int) -> tuple[AnalysisResult,
     extra = {}
     if "outside_validated_use" in {f.name for f in fields(AnalysisResult)}:
         extra["outside_validated_use"] = [str(w) for w in summary.get("outside_validated_use") or []]
-    return AnalysisResult(image, cells, run, scenario, dense, restored, [], warnings, **extra), notes
+    result = AnalysisResult(image, cells, run, scenario, dense, restored, [], warnings, **extra)
+    if isinstance(summary.get("compartments"), dict):
+        try:
+            compartments, comp_run = compartments_from_store(summary, original_or_file("compartments.png"), image, run)
+        except InputError as err:
+            notes.append(f"The tissue compartments predicted with this analysis could not be read back ({err}): the "
+                         "review's statistics use the regions drawn, if any, and its report has no compartments.")
+        else:
+            from core.pipeline import attach_compartments
+
+            attach_compartments(result, compartments, comp_run)  # tissue, and each cell's compartment, as analysed
+    return result, notes
+
+
+def compartments_from_store(summary: dict, labels_png: bytes | None, image: ImageData, run: RunInfo):
+    """The predicted tissue compartments of a saved analysis, from its label map and its summary.
+
+    The label map ``compartments.png`` (8-bit grey, the image's size) is what the analysis
+    computed its compartment statistics on, so the map rebuilt from it is exact (the polygons of
+    ``regions.geojson`` leave out parts under a minimum area and run half a pixel inside them).
+    Label values are read through the summary's ``compartments["labels"]`` (name → value), so a
+    map saved with another numbering is renumbered to :data:`core.spatial.predicted_compartments.LABELS`.
+
+    Parameters
+    ----------
+    summary : dict
+        The analysis's summary as detected, with its ``compartments`` block
+        (:meth:`core.results.AnalysisResult.compartments_summary`).
+    labels_png : bytes or None
+        The stored ``compartments.png``.
+    image : ImageData
+        The analysed image (its size and mpp), as rebuilt by :func:`result_from_store`.
+    run : RunInfo
+        The cell scenario's run: its device, versions and time stand in for those of the
+        compartment run, which the summary does not keep.
+
+    Returns
+    -------
+    compartments : core.scenarios.compartments.CompartmentMap
+        (H, W) uint8 labels in the image's pixels, the image's mpp.
+    compartments_run : RunInfo or None
+        The compartment model's scenario, title, weights (file, SHA-256, version) and run time
+        from the summary; None when the summary does not name the scenario.
+
+    Raises
+    ------
+    InputError
+        If there is no label map, it cannot be read, it is not the image's size, or it holds a
+        value the summary's labels do not name.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from core.scenarios.compartments import CompartmentMap
+    from core.spatial.predicted_compartments import LABELS
+
+    block = summary.get("compartments") or {}
+    if labels_png is None:
+        raise InputError("compartments.png, the label map, was not saved with it")
+    try:
+        with Image.open(io.BytesIO(labels_png)) as im:
+            stored = np.asarray(im if im.mode in ("L", "P") else im.convert("L"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"compartments.png is not a readable image ({err})") from err
+    h, w = image.shape
+    if stored.shape != (h, w):
+        raise InputError(f"compartments.png is {stored.shape[1]} x {stored.shape[0]} px, the analysed image {w} x {h} px")
+    names = block.get("labels") if isinstance(block.get("labels"), dict) else LABELS
+    labels = np.zeros(stored.shape, np.uint8)
+    named = np.zeros(stored.shape, bool)
+    for name, value in names.items():
+        if name not in LABELS:
+            raise InputError(f"its compartment {name!r} is not one of {', '.join(LABELS)}")
+        hit = stored == int(value)
+        labels[hit], named[hit] = LABELS[name], True
+    if not named.all():
+        odd = sorted(set(np.unique(stored[~named]).tolist()))[:5]
+        raise InputError(f"compartments.png holds value(s) {odd} that its labels {names} do not name")
+    key = block.get("scenario")
+    comp_run = None
+    if key:
+        from core.scenarios.registry import get_scenario
+
+        try:
+            synthetic = bool(get_scenario(key).trained_on_synthetic)
+        except TILscopeError:  # a compartment model this TILscope no longer has: its saved provenance stays
+            synthetic = False
+        comp_run = replace(run, scenario_key=str(key), scenario_title=str(block.get("scenario_title") or key),
+                           weights_file=str(block.get("weights_file") or ""),
+                           weights_sha256=str(block.get("weights_sha256") or ""),
+                           weights_version=block.get("weights_version"), trained_on_synthetic=synthetic,
+                           precision="float32", runtime_s=float(block.get("runtime_s") or 0.0), operating_point=None)
+    return CompartmentMap(labels, image.mpp), comp_run
 
 
 def is_same_run(analysis: dict, result: AnalysisResult | None) -> bool:

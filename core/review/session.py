@@ -19,6 +19,12 @@ and only what the edit changed is recomputed:
   1 MP field), runs on demand and when the review is saved, cached until cells, regions or
   thresholds change.
 
+Regions: those drawn (or imported) on the review. An analysis run with predicted tissue
+compartments (:attr:`core.results.AnalysisResult.compartments`) keeps them while no region is
+drawn: the live figures and the full statistics then take the predicted tumour and stroma, with
+necrosis and background as exclusions, as :func:`core.pipeline.spatial_statistics` did when the
+analysis ran (:meth:`ReviewSession.statistics_regions`); drawn regions override them.
+
 :meth:`ReviewSession.reviewed_summary` and :meth:`ReviewSession.reviewed_result` give the
 reviewed state to the exports and the case store; :meth:`ReviewSession.audit_events` lists
 what changed since the last save, with who, when and why.
@@ -61,7 +67,7 @@ WINDOW_SOURCE = "SpatialParams.window_um (image extent)"
 HEAVY_SECTIONS = ("invasive_margin", "ripley", "cross_g")
 #: Summary keys derived from the cells; :meth:`ReviewSession.reviewed_summary` rewrites these and keeps every other key.
 COUNT_KEYS = ("analysed_area", "area_mm2", "tissue_area_mm2", "n_cells", "counts", "counts_by_role", "density_per_mm2",
-              "density_by_role_per_mm2", "density_ci95_per_mm2", "review", "spatial")
+              "density_by_role_per_mm2", "density_ci95_per_mm2", "n_cells_in_tissue", "review", "spatial")
 
 
 def _now_iso() -> str:
@@ -291,7 +297,7 @@ class ReviewSession:
                                                 np.nan if add.y_um is None else add.y_um]]])
         if self._region_cache is not None:  # exclusion membership of the new row
             version, (window, excl) = self._region_cache
-            excludes = [r for r in self.regions if r.kind == "exclude"]
+            excludes = [r for r in self.statistics_regions() if r.kind == "exclude"]
             inside = bool(points_in_regions(self._xy_um[-1:], excludes)[0]) if excludes and np.isfinite(
                 self._xy_um[-1]).all() else False
             self._region_cache = (version, (window, np.append(excl, inside)))
@@ -473,11 +479,32 @@ class ReviewSession:
         self.regions_version += 1
         self._region_cache = None
 
+    @property
+    def uses_predicted_compartments(self) -> bool:
+        """True when the statistics take the analysis's predicted tissue compartments (no region drawn, mpp known)."""
+        return not self.regions and getattr(self.result, "compartments", None) is not None and bool(self.mpp)
+
+    def statistics_regions(self) -> list[Region]:
+        """The regions the statistics use: those drawn, else the predicted compartments' regions, else none.
+
+        Returns
+        -------
+        list of Region
+            :attr:`regions` when any is drawn; otherwise, for an analysis with predicted
+            compartments and an mpp, their tumour and stroma regions and their necrosis and
+            background as ``exclude`` regions (µm;
+            :meth:`core.scenarios.compartments.CompartmentMap.regions`, traced once per map);
+            otherwise an empty list.
+        """
+        if self.uses_predicted_compartments:
+            return self.result.compartments.regions()
+        return list(self.regions)
+
     def _region_state(self) -> tuple[StudyWindow | None, np.ndarray]:
         """(study window, exclusion membership of every row of the cell universe), per region set."""
         if self._region_cache is not None and self._region_cache[0] == self.regions_version:
             return self._region_cache[1]
-        excludes = [r for r in self.regions if r.kind == "exclude"]
+        excludes = [r for r in self.statistics_regions() if r.kind == "exclude"]
         window = None
         if self.mpp:
             h, w = self.result.image.shape
@@ -566,10 +593,11 @@ class ReviewSession:
             in_win = np.zeros(len(xy), dtype=bool)
         out["counts"] = counts_section(n_table, role, cls, in_excl, finite, window, in_win)
         imm, tum = role == "immune", role == "tumour"
-        out["regions"] = regions_section(xy, role, self.regions)
+        regions = self.statistics_regions()
+        out["regions"] = regions_section(xy, role, regions)
         out["distances"] = distances_section(xy, imm, tum, p)
         out["compartments"], out["stromal_til_proxy"], out["phenotype"] = compartment_sections(
-            xy, role, imm, self.regions, window, in_win, p)
+            xy, role, imm, regions, window, in_win, p)
         out["morisita_horn"] = morisita_section(xy, role, imm, tum, in_win, window, p)
         n_without = int((~finite).sum())
         out["warnings"] = [f"{n_without} cell(s) without µm coordinates were left out"] if n_without else []
@@ -584,15 +612,26 @@ class ReviewSession:
         Returns
         -------
         dict
-            :func:`core.spatial.compute_spatial_stats` of :meth:`cells` with the image
-            extent as study window, plus ``corrections`` (the log's summary).
+            :func:`core.spatial.compute_spatial_stats` of :meth:`cells` in the drawn
+            :attr:`regions` with the image extent as study window, plus ``corrections`` (the
+            log's summary). With no region drawn and predicted compartments
+            (:attr:`uses_predicted_compartments`): :func:`core.pipeline.spatial_statistics` of
+            the reviewed cells, i.e. the predicted regions, the invasive margin measured on the
+            label map and ``predicted_compartments`` (stromal TILs by the TILs Working Group's
+            definition), as when the analysis ran.
         """
         self._sync()
         key = (self.fingerprint(params), seed)
         if self._stats_cache is not None and self._stats_cache[0] == key:
             return copy.deepcopy(self._stats_cache[1])
         t0 = time.perf_counter()
-        stats = compute_spatial_stats(self.cells(), self.regions, self.params(params), seed=seed)
+        if self.uses_predicted_compartments:  # as when the analysis ran: margin on the map, stromal TILs (TILs WG)
+            from core.pipeline import spatial_statistics
+
+            reviewed = replace(self.result, cells=self.cells(), regions=[], spatial=None, review=None)
+            stats = spatial_statistics(reviewed, params=self.params(params), seed=seed).to_dict()
+        else:
+            stats = compute_spatial_stats(self.cells(), self.regions, self.params(params), seed=seed)
         stats["corrections"] = self.log.summary()
         self.last_statistics_s = time.perf_counter() - t0
         self._stats_cache = (key, stats)
@@ -650,6 +689,11 @@ class ReviewSession:
         if trimmed is not None:
             changes["tissue"] = trimmed
         base = replace(self.result, **changes)
+        if getattr(base, "compartments", None) is not None:  # hand-added cells get the compartment under them too
+            from core.pipeline import attach_compartments
+
+            attach_compartments(base, base.compartments, base.compartments_run)
+            base.tissue = trimmed if trimmed is not None else self.result.tissue
         self._base_cache = (key, (base, trimmed is not None or not excludes))
         return base, trimmed is not None or not excludes
 
@@ -732,6 +776,9 @@ class ReviewSession:
         summary["review"] = self.review_info(user, time_iso)
         if stats is not None:
             summary["spatial"] = json.loads(json.dumps(stats, default=_json_default))
+        if getattr(base, "compartments", None) is not None:  # cells per compartment, and which regions the statistics used
+            block = replace(base, spatial=summary.get("spatial")).compartments_summary()
+            summary["compartments"] = json.loads(json.dumps(block, default=_json_default))
         return summary
 
     def reviewed_result(self, stats: dict | None = None, *, user: str | None = None,
