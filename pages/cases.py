@@ -2,7 +2,9 @@
 
 A reviewed analysis shows its reviewed state (numbers, overlay, downloads) with who reviewed it;
 the analysis as detected stays available under "Before review", and the audit log says who
-changed what, when and why."""
+changed what, when and why. A whole-slide analysis is labelled so, shows its overview and
+immune-density heat map and the slide's provenance (:mod:`core.slides.pages_support`), and is
+explored on the Slides page rather than reviewed cell by cell."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from core.errors import TILscopeError
 from core.outputs import records as rec
 from core.outputs.key_figures import format_value, key_figure_rows
 from core.outputs.store import StoreError
+from core.slides import pages_support as slide_view
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 from pages._text import md_escape
@@ -39,6 +42,17 @@ def open_in_review(analysis_id: int) -> None:
         st.switch_page("pages/review.py")
     except StreamlitAPIException:  # this page run on its own (tests): no router to switch with
         st.success(f"Analysis #{analysis_id} will open on the Review page.")
+
+
+def open_on_slides_page(analysis: dict) -> None:
+    """A link to the Slides page (on this analysis's run while it is kept): whole slides are explored there."""
+    query = slide_view.slides_page_query(analysis, actor)
+    notice = slide_view.review_notice(analysis["id"], run_kept=query is not None)
+    try:
+        st.page_link("pages/slides.py", label="Open on the Slides page", icon=":material/gallery_thumbnail:",
+                     query_params=query, help=notice)
+    except StreamlitAPIException:  # this page run on its own (tests): no router to link with
+        st.info(notice)
 
 
 st.title("Cases")
@@ -95,11 +109,16 @@ except StoreError as err:  # deleted in another session since the list was drawn
 
 summary = analysis["summary"]
 image = rec.image_info(summary)
+slide = slide_view.is_slide(summary)
 reviewed = analysis["detected_summary"] is not None or bool(analysis["n_corrections"])
 title_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
-title_col.subheader(f"#{analysis['id']} · {md_escape(analysis['case_label'])} · {md_escape(image['name'] or 'image')}")
-if button_col.button("Review this analysis", type="primary", icon=":material/edit_location_alt:", key=f"review-{chosen}",
-                     help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here."):
+title_col.subheader(f"#{analysis['id']} · {md_escape(analysis['case_label'])} · {md_escape(image['name'] or 'image')} · "
+                    f"{slide_view.kind_label(summary)}")
+if slide:
+    with button_col:
+        open_on_slides_page(analysis)
+elif button_col.button("Review this analysis", type="primary", icon=":material/edit_location_alt:", key=f"review-{chosen}",
+                       help="Open it on the Review page: correct cells, draw regions, save the reviewed state back here."):
     open_in_review(chosen)
 who = f"Analysed by {md_escape(analysis['created_by'] or 'an unrecorded user')} · saved {when(analysis['created_at'])} UTC"
 if analysis["reviewed_by"]:
@@ -131,16 +150,17 @@ if actor is not None:
 cols = st.columns(4)
 counts = rec.counts(summary)
 cols[0].metric("Cells", sum(counts.values()), help="After review when reviewed: " + md_escape(summary.get("analysed_area") or "whole image"))
-cols[1].metric("Area (mm²)", format_value(summary.get("area_mm2"), 3), help=md_escape(summary.get("analysed_area") or "whole image"))
+cols[1].metric(slide_view.area_label(summary), format_value(summary.get("area_mm2"), 3),
+               help=md_escape(summary.get("analysed_area") or "whole image"))
 cols[2].metric("Scenario", analysis["scenario_key"] or "n/a")
 cols[3].metric("Manual corrections", "none" if analysis["n_corrections"] is None else analysis["n_corrections"])
 
 left, right = st.columns([3, 2])
 with left:
-    names = {f["name"] for f in analysis["files"]}
-    if "overlay.png" in names:
-        st.image(store.get_file(chosen, "overlay.png"), caption="Detections over the image", width="stretch")
-    else:
+    shown = slide_view.pictures(summary, (f["name"] for f in analysis["files"]))
+    for name, caption in shown:
+        st.image(store.get_file(chosen, name), caption=md_escape(caption), width="stretch")
+    if not shown:
         st.info("No overlay image was saved with this analysis.")
 with right:
     dens = rec.densities_per_mm2(summary)
@@ -173,6 +193,8 @@ with st.expander("Provenance: image, weights, versions"):
         f"Image SHA-256 {md_escape(analysis['image_sha256'])} · weights SHA-256 {md_escape(analysis['weights_sha256'])} · "
         f"mpp {format_value(summary.get('mpp'), 4)} µm/px · TILscope {md_escape(analysis['app_version'])}"
     )
+    if slide:
+        st.dataframe(pd.DataFrame(slide_view.slide_facts(summary)), hide_index=True, width="stretch")
 
 if analysis["detected_summary"] is not None:
     with st.expander("Before review: the analysis as detected"):

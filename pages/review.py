@@ -1,5 +1,8 @@
 """Review: open any analysis (the Analyze page's run or a saved one from Cases), correct cells and
-draw regions on a zoomable view, see the numbers change, save the reviewed state back."""
+draw regions on a zoomable view, see the numbers change, save the reviewed state back.
+
+A whole-slide analysis is not reviewed here (this page works on one field image): asked for one,
+the page says that slides are reviewed on the Slides page and links there."""
 
 from __future__ import annotations
 
@@ -13,18 +16,20 @@ import time
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from streamlit.errors import StreamlitAPIException
 
 from core import review as rv
 from core.errors import InputError, TILscopeError
 from core.outputs.exports import cells_csv
 from core.outputs.plots import density_heatmap, distance_figure, region_density_figure, ripley_figure
 from core.scenarios.registry import get_scenario
+from core.slides import pages_support as slide_view
 from core.spatial import SpatialParams, cell_spatial_table
 from core.spatial.regions import KIND_COLORS, REGION_KINDS, cells_to_geojson, regions_to_geojson
 from pages._resources import case_store
 from pages._router import through_app_router
 from pages._text import md_escape
-from pages._user import can_save, gate, require_user, user_box
+from pages._user import can_save, current_actor, gate, require_user, user_box
 
 through_app_router()
 gate()  # before anything is read from the case store
@@ -99,12 +104,33 @@ def greeting(session: rv.ReviewSession, fresh_run: bool) -> str:
     return f"Reviewing {where}{just}: no regions or corrections yet."
 
 
+def slide_elsewhere(saved: dict) -> None:
+    """Say that whole-slide analysis ``saved`` is reviewed on the Slides page, with a link there (on its run when kept)."""
+    query = slide_view.slides_page_query(saved, current_actor())
+    st.info(slide_view.review_notice(saved["id"], run_kept=query is not None), icon=":material/gallery_thumbnail:")
+    try:
+        st.page_link("pages/slides.py", label="Open on the Slides page", icon=":material/gallery_thumbnail:",
+                     query_params=query)
+    except StreamlitAPIException:  # this page run on its own (tests): no router to link with
+        pass
+
+
 def open_saved(analysis_id: int, run=None) -> rv.ReviewSession | None:
     try:
         with st.spinner(f"Opening analysis #{analysis_id}…"):
-            session = rv.open_saved_analysis(case_store(), int(analysis_id), run)
+            saved = case_store().get_analysis(int(analysis_id))
+            slide = slide_view.is_slide(saved["summary"])
+            session = None if slide else rv.open_saved_analysis(case_store(), int(analysis_id), run)
     except TILscopeError as err:
         st.error(f"Analysis #{analysis_id} cannot be reviewed: {md_escape(err)}")
+        return None
+    if session is None:  # a whole slide: said here, or by the picker when nothing else is under review
+        if st.session_state.get("review_session") is None:
+            st.session_state["review_pick"] = saved["id"]
+            if st.query_params.get("analysis") == str(saved["id"]):
+                del st.query_params["analysis"]  # a reload shows the picker, not this notice again
+        else:
+            slide_elsewhere(saved)
         return None
     return start(session, greeting(session, fresh_run=run is not None and session.result is run))
 
@@ -166,13 +192,23 @@ def nothing_to_review() -> None:
     if not rows:
         return
     by_id = {r["id"]: r for r in rows}
+    if st.session_state.get("review_pick") not in by_id:
+        st.session_state.pop("review_pick", None)
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     chosen = c1.selectbox("Saved analysis", list(by_id), key="review_pick",
                           format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · "
                                                 f"{(by_id[i]['created_at'] or '')[:10]}")
-    if c2.button("Review it", type="primary"):
+    try:
+        saved = case_store().get_analysis(chosen)
+    except TILscopeError:  # deleted meanwhile: "Review it" says so
+        saved = None
+    slide = saved is not None and slide_view.is_slide(saved["summary"])
+    if c2.button("Review it", type="primary", disabled=slide, key="review_pick_open",
+                 help="Whole-slide analyses are reviewed on the Slides page." if slide else None):
         st.session_state["review_request"] = chosen
         st.rerun()
+    if slide:
+        slide_elsewhere(saved)
 
 
 # ----------------------------------------------------------------------------- the view
@@ -341,7 +377,11 @@ def legend(session: rv.ReviewSession, classes: list[dict]) -> None:
 
 def region_list(session: rv.ReviewSession, user: str) -> None:
     if not session.regions:
-        st.caption("No regions yet. Without a tumour region, compartments come from a grid of cells.")
+        if session.uses_predicted_compartments:
+            st.caption("No regions drawn: the statistics use the predicted tissue compartments (tumour, stroma; "
+                       "necrosis and background left out). A region drawn here replaces them.")
+        else:
+            st.caption("No regions yet. Without a tumour region, compartments come from a grid of cells.")
         return
     for i, r in enumerate(list(session.regions)):
         c1, c2 = st.columns([4, 1])

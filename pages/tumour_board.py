@@ -1,6 +1,8 @@
 """Tumour board: compare saved analyses side by side (densities, proximity figures,
 phenotype calls) in a table and charts, and export the comparison as PDF (one row per
-analysis with its overlay thumbnail, the same charts, every key figure)."""
+analysis with its overlay thumbnail, the same charts, every key figure). Whole-slide analyses sit
+beside field analyses, their columns marked "whole slide", with a note on their densities
+(:func:`core.slides.pages_support.board_note`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from core.errors import TILscopeError
 from core.outputs.key_figures import format_value
 from core.outputs.store import StoreError
 from core.outputs.tumour_board import build_comparison_pdf, comparison_figures_png, comparison_table, key_figure_table
+from core.slides import pages_support as slide_view
 from pages._resources import case_store, list_analyses_or_stop
 from pages._router import through_app_router
 from pages._text import md_escape
@@ -64,8 +67,12 @@ if not records:
 table = comparison_table(records)
 key_table = key_figure_table(records)
 formatted = table.map(lambda v: format_value(v, 4) if not isinstance(v, str) else v)
-formatted.columns = [f"{i + 1}. {c}" for i, c in enumerate(table.columns)]
+formatted.columns = [f"{i + 1}. {c}" + (f" ({slide_view.SLIDE})" if slide_view.is_slide(r.get("summary")) else "")
+                     for i, (c, r) in enumerate(zip(table.columns, records))]
 st.subheader("Side by side")
+note = slide_view.board_note(records)
+if note:
+    st.caption(note)
 every = st.toggle("Every statistic", value=False, help="Off: the key figures only. On: every number saved with the analyses.")
 if every:
     shown = formatted

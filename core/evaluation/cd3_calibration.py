@@ -46,8 +46,9 @@ from core.errors import InputError
 
 #: Detection match radius: about half a lymphocyte nucleus (7 µm); as :data:`core.evaluation.cd3.CD3_MATCH_RADIUS_UM`.
 MATCH_RADIUS_UM = 4.0
-#: Detection thresholds searched (P(CD3+ lymphocyte) of a window).
-THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.20, 0.951, 0.05), 2))
+#: Detection thresholds searched (P(CD3+ lymphocyte) of a window). From 0.05: weights fine-tuned on
+#: hard negatives put true lymphocytes at 0.05-0.2, below the first grid of 0.2-0.95 (cd3 v2's tune epochs).
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
 #: NMS radii searched, µm. Capped at 6 µm: mosaics (one cell per 14 µm tile) reward ever larger
 #: radii, but touching lymphocytes in a real infiltrate sit about 6-7 µm apart and would merge.
 NMS_RADII_UM = (3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0)

@@ -147,6 +147,9 @@ def result_from_store(store: Any, analysis: dict | int) -> tuple[AnalysisResult,
     except TILscopeError as err:
         raise InputError(f"analysis #{aid} was made with scenario {key!r}, which this TILscope does not have: {err}") from err
     info = rec.image_info(summary)
+    if summary.get("kind") == "slide":
+        raise InputError(f"analysis #{aid} is of a whole slide, which is not reviewed cell by cell here: open it on "
+                         "the Slides page (or export a field, e.g. a region from QuPath, and analyse it as an image)")
     cells_csv = original_or_file("cells.csv")
     if cells_csv is None:
         raise InputError(f"analysis #{aid} has no saved cell table (cells.csv), so it cannot be reviewed; analyse the "
