@@ -197,11 +197,14 @@ def nothing_to_review() -> None:
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     chosen = c1.selectbox("Saved analysis", list(by_id), key="review_pick",
                           format_func=lambda i: f"#{i} · {by_id[i]['case_label']} · {by_id[i]['image_name']} · "
-                                                f"{(by_id[i]['created_at'] or '')[:10]}")
-    try:
-        saved = case_store().get_analysis(chosen)
-    except TILscopeError:  # deleted meanwhile: "Review it" says so
-        saved = None
+                                                f"{(by_id[i]['created_at'] or '')[:10]}"
+                                                + (" · whole slide" if by_id[i].get("kind") == "slide" else ""))
+    saved = None
+    if by_id[chosen].get("kind") == "slide":  # its run and notice need the whole record
+        try:
+            saved = case_store().get_analysis(chosen)
+        except TILscopeError:  # deleted meanwhile: "Review it" says so
+            saved = None
     slide = saved is not None and slide_view.is_slide(saved["summary"])
     if c2.button("Review it", type="primary", disabled=slide, key="review_pick_open",
                  help="Whole-slide analyses are reviewed on the Slides page." if slide else None):

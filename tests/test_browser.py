@@ -29,7 +29,7 @@ def test_upload_run_and_see_the_count(app_url, browser, tmp_path):
     count = int(metric.locator("[data-testid=stMetricValue]").inner_text().replace(",", ""))
     assert count > 20
     assert page.get_by_test_id("stMetricLabel").get_by_text("Density (cells/mm² of tissue)").count() == 1
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)  # a loaded machine draws the charts last
     page.screenshot(path=str(tmp_path / "analyze.png"), full_page=True)
     shutil.copy(tmp_path / "analyze.png", os.environ.get("TILSCOPE_SCREENSHOT", tmp_path / "analyze-copy.png"))
 

@@ -310,5 +310,7 @@ def test_reopening_a_slide_for_review_outside_the_pages_is_refused_with_where_to
             result_from_store(store, saved["cli_id"])
         result, _ = result_from_store(store, saved["field_id"])  # a field of the same case still opens
         assert len(result.cells) == saved["field"]["n_cells"]
+        kinds = {r["id"]: r["kind"] for r in store.list_analyses()}  # the pickers can mark slides without a read each
+        assert kinds == {saved["field_id"]: "field", saved["cli_id"]: "slide", saved["app_id"]: "slide"}
     finally:
         store.close()

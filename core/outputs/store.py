@@ -727,7 +727,7 @@ class CaseStore:
         -------
         list of dict
             ``{"id", "case_id", "case_label", "image_name", "image_sha256",
-            "scenario_key", "created_at" (ISO 8601, UTC), "counts", "n_corrections",
+            "scenario_key", "created_at" (ISO 8601, UTC), "counts", "kind" ("field" or "slide"), "n_corrections",
             "created_by", "reviewed_by", "reviewed_at", "complete" (always True: a save is
             complete or absent), "owner", "group"}`` (users None when unknown), of the cases the
             actor sees.
@@ -762,6 +762,7 @@ class CaseStore:
                     "scenario_key": a.scenario_key,
                     "created_at": _iso(a.created_at),
                     "counts": rec.counts(a.summary or {}),
+                    "kind": (a.summary or {}).get("kind") or "field",
                     "n_corrections": a.n_corrections,
                     "created_by": a.created_by,
                     "reviewed_by": a.reviewed_by,
