@@ -159,9 +159,10 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        width = max((len(r["key"]) for r in rows), default=0)
         for r in rows:
             synthetic = "  [trained on synthetic images]" if r["trained_on_synthetic"] else ""
-            print(f"{r['key']:<20} {r['title']}  ({r['stain']}, {r['input_mpp']} µm/px){synthetic}")
+            print(f"{r['key']:<{width}}  {r['title']}  ({r['stain']}, {r['input_mpp']} µm/px){synthetic}")
     return 0
 
 

@@ -63,13 +63,15 @@ def test_missing_weights_file_is_reported(tmp_path):
 
 
 def test_importing_the_registry_loads_no_scenario_module():
-    """The registry names runners as strings: no import cycle registry → scenario → base → registry."""
+    """The registry names runners as strings: no import cycle registry → scenario → base → registry, and no torch.
+    (``core.scenarios.mihc_spec`` is an entry without its network, as ``spec`` is.)"""
     import subprocess
     import sys
 
     code = ("import sys, core.scenarios.registry as r; "
             "assert not [m for m in sys.modules if m.startswith('core.scenarios.') and m not in "
-            "('core.scenarios.registry', 'core.scenarios.spec')], sorted(sys.modules); "
+            "('core.scenarios.registry', 'core.scenarios.spec', 'core.scenarios.mihc_spec')], sorted(sys.modules); "
+            "assert 'torch' not in sys.modules; "
             "import core.scenarios.base as b; assert 'core.scenarios.registry' not in vars(b)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -32,6 +32,10 @@ def _stained_field(scenario, h: int, w: int, mpp: float) -> ImageData:
         from core.generator.compartments import generate_compartments
 
         return ImageData.from_rgb(generate_compartments((h, w), seed=10007, stain="he").image, mpp, "field.png")
+    if scenario.evaluation == "mihc-synthetic":  # multiplex IHC: a section of the generator's mIHC recipe
+        from core.generator.mihc import generate_mihc
+
+        return ImageData.from_rgb(generate_mihc((h, w), 10007).image, mpp, "field.png")
     from core.evaluation.tnrd import recipe_for
     from core.generator import generate
 

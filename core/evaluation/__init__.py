@@ -127,7 +127,7 @@ EVALUATIONS: dict[str, Callable[[str, argparse.Namespace], dict]] = {
 }
 #: Recipes of scenarios whose weights are still being trained (not in the registry yet): key → recipe.
 #: An entry leaves when its scenario is registered (the registry's ``evaluation`` then names it).
-PENDING_RECIPES: dict[str, str] = {"mihc-tcell-phenotypes": "mihc-synthetic"}
+PENDING_RECIPES: dict[str, str] = {}
 
 
 def evaluate(key: str, args: argparse.Namespace) -> dict:

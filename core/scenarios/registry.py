@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 
 from core.errors import UnknownScenarioError
+from core.scenarios.mihc_spec import draft_scenario as _mihc_scenario
 from core.scenarios.spec import CellClass, InputSpec, OutputSpec, Scenario, Tiling, Use
 
 #: The IF composite of the melanoma paper: three colour planes of one RGB file.
@@ -260,6 +261,9 @@ SCENARIOS: dict[str, Scenario] = {
                 "compartment densities or the stromal TIL %, and draw regions on the Review page where it is wrong."
             ),
         ),
+        # Trained on synthetic mIHC sections only (issue #20): teaching and method development, never for counting.
+        _mihc_scenario(sha256="a04794a5b79047d1cf5d749ecc52b4ed927d0e1d9324caa215f008a18b03e715",
+                       card_sha256="4e386be4c07e4987758203a3e94643437579075f5a1c70493073b16cca9133ee"),
     ]
 }
 

@@ -65,9 +65,9 @@ def build_card(weights: Path, train: dict, evaluation: dict | None = None, earli
         "weights_sha256": sha256_file(weights),
         "weights_dtype": "float32",
         "trained_on_synthetic": True,
-        "intended_use": (f"Teaching and method development only, {SYNTHETIC_NOTE}: it shows how S-DRDIN detects and "
-                         "phenotypes T cells in multiplex IHC (PD1, CD8, CD4, FOXP3) in one pass; never for clinical "
-                         "counting, and its results are not saved as case analyses."),
+        "intended_use": (f"Teaching and method development only: {SYNTHETIC_NOTE}. It shows how S-DRDIN detects and "
+                         "phenotypes T cells in multiplex IHC (PD1, CD8, CD4, FOXP3) in one pass; its results are not "
+                         "saved as case analyses unless the user confirms. Research use, not a diagnostic device."),
         "limitations": [
             "Trained on synthetic images only; not validated on real mIHC: no labelled multiplex IHC was available. Every "
             "figure in this card comes from the project's generator, an optimistic setting; accuracy on real sections is "
