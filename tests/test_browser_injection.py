@@ -83,7 +83,7 @@ def _flow(page, aid: int, geojson) -> None:
     heading = page.get_by_role("heading", name=re.compile(rf"#{aid} · "))
     heading.wait_for(timeout=60_000)
     wait_idle(page)
-    assert heading.inner_text().replace("\u2060", "") == f"#{aid} · {LABEL} · {IMAGE_NAME}"
+    assert heading.inner_text().replace("\u2060", "") == f"#{aid} · {LABEL} · {IMAGE_NAME} · field"
     text = visible_text(page)
     assert f"Analysed by {USER}" in text
     assert page.get_by_role("link", name="Re-login here").count() == 0
