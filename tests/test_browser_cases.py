@@ -20,6 +20,7 @@ def _run_sample(page, sample_title: str, case_label: str, previous: int | None =
     page.get_by_text("Bundled sample").click()
     wait_idle(page)
     sample_box = page.get_by_test_id("stSelectbox").filter(has_text="Sample").first
+    sample_box.wait_for(timeout=120_000)  # a loaded machine draws the sample picker late
     sample_box.scroll_into_view_if_needed()
     sample_box.click()
     page.get_by_role("option", name=sample_title).click()

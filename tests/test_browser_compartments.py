@@ -49,7 +49,7 @@ def test_cell_scenario_with_tissue_compartments_shows_the_map_legend_and_areas(a
     caption.wait_for(timeout=60_000)  # the heading can be drawn a moment before the picture and its caption
     assert caption.count() == 1
     table = page.get_by_test_id("stDataFrame").filter(has_text="area, share of the image, cells")
-    table.wait_for(timeout=30_000)
+    table.wait_for(timeout=120_000)  # drawn after the map; late on a loaded machine
     for label in ("compartments.png", "regions.geojson", "report.pdf"):
         assert page.get_by_role("button", name=label, exact=True).count() == 1, label
     caption.scroll_into_view_if_needed()
