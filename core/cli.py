@@ -489,13 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status.
 
     0 on success; 2 with one line ``error: ...`` on stderr for bad input (argument,
-    file, image, output folder); 130 when interrupted; 1 with one line for an unexpected
+    file, image, output folder); 130 when interrupted; 141, silently, when the reader of
+    the output closed it (``| head``); 1 with one line for an unexpected
     failure (a bug: set ``TILSCOPE_DEBUG=1`` to see its traceback).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away is met by the handler below, not at exit
+        return code
     except TILscopeError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -506,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: not enough memory for this input; use a smaller image or table, or fewer simulations",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped reading (``| head``): nothing went wrong, nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return 141  # as a shell reports a command stopped by SIGPIPE
     except OSError as err:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free space", file=sys.stderr)

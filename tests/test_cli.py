@@ -183,3 +183,16 @@ def test_bad_options_exit_2_with_one_line(tmp_path):
         err = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error:") and expected in err[0], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_output_cut_short_by_its_reader_is_not_reported_as_an_error():
+    """``python -m core scenarios | head -1``: the closed pipe is the reader's choice, not a failure to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written: every write meets a broken pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "core", "scenarios"], stdout=write_end, stderr=subprocess.PIPE,
+                              cwd=str(Path(__file__).resolve().parent.parent), timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == b"", done.stderr
+    assert done.returncode == 141
