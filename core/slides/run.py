@@ -651,10 +651,6 @@ def _run_tiles(slide, model, plan: _Plan, geometry, mpp0: float, todo: list[int]
 
     parts = _tissue_parts(plan, geometry, mpp0, todo)
 
-    def read(index: int) -> np.ndarray:
-        x0, y0, x1, y1 = plan.window(index, parts[index])
-        return slide.read_grid(x0, y0, x1 - x0, y1 - y0, plan.scale)
-
     pending_tiles: list[int] = []
     pending: list[pd.DataFrame] = []
     pending_cells = 0
@@ -680,8 +676,8 @@ def _run_tiles(slide, model, plan: _Plan, geometry, mpp0: float, todo: list[int]
                     progress(done, total)
                 continue
             cx0, cy0, cx1, cy1 = plan.core(index)
-            window = read(index)
-            wx0, wy0, _, _ = plan.window(index, parts[index])
+            wx0, wy0, wx1, wy1 = plan.window(index, parts[index])
+            window = slide.read_grid(wx0, wy0, wx1 - wx0, wy1 - wy0, plan.scale)
             xy, cls, prob, extra = _tile_cells(model, window)
             del window
             release_free_memory()  # the next window's activations start from a trimmed heap: peak flat with the slide
