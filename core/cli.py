@@ -207,17 +207,19 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                           antigen_confirmed=True if args.confirm_antigen else None,
                           compartments=comp.key if comp is not None else None, compartments_model=comp_model)
     result.warnings.extend(region_notes)
-    if args.no_store or result.scenario.trained_on_synthetic:
+    synthetic = result.scenario.trained_on_synthetic
+    if args.no_store or (synthetic and not args.save_synthetic):
         if not args.no_store:
             print(f"not saved in the case history: the {result.scenario.title} model was trained on synthetic images "
-                  "only (teaching and method development); the files are written below", file=sys.stderr)
+                  "only (teaching and method development); the files are written below (--save-synthetic saves it "
+                  "as a teaching analysis)", file=sys.stderr)
         files = write_analysis(result, args.out, report=args.report, case_label=case or None)
     else:  # as the app does: saved in the case history, and the stored files written
         from core.outputs.store import CaseStore
 
         store = CaseStore()
         try:
-            analysis_id = save_analysis(result, case or "unlabelled", store)
+            analysis_id = save_analysis(result, case or "unlabelled", store, confirm_synthetic=bool(synthetic))
             files = write_stored(store, analysis_id, args.out, report=args.report)
         finally:
             store.close()
@@ -407,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"'unlabelled'; at most {CASE_LABEL_MAX_CHARS} characters)")
     a.add_argument("--no-store", action="store_true",
                    help="do not save the analysis in the case history ($TILSCOPE_DATA_DIR or $TILSCOPE_DATABASE_URL)")
+    a.add_argument("--save-synthetic", action="store_true",
+                   help="a model trained on synthetic images only (e.g. mihc-tcell-phenotypes): save its result in the "
+                        "case history anyway, marked as a teaching analysis (you confirm its numbers are not counts for "
+                        "the case); without it such a result is only written to --out")
     a.set_defaults(func=_cmd_analyze)
 
     c = sub.add_parser("classify-patches", help="classify single-cell patches; prints CSV path,probability,label")

@@ -71,8 +71,10 @@ def stains_label(use) -> str:
 
     Parameters
     ----------
-    use : core.scenarios.spec.Use (its ``stains``)
+    use : core.scenarios.spec.Use (its ``stains``; its ``stain_words`` instead when set)
     """
+    if getattr(use, "stain_words", None):
+        return use.stain_words
     names = [STAIN_LABELS[s] for s in use.stains]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 

@@ -392,3 +392,116 @@ def cell_levels_from_rgb(rgb: np.ndarray, xy_px: np.ndarray, radius_px: float, w
 
         return np.zeros((0, k or len(CHROMOGENS)), np.float32)
     return np.concatenate(parts)
+
+
+def chromogen_columns() -> dict[str, str]:
+    """Cell-table column of each stain of the mIHC panel: ``{"hematoxylin": "hematoxylin_od", "dab": "foxp3_od", ...}``.
+
+    A marker's chromogen is named by its marker (``pd1_od``, ``cd8_od``, ``cd4_od``,
+    ``foxp3_od``), the counterstain by its stain (``hematoxylin_od``); OD units, in the panel's
+    order (:data:`core.generator.mihc.CHROMOGENS`).
+    """
+    from core.generator.mihc import CHROMOGENS
+
+    return {c.name: (f"{c.marker.lower()}_od" if c.marker else f"{c.name}_od") for c in CHROMOGENS}
+
+
+#: Most pixels unmixed for the page's maps (about 3 s on 2 CPU cores, some 60 MB of temporaries).
+VIEW_MAX_PIXELS = 1_500_000
+
+
+def chromogen_pictures(rgb: np.ndarray, max_pixels: int = VIEW_MAX_PIXELS) -> list[tuple[str, np.ndarray, str]]:
+    """The unmixed chromogen maps of an mIHC image as pictures, for the "why this call" view.
+
+    The image is first reduced (area averaging of the intensities) to at most ``max_pixels``,
+    so the time and memory are bounded whatever its size; then unmixed (:func:`unmix`, the
+    panel's nominal stains, glass from :func:`estimate_white` of the image). Each stain is drawn
+    alone on white glass (:func:`chromogen_rgb`); the last picture is the optical density the
+    panel does not explain (black: 0.5 OD or more), which marks pigment, another stain or a
+    panel with other chromogens.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8 RGB
+    max_pixels : int >= 1024, most pixels unmixed
+
+    Returns
+    -------
+    list of (title, picture, caption): picture (h, w, 3) uint8 RGB, the same (h, w) for all,
+    one per stain (hematoxylin first, then FOXP3, CD8, CD4, PD1 by their chromogens) and the
+    residual last.
+
+    Raises
+    ------
+    InputError
+        If ``rgb`` is not an (H, W, 3) image or ``max_pixels`` is below 1024.
+    """
+    from skimage.transform import resize
+
+    from core.generator.mihc import CHROMOGENS
+
+    px = np.asarray(rgb)
+    if px.ndim != 3 or px.shape[2] != 3:
+        raise InputError(f"colour unmixing needs an (H, W, 3) RGB image, got shape {px.shape}")
+    if max_pixels < 1024:
+        raise InputError(f"max_pixels must be at least 1024, got {max_pixels}")
+    h, w = px.shape[:2]
+    scale = min(1.0, float(np.sqrt(max_pixels / float(h * w))))
+    small = px.astype(np.float32) / (255.0 if px.dtype == np.uint8 else 1.0)
+    if scale < 1.0:
+        small = resize(small, (max(1, round(h * scale)), max(1, round(w * scale))), anti_aliasing=True,
+                       preserve_range=True).astype(np.float32)
+    maps = unmix(small)
+    out = []
+    for c in CHROMOGENS:
+        level = float(np.percentile(maps.map(c.name), 99.5)) if maps.concentrations.size else 0.0
+        what = f"{c.marker} ({c.colour.split(' ')[0]} chromogen, {c.localisation})" if c.marker else \
+            "hematoxylin (counterstain, every nucleus)"
+        out.append((what, chromogen_rgb(maps, c.name),
+                    f"{c.name.replace('_', ' ')} alone on white glass; 99.5th percentile {level:.2f} OD"))
+    resid = np.clip(maps.residual_od / 0.5, 0.0, 1.0)
+    grey = np.clip((1.0 - resid) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out.append(("Not explained by the panel", np.repeat(grey[..., None], 3, axis=2),
+                f"optical density the five stains leave unexplained (black: 0.5 OD or more); "
+                f"median {float(np.median(maps.residual_od)):.3f} OD"))
+    return out
+
+
+def phenotype_levels(cells, columns: dict[str, str] | None = None):
+    """Median chromogen level of the cells of each phenotype: the table that says why cells got their call.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame with ``cell_class`` and the chromogen columns (:func:`chromogen_columns`)
+    columns : stain → column, optional; default :func:`chromogen_columns`
+
+    Returns
+    -------
+    pandas.DataFrame, one row per phenotype present (in the order of first appearance in the
+    panel's classes when known): ``phenotype``, ``cells`` and one column per stain, e.g.
+    ``"CD8 (fast red), median OD"``. Empty (with those columns) when there are no cells.
+
+    Raises
+    ------
+    InputError
+        If ``cells`` lacks ``cell_class`` or a chromogen column.
+    """
+    import pandas as pd
+
+    from core.generator.mihc import CHROMOGENS, PHENOTYPES
+
+    cols = columns or chromogen_columns()
+    missing = [c for c in ("cell_class", *cols.values()) if c not in cells.columns]
+    if missing:
+        raise InputError(f"the cell table has no column {', '.join(missing)}: it is not an mIHC phenotype table")
+    marker = {c.name: c.marker for c in CHROMOGENS}
+    heads = {name: (f"{marker[name]} ({name.replace('_', ' ')}), median OD" if marker.get(name) else f"{name}, median OD")
+             for name in cols}
+    order = [p for p in PHENOTYPES if p in set(cells["cell_class"])]
+    order += sorted(set(cells["cell_class"]) - set(order))
+    rows = []
+    for p in order:
+        sub = cells[cells["cell_class"] == p]
+        rows.append({"phenotype": p, "cells": int(len(sub)),
+                     **{heads[n]: round(float(sub[c].median()), 3) for n, c in cols.items()}})
+    return pd.DataFrame(rows, columns=["phenotype", "cells", *heads.values()])

@@ -391,28 +391,32 @@ def assess_fitness(image: ImageData, key: str, antigen_confirmed: bool | None = 
     return merge_reports(report, assess(image, comp, None, stain=report.stain, tissue=report.tissue))
 
 
-def save_analysis(result: AnalysisResult, case_label: str, store=None, **kwargs) -> int:
+def save_analysis(result: AnalysisResult, case_label: str, store=None, *, confirm_synthetic: bool = False,
+                  **kwargs) -> int:
     """Save ``result`` with all its exports in the case store; return the analysis id.
 
     See :func:`core.outputs.exports.save_result` for ``store`` and the keyword arguments.
     A model trained on synthetic images only is for teaching and method development: its
-    results are never saved as case analyses.
+    results are saved only when the user confirms it (``confirm_synthetic``), and are then
+    marked in the summary (``synthetic_save_confirmed``), on the Cases page and in the report.
 
     Raises
     ------
     InputError
-        The scenario was trained on synthetic images only.
+        The scenario was trained on synthetic images only and ``confirm_synthetic`` is False.
     StoreError
     """
     from core.outputs.exports import save_result
 
     if result.scenario.trained_on_synthetic:
-        raise InputError(
-            f"The {result.scenario.title} model was trained on synthetic images only: its results are for teaching "
-            "and method development and are not saved as case analyses. Download the files instead, or analyse "
-            "the image with a validated scenario."
-        )
-
+        if not confirm_synthetic:
+            raise InputError(
+                f"The {result.scenario.title} model was trained on synthetic images only: its results are for teaching "
+                "and method development and are saved as case analyses only when you confirm it (the Analyze page's "
+                "save button, or --save-synthetic on the command line). Download the files instead, or analyse the "
+                "image with a validated scenario."
+            )
+        result = replace(result, synthetic_save_confirmed=True)
     return save_result(result, case_label, store, **kwargs)
 
 

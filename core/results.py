@@ -111,6 +111,10 @@ class AnalysisResult:
         output, or run beside a cell scenario): (H, W) uint8 labels in the image's pixels.
     compartments_run : RunInfo or None
         How the compartments were predicted (model, weights, device, time).
+    synthetic_save_confirmed : bool
+        A model trained on synthetic images only, whose result the user chose to save in the
+        case history as a teaching or method-development analysis
+        (:func:`core.pipeline.save_analysis`); in the summary when True.
     """
 
     image: ImageData
@@ -127,6 +131,7 @@ class AnalysisResult:
     tissue: Any = None
     compartments: Any = None
     compartments_run: RunInfo | None = None
+    synthetic_save_confirmed: bool = False
 
     @property
     def scenario_key(self) -> str:
@@ -277,6 +282,8 @@ class AnalysisResult:
             out["compartments"] = self.compartments_summary()
         if self.review is not None:
             out["review"] = self.review
+        if self.synthetic_save_confirmed:
+            out["synthetic_save_confirmed"] = True
         return out
 
 

@@ -25,7 +25,7 @@ from core.scenarios.base import channel_choices
 from core.scenarios.registry import get_scenario, list_scenarios
 from core.outputs.exports import build_exports, media_type
 from core.outputs.figures import dense_over_image
-from core.outputs.key_figures import key_figure_rows
+from core.outputs.key_figures import class_distance_table, key_figure_rows
 from core.outputs.plots import cell_figure
 from core.outputs.records import card_summary
 from core.outputs.report_pdf import compartment_rows
@@ -160,18 +160,71 @@ def saliency_view(result, labels: dict) -> None:
                 col.image(picture, caption=f"{title}. {caption}", width="stretch")
 
 
+def unmixing_view(result) -> None:
+    """"Why each cell got its call": the unmixed chromogen maps (computed once per result in a worker) and each phenotype's levels."""
+    from core.mihc_unmixing import VIEW_MAX_PIXELS, chromogen_pictures, phenotype_levels
+
+    context = st.session_state.get("analysis_context")
+    with st.expander("Chromogen unmixing: why each cell got its phenotype", expanded=True):
+        st.caption("Each pixel's colour split into the panel's five stains by Beer-Lambert colour unmixing "
+                   "(non-negative least squares with few stains per pixel; Ruifrok & Johnston 2001, Chen & Srinivas "
+                   "2015), each drawn alone on white glass. With three colour channels, stains of close hue can trade "
+                   "concentration: the maps are a guide to the chromogens, not a measurement; the network's call is "
+                   f"the result. Images over {VIEW_MAX_PIXELS / 1e6:.1f} megapixels are reduced first.")
+        kept = st.session_state.get("unmixing")
+        if not kept or kept.get("context") != context:
+            try:
+                with st.spinner("Unmixing the chromogens…"):
+                    pictures = jobs.wait(jobs.submit(chromogen_pictures, result.image.rgb, kind="unmixing"))
+                kept = {"context": context, "pictures": pictures}
+                st.session_state["unmixing"] = kept
+            except Exception as err:  # noqa: BLE001 - one line in the page; the result above stays
+                failed("The chromogen maps could not be computed", err)
+                kept = None
+        if kept:
+            pictures = kept["pictures"]
+            for start in range(0, len(pictures), 3):
+                for col, (title, picture, caption) in zip(st.columns(3), pictures[start : start + 3]):
+                    col.image(picture, caption=f"{title}: {caption}", width="stretch")
+        if len(result.cells):
+            try:
+                st.markdown("**Median chromogen level of each phenotype's cells** (90th percentile in a disc around "
+                            "each cell, OD units; the cell table below has every cell's levels)")
+                st.dataframe(phenotype_levels(result.cells), hide_index=True)
+            except TILscopeError as err:
+                st.error(md_escape(err))
+
+
 st.title("Analyze an image")
 
-scenarios = [s for s in list_scenarios() if not s.trained_on_synthetic]  # synthetic-only models: Teaching page
+teaching = st.toggle(
+    "Also list models trained on synthetic images (teaching and method development)", value=False, key="show_synthetic",
+    help="Models trained on the project's synthetic tissue generator only, such as the multiplex IHC T-cell phenotypes. "
+         "Not validated on real tissue: their numbers are never counts for a patient case, and their results are saved "
+         "in the case history only if you confirm it.")
+scenarios = [s for s in list_scenarios() if teaching or not s.trained_on_synthetic]
+
+
+def scenario_label(k: str) -> str:
+    """The picker's line: stain and title, with what a synthetic-trained model is."""
+    sc = get_scenario(k)
+    return f"{sc.stain}: {sc.title}" + (" · trained on synthetic images only" if sc.trained_on_synthetic else "")
+
+
 key = st.selectbox(
-    "What is the slide stained with?", [s.key for s in scenarios],
-    format_func=lambda k: f"{get_scenario(k).stain}: {get_scenario(k).title}",
-    help="Models trained on synthetic images only are on the Teaching page, not here. Models marked research only "
-         "did not pass their validation: their numbers are not counts for a patient case.",
+    "What is the slide stained with?", [s.key for s in scenarios], format_func=scenario_label,
+    help="Models marked research only did not pass their validation: their numbers are not counts for a patient case. "
+         "Models trained on synthetic images only are listed when the switch above is on.",
 )
 scenario = get_scenario(key)
+if scenario.trained_on_synthetic:
+    st.error("**Trained on synthetic images only; not validated on real tissue.** For teaching and method development: "
+             "its numbers are never counts for a patient case, and its result is saved in the case history only if you "
+             "confirm it. " + md_escape(scenario.caution), icon=":material/experiment:")
 lo, hi = scenario.use.mpp_range
-if scenario.research_only:
+if scenario.trained_on_synthetic:
+    pass  # said above
+elif scenario.research_only:
     st.error("**Research only: not for counting on patient cases.** This model did not pass its validation. "
              + md_escape(scenario.caution), icon=":material/science:")
 else:
@@ -238,7 +291,8 @@ finally:
         stale = st.session_state.get("saliency") or {}
         if "job" in stale:  # saliency maps of the previous result still being computed
             jobs.cancel(stale["job"])
-        for name in ("analysis", "analysis_id", "pending_save", "case_label", "saliency"):
+        for name in ("analysis", "analysis_id", "pending_save", "case_label", "saliency", "synthetic_unsaved",
+                     "unmixing"):
             st.session_state.pop(name, None)
         running = st.session_state.pop("analysis_job", None)
         if running:
@@ -341,6 +395,8 @@ if info is not None:
         st.session_state.pop("saliency", None)
         st.session_state.pop("analysis_id", None)
         st.session_state.pop("pending_save", None)
+        st.session_state.pop("synthetic_unsaved", None)
+        st.session_state.pop("unmixing", None)
         try:
             job_id = jobs.submit(analyze_source, src, key, run_mpp, device=device_name(), precision=precision,
                                  outside_validated_use=override,
@@ -364,8 +420,10 @@ if info is not None:
             st.session_state["case_group"] = running["group"]
             bar.progress(1.0, text="Saving to the case history…")
             label = running["case_label"].strip() or "unlabelled"
-            earlier = previous_runs(case_store(), label, result)
-            if earlier:
+            earlier = [] if result.scenario.trained_on_synthetic else previous_runs(case_store(), label, result)
+            if result.scenario.trained_on_synthetic:  # saved only when the user confirms it, below the result
+                st.session_state["synthetic_unsaved"] = True
+            elif earlier:
                 st.session_state["pending_save"] = earlier
             else:
                 st.session_state["analysis_id"] = save_analysis(result, label, case_store(), group=running["group"],
@@ -410,7 +468,7 @@ if result is not None:
                    f"{s['runtime_s']:.1f}", help=f"Numeric precision of the network: {used}")
 
     if sc.trained_on_synthetic:
-        st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon="🧪")
+        st.warning("The model behind these numbers was trained on synthetic images only: check them by eye.", icon=":material/experiment:")
     if sc.research_only:
         st.error("**Research only:** the model behind these numbers did not pass its validation (see the warning "
                  "above and its model card); they are not counts for a patient case.", icon=":material/science:")
@@ -436,6 +494,8 @@ if result is not None:
             st.image(dense_over_image(result.image.rgb, dense, sc.class_colors), width="stretch",
                      caption=f"{dense.description}, over the image (full colour = 1)")
     labels = sc.class_labels
+    if sc.params.get("unmixing"):
+        unmixing_view(result)
     if supports_saliency(sc.key):
         saliency_view(result, labels)
     if has_cells:  # outputs by kind: a compartments-only scenario has no cells to show
@@ -462,9 +522,30 @@ if result is not None:
                  else "whole image; draw regions on the Review page")
         st.markdown(f"**Spatial statistics** ({where})")
         st.dataframe(headline, hide_index=True)
+    pairs = class_distance_table(s.get("spatial"))
+    if pairs:
+        with st.expander(f"Distances between immune phenotypes ({len(pairs)} ordered pairs)"):
+            st.caption("For each cell of the first phenotype, the distance to the nearest cell of the second (µm), and "
+                       "the share of its cells with one within each radius. Descriptive: not corrected for the image's "
+                       "edges and not tested against chance.")
+            st.dataframe(pairs, hide_index=True)
 
     analysis_id = st.session_state.get("analysis_id")
     pending = st.session_state.get("pending_save")
+    if analysis_id is None and st.session_state.get("synthetic_unsaved"):
+        st.info("**Not saved in the case history:** the model was trained on synthetic images only, so its numbers are "
+                "not counts for a case. The downloads below carry that warning.", icon=":material/experiment:")
+        sure = st.checkbox("I keep this as a teaching or method-development analysis, not a count for this case",
+                           key="confirm_synthetic_save")
+        if st.button("Save in the case history as a teaching analysis", disabled=not sure):
+            try:
+                label = (st.session_state.get("case_label") or "").strip() or "unlabelled"
+                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), confirm_synthetic=True,
+                                                                group=st.session_state.get("case_group"), **saved_by())
+                st.session_state.pop("synthetic_unsaved", None)
+                st.rerun()
+            except TILscopeError as err:
+                st.error(md_escape(err))
     if analysis_id is None and pending:
         label = (st.session_state.get("case_label") or "").strip() or "unlabelled"
         st.warning(f"Case {md_escape(repr(label))} already holds this image analysed with the same model and settings "
@@ -482,13 +563,17 @@ if result is not None:
             st.session_state["pending_save"] = []
             st.rerun()
     if analysis_id is None:
-        if pending is None:
+        if st.session_state.get("synthetic_unsaved"):
+            pass  # said above, with the button that saves it
+        elif pending is None:
             st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")
         elif not pending:
             st.info("Not saved again: the earlier analysis stays in the case history; the downloads below still work.")
         files = build_exports(result, case_label=st.session_state.get("case_label") or None)
     else:
-        st.success(f"Saved as analysis {analysis_id} in the case history.", icon=":material/database:")
+        st.success(f"Saved as analysis {analysis_id} in the case history"
+                   + (", marked as a teaching analysis (model trained on synthetic images only)."
+                      if sc.trained_on_synthetic else "."), icon=":material/database:")
         files = {}
         try:
             store = case_store()

@@ -73,7 +73,8 @@ table = pd.DataFrame(
         "id": [r["id"] for r in rows],
         "case": [r["case_label"] for r in rows],
         "image": [r["image_name"] for r in rows],
-        "scenario": [r["scenario_key"] for r in rows],
+        "scenario": [r["scenario_key"] + (" (synthetic-trained)" if rec.scenario_trained_on_synthetic(r["scenario_key"])
+                                          else "") if r["scenario_key"] else "" for r in rows],
         "saved (UTC)": [(r["created_at"] or "")[:16].replace("T", " ") for r in rows],
         "cells": [sum(r["counts"].values()) for r in rows],
         "corrections": [r["n_corrections"] for r in rows],
@@ -126,6 +127,10 @@ if analysis["reviewed_by"]:
 elif reviewed:
     who += " · reviewed (reviewer not recorded)"
 st.markdown(who)
+if summary.get("trained_on_synthetic"):
+    st.warning("**Teaching analysis:** the model was trained on synthetic images only and is not validated on real "
+               "tissue; its numbers are not counts for this case"
+               + (" (saved after the user confirmed it)." if summary.get("synthetic_save_confirmed") else "."), icon=":material/experiment:")
 if actor is not None:
     owner, group = analysis["owner"], analysis["group"]
     st.caption(f"Case owner: {md_escape(owner or 'not recorded (admins only)')} · shared with group: "

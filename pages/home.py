@@ -52,7 +52,9 @@ if research:
             st.caption(f"Why: {s.caution}")
 if teaching:
     st.subheader("For teaching and method development")
-    st.caption("Trained on synthetic images only: shown on the Teaching page, never used for case counts.")
+    st.caption("Trained on synthetic images only, never used for case counts: the TNRD models on the Teaching page, "
+               "and every one on Analyze once its switch \"Also list models trained on synthetic images\" is on "
+               "(results saved only when you confirm it).")
     for s in teaching:
         st.markdown(f"- {s.stain}: {s.title}")
 st.caption(f"TILscope {__version__}. Each model's card (on Analyze) gives its training data, validation figures "

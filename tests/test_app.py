@@ -84,3 +84,37 @@ def test_analyze_asks_for_a_name_before_a_run():
     next(c for c in at.checkbox if "stained for CD3" in c.label).check().run()
     run = next(b for b in at.button if b.label == "Run")
     assert run.disabled and any("Enter your name" in c.value for c in at.caption)
+
+
+def test_analyze_offers_the_synthetic_mihc_model_for_teaching_with_its_chromogen_maps_and_a_confirmed_save():
+    at = analyze_page()
+    assert "mihc-tcell-phenotypes" not in at.selectbox[0].options  # hidden unless asked
+    next(t for t in at.toggle if "synthetic images" in t.label).set_value(True).run()
+    at.selectbox[0].set_value("mihc-tcell-phenotypes").run()
+    assert any("Trained on synthetic images only" in e.value for e in at.error)  # said before anything is run
+    at.radio[0].set_value("Bundled sample").run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    result = at.session_state["analysis"]
+    assert result.scenario_key == "mihc-tcell-phenotypes" and len(result.cells) > 50
+    assert "analysis_id" not in at.session_state  # not saved without the user's word
+    assert any("Not saved in the case history" in i.value for i in at.info)
+    pictures = at.session_state["unmixing"]["pictures"]  # the "why this call" maps, one per stain and the residual
+    assert [t.split(" ")[0] for t, _, _ in pictures] == ["hematoxylin", "FOXP3", "CD8", "CD4", "PD1", "Not"]
+    assert all(p.shape == (512, 512, 3) for _, p, _ in pictures)
+    assert any(e.label.startswith("Distances between immune phenotypes") for e in at.expander)  # PD1+CD8+ → Treg...
+    downloads = {b.label for b in at.get("download_button")}
+    assert {"report.pdf", "cells.csv"} <= downloads  # the downloads work unsaved
+    save = next(b for b in at.button if b.label == "Save in the case history as a teaching analysis")
+    assert save.disabled
+    next(c for c in at.checkbox if "teaching or method-development" in c.label).check().run()
+    next(b for b in at.button if b.label == "Save in the case history as a teaching analysis").click().run()
+    assert not at.exception, at.exception
+    aid = at.session_state["analysis_id"]
+    assert aid is not None
+    from core.outputs.store import CaseStore
+
+    summary = CaseStore().get_analysis(aid)["summary"]
+    assert summary["trained_on_synthetic"] and summary["synthetic_save_confirmed"]
+    assert any("teaching analysis" in s.value for s in at.success)

@@ -18,6 +18,7 @@ from core.generator.mihc import (CHROMOGEN_NAMES, CHROMOGENS, CLASS_FREQUENCIES,
                                  stain_matrix)
 from core.mihc_unmixing import cell_levels, cell_levels_from_rgb, optical_density, unmix
 from core.nets.sdrdin import SDRDIN, VARIANTS
+from core.scenarios.mihc_spec import CHROMOGEN_DISC_UM, KEY
 
 CLEAN = MIHC_TCELL.without_variation()
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -213,6 +214,65 @@ def test_unmixing_refuses_bad_input():
         unmix(np.zeros((8, 8, 3), np.uint8), max_stains=4)
     with pytest.raises(InputError, match="no chromogen"):
         unmix(np.full((8, 8, 3), 200, np.uint8)).map("CD3")
+
+
+def test_chromogen_pictures_show_each_stain_where_it_is_and_stay_bounded():
+    from core.mihc_unmixing import chromogen_pictures
+
+    s = generate_mihc((256, 256), seed=3, recipe=CLEAN)
+    pictures = chromogen_pictures(s.image)
+    assert len(pictures) == len(CHROMOGEN_NAMES) + 1 and all(p.shape == (256, 256, 3) and p.dtype == np.uint8
+                                                                 for _, p, _ in pictures)
+    for k, name in enumerate(CHROMOGEN_NAMES):  # darker where the section holds more of that stain
+        darkness = 255.0 - pictures[k][1].astype(np.float64).mean(axis=2)
+        strong = s.concentrations[..., k] > 0.3
+        if strong.any():
+            assert darkness[strong].mean() > darkness[s.concentrations[..., k] < 0.02].mean() + 30, name
+    small = chromogen_pictures(s.image, max_pixels=4096)  # reduced first: time and memory bounded
+    assert small[0][1].shape == (64, 64, 3)
+    with pytest.raises(InputError, match="RGB"):
+        chromogen_pictures(np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError, match="max_pixels"):
+        chromogen_pictures(s.image, max_pixels=10)
+
+
+def test_phenotype_levels_follow_the_true_markers():
+    import pandas as pd
+
+    from core.mihc_unmixing import chromogen_columns, phenotype_levels
+
+    s = generate_mihc((320, 320), seed=3, recipe=CLEAN)
+    levels = cell_levels_from_rgb(s.image, s.points_xy, CHROMOGEN_DISC_UM / MIHC_MPP, white=1.0)
+    cells = pd.DataFrame(levels, columns=list(chromogen_columns().values()))
+    cells["cell_class"] = s.tcells["cell_class"].to_numpy()
+    table = phenotype_levels(cells).set_index("phenotype")
+    assert table["cells"].sum() == len(cells)
+    if "CD8+" in table.index and "CD4+FOXP3+" in table.index:
+        assert table.loc["CD8+", "CD8 (fast red), median OD"] > 0.1 > table.loc["CD4+FOXP3+", "CD8 (fast red), median OD"]
+        assert table.loc["CD4+FOXP3+", "FOXP3 (dab), median OD"] > 0.1 > table.loc["CD8+", "FOXP3 (dab), median OD"]
+    with pytest.raises(InputError, match="no column cd8_od"):
+        phenotype_levels(cells.drop(columns=["cd8_od"]))
+
+
+def test_cli_saves_a_synthetic_result_only_when_told(tmp_path, monkeypatch, capsys):
+    from core.cli import main
+    from core.outputs.store import CaseStore
+    from core.samples import get_sample
+
+    monkeypatch.setenv("TILSCOPE_DATA_DIR", str(tmp_path / "data"))
+    sample = str(get_sample("mihc-synthetic").path)
+    assert main(["analyze", sample, "--scenario", KEY, "--out", str(tmp_path / "a"), "--case", "T-1"]) == 0
+    assert "not saved in the case history" in capsys.readouterr().err
+    assert CaseStore().list_analyses() == []
+    assert main(["analyze", sample, "--scenario", KEY, "--out", str(tmp_path / "b"), "--case", "T-1",
+                 "--save-synthetic", "--report"]) == 0
+    rows = CaseStore().list_analyses()
+    assert len(rows) == 1 and rows[0]["scenario_key"] == KEY
+    summary = CaseStore().get_analysis(rows[0]["id"])["summary"]
+    assert summary["synthetic_save_confirmed"] is True and summary["trained_on_synthetic"] is True
+    from core.outputs.report_pdf import report_cautions
+
+    assert any("teaching or method-development" in line for line in report_cautions(summary))
 
 
 # --- network and training -----------------------------------------------------------------------

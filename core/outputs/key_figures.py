@@ -2,7 +2,8 @@
 
 :func:`key_figures` picks the numbers a pathologist reads first from an analysis (counts
 and densities per class, immune → tumour distances, compartment densities, CT/IM,
-stromal TIL proxy, phenotype call, the cross-L test, co-localisation, corrections), each
+stromal TIL proxy, phenotype call, the cross-L test, co-localisation, distances between
+immune classes, corrections), each
 with its unit and the threshold or definition that produced it, or the reason it is
 missing. :func:`format_figure` writes one value as text. The PDF report
 (:mod:`core.outputs.report_pdf`), the tumour-board comparison
@@ -23,6 +24,11 @@ import numpy as np
 from core.outputs import records as rec
 
 __all__ = ["KeyFigure", "key_figures", "key_figure_rows", "format_figure", "format_value"]
+
+#: Most rows of distances between immune classes (one per ordered pair: 12 = 4 classes).
+#: With more pairs, only those from the two most numerous classes are key figures; the
+#: full table is in the statistics (``immune_class_distances``).
+MAX_CLASS_DISTANCE_FIGURES = 12
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,10 @@ def key_figures(source: Any = None, *, spatial: Any = None) -> list[KeyFigure]:
         per region kind, intratumoral and stromal immune densities and their ratio,
         CT and IM immune densities (and the Immunoscore-like score when cut-offs are
         set), the stromal TIL proxy, the immune phenotype, the cross-L global test,
-        Morisita-Horn; last the cells corrected by hand. Statistics that could not be
+        Morisita-Horn, then, when the cells have at least two immune classes, the median
+        distance from each class A to the nearest cell of each other class B (one row per
+        ordered pair; with more than :data:`MAX_CLASS_DISTANCE_FIGURES` pairs, only the
+        pairs from the two most numerous classes); last the cells corrected by hand. Statistics that could not be
         computed give rows with value None and the reason as setting; without
         statistics, one row says so.
     """
@@ -316,8 +325,61 @@ def _spatial_figures(s: dict, with_counts: bool) -> list[KeyFigure]:
     if mh.get("available") and mh.get("index") is not None:
         add("morisita_horn", "immune-tumour co-localisation (Morisita-Horn)", mh["index"], "",
             f"{mh['grid_cell_um']:g} µm squares; 0 = apart, 1 = same distribution", digits=2)
+    rows += _class_distance_figures(s.get("immune_class_distances") or {})
+    return rows
+
+
+def _class_distance_figures(cd: dict) -> list[KeyFigure]:
+    """One row per ordered pair of immune classes: median distance A → nearest B (none when unavailable)."""
+    if not cd.get("available") or not cd.get("pairs"):
+        return []
+    pairs = cd["pairs"]
+    note = ""
+    if len(pairs) > MAX_CLASS_DISTANCE_FIGURES:
+        n_by = cd.get("n_by_class") or {}
+        top = sorted(n_by, key=lambda c: (-n_by[c], c))[:2]
+        pairs = [p for p in pairs if p["from"] in top]
+        note = (f"; key figures only for the pairs from the 2 most numerous classes ({', '.join(top)}): "
+                f"the full table of {len(cd['pairs'])} pairs is in the statistics")
+    rows = []
+    for p in pairs:
+        fw = p.get("fraction_within") or {}
+        shares = " / ".join("n/a" if v is None else f"{100 * float(v):.1f}" for v in fw.values())
+        within = f"share within {' / '.join(fw)} µm: {shares} %; " if fw else ""
+        rows.append(KeyFigure(
+            f"immune_class_distances.median_um[{p['from']} → {p['to']}]", f"{p['from']} → nearest {p['to']}, median",
+            p.get("median_um"), "µm", f"{within}{p['n_from']:,} {p['from']} and {p['n_to']:,} {p['to']} cells{note}"))
     return rows
 
 
 def _corr_note(corr: dict) -> str:
     return f"{corr.get('n_added', 0)} added, {corr.get('n_deleted', 0)} deleted, {corr.get('n_relabelled', 0)} relabelled"
+
+
+def class_distance_table(spatial: Any) -> list[dict[str, Any]]:
+    """Every ordered pair of immune phenotypes as a table row, for the pages (all pairs, not only the key figures').
+
+    Parameters
+    ----------
+    spatial : dict (the statistics of :func:`core.spatial.compute_spatial_stats`), SpatialStats or None
+
+    Returns
+    -------
+    list of dict: ``from``, ``to``, ``cells from``, ``cells to``, ``median (µm)``,
+    ``IQR (µm)`` and one ``within r µm (%)`` column per radius; empty when the section is absent
+    or not available (fewer than two immune phenotypes, no mpp).
+    """
+    s = spatial.to_dict() if hasattr(spatial, "to_dict") else (spatial or {})
+    cd = s.get("immune_class_distances") or {}
+    if not cd.get("available"):
+        return []
+    rows = []
+    for p in cd.get("pairs") or []:
+        row = {"from": p["from"], "to": p["to"], "cells from": p["n_from"], "cells to": p["n_to"],
+               "median (µm)": None if p.get("median_um") is None else round(float(p["median_um"]), 1),
+               "IQR (µm)": (f"{p['q25_um']:.1f} – {p['q75_um']:.1f}"
+                            if p.get("q25_um") is not None and p.get("q75_um") is not None else "n/a")}
+        for r, share in (p.get("fraction_within") or {}).items():
+            row[f"within {r} µm (%)"] = None if share is None else round(100.0 * float(share), 1)
+        rows.append(row)
+    return rows

@@ -32,6 +32,7 @@ PARAMETER_LABELS: dict[str, tuple[str, str]] = {
     "radii_um": ("distances r for 'immune cells within r of a tumour cell'", "µm"),
     "margin_half_width_um": ("invasive margin: half-width of the band around the tumour border", "µm"),
     "ripley_radii_um": ("cross-K, cross-L and cross-G evaluated at r", "µm"),
+    "class_distance_radii_um": ("immune phenotypes: share of cells with a cell of another phenotype within r", "µm"),
     "n_simulations": ("random relabellings of tumour/immune labels for the envelopes", ""),
     "envelope_alpha": ("level of the global envelope test (α)", ""),
     "grid_cell_um": ("side of the grid squares (compartments without regions, Morisita-Horn)", "µm"),

@@ -154,7 +154,8 @@ def spatial_statistics(stats: dict[str, Any]) -> dict[str, Any]:
 
     Descriptive keys (:data:`DESCRIPTIVE_KEYS`), thresholds and regions are left
     out; a section that could not be computed becomes one row ``"not computed: reason"``;
-    ``within_radius``-style lists of rows become ``"...within_radius[10 µm].key"``.
+    ``within_radius``-style lists of rows become ``"...within_radius[10 µm].key"``, lists of
+    class pairs ``"...pairs[A → B].key"``.
     """
     out: dict[str, Any] = {}
     for section, value in stats.items():
@@ -176,12 +177,15 @@ def _statistics(value: Any, path: str) -> dict[str, Any]:
             out.update(_statistics(sub, f"{path}.{key}"))
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         for row in value:
-            um_keys = [k for k in row if str(k).endswith("_um") and isinstance(row[k], (int, float))]
-            tag = f"[{row[um_keys[0]]:g} µm]" if um_keys else ""
-            if not tag:
-                continue
+            if "from" in row and "to" in row:  # a pair of classes (immune_class_distances): labelled by the pair
+                tag, skip = f"[{row['from']} → {row['to']}]", ("from", "to")
+            else:  # a row of a radius list: labelled by its radius
+                um_keys = [k for k in row if str(k).endswith("_um") and isinstance(row[k], (int, float))]
+                if not um_keys:
+                    continue
+                tag, skip = f"[{row[um_keys[0]]:g} µm]", (um_keys[0],)
             for key, sub in row.items():
-                if key != um_keys[0]:
+                if key not in skip:
                     out.update(_statistics(sub, f"{path}{tag}.{key}"))
     elif value is None or isinstance(value, (bool, int, float, str)):
         out[path] = value
@@ -396,6 +400,12 @@ def scenario_research_only(key: str | None) -> bool:
     """Whether scenario ``key`` is registered as research only (:attr:`core.scenarios.spec.Scenario.research_only`)."""
     scenario = _scenario(key)
     return bool(scenario is not None and scenario.research_only)
+
+
+def scenario_trained_on_synthetic(key: str | None) -> bool:
+    """Whether scenario ``key`` is registered as trained on synthetic images only (:attr:`core.scenarios.spec.Scenario.trained_on_synthetic`)."""
+    scenario = _scenario(key)
+    return bool(scenario is not None and scenario.trained_on_synthetic)
 
 
 def scenario_colors(key: str | None) -> dict[str, str]:

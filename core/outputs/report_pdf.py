@@ -83,6 +83,9 @@ def report_cautions(summary: dict[str, Any]) -> list[str]:
     if summary.get("trained_on_synthetic"):
         lines.append("This model was trained on synthetic images only: the numbers illustrate the method and are "
                      "not measurements of real tissue.")
+        if summary.get("synthetic_save_confirmed"):
+            lines.append("Saved in the case history as a teaching or method-development analysis: the user confirmed "
+                         "that these numbers are not counts for this case.")
     if rec.scenario_research_only(rec.scenario_key(summary)):
         lines.append("Research only: this model did not pass its validation (see below and its model card); its "
                      "numbers are not counts for a patient case.")

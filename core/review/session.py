@@ -548,7 +548,7 @@ class ReviewSession:
             cells that are cheap to compute, equal to its own: ``schema``, ``available``,
             ``params``, ``units``, ``window``, ``counts``, ``regions``, ``distances``,
             ``compartments``, ``stromal_til_proxy``, ``phenotype``, ``morisita_horn``,
-            ``warnings``; plus ``corrections`` (the log's summary) and ``live`` = True.
+            ``immune_class_distances``, ``warnings``; plus ``corrections`` (the log's summary) and ``live`` = True.
             Not here (see :data:`HEAVY_SECTIONS` and :meth:`statistics`):
             ``invasive_margin``, ``ripley``, ``cross_g``. Without an mpp: ``available``
             False with the reason and ``counts.n_cells``.
@@ -559,6 +559,7 @@ class ReviewSession:
         if self._live_cache is not None and self._live_cache[0] == key:
             return copy.deepcopy(self._live_cache[1])
         from core.spatial.compartments import compartment_sections, regions_section
+        from core.spatial.class_distances import class_distances_section
         from core.spatial.point_processes import distances_section, morisita_section
 
         base = {"schema": SPATIAL_SCHEMA, "params": p.to_dict(),
@@ -599,6 +600,7 @@ class ReviewSession:
         out["compartments"], out["stromal_til_proxy"], out["phenotype"] = compartment_sections(
             xy, role, imm, regions, window, in_win, p)
         out["morisita_horn"] = morisita_section(xy, role, imm, tum, in_win, window, p)
+        out["immune_class_distances"] = class_distances_section(xy, role, cls, p)
         n_without = int((~finite).sum())
         out["warnings"] = [f"{n_without} cell(s) without µm coordinates were left out"] if n_without else []
         out["corrections"] = corrections

@@ -21,8 +21,9 @@ panel).
 
 No public labelled mIHC exists that the project can use: the weights are trained on the
 generator's mIHC recipe (:mod:`core.generator.mihc`) only, marked ``trained_on_synthetic`` (never
-offered for clinical counting: the Analyze page lists it under Teaching, and its results are not
-saved as case analyses). The registry entry is :func:`core.scenarios.mihc_spec.draft_scenario`
+offered for clinical counting: the Analyze page lists it only when its "models trained on synthetic
+images" switch is on, shows the chromogen maps of :func:`core.mihc_unmixing.chromogen_pictures`,
+and saves a result as a teaching analysis only when the user confirms it). The registry entry is :func:`core.scenarios.mihc_spec.draft_scenario`
 (a module without torch, so that importing the registry loads no network code).
 
 Large images run through the cell tiler as ``he-til`` does (blocks of 1024 px with 96 px of
@@ -39,7 +40,8 @@ import numpy as np
 import torch
 
 from core.errors import InputError
-from core.generator.mihc import CHROMOGENS, PHENOTYPES
+from core.generator.mihc import PHENOTYPES
+from core.mihc_unmixing import chromogen_columns  # noqa: F401 - the cell-table columns, re-exported
 from core.nets.sdrdin import SDRDIN, probabilities
 from core.scenarios.base import Prediction
 from core.scenarios.he_til import HETILModel, PostprocessParams
@@ -50,11 +52,6 @@ from core.scenarios.spec import Scenario
 #: Says in every result, the card and the page what the weights are.
 SYNTHETIC_NOTE = ("trained on synthetic images only; not validated on real mIHC: research and teaching use, "
                   "not for counting on patient slides")
-
-
-def chromogen_columns() -> dict[str, str]:
-    """Cell-table column per stain: ``{"hematoxylin": "hematoxylin_od", "dab": "foxp3_od", ...}`` (markers by marker name)."""
-    return {c.name: (f"{c.marker.lower()}_od" if c.marker else f"{c.name}_od") for c in CHROMOGENS}
 
 
 class MIHCModel(HETILModel):

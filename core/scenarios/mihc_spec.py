@@ -77,7 +77,9 @@ def draft_scenario(sha256: str = "", card_sha256: str = "") -> Scenario:
         evaluation="mihc-synthetic",
         trained_on_synthetic=True,
         # the generator draws 0.44 µm/px sections; other pixel sizes are resampled to it
-        use=Use(stain="dab-hematoxylin", mpp_range=(0.3, 0.6)),
+        use=Use(stain="dab-hematoxylin", mpp_range=(0.3, 0.6),
+                stain_words="multiplex brightfield IHC with a hematoxylin counterstain (PD1 teal, CD8 Fast Red, CD4 "
+                            "green, FOXP3 DAB)"),
         caution=("Trained on synthetic images only; not validated on real mIHC. The chromogen of each marker (PD1 teal, "
                  "CD8 Fast Red, CD4 green, FOXP3 DAB) is an assumption of the generator: a panel with other chromogens "
                  "is outside what it has seen."),

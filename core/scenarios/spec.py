@@ -89,6 +89,10 @@ class Use:
         another DAB stain, so the user confirms it.
     min_focus : float or None
         Sharpness (:func:`core.fitness.focus_score`) below which a warning is given.
+    stain_words : str or None
+        How the messages name the stain when the family says too little, e.g. a multiplex
+        IHC panel read under the ``dab-hematoxylin`` family (brightfield chromogens with a
+        hematoxylin counterstain); None: the family's name (:data:`core.fitness.STAIN_LABELS`).
     """
 
     stain: str
@@ -96,6 +100,7 @@ class Use:
     antigen: str | None = None
     min_focus: float | None = None
     other_stains: tuple[str, ...] = ()
+    stain_words: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stains if s not in STAIN_FAMILIES]
@@ -213,7 +218,8 @@ class Scenario:
         cases. It stays on Analyze for research, marked "research only" where it is chosen, on
         its results and first in its reports, and is never listed among the validated models;
         ``caution`` says plainly why (the card's figures). Models trained on synthetic images
-        only are ``trained_on_synthetic`` instead (Teaching page, never saved as cases).
+        only are ``trained_on_synthetic`` instead (listed on Analyze only when asked, saved as
+        case analyses only when the user confirms it, marked as teaching analyses).
     """
 
     key: str

@@ -14,6 +14,8 @@ Submodules (each imports only from the ones listed before it):
   Monte-Carlo envelopes, Morisita-Horn.
 * :mod:`~core.spatial.compartments`: region densities, intratumoral / stromal
   compartments, stromal TIL proxy, phenotype, invasive margin, per-cell zones.
+* :mod:`~core.spatial.class_distances`: nearest distances between immune phenotypes (e.g.
+  PD1+CD8+ to CD4+FOXP3+), with the share of cells within each radius.
 * :mod:`~core.spatial.statistics`: :func:`compute_spatial_stats`, :class:`SpatialStats`
   (conventions and references are in its docstring).
 * :mod:`~core.spatial.cell_tables`: reading TILscope and QuPath cell tables (CSV, Parquet).

@@ -76,6 +76,11 @@ class SpatialParams:
         200 µm; larger distances are counted as overflow).
     window_um : (x_min, y_min, x_max, y_max) in µm or None
         Study window, normally the image extent; None uses the cells' bounding box.
+    class_distance_radii_um : tuple of float > 0, distinct
+        Radii r for "share of class-A immune cells with a class-B immune cell within r µm"
+        in the distances between immune classes (:mod:`core.spatial.class_distances`).
+        Default (10, 20, 30): cell contact to short-range interaction, the distances read
+        in multiplex studies of immune-cell interactions (e.g. PD-1/PD-L1 proximity).
     """
 
     radii_um: tuple[float, ...] = (10.0, 20.0, 30.0, 50.0)
@@ -94,6 +99,7 @@ class SpatialParams:
     histogram_bin_um: float = 2.0
     histogram_max_um: float = 200.0
     window_um: tuple[float, float, float, float] | None = None
+    class_distance_radii_um: tuple[float, ...] = (10.0, 20.0, 30.0)
 
     def validate(self) -> "SpatialParams":
         """Return ``self`` after checking every value; raise InputError naming the bad one."""
@@ -108,6 +114,16 @@ class SpatialParams:
             raise InputError("SpatialParams.radii_um is empty: give at least one radius in µm, e.g. (10, 20, 30, 50)")
         for r in self.radii_um:
             pos("radii_um", r)
+        cr = self.class_distance_radii_um
+        if not isinstance(cr, (tuple, list, np.ndarray)) or len(cr) == 0:
+            raise InputError(
+                f"SpatialParams.class_distance_radii_um must be a non-empty sequence of radii in µm, e.g. (10, 20, 30), "
+                f"got {cr!r}"
+            )
+        for r in cr:
+            pos("class_distance_radii_um", r)
+        if len({float(r) for r in cr}) != len(cr):
+            raise InputError(f"SpatialParams.class_distance_radii_um has a radius twice, got {cr!r}: give each radius once")
         rr = np.asarray(self.ripley_radii_um, dtype=float)
         if rr.ndim != 1 or len(rr) < 2 or not np.all(np.isfinite(rr)) or rr.min() < 0 or np.any(np.diff(rr) <= 0):
             raise InputError(

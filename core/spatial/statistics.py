@@ -2,7 +2,9 @@
 
 Where are the immune cells: inside tumour nests or held back in the stroma, how close
 do they come to tumour cells, how dense are they in the tumour centre (CT) versus the
-invasive margin (IM)? :func:`compute_spatial_stats` answers on a cell table
+invasive margin (IM)? How far apart are the immune classes (phenotypes of a multiplex
+panel, e.g. PD1+CD8+ T cells from the nearest regulatory T cell)?
+:func:`compute_spatial_stats` answers on a cell table
 (:mod:`core.cells`: ``x_um``, ``y_um``, ``role``, ``cell_class``) and optional
 :class:`core.spatial.regions.Region` polygons, in µm, µm², mm² and cells/mm² only, and puts
 every threshold it used next to the figure it produced.
@@ -16,7 +18,9 @@ Conventions
 * Coordinates are (x, y) in µm; pixels never enter this package, so the same tissue
   imaged at two mpp values gives the same figures.
 * Roles (:data:`core.cells.ROLES`): ``immune`` cells are the TILs; ``tumour`` cells are
-  the reference for distances and cross-K.
+  the reference for distances and cross-K. Only ``immune_class_distances`` reads
+  ``cell_class``: nearest-neighbour distances between the classes of the immune cells
+  (:mod:`core.spatial.class_distances`; unavailable with fewer than two immune classes).
 * Cells inside ``exclude`` regions are dropped from every statistic and exclusion areas
   are subtracted from every area.
 * **Study window** (Ripley K/L, cross-G, Morisita-Horn grid, CT/IM areas): the
@@ -42,7 +46,8 @@ References
    13:255-266 (1976).
 .. [Baddeley] Baddeley A., Rubak E., Turner R. "Spatial Point Patterns: Methodology and
    Applications with R." CRC (2015): §7.4 (edge corrections: translation, border),
-   §8.3 (G function, reduced-sample), §14.4 (multitype K, G), §10.7 (random labelling).
+   §8.3 (G function, reduced-sample), §14.4 (multitype K, G; cross-type nearest-neighbour
+   distances between immune classes), §10.7 (random labelling).
 .. [Envelopes] Baddeley A. et al. "On tests of spatial pattern based on simulation
    envelopes." Ecol Monogr 84:477-489 (2014) (global MAD envelope).
 .. [Galon] Galon J. et al. "Type, density, and location of immune cells within human
@@ -75,6 +80,7 @@ import pandas as pd
 
 from core.cells import ROLES
 from core.errors import InputError
+from core.spatial.class_distances import class_distances_section
 from core.spatial.compartments import compartment_sections, invasive_margin_section, regions_section
 from core.spatial.geometry import StudyWindow
 from core.spatial.params import SpatialParams, density_per_mm2, json_ready, unavailable
@@ -100,7 +106,7 @@ def compute_spatial_stats(
     cells : pandas.DataFrame
         Cell table with ``x_um``, ``y_um`` (float64, µm; NaN when the image had no mpp)
         and ``role`` (one of :data:`core.cells.ROLES`); ``cell_class`` is used for
-        per-class counts when present.
+        per-class counts and the distances between immune classes when present.
     regions : list of Region, optional
         Tumour / stroma / exclude / margin polygons in µm.
     params : SpatialParams, optional
@@ -120,9 +126,12 @@ def compute_spatial_stats(
         tumour cell), ``compartments`` (intratumoral and stromal immune densities, their
         ratio), ``invasive_margin`` (CT/IM densities, Immunoscore-like, histogram of
         signed distances of immune cells to the border), ``ripley`` (cross-K/L with
-        envelopes), ``cross_g``, ``morisita_horn``, ``stromal_til_proxy``,
-        ``phenotype``, ``warnings``, ``runtime_s``. A section that cannot be computed is
-        ``{"available": False, "reason": ...}``. When no cell has µm coordinates the
+        envelopes), ``cross_g``, ``morisita_horn``, ``immune_class_distances`` (per
+        ordered pair of immune classes A → B: nearest-B distance summary in µm and the
+        share of A cells within each of ``class_distance_radii_um``; see
+        :func:`core.spatial.class_distances.class_distances_section`),
+        ``stromal_til_proxy``, ``phenotype``, ``warnings``, ``runtime_s``. A section
+        that cannot be computed is ``{"available": False, "reason": ...}``. When no cell has µm coordinates the
         whole result is ``{"available": False, "reason": "... needs an mpp ..."}``.
         :func:`spatial_stats` gives the same result as a typed :class:`SpatialStats`.
 
@@ -138,7 +147,8 @@ def compute_spatial_stats(
     translation edge correction, cross-G with border correction, random labelling);
     Baddeley et al. 2014 (global envelope); Galon et al. 2006 / Pagès et al. 2018
     (CT, IM); Salgado et al. 2015 (stromal TILs); Horn 1966 / Maley et al. 2015
-    (Morisita-Horn); Hegde et al. 2016 (phenotypes).
+    (Morisita-Horn); Hegde et al. 2016 (phenotypes); Baddeley et al. 2015 §14.4
+    (distances between immune classes).
     """
     t_start = time.perf_counter()
     params = (params or SpatialParams()).validate()
@@ -216,6 +226,7 @@ def compute_spatial_stats(
     out["invasive_margin"] = invasive_margin_section(xy, imm, regions, window, in_win, params)
     out["ripley"], out["cross_g"] = ripley_sections(xy, tum, imm, in_win, window, params, rng, warnings)
     out["morisita_horn"] = morisita_section(xy, role, imm, tum, in_win, window, params)
+    out["immune_class_distances"] = class_distances_section(xy, role, cls, params)
     out["warnings"] = warnings
     out["runtime_s"] = time.perf_counter() - t_start
     return json_ready(out)
@@ -282,6 +293,10 @@ class SpatialStats:
         ``{"available": False, "reason": ...}``.
     phenotype, invasive_margin, ripley, cross_g, morisita_horn : dict or None
         Likewise.
+    immune_class_distances : dict or None
+        Nearest-neighbour distances between immune classes
+        (:func:`core.spatial.class_distances.class_distances_section`); None in a dict
+        saved before this section existed, which then round-trips without it.
     warnings : list of str or None
         What the user should know (cells left out, Ripley radii dropped).
     runtime_s : float or None
@@ -308,7 +323,7 @@ class SpatialStats:
     #: Names of the statistic sections, in the order of the result dict.
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "window", "counts", "regions", "distances", "compartments", "stromal_til_proxy", "phenotype",
-        "invasive_margin", "ripley", "cross_g", "morisita_horn",
+        "invasive_margin", "ripley", "cross_g", "morisita_horn", "immune_class_distances",
     )
 
     schema: str = SCHEMA
@@ -327,6 +342,7 @@ class SpatialStats:
     ripley: dict[str, Any] | None = None
     cross_g: dict[str, Any] | None = None
     morisita_horn: dict[str, Any] | None = None
+    immune_class_distances: dict[str, Any] | None = None
     warnings: list[str] | None = None
     runtime_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -57,8 +57,10 @@ def build_card(weights: Path, train: dict, evaluation: dict | None = None, earli
     total_s = sum(t["train_time_s"] for t in stages)
     sections = sum(t["sections_seen"] for t in stages)
     budget_minutes = " + ".join(f"{t['minutes']:g}" for t in stages)
+    variant = train.get("variant", "s-drdin")
+    what = "S-DRDIN" if variant == "s-drdin" else f"{variant} (the paper's ablation of S-DRDIN, §2.4)"
     card = {
-        "name": f"S-DRDIN for six T-cell phenotypes in multiplex IHC (synthetic-trained, base width {train['base_features']})",
+        "name": f"{what} for six T-cell phenotypes in multiplex IHC (synthetic-trained, base width {train['base_features']})",
         "scenario": KEY,
         "version": "1.0.0",
         "weights_file": weights.name,
@@ -67,7 +69,11 @@ def build_card(weights: Path, train: dict, evaluation: dict | None = None, earli
         "trained_on_synthetic": True,
         "intended_use": (f"Teaching and method development only: {SYNTHETIC_NOTE}. It shows how S-DRDIN detects and "
                          "phenotypes T cells in multiplex IHC (PD1, CD8, CD4, FOXP3) in one pass; its results are not "
-                         "saved as case analyses unless the user confirms. Research use, not a diagnostic device."),
+                         "saved as case analyses unless the user confirms. Research use, not a diagnostic device.")
+        if variant == "s-drdin" else (
+            f"Method development only: {SYNTHETIC_NOTE}. A variant of S-DRDIN for the paper's ablation (§2.4, Tables 2-3), "
+            "trained with the same budget and recipe; read by python -m core evaluate --scenario mihc-tcell-phenotypes beside "
+            "the S-DRDIN weights, never registered as a scenario or offered on a page."),
         "limitations": [
             "Trained on synthetic images only; not validated on real mIHC: no labelled multiplex IHC was available. Every "
             "figure in this card comes from the project's generator, an optimistic setting; accuracy on real sections is "
@@ -176,6 +182,12 @@ def build_card(weights: Path, train: dict, evaluation: dict | None = None, earli
         card["metrics"]["reproduce"] = (f"python -m core evaluate --scenario {KEY} --synthetic "
                                         f"{evaluation['seeds'][1] - evaluation['seeds'][0] + 1} --seed {evaluation['seeds'][0]}")
         h = evaluation["headline"]
+        if variant != "s-drdin" and variant in evaluation["models"]:  # an ablation card: its own figures
+            own = evaluation["models"][variant]
+            h = {"detection_f1": own["detection"]["f1"],
+                 "classification_weighted_f1": (own.get("classification") or {}).get("weighted_f1")}
+            card["metrics"]["heldout_synthetic"]["headline"] = {**h, "variant": variant,
+                                                                "s_drdin": evaluation["headline"]}
         card["limitations"].insert(1, (
             f"On held-out synthetic sections: detection F1 {h['detection_f1']:.3f} and weighted class F1 "
             f"{(h['classification_weighted_f1'] or 0):.3f} (the paper on real mIHC: 0.835 / 0.867); these are figures on "
