@@ -216,6 +216,25 @@ def test_unmixing_refuses_bad_input():
         unmix(np.full((8, 8, 3), 200, np.uint8)).map("CD3")
 
 
+def test_paired_bootstrap_of_rare_class_f1():
+    from core.evaluation.mihc import RARE_CLASSES, paired_bootstrap_f1
+
+    k = len(PHENOTYPES)
+    r = PHENOTYPES.index(RARE_CLASSES[0])
+    good = np.zeros((20, k, k), np.int64)
+    good[:, r, r] = 5  # model A: every rare cell right
+    bad = good.copy()
+    bad[:, r, r], bad[:, r, 0] = 3, 2  # model B: 2 of 5 called CD8+ in every section
+    out = paired_bootstrap_f1(good, bad, n_boot=500)
+    f1_b = 2 * 3 / (5 + 3)  # recall 3/5, precision 3/3
+    assert out[RARE_CLASSES[0]]["difference"] == pytest.approx(1.0 - f1_b, abs=1e-4)
+    assert out[RARE_CLASSES[0]]["ci95"][0] > 0 and out[RARE_CLASSES[0]]["share_a_at_least_b"] == 1.0
+    same = paired_bootstrap_f1(good, good, n_boot=100)[RARE_CLASSES[0]]
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(InputError, match="shapes"):
+        paired_bootstrap_f1(good, good[:3, :2])
+
+
 def test_chromogen_pictures_show_each_stain_where_it_is_and_stay_bounded():
     from core.mihc_unmixing import chromogen_pictures
 

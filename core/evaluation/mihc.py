@@ -159,6 +159,81 @@ def score_cells(results: list[tuple[np.ndarray, np.ndarray | None]], truths: lis
             "classification": cls}
 
 
+def _shown(path) -> str:
+    """A weights path as the record keeps it: relative to the working folder when inside it (no machine's absolute paths)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def section_confusions(model, secs: list, maps: list) -> np.ndarray:
+    """Per section, the phenotype confusion of the matched cells: (n_sections, 6, 6) int64, [true, predicted].
+
+    The same matching as :func:`score_cells` (within :data:`MATCH_RADIUS_UM`), kept per section so that
+    :func:`paired_bootstrap_f1` can resample sections.
+    """
+    from core.scenarios.mihc import INPUT_MPP
+
+    k = len(PHENOTYPES)
+    out = np.zeros((len(secs), k, k), np.int64)
+    for i, ((d, c), (txy, tlab)) in enumerate(zip(maps, truths_of(secs))):
+        xy, lab = cells_from_maps(d, c, model.params, INPUT_MPP, True)
+        pi, ti = match_points(np.asarray(xy, np.float64).reshape(-1, 2), txy, MATCH_RADIUS_UM / INPUT_MPP)
+        np.add.at(out[i], (np.asarray(tlab, np.int64)[ti], np.asarray(lab, np.int64)[pi]), 1)
+    return out
+
+
+def _f1_of_confusion(conf: np.ndarray) -> np.ndarray:
+    """Per-class F1 of (..., K, K) confusion matrices [true, predicted] (0 where a class has no cell)."""
+    diag = np.diagonal(conf, axis1=-2, axis2=-1).astype(np.float64)
+    denom = conf.sum(axis=-1) + conf.sum(axis=-2)
+    return np.divide(2 * diag, denom, out=np.zeros_like(diag), where=denom > 0)
+
+
+def paired_bootstrap_f1(conf_a: np.ndarray, conf_b: np.ndarray, classes: tuple[str, ...] = RARE_CLASSES,
+                        n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per-class F1 of model A minus model B with a 95 % interval from a paired bootstrap over sections.
+
+    Parameters
+    ----------
+    conf_a, conf_b : (n_sections, 6, 6) int confusions of the same sections (:func:`section_confusions`)
+    classes : phenotypes reported
+    n_boot : int, resamples (sections drawn with replacement, the same draw for both models)
+    seed : int
+
+    Returns
+    -------
+    dict: phenotype → ``difference`` (A - B on all sections), ``ci95`` [low, high] (percentile
+    interval), ``share_a_at_least_b`` (share of resamples with A's F1 >= B's).
+
+    Raises
+    ------
+    InputError
+        If the two confusions do not have the same shape.
+
+    References
+    ----------
+    Efron B., Tibshirani R.J., "An Introduction to the Bootstrap", Chapman & Hall (1993), ch. 13
+    (percentile intervals); resampling whole sections keeps the cells of a section together.
+    """
+    a, b = np.asarray(conf_a), np.asarray(conf_b)
+    if a.shape != b.shape or a.ndim != 3:
+        raise InputError(f"confusions of different shapes: {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(int(n_boot), len(a)))
+    diff_all = _f1_of_confusion(a.sum(0)) - _f1_of_confusion(b.sum(0))
+    diffs = _f1_of_confusion(a[idx].sum(1)) - _f1_of_confusion(b[idx].sum(1))  # (n_boot, K)
+    out = {}
+    for name in classes:
+        k = PHENOTYPES.index(name)
+        lo, hi = np.percentile(diffs[:, k], [2.5, 97.5])
+        out[name] = {"difference": round(float(diff_all[k]), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+                     "share_a_at_least_b": round(float((diffs[:, k] >= 0).mean()), 4)}
+    return out
+
+
 def selection_score(scores: dict, variant: str) -> float:
     """The pre-registered checkpoint score: detection F1 + weighted class F1 (detection F1 alone for drdin-detection)."""
     det = scores["detection"]["f1"]
@@ -286,7 +361,7 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
     for variant, (path, model) in models.items():
         maps_of[variant] = [model.predict_maps(s.image) for s in secs]
         scores = score_model(model, secs, maps_of[variant])
-        out_models[variant] = {"weights": str(path), "threshold": model.params.threshold, **scores}
+        out_models[variant] = {"weights": _shown(path), "threshold": model.params.threshold, **scores}
     if "drdin-detection" in models and "drdin-classification" in models:
         det_model, cls_model = models["drdin-detection"][1], models["drdin-classification"][1]
         win = cls_model.params.in_pixels(INPUT_MPP)["class_window_px"]
@@ -295,7 +370,7 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
             xy, _ = cells_from_maps(d, c, det_model.params, INPUT_MPP, labelled=False)
             results.append((xy, classify_cells(c[:-1], xy, win)[0]))
         out_models["drdin-detection+classification"] = {
-            "weights": [str(models["drdin-detection"][0]), str(models["drdin-classification"][0])],
+            "weights": [_shown(models["drdin-detection"][0]), _shown(models["drdin-classification"][0])],
             **score_cells(results, truths_of(secs), MATCH_RADIUS_UM / INPUT_MPP)}
     rare = {v: {c: m["classification"]["per_class"][c]["f1"] for c in RARE_CLASSES}
             for v, m in out_models.items() if m.get("classification")}
@@ -303,14 +378,20 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
     headline = {"detection_f1": main["detection"]["f1"],
                 "classification_weighted_f1": (main["classification"] or {}).get("weighted_f1"),
                 "paper_detection_f1": 0.835, "paper_classification_weighted_f1": 0.867}
+    bootstrap = None
     if "s-drdin" in rare and "drdin-classification" in rare:
         headline["s_drdin_at_least_drdin_classification_on_rare_classes"] = all(
             rare["s-drdin"][c] >= rare["drdin-classification"][c] for c in RARE_CLASSES)
+        bootstrap = {"what": "F1 of S-DRDIN minus F1 of DRDIN-classification on the rare phenotypes, 95 % interval "
+                             "of a paired bootstrap over the sections (2000 resamples, seed 0)",
+                     **paired_bootstrap_f1(*(section_confusions(models[v][1], secs, maps_of[v])
+                                             for v in ("s-drdin", "drdin-classification")))}
     missing = [v for v in ABLATION if v not in models]
     return {
         "recipe": RECIPE, "scenario": "mihc-tcell-phenotypes", "seeds": [first, stop - 1], "shape": list(shape),
         "mpp": MIHC_MPP, "match_radius_um": MATCH_RADIUS_UM, "n_cells": int(sum(len(s.labels) for s in secs)),
         "headline": headline, "models": out_models, "rare_classes": rare,
+        **({"rare_classes_s_drdin_minus_drdin_classification": bootstrap} if bootstrap else {}),
         **({"ablation_missing": missing} if missing else {}),
         "paper": PAPER_RESULTS,
         "warning": "held-out sections of the project's generator: figures on synthetic images, not on real mIHC",
