@@ -150,7 +150,7 @@ def test_big_files_are_refused_without_being_read(bombs):
     refused(bombs["3 GiB"]["rc"], bombs["3 GiB"]["err"], "3.0 GiB, more than the 2.0 GiB")
     refused(bombs["600 MiB garbage"]["rc"], bombs["600 MiB garbage"]["err"], "not an image TILscope can read")
     assert bombs["3 GiB"]["grew_mb"] < 60 and bombs["600 MiB garbage"]["grew_mb"] < 60, bombs  # neither read whole
-    assert bombs["seconds"] < 60
+    assert bombs["seconds"] < 300  # a guard against reading the files whole (minutes), not a speed target: benchmarks hold those
 
 
 def test_resampling_works_in_float32_bands_and_matches_scikit_image():
@@ -311,7 +311,7 @@ def test_a_300000_vertex_region_takes_seconds(tmp_path, capsys, cells_csv):
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     area = [x["area_mm2"] for x in stats["regions"]["per_region"] if x["kind"] == "tumour"][0]
     assert area == pytest.approx(np.pi * 400**2 / 1e6, rel=0.01)
-    assert elapsed < 30, elapsed  # was more than 600 s
+    assert elapsed < 180, elapsed  # a guard against the old quadratic repair (more than 600 s), not a speed target
 
 
 def test_a_region_with_too_many_vertices_is_refused(tmp_path, capsys, cells_csv, monkeypatch):
