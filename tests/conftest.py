@@ -90,7 +90,11 @@ def serve_app(data_dir: Path, env: dict | None = None):
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=60)  # a loaded machine can take a while to stop the server and its workers
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

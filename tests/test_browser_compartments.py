@@ -50,7 +50,8 @@ def test_cell_scenario_with_tissue_compartments_shows_the_map_legend_and_areas(a
     assert caption.count() == 1
     table = page.get_by_test_id("stDataFrame").filter(has_text="area, share of the image, cells")
     table.wait_for(timeout=120_000)  # drawn after the map; late on a loaded machine
-    for label in ("compartments.png", "regions.geojson", "report.pdf"):
+    for label in ("compartments.png", "regions.geojson", "report.pdf"):  # the downloads are drawn last
+        page.get_by_role("button", name=label, exact=True).wait_for(timeout=120_000)
         assert page.get_by_role("button", name=label, exact=True).count() == 1, label
     caption.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "compartments.png"), full_page=True)

@@ -30,7 +30,9 @@ def test_mihc_on_a_real_ihc_image_shows_the_chromogen_maps_and_asks_before_savin
             wait_idle(page)
     option.click()
     wait_idle(page)
-    assert page.get_by_text("Trained on synthetic images only; not validated on real tissue.").count() == 1
+    banner = page.get_by_text("Trained on synthetic images only; not validated on real tissue.")
+    banner.wait_for(timeout=120_000)  # said before anything is run (drawn once the choice's rerun has finished)
+    assert banner.count() == 1
     # a real brightfield IHC image (colon, DAB and hematoxylin; scikit-image's sample), at an assumed 0.5 µm/px
     page.locator("input[type=file]").set_input_files(str(get_sample("skimage-ihc").path))
     page.get_by_text("ihc.png: 512 x 512 px").wait_for(timeout=60_000)
@@ -46,6 +48,7 @@ def test_mihc_on_a_real_ihc_image_shows_the_chromogen_maps_and_asks_before_savin
     assert maps.get_by_test_id("stImage").count() == 6  # five stains and the residual
     assert "Traceback" not in page.inner_text("body")
     save = page.get_by_role("button", name="Save in the case history as a teaching analysis")
+    save.wait_for(timeout=120_000)
     assert save.is_disabled()
     maps.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "mihc.png"), full_page=True)
