@@ -263,7 +263,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         # Trained on synthetic mIHC sections only (issue #20): teaching and method development, never for counting.
         _mihc_scenario(sha256="a04794a5b79047d1cf5d749ecc52b4ed927d0e1d9324caa215f008a18b03e715",
-                       card_sha256="b3ddebd71c5c2eb6d5fb72f85c6d85becd8df25bd82b1b9a1c0629f6be081cc4"),
+                       card_sha256="85c0885115384d21136bb6b3fd3ca0ffe7fb066ee9b6dbed49f2b5b2d28b6000"),
     ]
 }
 
