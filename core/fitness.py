@@ -73,7 +73,7 @@ def stains_label(use) -> str:
     ----------
     use : core.scenarios.spec.Use (its ``stains``; its ``stain_words`` instead when set)
     """
-    if getattr(use, "stain_words", None):
+    if use.stain_words:
         return use.stain_words
     names = [STAIN_LABELS[s] for s in use.stains]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

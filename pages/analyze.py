@@ -217,13 +217,11 @@ key = st.selectbox(
          "Models trained on synthetic images only are listed when the switch above is on.",
 )
 scenario = get_scenario(key)
+lo, hi = scenario.use.mpp_range
 if scenario.trained_on_synthetic:
     st.error("**Trained on synthetic images only; not validated on real tissue.** For teaching and method development: "
              "its numbers are never counts for a patient case, and its result is saved in the case history only if you "
              "confirm it. " + md_escape(scenario.caution), icon=":material/experiment:")
-lo, hi = scenario.use.mpp_range
-if scenario.trained_on_synthetic:
-    pass  # said above
 elif scenario.research_only:
     st.error("**Research only: not for counting on patient cases.** This model did not pass its validation. "
              + md_escape(scenario.caution), icon=":material/science:")
@@ -291,8 +289,7 @@ finally:
         stale = st.session_state.get("saliency") or {}
         if "job" in stale:  # saliency maps of the previous result still being computed
             jobs.cancel(stale["job"])
-        for name in ("analysis", "analysis_id", "pending_save", "case_label", "saliency", "synthetic_unsaved",
-                     "unmixing"):
+        for name in ("analysis", "analysis_id", "pending_save", "case_label", "saliency", "unmixing"):
             st.session_state.pop(name, None)
         running = st.session_state.pop("analysis_job", None)
         if running:
@@ -395,7 +392,6 @@ if info is not None:
         st.session_state.pop("saliency", None)
         st.session_state.pop("analysis_id", None)
         st.session_state.pop("pending_save", None)
-        st.session_state.pop("synthetic_unsaved", None)
         st.session_state.pop("unmixing", None)
         try:
             job_id = jobs.submit(analyze_source, src, key, run_mpp, device=device_name(), precision=precision,
@@ -420,14 +416,13 @@ if info is not None:
             st.session_state["case_group"] = running["group"]
             bar.progress(1.0, text="Saving to the case history…")
             label = running["case_label"].strip() or "unlabelled"
-            earlier = [] if result.scenario.trained_on_synthetic else previous_runs(case_store(), label, result)
-            if result.scenario.trained_on_synthetic:  # saved only when the user confirms it, below the result
-                st.session_state["synthetic_unsaved"] = True
-            elif earlier:
-                st.session_state["pending_save"] = earlier
-            else:
-                st.session_state["analysis_id"] = save_analysis(result, label, case_store(), group=running["group"],
-                                                                **saved_by())
+            if not result.scenario.trained_on_synthetic:  # a synthetic-trained result: saved only when confirmed, below
+                earlier = previous_runs(case_store(), label, result)
+                if earlier:
+                    st.session_state["pending_save"] = earlier
+                else:
+                    st.session_state["analysis_id"] = save_analysis(result, label, case_store(), group=running["group"],
+                                                                    **saved_by())
         except Exception as err:  # noqa: BLE001 - one line in the page; a traceback only in the server log
             finished = True
             failed("The analysis did not finish", err)
@@ -532,7 +527,7 @@ if result is not None:
 
     analysis_id = st.session_state.get("analysis_id")
     pending = st.session_state.get("pending_save")
-    if analysis_id is None and st.session_state.get("synthetic_unsaved"):
+    if analysis_id is None and sc.trained_on_synthetic:  # never saved unless the user confirms it here
         st.info("**Not saved in the case history:** the model was trained on synthetic images only, so its numbers are "
                 "not counts for a case. The downloads below carry that warning.", icon=":material/experiment:")
         sure = st.checkbox("I keep this as a teaching or method-development analysis, not a count for this case",
@@ -542,7 +537,6 @@ if result is not None:
                 label = (st.session_state.get("case_label") or "").strip() or "unlabelled"
                 st.session_state["analysis_id"] = save_analysis(result, label, case_store(), confirm_synthetic=True,
                                                                 group=st.session_state.get("case_group"), **saved_by())
-                st.session_state.pop("synthetic_unsaved", None)
                 st.rerun()
             except TILscopeError as err:
                 st.error(md_escape(err))
@@ -563,7 +557,7 @@ if result is not None:
             st.session_state["pending_save"] = []
             st.rerun()
     if analysis_id is None:
-        if st.session_state.get("synthetic_unsaved"):
+        if sc.trained_on_synthetic:
             pass  # said above, with the button that saves it
         elif pending is None:
             st.warning("This analysis is not in the case history (saving failed); the downloads below still work.")

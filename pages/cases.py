@@ -73,8 +73,8 @@ table = pd.DataFrame(
         "id": [r["id"] for r in rows],
         "case": [r["case_label"] for r in rows],
         "image": [r["image_name"] for r in rows],
-        "scenario": [r["scenario_key"] + (" (synthetic-trained)" if rec.scenario_trained_on_synthetic(r["scenario_key"])
-                                          else "") if r["scenario_key"] else "" for r in rows],
+        "scenario": [(r["scenario_key"] or "") + (" (synthetic-trained)" if rec.scenario_trained_on_synthetic(r["scenario_key"])
+                                                  else "") for r in rows],
         "saved (UTC)": [(r["created_at"] or "")[:16].replace("T", " ") for r in rows],
         "cells": [sum(r["counts"].values()) for r in rows],
         "corrections": [r["n_corrections"] for r in rows],

@@ -168,18 +168,18 @@ def _shown(path) -> str:
         return str(p)
 
 
-def section_confusions(model, secs: list, maps: list) -> np.ndarray:
+def section_confusions(results: list[tuple[np.ndarray, np.ndarray]], truths: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> np.ndarray:
     """Per section, the phenotype confusion of the matched cells: (n_sections, 6, 6) int64, [true, predicted].
 
-    The same matching as :func:`score_cells` (within :data:`MATCH_RADIUS_UM`), kept per section so that
-    :func:`paired_bootstrap_f1` can resample sections.
+    ``results`` and ``truths`` as for :func:`score_cells` (the cells of a labelled model), matched the same way
+    (within :data:`MATCH_RADIUS_UM`), kept per section so that :func:`paired_bootstrap_f1` can resample sections.
     """
     from core.scenarios.mihc import INPUT_MPP
 
     k = len(PHENOTYPES)
-    out = np.zeros((len(secs), k, k), np.int64)
-    for i, ((d, c), (txy, tlab)) in enumerate(zip(maps, truths_of(secs))):
-        xy, lab = cells_from_maps(d, c, model.params, INPUT_MPP, True)
+    out = np.zeros((len(results), k, k), np.int64)
+    for i, ((xy, lab), (txy, tlab)) in enumerate(zip(results, truths)):
         pi, ti = match_points(np.asarray(xy, np.float64).reshape(-1, 2), txy, MATCH_RADIUS_UM / INPUT_MPP)
         np.add.at(out[i], (np.asarray(tlab, np.int64)[ti], np.asarray(lab, np.int64)[pi]), 1)
     return out
@@ -281,9 +281,15 @@ def score_model(model, secs: list, maps: list | None = None, params=None) -> dic
     from core.scenarios.mihc import INPUT_MPP
 
     maps = maps if maps is not None else [model.predict_maps(s.image) for s in secs]
+    return score_cells(model_cells(model, maps, params), truths_of(secs), MATCH_RADIUS_UM / INPUT_MPP)
+
+
+def model_cells(model, maps: list, params=None) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """:func:`cells_from_maps` of each section's maps with the model's post-processing (or ``params``)."""
+    from core.scenarios.mihc import INPUT_MPP
+
     labelled = model.variant != "drdin-detection"
-    results = [cells_from_maps(d, c, params or model.params, INPUT_MPP, labelled) for d, c in maps]
-    return score_cells(results, truths_of(secs), MATCH_RADIUS_UM / INPUT_MPP)
+    return [cells_from_maps(d, c, params or model.params, INPUT_MPP, labelled) for d, c in maps]
 
 
 def _models(weights: str | Path | None, device: str) -> dict:
@@ -357,10 +363,12 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
     dev = str(pick_device(device))
     models = _models(weights, dev)
     secs = sections(n, first, shape)
-    out_models, maps_of = {}, {}
+    truths = truths_of(secs)
+    out_models, maps_of, cells_of = {}, {}, {}
     for variant, (path, model) in models.items():
         maps_of[variant] = [model.predict_maps(s.image) for s in secs]
-        scores = score_model(model, secs, maps_of[variant])
+        cells_of[variant] = model_cells(model, maps_of[variant])
+        scores = score_cells(cells_of[variant], truths, MATCH_RADIUS_UM / INPUT_MPP)
         out_models[variant] = {"weights": _shown(path), "threshold": model.params.threshold, **scores}
     if "drdin-detection" in models and "drdin-classification" in models:
         det_model, cls_model = models["drdin-detection"][1], models["drdin-classification"][1]
@@ -371,7 +379,7 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
             results.append((xy, classify_cells(c[:-1], xy, win)[0]))
         out_models["drdin-detection+classification"] = {
             "weights": [_shown(models["drdin-detection"][0]), _shown(models["drdin-classification"][0])],
-            **score_cells(results, truths_of(secs), MATCH_RADIUS_UM / INPUT_MPP)}
+            **score_cells(results, truths, MATCH_RADIUS_UM / INPUT_MPP)}
     rare = {v: {c: m["classification"]["per_class"][c]["f1"] for c in RARE_CLASSES}
             for v, m in out_models.items() if m.get("classification")}
     main = out_models.get("s-drdin") or next(iter(out_models.values()))
@@ -384,7 +392,7 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
             rare["s-drdin"][c] >= rare["drdin-classification"][c] for c in RARE_CLASSES)
         bootstrap = {"what": "F1 of S-DRDIN minus F1 of DRDIN-classification on the rare phenotypes, 95 % interval "
                              "of a paired bootstrap over the sections (2000 resamples, seed 0)",
-                     **paired_bootstrap_f1(*(section_confusions(models[v][1], secs, maps_of[v])
+                     **paired_bootstrap_f1(*(section_confusions(cells_of[v], truths)
                                              for v in ("s-drdin", "drdin-classification")))}
     missing = [v for v in ABLATION if v not in models]
     return {
