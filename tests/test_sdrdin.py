@@ -123,6 +123,25 @@ def test_folding_batch_norm_keeps_the_eval_function():
         SDRDIN(4, "s-drdin", 8).train().fold_batch_norm_()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_writes_the_concatenation_in_place_with_the_same_values(channels_last):
+    """Without autograd each block writes its branches over its reductions instead of concatenating."""
+    torch.manual_seed(4)
+    net = _with_running_statistics(SDRDIN(4, "s-drdin", 8)).eval()
+    x = torch.randn(2, 3, 40, 56)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with_autograd = net(x)  # the concatenating path
+    with torch.inference_mode():
+        in_place = net(x)
+    for key in ("class_logits", "detection_logits"):
+        assert torch.equal(in_place[key], with_autograd[key].detach())
+    # training still differentiates through the concatenation
+    net.train()
+    net(x)["class_logits"].sum().backward()
+    assert all(p.grad is not None for p in net.encoder[0].parameters())
+
+
 def _encoder_grads(net, loss):
     net.zero_grad()
     loss.backward(retain_graph=True)

@@ -126,10 +126,21 @@ class InceptionBlock(nn.Module):
 
     def branches(self, r: torch.Tensor) -> torch.Tensor:
         """The block after its 1 x 1 reductions ``r`` (N, 4 b, H, W): branches, concatenation, BN, ReLU."""
-        a, r3, r5, p = torch.split(r, self.branch_channels, dim=1)
+        b = self.branch_channels
+        a, r3, r5, p = torch.split(r, b, dim=1)
         b3 = self.conv3(F.relu(r3))
         b5 = self.conv5b(F.relu(self.conv5a(F.relu(r5))))
-        y = torch.cat([a, b3, b5, self.pool(p)], dim=1)
+        if torch.is_grad_enabled():
+            y = torch.cat([a, b3, b5, self.pool(p)], dim=1)
+        else:
+            # Inference: each branch's output is written over the reduction it was computed from
+            # (r3, r5 and p are read before their channels are overwritten), so ``r`` becomes the
+            # concatenation: the same values without the block's largest allocation and its copy.
+            pooled = self.pool(p)
+            r[:, b : 2 * b] = b3
+            r[:, 2 * b : 3 * b] = b5
+            r[:, 3 * b :] = pooled
+            y = r
         return F.relu(self.norm(y), inplace=True)
 
 
@@ -251,6 +262,7 @@ class SDRDIN(nn.Module):
             out["class_logits"] = self.class_head(class_features)
         if self.has_detection:
             det = self.detection_decoder(feats[3], self.detection_skips(feats))
+            del feats  # the encoder's features are not read again: free them before the full-resolution head
             if class_features is not None:
                 # The head's first convolution over cat([det, class_features]), as the sum of its
                 # convolutions of the two parts: the same function without the concatenation.
