@@ -227,3 +227,43 @@ def test_the_per_source_evaluation_reproduces_the_model_card():
     out = json.loads(json.dumps(evaluate_he_dataset("all", "validation", device="cpu")))
     assert out["sources"] == card["metrics"]["validation_by_source"]
     assert out["mean_over_sources"] == card["metrics"]["validation_mean_over_sources"]
+
+
+def _he_like(seed: int, h_strength: float, e_strength: float) -> np.ndarray:
+    """(96, 96, 3) uint8 H&E-like image: nuclei and background haematoxylin over eosin, Beer-Lambert mixing."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    h = 0.25 + 0.1 * rng.random((96, 96))
+    for cx, cy in rng.uniform(8, 88, (25, 2)):
+        h += 1.2 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 18.0)
+    e = 0.6 + 0.5 * rng.random((96, 96))
+    od = (h_strength * h[..., None] * np.array([0.65, 0.70, 0.29])
+          + e_strength * e[..., None] * np.array([0.07, 0.99, 0.11]))  # scikit-image's H and E vectors
+    return np.clip(240 * np.exp(-od), 0, 255).astype(np.uint8)
+
+
+def test_macenko_brings_a_restained_image_back_to_the_reference_and_the_rule_guards_each_source():
+    from core.evaluation import he_stain_normalisation as sn
+
+    reference = HEImage("ref", _he_like(0, 1.0, 1.0), np.zeros((0, 2)), np.zeros(0, np.int64))
+    norm = sn.reference_normaliser([reference])
+    assert norm.HERef.shape == (3, 2) and norm.maxCRef.shape == (2,)
+    target = _he_like(1, 1.0, 1.0).astype(float)
+    for h, e in ((0.7, 0.75), (1.3, 1.3)):  # the same tissue, stained weaker or stronger
+        restained = _he_like(1, h, e)
+        out, ok = sn.normalise(norm, restained)
+        assert ok and out.dtype == np.uint8 and out.shape == restained.shape
+        assert np.abs(out - target).mean() < 0.3 * np.abs(restained - target).mean()
+    glass = np.full((32, 32, 3), 242, np.uint8)  # no stained pixel: left as it is, flagged
+    same, ok = sn.normalise(norm, glass)
+    assert not ok and same is glass
+
+    def row(thr, a, b):
+        return {"threshold": thr, "score": (a + b) / 2,
+                "by_source": {"crc": {"detection_f1": a, "immune_f1": 0.0}, "consep": {"detection_f1": b, "immune_f1": 0.0}}}
+
+    without = [row(0.3, 0.80, 0.50)]
+    assert sn.decide(without, [row(0.3, 0.79, 0.60)])["keep_macenko"]  # better mean, crc within 0.02
+    refused = sn.decide(without, [row(0.25, 0.70, 0.75)])  # better mean but crc falls by 0.10
+    assert not refused["keep_macenko"] and refused["source_drop"]["crc"] == pytest.approx(0.10)
+    assert not sn.decide(without, [row(0.3, 0.80, 0.49)])["keep_macenko"]
