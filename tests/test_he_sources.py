@@ -267,3 +267,21 @@ def test_macenko_brings_a_restained_image_back_to_the_reference_and_the_rule_gua
     refused = sn.decide(without, [row(0.25, 0.70, 0.75)])  # better mean but crc falls by 0.10
     assert not refused["keep_macenko"] and refused["source_drop"]["crc"] == pytest.approx(0.10)
     assert not sn.decide(without, [row(0.3, 0.80, 0.49)])["keep_macenko"]
+
+
+def test_the_stain_study_lands_in_the_card_with_its_decision():
+    from core.training.sdrdin_card import add_stain_study
+
+    def row(det, imm):
+        return {"threshold": 0.2, "score": det + imm, "by_source": {"crc": {"detection_f1": det, "immune_f1": imm}}}
+
+    study = {"decision": {"keep_macenko": False, "score_without": 1.4, "score_with": 1.3, "threshold_without": 0.2,
+                          "threshold_with": 0.2, "source_drop": {"crc": 0.1}, "rule": "r"},
+             "tune": {"without": row(0.8, 0.6), "with": row(0.75, 0.55)},
+             "validation": {"without": row(0.79, 0.61), "with": row(0.7, 0.5)},
+             "reference": {"HERef": [[0.5, 0.2], [0.8, 0.9], [0.3, 0.2]], "maxCRef": [2.0, 1.0]},
+             "failed_normalisations": {"tune/with": {"crc": 0}}}
+    card = add_stain_study({"metrics": {}, "limitations": []}, study)
+    m = card["metrics"]["stain_normalisation_at_inference"]
+    assert m["decision"]["keep_macenko"] is False and m["validation"]["with"]["by_source"]["crc"]["detection_f1"] == 0.7
+    assert "is not used" in card["limitations"][0] and "crc: detection F1 0.79 → 0.70" in card["limitations"][0]
