@@ -1,18 +1,25 @@
-"""Teaching: generate a synthetic section, run the TNRD model, compare with the ground truth."""
+"""Teaching: generate a synthetic section, run a generator-trained model, compare with the ground truth.
+
+The TNRD scenarios (denoising + immune mask) and, when installed, the multiplex IHC phenotypes
+(S-DRDIN on the mIHC generator: true vs called phenotypes, true vs unmixed chromogens).
+"""
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 
 import streamlit as st
 
 from core.pipeline import analyze
 from core.errors import TILscopeError
+from core.evaluation.mihc import TEACHING_SIZES_PX, chromogen_truth_pictures, teaching_section
 from core.evaluation.tnrd import SCENARIO_RECIPE, recipe_for, score_section
 from core.generator import generate
 from core.io import ImageData, load_image, select_channels
 from core.scenarios.registry import SCENARIOS, get_scenario
-from core.outputs.figures import dense_over_image
+from core.outputs.figures import dense_over_image, render_overlay
 from core.results import DenseOutput
 from pages._resources import cached_model
 from pages._router import through_app_router
@@ -26,18 +33,96 @@ user_box()
 log = logging.getLogger("tilscope.teaching")
 
 
+MIHC_KEY = "mihc-tcell-phenotypes"
+
+
+def phenotype_legend(classes) -> None:
+    """One line: each phenotype's ring colour (names and colours from the registry: escaped, colours checked)."""
+    items = []
+    for c in classes:
+        color = c.color if re.fullmatch(r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,30}", str(c.color)) else "gray"
+        items.append(f"<span><span style='display:inline-block;width:11px;height:11px;border-radius:50%;border:2.5px "
+                     f"solid {color};vertical-align:middle'></span> {html.escape(str(c.name))}</span>")
+    st.html("<div style='display:flex;flex-wrap:wrap;gap:4px 16px;font-size:0.85rem;line-height:1.6'>"
+            f"<b>Rings:</b>{''.join(items)}</div>")
+
+
+def mihc_teaching(key: str) -> None:
+    """The multiplex IHC view: a synthetic section, its true T-cell phenotypes, the model's calls, the chromogens."""
+    scenario = get_scenario(key)
+    st.error("**Trained on synthetic images only; not validated on real mIHC.** This view is for learning how "
+             "phenotypes follow from chromogen combinations and how the model calls them. Nothing here is saved.",
+             icon=":material/experiment:")
+    col1, col2 = st.columns(2)
+    lo, hi = TEACHING_SIZES_PX
+    size = col1.slider("Section size (px at 0.44 µm/px)", lo, hi, 320, step=32, key="teach_mihc_size")
+    seed = int(col2.number_input("Seed", min_value=0, max_value=10**9, value=20000, step=1, key="teach_mihc_seed",
+                                 help="Each seed is another section. The model card's figures come from seeds "
+                                      "10000-10039, which the model never saw in training."))
+    if st.button("Generate and run", type="primary", key="teach_mihc_run"):
+        st.session_state.pop("teaching_mihc", None)
+        try:
+            with st.spinner("Generating the section and running S-DRDIN…"):
+                state = teaching_section(seed, size, model=cached_model(key, "cpu"))
+                state["chromogens"] = chromogen_truth_pictures(state["section"])
+            st.session_state["teaching_mihc"] = state
+        except TILscopeError as err:
+            st.error(md_escape(err))
+        except Exception:  # a traceback never reaches the browser
+            log.exception("mIHC teaching run failed")
+            st.error("The synthetic run failed unexpectedly; the server log has the details.")
+    state = st.session_state.get("teaching_mihc")
+    if not state:
+        return
+    section, result, scores, per = state["section"], state["result"], state["scores"], state["per_phenotype"]
+    det, cls = scores["detection"], scores["classification"]
+    m = st.columns(4)
+    m[0].metric("Detection F1", f"{det['f1']:.2f}", help="Model cells matched one to one to true T cells within 4.4 µm")
+    m[1].metric("Weighted phenotype F1", "–" if cls is None else f"{cls['weighted_f1']:.2f}",
+                help="Of the matched cells, weighted by each phenotype's number of true cells")
+    m[2].metric("T cells (truth)", int(per["true_cells"].sum()))
+    m[3].metric("T cells (model)", len(result.cells))
+    colors = {c.name: c.color for c in scenario.classes}
+    left, mid, right = st.columns(3)
+    left.image(section.image, caption=f"Input: synthetic mIHC section, seed {section.seed}", width="stretch")
+    mid.image(render_overlay(section.image, state["truth_cells"], colors, section.mpp),
+              caption="Ground truth: each T cell ringed in its phenotype's colour", width="stretch")
+    right.image(render_overlay(section.image, result.cells, colors, section.mpp),
+                caption="Prediction: the model's cells and calls", width="stretch")
+    phenotype_legend(scenario.classes)
+    st.dataframe(per, hide_index=True, column_config={
+        "phenotype": "Phenotype", "true_cells": "True cells", "model_cells": "Called by the model",
+        "found": st.column_config.NumberColumn("Found", help="True cells with a model cell within 4.4 µm, whatever its call"),
+        "called_right": st.column_config.NumberColumn("Called right", help="Found and given the true phenotype"),
+        "recall": st.column_config.NumberColumn("Recall", format="%.2f"),
+        "precision": st.column_config.NumberColumn("Precision", format="%.2f")})
+    with st.expander("Chromogens: true and unmixed"):
+        st.caption("Each chromogen drawn alone on white glass: top row, the generator's true concentration (before blur "
+                   "and noise); bottom row, what colour unmixing recovers from the scanned image with the panel's nominal "
+                   "stain colours (what the Analyze page shows for a real image). A phenotype is its combination of "
+                   "chromogens: CD8 red, CD4 green, FOXP3 brown in the nucleus, PD1 teal.")
+        pictures = state["chromogens"]
+        for row, what in ((1, "truth"), (2, "unmixed")):
+            for col, picture in zip(st.columns(len(pictures)), pictures):
+                col.image(picture[row], caption=f"{picture[0]}: {what}", width="stretch")
+
+
 st.title("Teaching: synthetic sections")
 st.caption(
-    "A synthetic section from the stochastic tissue generator (TNRD melanoma paper §2.2), the TNRD "
-    "variational network's denoised image and classification mask, and how they compare with the exact "
-    "ground truth. Research and teaching use, not a diagnostic device."
+    "A synthetic section from the project's tissue generators, what a generator-trained model makes of it, and "
+    "how that compares with the exact ground truth: the TNRD variational network's denoised image and immune mask "
+    "(TNRD melanoma paper §2.2), or S-DRDIN's T-cell phenotypes on multiplex IHC. Research and teaching use, not a "
+    "diagnostic device."
 )
 
-installed = [k for k in SCENARIO_RECIPE if k in SCENARIOS]
+installed = [k for k in SCENARIO_RECIPE if k in SCENARIOS] + ([MIHC_KEY] if MIHC_KEY in SCENARIOS else [])
 if not installed:
     st.info("No generator-trained model is installed in this TILscope; the teaching page needs one.")
     st.stop()
 key = st.selectbox("Scenario", installed, format_func=lambda k: f"{get_scenario(k).title}  ({k})")
+if key == MIHC_KEY:
+    mihc_teaching(key)
+    st.stop()
 recipe = recipe_for(key)
 types = {c.name: c for c in recipe.cell_types}
 col1, col2, col3 = st.columns(3)

@@ -118,3 +118,23 @@ def test_analyze_offers_the_synthetic_mihc_model_for_teaching_with_its_chromogen
     summary = CaseStore().get_analysis(aid)["summary"]
     assert summary["trained_on_synthetic"] and summary["synthetic_save_confirmed"]
     assert any("teaching analysis" in s.value for s in at.success)
+
+
+def test_teaching_page_shows_true_and_called_mihc_phenotypes_and_the_chromogens():
+    at = AppTest.from_file(str(REPO / "pages" / "teaching.py"), default_timeout=300)
+    at.session_state["user_name"] = "Dr Test"
+    at.run()
+    assert any(o.endswith("(mihc-tcell-phenotypes)") for o in at.selectbox[0].options)
+    at.selectbox[0].set_value("mihc-tcell-phenotypes").run()
+    assert any("Trained on synthetic images only" in e.value for e in at.error)
+    at.slider[0].set_value(256).run()
+    next(b for b in at.button if b.label == "Generate and run").click().run()
+    assert not at.exception, at.exception
+    state = at.session_state["teaching_mihc"]
+    per = state["per_phenotype"]
+    assert list(per["phenotype"]) == ["CD8+", "CD4+FOXP3-", "CD4+FOXP3+", "PD1+CD4-CD8-", "PD1+CD4-CD8+", "PD1+CD4+CD8-"]
+    assert int(per["true_cells"].sum()) == len(state["truth_cells"]) > 0
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["T cells (truth)"]) == int(per["true_cells"].sum())
+    assert [t.split(" ")[0] for t, _, _ in state["chromogens"]] == ["hematoxylin", "FOXP3", "CD8", "CD4", "PD1"]
+    assert any(e.label == "Chromogens: true and unmixed" for e in at.expander)

@@ -505,3 +505,21 @@ def test_model_card_says_synthetic_only(smoke_run, tmp_path):
     assert "python -m core evaluate --scenario mihc-tcell-phenotypes --synthetic 40 --seed 10000" == card["metrics"]["reproduce"]
     md = render_markdown(card)
     assert "Trained on synthetic data" in md and "Trained on synthetic images only; not validated on real mIHC" in md
+
+
+def test_a_teaching_section_is_scored_per_phenotype_against_its_truth():
+    from core.evaluation.mihc import chromogen_truth_pictures, teaching_section
+
+    with pytest.raises(InputError, match="256 to 512"):
+        teaching_section(1, 100)
+    d = teaching_section(424243, 256)
+    per, cells = d["per_phenotype"], d["result"].cells
+    assert per["true_cells"].sum() == len(d["section"].points_xy) == len(d["truth_cells"])
+    assert per["model_cells"].sum() == cells["cell_class"].isin(per["phenotype"]).sum()
+    assert (per["called_right"] <= per["found"]).all() and (per["found"] <= per["true_cells"]).all()
+    assert d["scores"]["detection"]["tp"] == per["found"].sum()
+    pictures = chromogen_truth_pictures(d["section"])
+    assert len(pictures) == 5 and all(t.shape == u.shape == (256, 256, 3) for _, t, u in pictures)
+    # the true FOXP3 picture is white (no chromogen) wherever no FOXP3 concentration was laid down
+    foxp3 = d["section"].concentrations[..., 1]
+    assert (pictures[1][1][foxp3 == 0] == 255).all()

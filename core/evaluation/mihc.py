@@ -404,3 +404,102 @@ def evaluate_mihc(n: int, seed: int, device: str | None = None, weights: str | P
         "paper": PAPER_RESULTS,
         "warning": "held-out sections of the project's generator: figures on synthetic images, not on real mIHC",
     }
+
+
+#: Teaching sections: side in pixels (at the generator's 0.44 µm/px) offered on the Teaching page.
+TEACHING_SIZES_PX = (256, 512)
+
+
+def teaching_section(seed: int, size_px: int = 320, model=None) -> dict:
+    """One synthetic mIHC section, analysed by ``mihc-tcell-phenotypes`` and scored against its ground truth.
+
+    What the Teaching page shows: the section, where its T cells truly are and what they are,
+    what the model found, and how each phenotype fared (S-DRDIN paper §2.5 matching: one to
+    one within :data:`MATCH_RADIUS_UM`).
+
+    Parameters
+    ----------
+    seed : int >= 0, the generator's seed (:func:`core.generator.mihc.generate_mihc`); any
+        seed can be viewed, and the card's figures come from seeds 10000-10039
+    size_px : int in [:data:`TEACHING_SIZES_PX`], the section's side in pixels
+    model : a loaded :class:`core.scenarios.mihc.MIHCModel`, optional (loaded from the registry if None)
+
+    Returns
+    -------
+    dict with
+        ``section``: :class:`core.generator.mihc.MIHCSection`;
+        ``result``: :class:`core.results.AnalysisResult` of the scenario on ``section.image``;
+        ``scores``: :func:`score_cells` of this one section (``detection``, ``classification``);
+        ``truth_cells``: DataFrame ``x_px, y_px, cell_class`` of the true T cells;
+        ``per_phenotype``: DataFrame, one row per phenotype: ``phenotype``, ``true_cells``,
+        ``model_cells`` (called that phenotype), ``found`` (true cells detected whatever their call),
+        ``called_right`` (detected and given that phenotype), ``recall`` and ``precision`` of the call
+        (NaN where undefined).
+
+    Raises
+    ------
+    InputError
+        A seed below 0 or a size outside :data:`TEACHING_SIZES_PX`.
+    """
+    import pandas as pd
+
+    from core.generator.mihc import generate_mihc
+    from core.io import ImageData
+    from core.pipeline import analyze, load_model
+    from core.scenarios.mihc import INPUT_MPP
+
+    seed, size_px = int(seed), int(size_px)
+    if seed < 0:
+        raise InputError(f"the seed must be 0 or more, got {seed}")
+    lo, hi = TEACHING_SIZES_PX
+    if not lo <= size_px <= hi:
+        raise InputError(f"a teaching section is {lo} to {hi} px a side, got {size_px}")
+    section = generate_mihc((size_px, size_px), seed)
+    model = model or load_model("mihc-tcell-phenotypes", "cpu")
+    image = ImageData(section.image, section.mpp, f"synthetic-mihc-s{seed}", "", "user")
+    result = analyze(image, "mihc-tcell-phenotypes", model=model)
+    cells = result.cells
+    index = {name: k for k, name in enumerate(PHENOTYPES)}
+    pxy = cells[["x_px", "y_px"]].to_numpy(np.float64)
+    plab = cells["cell_class"].map(index).fillna(-1).to_numpy(np.int64)
+    txy, tlab = section.points_xy, section.labels
+    radius_px = MATCH_RADIUS_UM / INPUT_MPP
+    scores = score_cells([(pxy, plab)], [(txy, tlab)], radius_px)
+    pi, ti = match_points(pxy, txy, radius_px)
+    rows = []
+    for k, name in enumerate(PHENOTYPES):
+        true_k, pred_k = int((tlab == k).sum()), int((plab == k).sum())
+        found = int((tlab[ti] == k).sum())
+        right = int(((tlab[ti] == k) & (plab[pi] == k)).sum())
+        rows.append({"phenotype": name, "true_cells": true_k, "model_cells": pred_k, "found": found,
+                     "called_right": right, "recall": right / true_k if true_k else float("nan"),
+                     "precision": right / pred_k if pred_k else float("nan")})
+    truth = pd.DataFrame({"x_px": txy[:, 0], "y_px": txy[:, 1], "cell_class": [PHENOTYPES[k] for k in tlab]})
+    return {"section": section, "result": result, "scores": scores, "truth_cells": truth,
+            "per_phenotype": pd.DataFrame(rows)}
+
+
+def chromogen_truth_pictures(section) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Each chromogen of a synthetic section as it truly is and as the unmixing recovers it (Teaching page).
+
+    Parameters
+    ----------
+    section : :class:`core.generator.mihc.MIHCSection` (at most 1.5 MP, so both pictures keep its size)
+
+    Returns
+    -------
+    list of (title, true_picture, unmixed_picture), hematoxylin first, then FOXP3, CD8, CD4 and
+    PD1 by their chromogens: each (H, W, 3) uint8 RGB, the chromogen alone on white glass
+    (:func:`core.mihc_unmixing.chromogen_rgb`); the true one from the generator's
+    concentrations before blur and noise, the unmixed one from the scanned image
+    (:func:`core.mihc_unmixing.chromogen_pictures`, the panel's nominal stain vectors).
+    """
+    from core.generator.mihc import CHROMOGENS
+    from core.mihc_unmixing import ChromogenMaps, chromogen_pictures, chromogen_rgb
+
+    h, w = section.image.shape[:2]
+    unmixed = chromogen_pictures(section.image, max_pixels=max(1024, h * w))
+    truth = ChromogenMaps(section.concentrations.astype(np.float32), tuple(c.name for c in CHROMOGENS),
+                          tuple(c.marker for c in CHROMOGENS), np.asarray(section.stain_matrix, np.float64),
+                          np.asarray(section.white, np.float64), np.zeros((h, w), np.float32))
+    return [(title, chromogen_rgb(truth, c.name), picture) for c, (title, picture, _) in zip(CHROMOGENS, unmixed)]
