@@ -40,6 +40,38 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def balanced_windows(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """The fewest windows of at most ``tile`` covering ``length`` with at least ``overlap``, as small and as evenly spaced as that allows.
+
+    :func:`tile_starts` keeps every window at ``tile`` and shifts the last one back to the
+    border, so an image a little longer than a multiple of the step gets a nearly redundant
+    window (2048 px in 1024 px windows with 64 px overlap: 3 windows of 1024, 2.25 times the
+    pixels). Here the same number of windows shrinks to the size that still overlaps by
+    ``overlap`` (2048 px: 3 windows of 736 px at ``multiple`` 16, 1.08 times the pixels).
+
+    Parameters
+    ----------
+    length, tile : int >= 1, px; overlap : int >= 0, px, smaller than ``tile``
+    multiple : int >= 1, window sizes are rounded up to a multiple of this (e.g. a U-Net's 2^depth),
+        never above ``tile`` nor ``length``
+
+    Returns
+    -------
+    size : int, the window side (``length`` when one window covers it)
+    starts : list of int, first 0, last ``length - size``; consecutive windows overlap by at least ``overlap``
+    """
+    if length <= tile:
+        return length, [0]
+    step = tile - overlap
+    n = -(-(length - overlap) // step)  # windows of ``tile`` needed
+    size = -(-(length + (n - 1) * overlap) // n)
+    size = min(tile, -(-size // multiple) * multiple)
+    gap = (length - size) / (n - 1)
+    if int(np.ceil(gap)) > size - overlap:  # rounding of the starts: fall back to full windows
+        size, gap = tile, (length - tile) / (n - 1)
+    return size, [int(round(i * gap)) for i in range(n)]
+
+
 def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
     """(n,) blending weight: linear ramps of ``overlap`` px at inner edges, 1 elsewhere."""
     w = np.ones(n, np.float64)
@@ -62,6 +94,8 @@ def tile_dense(
     blend: str = "linear",
     stride_px: int = 1,
     field_px: int = 1,
+    balance: bool = False,
+    multiple_px: int = 1,
     progress: Progress | None = None,
 ) -> np.ndarray:
     """Apply a dense model window by window and stitch the outputs (the dense-map tiler).
@@ -87,6 +121,10 @@ def tile_dense(
         smaller) and each output is taken from its one window: for networks whose outputs do
         not depend on where a window starts.
     stride_px, field_px : int >= 1
+    balance : bool
+        With ``"linear"`` blending of a same-size network: the fewest windows, shrunk and spread
+        evenly (:func:`balanced_windows`) instead of full windows with the last shifted back.
+    multiple_px : int >= 1, with ``balance``: window sides are multiples of this (the network's size multiple)
     progress : callable(done, total), optional
 
     Returns
@@ -107,14 +145,20 @@ def tile_dense(
     elif blend == "linear":
         if tile <= overlap:
             raise InputError(f"tile ({tile_px} px) must be larger than the overlap ({overlap_px} px)")
-        ys, xs = tile_starts(gh, tile, overlap), tile_starts(gw, tile, overlap)
+        if balance and stride_px == 1 and field_px == 1:
+            tile_h, ys = balanced_windows(gh, tile, overlap, multiple_px)
+            tile_w, xs = balanced_windows(gw, tile, overlap, multiple_px)
+        else:
+            ys, xs = tile_starts(gh, tile, overlap), tile_starts(gw, tile, overlap)
     else:
         raise InputError(f"unknown blend {blend!r}; use 'linear' or 'none'")
+    if blend == "none" or not (balance and stride_px == 1 and field_px == 1):
+        tile_h = tile_w = tile
     out = weight = None
     total, done = len(ys) * len(xs), 0
     for y in ys:
         for x in xs:
-            th, tw = min(tile, gh - y), min(tile, gw - x)
+            th, tw = min(tile_h, gh - y), min(tile_w, gw - x)
             window = image[stride_px * y : stride_px * (y + th - 1) + field_px, stride_px * x : stride_px * (x + tw - 1) + field_px]
             res = np.asarray(infer(window))
             if res.shape[:2] != (th, tw):

@@ -61,6 +61,26 @@ def test_plain_unet_is_the_same_network_without_the_colour_deconvolution_segment
     assert CDUNet().config["base"] == 32 and CDUNet().down[0][0][0].out_channels == 32
 
 
+def test_fusing_batch_norm_keeps_the_eval_function_in_both_layouts():
+    torch.manual_seed(5)
+    net = CDUNet(base=4, depth=2)
+    for m in net.modules():  # running statistics and affine parameters away from their defaults
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    x = torch.rand(2, 3, 24, 32)
+    with torch.no_grad():
+        before = net(x)
+        net.fuse_batch_norm_()
+        after = net(x)
+        after_nhwc = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after_nhwc, before, atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="eval"):
+        CDUNet(base=4, depth=2).train().fuse_batch_norm_()
+
+
 # ---------------------------------------------------------------------------------------------- compartment recipe
 
 
@@ -365,6 +385,19 @@ def test_outputs_labels_png_geojson_and_areas():
     assert "necrosis" not in {f["properties"]["classification"]["name"] for f in fine.geojson()["features"]}
     assert math.isclose(fine.summary()["area_mm2"]["necrosis"], 15 * 20 * 0.25 / 1e6)
     assert CompartmentMap(lab, None).summary()["area_mm2"] is None
+    # the GeoJSON and the statistics' regions read the same outlines, traced once per label
+    import core.scenarios.compartments as comp
+
+    calls = []
+    real = comp.mask_polygons
+    comp.mask_polygons = lambda mask, *a: calls.append(1) or real(mask, *a)
+    try:
+        once = CompartmentMap(lab, mpp=1.0)
+        once.geojson(), once.regions()
+    finally:
+        comp.mask_polygons = real
+    assert len(calls) == 4  # tumour, stroma, necrosis for both, glass for the regions only
+    assert [r.name for r in once.regions()] == [r.name for r in cm.regions()]
     with pytest.raises(InputError):
         CompartmentMap.from_probabilities(np.zeros((4, 4, 3)), 1.0)
 
@@ -377,7 +410,7 @@ def test_registry_entry_follows_the_registry_rules():
 
     sc = get_scenario("tissue-compartments")
     assert sc.model_card == "tissue-compartments-cdunet-s2.json" and sc.weights == "tissue-compartments-cdunet-s2.safetensors"
-    assert sc.tiling.tile_px(sc.input_mpp) == 512 and sc.tiling.overlap_px(sc.input_mpp) == 64
+    assert sc.tiling.tile_px(sc.input_mpp) == 1024 and sc.tiling.overlap_px(sc.input_mpp) == 64
     assert all(c.role in ROLES and c.color.startswith("#") for c in sc.classes)
     assert all(o.kind in OUTPUT_KINDS for o in sc.outputs) and sc.outputs_of("regions")
     assert all(o.meaning in DENSE_MEANINGS for o in sc.outputs_of("dense"))

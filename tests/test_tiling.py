@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from core.errors import InputError
-from core.tiling import detect_in_blocks, tile_dense
+from core.tiling import balanced_windows, detect_in_blocks, tile_dense, tile_starts
 
 
 def _image(h=97, w=131, c=2, seed=0):
@@ -28,6 +28,32 @@ def test_dense_linear_blend_equals_one_pass(tile, overlap):
     np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-6)
     if tile < 97:
         assert len(calls) > 1 and all(s[:2] == (tile, tile) for s in calls)  # full-size windows, the last shifted back
+
+
+@pytest.mark.parametrize("length", [1, 100, 1024, 1025, 2048, 2100, 3001, 10_000])
+def test_balanced_windows_cover_with_the_overlap_in_fewer_pixels(length):
+    size, starts = balanced_windows(length, 1024, 64, 16)
+    assert starts[0] == 0 and starts[-1] + size == length and size <= 1024
+    assert len(starts) == len(tile_starts(length, 1024, 64)) or length <= 1024  # never more windows
+    assert all(b - a <= size - 64 for a, b in zip(starts, starts[1:]))  # each seam overlaps by >= 64 px
+    if len(starts) > 1:
+        assert size % 16 == 0 and len(starts) * size <= 1.15 * length
+    assert balanced_windows(2048, 1024, 64, 16) == (736, [0, 656, 1312])  # full windows: 3 x 1024 = 2.25x the pixels
+
+
+def test_balanced_dense_tiling_equals_one_pass_with_smaller_windows():
+    img = _image(300, 211)
+    calls = []
+
+    def pointwise(x):
+        calls.append(x.shape[:2])
+        return np.concatenate([x + 1, x**2], axis=2)
+
+    out = tile_dense(pointwise, img, 128, 16, blend="linear", balance=True, multiple_px=8)
+    np.testing.assert_allclose(out, np.concatenate([img + 1, img**2], axis=2), rtol=1e-6, atol=1e-6)
+    assert len(calls) == len(tile_starts(300, 128, 16)) * len(tile_starts(211, 128, 16))
+    assert all(h % 8 == 0 and w % 8 == 0 and h <= 128 and w <= 128 for h, w in calls)
+    assert sum(h * w for h, w in calls) < 0.85 * len(calls) * 128 * 128
 
 
 def test_dense_linear_blend_weights_sum_to_one_and_blend_the_seams():

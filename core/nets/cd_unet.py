@@ -165,6 +165,30 @@ class CDUNet(nn.Module):
             x = up(x, skips.pop())
         return self.head(x)
 
+    @torch.no_grad()
+    def fuse_batch_norm_(self) -> "CDUNet":
+        """Fold every eval-mode batch normalisation into the convolution before it, in place; returns ``self``.
+
+        Uses :func:`torch.nn.utils.fusion.fuse_conv_bn_eval` (transposed convolutions included):
+        the same function up to float rounding, one pass over each activation fewer. The
+        running statistics are baked in, so fuse after loading the weights, for inference only.
+
+        Raises
+        ------
+        RuntimeError
+            If the network is in training mode (BN then normalises with batch statistics).
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise RuntimeError("fuse_batch_norm_ is for inference: call eval() first")
+        for m in self.modules():
+            if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[1], nn.BatchNorm2d):
+                conv = m[0]
+                m[0] = fuse_conv_bn_eval(conv, m[1], transpose=isinstance(conv, nn.ConvTranspose2d))
+                m[1] = nn.Identity()
+        return self
+
     def deconvolved(self, x: torch.Tensor) -> torch.Tensor:
         """The colour-deconvolution segment's output (Figure 7): (N, 3, H, W) float32 >= 0.
 

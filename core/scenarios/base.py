@@ -162,6 +162,10 @@ class ScenarioModel(ABC):
         input pixels gives ``n`` outputs (1, 1 for a same-size network).
     channels_last : bool
         Feed the network NHWC tensors (faster on CPU for some networks).
+    balanced_windows : bool
+        Dense linear tiling with the fewest, evenly spread windows (:func:`core.tiling.balanced_windows`).
+    window_multiple_px : int
+        With ``balanced_windows``: window sides are multiples of this (the network's size multiple).
     """
 
     #: Precisions this scenario's card has validation figures for.
@@ -169,6 +173,8 @@ class ScenarioModel(ABC):
     output_stride_px: int = 1
     field_px: int = 1
     channels_last: bool = False
+    balanced_windows: bool = False
+    window_multiple_px: int = 1
 
     def __init__(self, scenario: Scenario, device: torch.device, state_dict: dict, metadata: dict,
                  precision: str = "float32"):
@@ -304,7 +310,8 @@ class ScenarioModel(ABC):
         tiling = self.scenario.tiling
         if tiling.kind == "dense":
             maps = tile_dense(self.infer_window, x, self.tile_px, self.overlap_px, blend=tiling.blend,
-                              stride_px=self.output_stride_px, field_px=self.field_px, progress=progress)
+                              stride_px=self.output_stride_px, field_px=self.field_px,
+                              balance=self.balanced_windows, multiple_px=self.window_multiple_px, progress=progress)
             return self.postprocess(maps, work)
         xy, columns, dense = detect_in_blocks(lambda w: self.postprocess_window(self.infer_window(w)), x,
                                               self.tile_px, self.overlap_px, progress=progress)

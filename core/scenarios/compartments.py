@@ -73,6 +73,7 @@ class CompartmentMap:
     labels: np.ndarray
     mpp: float | None
     _regions: list | None = field(default=None, init=False, repr=False, compare=False)  # cache of :meth:`regions`
+    _polygons: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # cache of :meth:`polygons`
 
     @classmethod
     def from_probabilities(cls, probabilities: np.ndarray, mpp: float | None) -> "CompartmentMap":
@@ -120,6 +121,17 @@ class CompartmentMap:
         Image.fromarray(np.ascontiguousarray(self.labels, dtype=np.uint8), mode="L").save(buf, format="PNG")
         return buf.getvalue()
 
+    def polygons(self, value: int, min_area_px: float, simplify_px: float = 0.5) -> list:
+        """:func:`mask_polygons` of the pixels labelled ``value``, traced once per map and arguments.
+
+        ``regions.geojson`` and the regions of the spatial statistics read the same outlines.
+        Returns a new list of the (outer, holes) rings (the rings themselves are shared: do not modify them).
+        """
+        key = (int(value), float(min_area_px), float(simplify_px))
+        if key not in self._polygons:
+            self._polygons[key] = mask_polygons(self.labels == value, min_area_px, simplify_px)
+        return list(self._polygons[key])
+
     def geojson(self, min_area_um2: float = MIN_POLYGON_AREA_UM2) -> dict:
         """``regions.geojson``: tumour, stroma and necrosis polygons as QuPath annotations (image pixels).
 
@@ -134,7 +146,7 @@ class CompartmentMap:
         min_px = (min_area_um2 / self.mpp**2) if self.mpp else MIN_POLYGON_AREA_UM2
         features = []
         for name, kind in (("tumour", "tumour"), ("stroma", "stroma"), ("necrosis", "exclude")):
-            for k, (outer, holes) in enumerate(mask_polygons(self.labels == LABELS[name], min_px), start=1):
+            for k, (outer, holes) in enumerate(self.polygons(LABELS[name], min_px), start=1):
                 import shapely
 
                 area_px = float(shapely.Polygon(outer, holes).area)
@@ -190,9 +202,9 @@ class CompartmentMap:
             Without an mpp (regions are in µm).
         """
         if min_area_um2 != MIN_POLYGON_AREA_UM2:
-            return label_map_regions(self.labels, self.mpp, min_area_um2)
+            return label_map_regions(self.labels, self.mpp, min_area_um2, trace=self.polygons)
         if self._regions is None:  # traced once: the statistics, cells.geojson and the report read the same regions
-            self._regions = label_map_regions(self.labels, self.mpp, min_area_um2)
+            self._regions = label_map_regions(self.labels, self.mpp, min_area_um2, trace=self.polygons)
         return list(self._regions)
 
     def picture(self, rgb: np.ndarray, max_side_px: int | None = None, alpha: float = 0.5) -> np.ndarray:
@@ -242,6 +254,19 @@ class CompartmentMap:
 
 class CompartmentsModel(ScenarioModel):
     """CD-UNET (paper §3.2) with the dense tiler; probabilities → :class:`CompartmentMap`."""
+
+    # NHWC layout: about a third faster on CPU for these convolutions (benchmarks/bench_compartments.py)
+    channels_last = True
+    # the fewest windows, shrunk to multiples of the U-Net's 16 px (no padding) and spread evenly
+    balanced_windows = True
+    window_multiple_px = 16
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # After the strict, SHA-256-checked load: batch normalisation folded into the convolutions
+        # (the same function), then the NHWC layout.
+        self.net.fuse_batch_norm_()
+        self.net.to(memory_format=torch.channels_last)
 
     def build(self, metadata: dict) -> torch.nn.Module:
         try:

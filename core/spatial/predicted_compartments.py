@@ -126,7 +126,7 @@ def mask_polygons(mask: np.ndarray, min_area_px: float = 0.0,
 
 
 def label_map_regions(labels: np.ndarray, mpp: float, min_area_um2: float = MIN_REGION_AREA_UM2,
-                      simplify_um: float | None = None) -> list[Region]:
+                      simplify_um: float | None = None, trace=None) -> list[Region]:
     """Regions for :func:`core.spatial.compute_spatial_stats` from a compartment label map.
 
     Parameters
@@ -135,6 +135,8 @@ def label_map_regions(labels: np.ndarray, mpp: float, min_area_um2: float = MIN_
     mpp : float > 0, µm/px of that image
     min_area_um2 : float, parts and holes smaller than this are left out
     simplify_um : float, optional, outline tolerance (default half a pixel)
+    trace : callable(value, min_area_px, simplify_px) → :func:`mask_polygons` of ``labels == value``,
+        optional (default: traced here); lets a caller that keeps the polygons trace each label once
 
     Returns
     -------
@@ -152,7 +154,8 @@ def label_map_regions(labels: np.ndarray, mpp: float, min_area_um2: float = MIN_
     out: list[Region] = []
     for value, kind, name in ((1, "tumour", "Tumour"), (2, "stroma", "Stroma"), (3, "exclude", "Necrosis"),
                               (0, "exclude", "Glass")):
-        for k, (outer, holes) in enumerate(mask_polygons(lab == value, min_px, tol), start=1):
+        polygons = trace(value, min_px, tol) if trace is not None else mask_polygons(lab == value, min_px, tol)
+        for k, (outer, holes) in enumerate(polygons, start=1):
             out.append(Region(f"{name} {k}", kind, outer * mpp, id=f"{name.lower()}-{k}",
                               holes_um=tuple(h * mpp for h in holes)))
     return out
