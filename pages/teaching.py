@@ -36,6 +36,21 @@ log = logging.getLogger("tilscope.teaching")
 MIHC_KEY = "mihc-tcell-phenotypes"
 
 
+def shown_run(what: str, run):
+    """``run()``, its errors said in the page: a TILscopeError by its message, anything else logged, never a traceback.
+
+    Returns run()'s value, or None when it failed.
+    """
+    try:
+        return run()
+    except TILscopeError as err:
+        st.error(md_escape(err))
+    except Exception:  # a traceback never reaches the browser
+        log.exception("teaching: %s failed", what)
+        st.error(f"The {what} failed unexpectedly; the server log has the details.")
+    return None
+
+
 def phenotype_legend(classes) -> None:
     """One line: each phenotype's ring colour (names and colours from the registry: escaped, colours checked)."""
     items = []
@@ -61,16 +76,13 @@ def mihc_teaching(key: str) -> None:
                                       "10000-10039, which the model never saw in training."))
     if st.button("Generate and run", type="primary", key="teach_mihc_run"):
         st.session_state.pop("teaching_mihc", None)
-        try:
-            with st.spinner("Generating the section and running S-DRDIN…"):
-                state = teaching_section(seed, size, model=cached_model(key, "cpu"))
-                state["chromogens"] = chromogen_truth_pictures(state["section"])
-            st.session_state["teaching_mihc"] = state
-        except TILscopeError as err:
-            st.error(md_escape(err))
-        except Exception:  # a traceback never reaches the browser
-            log.exception("mIHC teaching run failed")
-            st.error("The synthetic run failed unexpectedly; the server log has the details.")
+
+        def run():
+            state = teaching_section(seed, size, model=cached_model(key, "cpu"))
+            return {**state, "chromogens": chromogen_truth_pictures(state["section"])}
+
+        with st.spinner("Generating the section and running S-DRDIN…"):
+            st.session_state["teaching_mihc"] = shown_run("synthetic run", run)
     state = st.session_state.get("teaching_mihc")
     if not state:
         return
@@ -142,22 +154,19 @@ with col3:
     noise = st.slider("Noise (x the recipe's)", 0.0, 2.0, 1.0, step=0.1, key="teach_noise")
 
 if st.button("Generate and run", type="primary"):
-    try:
+    def run_tnrd():
         section = generate(recipe.with_counts(**counts).with_noise(noise), (size, size), seed)
         model = cached_model(key, "cpu")
         image = ImageData(section.noisy_uint8, model.scenario.input_mpp, f"synthetic-{recipe.key}-{seed}", "", "user")
-        with st.spinner("Running the TNRD model…"):
-            result = analyze(image, key, model=model)
-        st.session_state["teaching"] = {
-            "key": key, "section": section, "result": result,
-            "scores": score_section(key, section, result.cells, result.restored["denoised"], result.dense["mask"].values,
-                                    model.min_area_px),
-        }
-    except TILscopeError as err:
-        st.error(md_escape(err))
-    except Exception:  # a traceback never reaches the browser
-        log.exception("teaching run failed")
-        st.error("The synthetic run failed unexpectedly; the server log has the details.")
+        result = analyze(image, key, model=model)
+        return {"key": key, "section": section, "result": result,
+                "scores": score_section(key, section, result.cells, result.restored["denoised"],
+                                        result.dense["mask"].values, model.min_area_px)}
+
+    with st.spinner("Running the TNRD model…"):
+        done = shown_run("synthetic run", run_tnrd)
+    if done is not None:
+        st.session_state["teaching"] = done
 
 state = st.session_state.get("teaching")
 if state and state["key"] == key:
@@ -220,18 +229,14 @@ if own is not None:
         own_image = None
 if own_image is not None and st.button("Run on this image", key="teach_own_run"):
     st.session_state.pop("teaching_own", None)
-    try:
-        image = own_image
-        if image.mpp is None:
-            image = image.with_mpp(get_scenario(key).input_mpp, source="user")
-            st.info(f"No pixel size in the file: analysed at the model's {image.mpp} µm/px.")
-        with st.spinner("Running the TNRD model…"):
-            st.session_state["teaching_own"] = (key, analyze(image, key, model=cached_model(key, "cpu")))
-    except TILscopeError as err:
-        st.error(md_escape(err))
-    except Exception:  # a traceback never reaches the browser
-        log.exception("teaching run on an uploaded image failed")
-        st.error("The run failed unexpectedly; the server log has the details.")
+    image = own_image
+    if image.mpp is None:
+        image = image.with_mpp(get_scenario(key).input_mpp, source="user")
+        st.info(f"No pixel size in the file: analysed at the model's {image.mpp} µm/px.")
+    with st.spinner("Running the TNRD model…"):
+        own_result = shown_run("run", lambda: analyze(image, key, model=cached_model(key, "cpu")))
+    if own_result is not None:
+        st.session_state["teaching_own"] = (key, own_result)
 own_state = st.session_state.get("teaching_own")
 if own_state and own_state[0] == key:
     res = own_state[1]
