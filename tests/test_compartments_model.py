@@ -409,7 +409,7 @@ def test_registry_entry_follows_the_registry_rules():
     from core.scenarios.spec import DENSE_MEANINGS, OUTPUT_KINDS
 
     sc = get_scenario("tissue-compartments")
-    assert sc.model_card == "tissue-compartments-cdunet-s2.json" and sc.weights == "tissue-compartments-cdunet-s2.safetensors"
+    assert sc.model_card == "tissue-compartments-cdunet-s3.json" and sc.weights == "tissue-compartments-cdunet-s3.safetensors"
     assert sc.tiling.tile_px(sc.input_mpp) == 1024 and sc.tiling.overlap_px(sc.input_mpp) == 64
     assert all(c.role in ROLES and c.color.startswith("#") for c in sc.classes)
     assert all(o.kind in OUTPUT_KINDS for o in sc.outputs) and sc.outputs_of("regions")

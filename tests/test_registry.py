@@ -124,7 +124,7 @@ def test_the_compartments_entry_declares_its_label_map_and_its_card_says_it_is_b
     from core.spatial.predicted_compartments import LABELS
 
     sc = get_scenario("tissue-compartments")
-    assert sc.tiling.kind == "dense" and sc.tiling.tile_px(sc.input_mpp) == 512 and sc.tiling.overlap_px(1.0) == 64
+    assert sc.tiling.kind == "dense" and sc.tiling.tile_px(sc.input_mpp) == 1024 and sc.tiling.overlap_px(1.0) == 64
     assert sc.input_mpp == 1.0 and sc.evaluation == "compartments"
     assert sc.runner == "core.scenarios.compartments:CompartmentsModel"
     assert [c.name for c in sc.classes] == list(LABELS)  # class order = label values 0-3 of compartments.png
