@@ -188,6 +188,26 @@ def test_score_grid_counts_a_constructed_map():
     assert best["f1"] == 1.0 and (best["threshold"], best["nms_radius_um"]) == (0.7, 3.0)
 
 
+def test_cross_fitting_scores_each_half_at_the_point_chosen_on_the_other():
+    """Half A wants a high threshold (a 0.6 duplicate), half B a low one (a true cell at 0.4): each is scored at the other's."""
+    def one(cells):
+        prob = np.zeros((20, 20), np.float32)
+        truth = []
+        for (r, c), p, real in cells:
+            prob[r, c] = p
+            if real:
+                truth.append([8 * c - 0.5, 8 * r - 0.5])
+        return [(prob, np.array(truth, float).reshape(-1, 2))]
+
+    a = one([((5, 5), 0.9, True), ((5, 12), 0.6, False), ((15, 15), 0.9, True)])  # a false peak at 0.6
+    b = one([((5, 5), 0.9, True), ((15, 15), 0.4, True)])  # a true cell at 0.4
+    out = cal.cross_fit_maps(_model(), a, b, thresholds=(0.3, 0.5, 0.7), radii_um=(3.0,))
+    assert out["a_to_b"]["chosen"]["threshold"] == 0.7 and out["b_to_a"]["chosen"]["threshold"] == 0.3
+    assert (out["a_to_b"]["held_out"]["tp"], out["a_to_b"]["held_out"]["fn"]) == (1, 1)  # B's 0.4 cell missed at 0.7
+    assert (out["b_to_a"]["held_out"]["tp"], out["b_to_a"]["held_out"]["fp"]) == (2, 1)  # A's 0.6 peak counted at 0.3
+    assert (out["pooled"]["tp"], out["pooled"]["fp"], out["pooled"]["fn"]) == (3, 1, 1)
+
+
 def test_operating_point_flows_from_metadata_into_summary(tmp_path):
     from safetensors.torch import save_file
 

@@ -6,6 +6,7 @@ Usage::
         --out runs/cd3-v2.calibration.json
     python -m core.evaluation.cd3_calibration --weights weights/cd3-ihc-cnn-v1.safetensors \
         --evaluate-only --out runs/cd3-v1.reporting.json
+    python -m core.evaluation.cd3_calibration --weights runs/cd3-v5.safetensors --cross-fitted
 
 Method. The gastric CD3 paper slides its patch classifier over an image and keeps the
 windows that survive non-maximum suppression (§III.A), but states neither the probability
@@ -286,6 +287,53 @@ def calibrate(model, table: pd.DataFrame, calibration_seeds=CALIBRATION_SEEDS, r
     }
 
 
+def cross_fit_maps(model, maps_a, maps_b, thresholds=THRESHOLDS, radii_um=NMS_RADII_UM) -> dict:
+    """Choose the operating point on one half's mosaics and score it on the other, both ways.
+
+    A figure for deciding between two weights files that neither half has tuned: each
+    direction's score is on mosaics its operating point was not chosen on, so the choice
+    does not inflate it (the calibration-half F1 of :func:`calibrate` is the best of a grid
+    search and favours a model whose best point does not carry over).
+
+    Parameters
+    ----------
+    model : object with ``detect`` and ``scenario.input_mpp`` (:class:`core.scenarios.cd3_ihc.CD3IHCModel`)
+    maps_a, maps_b : lists of (prob, truth_xy) of the two halves (:func:`mosaic_maps`)
+    thresholds, radii_um : the searched grid
+
+    Returns
+    -------
+    dict: ``a_to_b`` and ``b_to_a`` (the point chosen on the first half: ``threshold``,
+    ``nms_radius_um``; and :func:`mosaic_detection` on the second), ``pooled`` (precision,
+    recall, f1 of the two held-out scores' summed counts).
+    """
+    from core.evaluation.metrics import precision_recall_f1
+
+    out = {}
+    for name, (fit, held) in (("a_to_b", (maps_a, maps_b)), ("b_to_a", (maps_b, maps_a))):
+        best = pick_operating_point(score_grid(model, fit, thresholds, radii_um))
+        out[name] = {"chosen": {"threshold": best["threshold"], "nms_radius_um": best["nms_radius_um"]},
+                     "held_out": mosaic_detection(model, held, best["threshold"], best["nms_radius_um"])}
+    counts = {k: sum(out[d]["held_out"][k] for d in ("a_to_b", "b_to_a")) for k in ("tp", "fp", "fn")}
+    out["pooled"] = precision_recall_f1(**counts)
+    return out
+
+
+def cross_fitted(model, table: pd.DataFrame, calibration_seeds=CALIBRATION_SEEDS, reporting_seeds=REPORTING_SEEDS,
+                 grid=MOSAIC_GRID) -> dict:
+    """:func:`cross_fit_maps` on the two validation halves' mosaics (the figure to compare versions on).
+
+    Returns
+    -------
+    dict as :func:`cross_fit_maps`, ``a`` the calibration half and ``b`` the reporting half, with ``seeds``.
+    """
+    halves = validation_halves(table)
+    maps_a = mosaic_maps(model, halves["calibration"], calibration_seeds, grid)
+    maps_b = mosaic_maps(model, halves["reporting"], reporting_seeds, grid)
+    return cross_fit_maps(model, maps_a, maps_b) | {"seeds": {"a": list(calibration_seeds), "b": list(reporting_seeds)},
+                                                   "grid": list(grid)}
+
+
 def report(model, table: pd.DataFrame, reporting_seeds=REPORTING_SEEDS, grid=MOSAIC_GRID) -> dict:
     """Held-out figures of a model at its own operating point (no calibration).
 
@@ -365,6 +413,8 @@ def main(argv=None) -> int:
     p.add_argument("--write", action="store_true", help="write the chosen operating point into the weights' metadata")
     p.add_argument("--evaluate-only", action="store_true",
                    help="no calibration: the weights' own operating point on the reporting half, and patch metrics")
+    p.add_argument("--cross-fitted", action="store_true",
+                   help="choose the operating point on each validation half and score it on the other (to compare versions)")
     p.add_argument("--out", help="write the JSON here as well")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -375,6 +425,8 @@ def main(argv=None) -> int:
     model = load_weights_model(args.weights)
     if args.evaluate_only:
         result = {"weights": str(args.weights)} | report(model, table)
+    elif args.cross_fitted:
+        result = {"weights": str(args.weights)} | cross_fitted(model, table)
     else:
         result = {"weights": str(args.weights)} | calibrate(model, table)
         if args.write:
