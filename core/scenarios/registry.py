@@ -265,7 +265,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         # Trained on synthetic mIHC sections only (issue #20): teaching and method development, never for counting.
         _mihc_scenario(sha256="a04794a5b79047d1cf5d749ecc52b4ed927d0e1d9324caa215f008a18b03e715",
-                       card_sha256="85c0885115384d21136bb6b3fd3ca0ffe7fb066ee9b6dbed49f2b5b2d28b6000"),
+                       card_sha256="6fa93c8717174be6434d7f6848dbf1322ccac09fad70d0ecde462d81a9f5f428"),
     ]
 }
 
