@@ -141,6 +141,7 @@ def tile_dense(
     tile = max(1, tile_px // stride_px)
     overlap = overlap_px // stride_px
     if blend == "none":
+        tile_h = tile_w = tile
         ys, xs = list(range(0, gh, tile)), list(range(0, gw, tile))
     elif blend == "linear":
         if tile <= overlap:
@@ -149,11 +150,10 @@ def tile_dense(
             tile_h, ys = balanced_windows(gh, tile, overlap, multiple_px)
             tile_w, xs = balanced_windows(gw, tile, overlap, multiple_px)
         else:
-            ys, xs = tile_starts(gh, tile, overlap), tile_starts(gw, tile, overlap)
+            tile_h, ys = tile, tile_starts(gh, tile, overlap)
+            tile_w, xs = tile, tile_starts(gw, tile, overlap)
     else:
         raise InputError(f"unknown blend {blend!r}; use 'linear' or 'none'")
-    if blend == "none" or not (balance and stride_px == 1 and field_px == 1):
-        tile_h = tile_w = tile
     out = weight = None
     total, done = len(ys) * len(xs), 0
     for y in ys:
