@@ -621,3 +621,62 @@ def test_training_stage_smoke_writes_weights_and_its_record(tmp_path):
     assert record["steps"] == 2 and [h["step"] for h in record["history"]] == [2]  # scored once, after the last step
     net = SDRDIN(4, "s-drdin", 8)
     net.load_state_dict(load_file(out), strict=True)
+
+
+def test_distillation_is_zero_on_the_teachers_own_outputs_and_pulls_towards_them():
+    from core.training.he_sources import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    teacher = {"class_logits": torch.randn(2, 5, 8, 8, generator=g), "detection_logits": torch.randn(2, 1, 8, 8, generator=g)}
+    same = distillation_loss({k: v.clone() for k, v in teacher.items()}, teacher)
+    assert set(same) == {"distil_class", "distil_detection"}
+    assert all(abs(float(v)) < 1e-5 for v in same.values())
+    student = {k: torch.zeros_like(v, requires_grad=True) for k, v in teacher.items()}
+    terms = distillation_loss(student, teacher)
+    assert all(float(v.detach()) > 0.01 for v in terms.values())
+    sum(terms.values()).backward()
+    # a gradient step moves the student's logits towards the teacher's
+    moved = {k: student[k].detach() - 0.5 * student[k].grad for k in teacher}
+    assert sum(distillation_loss(moved, teacher).values()) < sum(terms.values())
+
+
+def test_the_teacher_uses_its_own_normalisation_and_gives_no_gradient(tmp_path):
+    from safetensors.torch import save_file
+
+    from core.training.he_sources import Teacher
+    from core.training.sdrdin import metadata
+
+    net = SDRDIN(4, "s-drdin", 8).eval()
+    path = tmp_path / "t.safetensors"
+    mean, std = np.array([0.8, 0.7, 0.85], np.float32), np.array([0.15, 0.2, 0.1], np.float32)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=metadata(mean, std, 0.3, "s-drdin", 8))
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    out = Teacher(str(path))(x)
+    ref = net((x - torch.as_tensor(mean).view(1, 3, 1, 1)) / torch.as_tensor(std).view(1, 3, 1, 1))
+    assert torch.allclose(out["class_logits"], ref["class_logits"], atol=1e-5)
+    assert not out["class_logits"].requires_grad
+
+
+def test_guarded_selection_prefers_rows_that_keep_the_guarded_source():
+    from core.training.he_sources import guarded_best, guards_hold
+
+    def row(thr, score, crc):
+        return {"threshold": thr, "score": score, "by_source": {"crc": {"detection_f1": crc, "immune_f1": 0.0},
+                                                                  "consep": {"detection_f1": 0.5, "immune_f1": 0.5}}}
+
+    ref = row(0.3, 1.0, 0.80)
+    rows = [row(0.25, 1.40, 0.79), row(0.3, 1.35, 0.81), row(0.35, 1.30, 0.85)]
+    assert not guards_hold(rows[0], [ref], ["crc"]) and guards_hold(rows[1], [ref], ["crc"])
+    assert guards_hold(rows[0], [ref], None)
+    best, held = guarded_best(rows, [ref], ["crc"])
+    assert held and best["threshold"] == 0.3
+    best, held = guarded_best(rows[:1], [ref], ["crc"])
+    assert not held and best["threshold"] == 0.25  # none holds: the best score, flagged
+
+
+def test_distillation_needs_the_sources_it_distils(tmp_path):
+    from core.training.sdrdin import main as train_main
+
+    with pytest.raises(SystemExit, match="--distill needs --sources"):
+        train_main(["train", "--max-steps", "1", "--base", "8", "--crop", "64", "--batch", "2", "--threads", "1",
+                    "--distill", "weights/he-til-sdrdin-v3.safetensors", "--out", str(tmp_path / "x.safetensors")])

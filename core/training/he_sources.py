@@ -18,7 +18,13 @@
   accepts a stage (written before its scores are seen): its final score beats the score of
   the ``--init`` weights (and of ``--baseline``, each scored with its own class window) on the
   same tune splits, and with ``--guard-sources`` no guarded source's detection F1 + immune F1
-  falls below theirs.
+  falls below theirs. With ``--guard-select`` the guard also chooses: among the checkpoints and
+  thresholds scored, those that keep every guarded source at its references come first
+  (:func:`guarded_best`).
+- **Distillation** (``--distill WEIGHTS``, ours; Hinton et al. 2015, "learning without
+  forgetting", Li & Hoiem 2016): on the crops of ``--distill-sources`` (default: colorectal),
+  a frozen earlier model's outputs are soft targets beside the labels (:class:`Teacher`,
+  :func:`distillation_loss`), so that learning the new sources does not unlearn the old one.
 """
 
 from __future__ import annotations
@@ -86,6 +92,9 @@ class MultiSourceSampler(CropSampler):
         if w.shape != (len(self.sources),) or np.any(w < 0) or w.sum() <= 0:
             raise ValueError(f"--source-weights needs {len(self.sources)} non-negative numbers (one per source), got {source_weights}")
         self.source_p = torch.as_tensor(w / w.sum(), dtype=torch.float64)
+        self.source_of = [s for s in self.sources for _ in self.index_of[s]]
+        #: The source of each crop of the last :meth:`batch`, in order.
+        self.last_sources: list[str] = []
         self.scale_jitter, self.blur_share, self.jpeg_share = scale_jitter, blur_share, jpeg_share
         self._size = crop_px
         self._last = []
@@ -111,6 +120,7 @@ class MultiSourceSampler(CropSampler):
         finally:
             self.crop = crop
         allowed = torch.stack([self.allowed[i] for i in self._last])
+        self.last_sources = [self.source_of[i] for i in self._last]
         if self._size != crop:
             x = F.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False, antialias=self._size > crop)
             ct = F.interpolate(ct[:, None].float(), size=(crop, crop), mode="nearest")[:, 0].long()
@@ -225,3 +235,98 @@ def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
                          np.asarray(json.loads(meta["normalization_std"]), np.float32), 0.5, meta["variant"],
                          int(meta["base_features"]), window)
     return max(score_sources(runner, tune, thresholds), key=lambda r: r["score"])
+
+
+def guards_hold(row: dict, references: list[dict], guard_sources: list[str] | None) -> bool:
+    """True when, on every guarded source, detection F1 + immune F1 of ``row`` reaches that of every reference.
+
+    Parameters
+    ----------
+    row, references : rows of :func:`score_sources` (each at its own threshold)
+    guard_sources : sources that must not get worse (None or empty: always True)
+    """
+    return all(sum(row["by_source"][g].values()) >= sum(ref["by_source"][g].values())
+               for g in guard_sources or [] for ref in references)
+
+
+def guarded_best(rows: list[dict], references: list[dict], guard_sources: list[str] | None) -> tuple[dict, bool]:
+    """The best-scoring row among those whose guards hold, else the best-scoring row.
+
+    Ties go to the threshold nearest 0.5.
+
+    Returns
+    -------
+    (row, guards_held)
+    """
+    held = [r for r in rows if guards_hold(r, references, guard_sources)]
+    pool = held or rows
+    return max(pool, key=lambda r: (r["score"], -abs(r["threshold"] - 0.5))), bool(held)
+
+
+class Teacher:
+    """A frozen S-DRDIN (an earlier he-til) that gives soft targets for distillation.
+
+    Parameters
+    ----------
+    weights : path of an S-DRDIN ``.safetensors`` with the metadata written by training (its
+        own variant, width and input normalisation are used)
+
+    Calling it on (B, 3, H, W) float RGB in [0, 1] returns the network's output dict
+    (``class_logits`` (B, K + 1, H, W), ``detection_logits`` (B, 1, H, W)), without gradients.
+    """
+
+    def __init__(self, weights: str):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        from core.nets.sdrdin import SDRDIN
+
+        with safe_open(weights, framework="pt") as fh:
+            meta = fh.metadata()
+        self.net = SDRDIN(len(HE_CLASSES), meta["variant"], int(meta["base_features"]))
+        self.net.load_state_dict(load_file(weights), strict=True)
+        self.net.eval().requires_grad_(False)
+        self.mean = torch.as_tensor(json.loads(meta["normalization_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(json.loads(meta["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> dict:
+        with torch.no_grad():
+            return self.net((x - self.mean) / self.std)
+
+
+def distillation_loss(student: dict, teacher: dict) -> dict:
+    """Soft-target terms of distillation on the crops both were given.
+
+    - class: KL(teacher ‖ student) of the per-pixel class softmax, pixel-weighted as S-DRDIN
+      eq. 1-2 with the teacher's argmax as the class of a pixel (every class counts equally,
+      whatever its area);
+    - detection: binary cross-entropy against the teacher's detection probability.
+
+    Parameters
+    ----------
+    student, teacher : output dicts with ``class_logits`` (B, K + 1, H, W) and
+        ``detection_logits`` (B, 1, H, W), float; either may be None in both
+
+    Returns
+    -------
+    dict of scalar tensors ``distil_class`` and ``distil_detection`` (those present); zero when
+    the teacher's and the student's outputs are equal.
+    """
+    from core.training.sdrdin import class_weights
+
+    terms = {}
+    s_cls, t_cls = student.get("class_logits"), teacher.get("class_logits")
+    if s_cls is not None and t_cls is not None:
+        t_logp = F.log_softmax(t_cls.float(), 1)
+        kl = (t_logp.exp() * (t_logp - F.log_softmax(s_cls, 1))).sum(1)  # (B, H, W)
+        hard = t_cls.argmax(1)
+        b, nc = s_cls.shape[:2]
+        w = class_weights(hard, nc).to(kl.dtype)
+        n = hard[0].numel()
+        terms["distil_class"] = (w[hard] * kl).sum() / (nc * n * b)
+    s_det, t_det = student.get("detection_logits"), teacher.get("detection_logits")
+    if s_det is not None and t_det is not None:
+        target = torch.sigmoid(t_det.float())
+        terms["distil_detection"] = (F.binary_cross_entropy_with_logits(s_det, target)
+                                     - F.binary_cross_entropy_with_logits(torch.logit(target.clamp(1e-6, 1 - 1e-6)), target))
+    return terms

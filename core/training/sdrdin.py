@@ -305,7 +305,7 @@ def train(args: argparse.Namespace) -> dict:
         window = float(meta["class_window_um"]) if "class_window_um" in meta else None
     else:
         window = None
-        allpix = torch.stack([p.reshape(3, -1) for p in sampler.pixels], 0).permute(1, 0, 2).reshape(3, -1)
+        allpix = torch.cat([p.reshape(3, -1) for p in sampler.pixels], 1)  # images may differ in size
         mean, std = allpix.mean(1).numpy(), allpix.std(1).numpy()
     if args.class_window_um is not None:
         window = float(args.class_window_um)
@@ -333,6 +333,15 @@ def train(args: argparse.Namespace) -> dict:
             print(json.dumps({"baseline_tune": baseline_tune}), flush=True)
             references.append(baseline_tune)
             init_score = max(init_score, baseline_tune, key=lambda r: r["score"])
+    teacher, distill_sources = None, set()
+    if args.distill:
+        if not multi:
+            raise SystemExit("--distill needs --sources (it distils on the crops of --distill-sources)")
+        teacher, distill_sources = hs.Teacher(args.distill), set(args.distill_sources)
+        unknown = distill_sources - set(args.sources)
+        if unknown:
+            raise SystemExit(f"--distill-sources {sorted(unknown)} are not among --sources {args.sources}")
+    guard_select = bool(args.guard_select and multi and args.guard_sources)
     stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
     history, running = [], []
     while not stage.finished():
@@ -346,6 +355,17 @@ def train(args: argparse.Namespace) -> dict:
         if allowed and out.get("class_logits") is not None:
             out["class_logits"] = hs.mask_unannotated(out["class_logits"], allowed[0])
         terms = sdrdin_loss(out, ct, dt, args.det_weight)
+        if teacher is not None:  # soft targets of the earlier model on the crops of the distilled sources
+            keep = torch.tensor([src in distill_sources for src in sampler.last_sources])
+            if keep.any():
+                student = {k: (v[keep] if v is not None else None) for k, v in out.items()}
+                soft = hs.distillation_loss(student, teacher(x[keep]))
+                share = float(keep.float().mean())  # the terms are means over the distilled crops
+                for k, v in soft.items():
+                    terms[k] = v
+                    terms["total"] = terms["total"] + args.distill_weight * share * v
+            for k in ("distil_class", "distil_detection"):
+                terms.setdefault(k, torch.zeros(()))
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -357,8 +377,13 @@ def train(args: argparse.Namespace) -> dict:
             net.eval()
             runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
             if multi:
-                top = max(hs.score_sources(runner, tune_by, args.eval_thresholds), key=lambda r: r["score"])
-                score = top["score"]
+                rows = hs.score_sources(runner, tune_by, args.eval_thresholds)
+                if guard_select:  # checkpoints whose guarded sources hold come first
+                    top, held = hs.guarded_best(rows, references, args.guard_sources)
+                    score = top["score"] if held else top["score"] - 10.0
+                else:
+                    top = max(rows, key=lambda r: r["score"])
+                    score = top["score"]
             else:
                 rows = tune_scores(runner, tune, args.eval_thresholds, match_px)
                 top = max(rows, key=lambda r: r["detection_f1"])
@@ -380,7 +405,10 @@ def train(args: argparse.Namespace) -> dict:
     runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
     if multi:
         sweep = hs.score_sources(runner, tune_by, sweep_thresholds)
-        chosen = max(sweep, key=lambda r: (r["score"], -abs(r["threshold"] - 0.5)))
+        if guard_select:
+            chosen = hs.guarded_best(sweep, references, args.guard_sources)[0]
+        else:
+            chosen = max(sweep, key=lambda r: (r["score"], -abs(r["threshold"] - 0.5)))
     else:
         sweep = tune_scores(runner, tune, sweep_thresholds, match_px)
         chosen = max(sweep, key=lambda r: (r["detection_f1"], -abs(r["threshold"] - 0.5)))
@@ -411,11 +439,12 @@ def train(args: argparse.Namespace) -> dict:
             "acceptance_rule": ("accepted when the mean over sources of detection F1 + immune F1 within 3 µm on the "
                                 "tune splits, at the best threshold, beats that of the --init weights and of the "
                                 "--baseline weights (each scored with its own class window)"),
-            "guard_sources": args.guard_sources, "init_tune": init_score,
+            "guard_sources": args.guard_sources, "init_tune": init_score, "guard_select": guard_select,
+            "distill": args.distill, "distill_sources": sorted(distill_sources) or None,
+            "distill_weight": args.distill_weight if args.distill else None,
             # guards: not below the --init's nor the --baseline's on each guarded source (each its own best threshold)
-            "accepted": bool(init_score is None or (chosen["score"] > init_score["score"] and all(
-                sum(chosen["by_source"][g].values()) >= sum(ref["by_source"][g].values())
-                for g in args.guard_sources or [] for ref in references)))}
+            "accepted": bool(init_score is None or (chosen["score"] > init_score["score"]
+                                                    and hs.guards_hold(chosen, references, args.guard_sources)))}
            if multi else {}),
         "n_fit_nuclei": int(sum(len(im.points_xy) for im in fit)),
         "threshold": chosen["threshold"], "tune_at_threshold": chosen, "tune_sweep": sweep,
@@ -513,6 +542,14 @@ def main(argv=None) -> int:
                         "on the tune split is not below the --baseline's (or --init's)")
     t.add_argument("--baseline", default=None,
                    help="with --sources: weights (e.g. the shipped version) that the stage must also beat on the tune splits")
+    t.add_argument("--guard-select", action="store_true",
+                   help="with --guard-sources: choose the checkpoint and threshold among those that keep every guarded "
+                        "source at its references (best score otherwise)")
+    t.add_argument("--distill", default=None,
+                   help="with --sources: an earlier S-DRDIN .safetensors whose outputs are soft targets on the crops of "
+                        "--distill-sources (learning without forgetting)")
+    t.add_argument("--distill-sources", nargs="+", choices=["crc", "brca-m2c", "consep"], default=["crc"])
+    t.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation terms")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", required=True)
