@@ -680,3 +680,20 @@ def test_distillation_needs_the_sources_it_distils(tmp_path):
     with pytest.raises(SystemExit, match="--distill needs --sources"):
         train_main(["train", "--max-steps", "1", "--base", "8", "--crop", "64", "--batch", "2", "--threads", "1",
                     "--distill", "weights/he-til-sdrdin-v3.safetensors", "--out", str(tmp_path / "x.safetensors")])
+
+
+def test_the_card_gives_the_multi_source_and_distillation_options_of_a_stage():
+    from core.training import sdrdin_card
+
+    record = {"minutes": 70, "base_features": 32, "crop_px": 160, "batch": 6, "lr": 2e-4, "seed": 9, "eval_minutes": 14,
+              "eval_thresholds": [0.2, 0.3], "stain_jitter": 0.3, "sources": ["crc", "brca-m2c", "consep"],
+              "source_weights": [3.0, 1.0, 1.5], "scale_jitter": 0.15, "blur_share": 0.25, "jpeg_share": 0.25,
+              "class_window_um": 6.6, "baseline": "weights/he-til-sdrdin-v3.safetensors", "guard_sources": ["crc"],
+              "guard_select": True, "distill": "weights/he-til-sdrdin-v3.safetensors", "distill_sources": ["crc"],
+              "distill_weight": 1.0}
+    command = sdrdin_card._train_command(record, "he-til-sdrdin-v4.safetensors", "<stage 7 weights>")
+    for part in ("--sources crc brca-m2c consep", "--source-weights 3 1 1.5", "--class-window-um 6.6", "--guard-sources crc",
+                 "--guard-select", "--distill weights/he-til-sdrdin-v3.safetensors --distill-sources crc --distill-weight 1",
+                 "--init <stage 7 weights>"):
+        assert part in command
+    assert "--sources" not in sdrdin_card._train_command({k: v for k, v in record.items() if k != "sources"}, "w.safetensors")

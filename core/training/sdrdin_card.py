@@ -29,7 +29,23 @@ def _train_command(train: dict, name: str, init: str | None = None) -> str:
             + (" --bf16" if train.get("bf16_autocast") else "")
             + (f" --focus-class {train['focus_class']} --focus-share {train['focus_share']:g}" if train.get("focus_class") else "")
             + (f" --swa-start {train['swa_start']:g} --swa-every {train['swa_every']}" if train.get("swa_start") is not None else "")
+            + _multi_source_options(train)
             + (f" --init {init}" if init else "") + f" --out weights/{name}")
+
+
+def _multi_source_options(train: dict) -> str:
+    """The ``--sources`` options of a stage's command, as its record gives them ("" for a one-source stage)."""
+    if not train.get("sources"):
+        return ""
+    return (f" --sources {' '.join(train['sources'])}"
+            + (f" --source-weights {' '.join(f'{w:g}' for w in train['source_weights'])}" if train.get("source_weights") else "")
+            + f" --scale-jitter {train['scale_jitter']:g} --blur-share {train['blur_share']:g} --jpeg-share {train['jpeg_share']:g}"
+            + (f" --class-window-um {train['class_window_um']:g}" if train.get("class_window_um") else "")
+            + (f" --baseline {train['baseline']}" if train.get("baseline") else "")
+            + (f" --guard-sources {' '.join(train['guard_sources'])}" if train.get("guard_sources") else "")
+            + (" --guard-select" if train.get("guard_select") else "")
+            + (f" --distill {train['distill']} --distill-sources {' '.join(train['distill_sources'])}"
+               f" --distill-weight {train['distill_weight']:g}" if train.get("distill") else ""))
 
 
 def _stages_with(stages: list[dict], key: str) -> str:
@@ -283,6 +299,18 @@ def _multi_source_sections(card: dict, train: dict, stages: list[dict], by_sourc
     card["departures_from_paper"].append(
         "Trained on three H&E sources at once (two organs, three labs, 20x and 40x), with source-uniform sampling and the class "
         "loss masked where a source does not annotate a class; the paper trains on one mIHC data set.")
+    distilled = [(i + 1, t) for i, t in enumerate(stages) if t.get("distill")]
+    for n, t in distilled:
+        card["departures_from_paper"].append(
+            f"Stage {n} adds distillation (learning without forgetting; Hinton et al. 2015, Li & Hoiem 2016): on the crops of "
+            f"{', '.join(t['distill_sources'])}, the outputs of a frozen earlier model ({Path(t['distill']).name}) are soft targets "
+            f"beside the labels (class softmax KL, pixel-weighted as eq. 1-2, and detection probability; weight "
+            f"{t['distill_weight']:g}), so that learning the other sources does not lose what it did on them.")
+    guarded = [str(i + 1) for i, t in enumerate(stages) if t.get("guard_select")]
+    if guarded:
+        card["departures_from_paper"].append(
+            f"In stage(s) {', '.join(guarded)} the checkpoint and the detection threshold are chosen among those that keep every "
+            "guarded source's tune detection F1 + immune F1 at least at the shipped version's (the best score otherwise).")
     card["intended_use"] = (
         "Research use, not a diagnostic device: locating and counting tumour (epithelial), immune (inflammatory) and stromal "
         "(fibroblast) nuclei in H&E fields of colorectal and breast cancer at 20x or 40x for research and teaching, with results "
