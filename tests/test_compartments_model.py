@@ -279,6 +279,11 @@ def test_confusion_f1_and_point_shares_on_constructed_maps():
     assert f1["background"]["f1"] == 1.0 and f1["necrosis"]["f1"] == 1.0
     assert f1["tumour"]["f1"] == 0.5 and math.isclose(f1["stroma"]["f1"], 2 * 2 / (2 * 2 + 1 + 1), abs_tol=1e-4)
     assert macro_f1(f1) == round((1 + 0.5 + 4 / 6 + 1) / 4, 4)
+    # a class absent from the truth but predicted: no F1 (left out of the macro mean), its false area kept
+    cm2 = confusion(np.array([[0, 3]], np.uint8), np.array([[0, 0]], np.uint8))
+    f2 = f1_from_confusion(cm2)
+    assert f2["necrosis"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0, "predicted": 1}
+    assert f2["tumour"]["precision"] is None and macro_f1(f2) == f2["background"]["f1"] == round(2 / 3, 4)
     lab = np.zeros((20, 20), np.uint8)
     lab[:, :10] = 1
     lab[:, 10:] = 2
@@ -409,7 +414,7 @@ def test_registry_entry_follows_the_registry_rules():
     from core.scenarios.spec import DENSE_MEANINGS, OUTPUT_KINDS
 
     sc = get_scenario("tissue-compartments")
-    assert sc.model_card == "tissue-compartments-cdunet-s3.json" and sc.weights == "tissue-compartments-cdunet-s3.safetensors"
+    assert sc.model_card == "tissue-compartments-cdunet-s4.json" and sc.weights == "tissue-compartments-cdunet-s4.safetensors"
     assert sc.tiling.tile_px(sc.input_mpp) == 1024 and sc.tiling.overlap_px(sc.input_mpp) == 64
     assert all(c.role in ROLES and c.color.startswith("#") for c in sc.classes)
     assert all(o.kind in OUTPUT_KINDS for o in sc.outputs) and sc.outputs_of("regions")

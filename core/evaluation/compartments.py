@@ -77,26 +77,28 @@ def f1_from_confusion(cm: np.ndarray, names: tuple[str, ...] = COMPARTMENT_NAMES
 
     Returns
     -------
-    dict of class name → {"precision", "recall", "f1" (None where the class has neither truth
-    nor prediction pixels), "support" (truth pixels)}
+    dict of class name → {"precision", "recall", "f1", "support" (truth pixels), "predicted"
+    (prediction pixels)}. A class absent from the truth has no recall and no F1 (None), so it
+    does not enter :func:`macro_f1`; its precision is 0.0 when it was predicted anyway (the
+    false area is in "predicted"), None when it was not.
     """
     out = {}
     for k, name in enumerate(names):
         tp = int(cm[k, k])
         fp = int(cm[:, k].sum()) - tp
         fn = int(cm[k, :].sum()) - tp
-        if tp + fp + fn == 0:
-            out[name] = {"precision": None, "recall": None, "f1": None, "support": 0}
+        if tp + fn == 0:
+            out[name] = {"precision": 0.0 if fp else None, "recall": None, "f1": None, "support": 0, "predicted": fp}
             continue
         prec = tp / (tp + fp) if tp + fp else 0.0
         rec = tp / (tp + fn) if tp + fn else 0.0
         out[name] = {"precision": round(prec, 4), "recall": round(rec, 4),
-                     "f1": round(2 * tp / (2 * tp + fp + fn), 4), "support": tp + fn}
+                     "f1": round(2 * tp / (2 * tp + fp + fn), 4), "support": tp + fn, "predicted": tp + fp}
     return out
 
 
 def macro_f1(per_class: dict) -> float | None:
-    """Mean F1 over the classes that have one."""
+    """Mean F1 over the classes that have one (those present in the truth; see :func:`f1_from_confusion`)."""
     vals = [v["f1"] for v in per_class.values() if v["f1"] is not None]
     return round(float(np.mean(vals)), 4) if vals else None
 

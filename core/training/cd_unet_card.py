@@ -103,7 +103,7 @@ def aims_statement(evaluation: dict, compared_with_unet: bool) -> str:
     if not missed:
         return "Meets the aims of the issue on the project's validation data: " + "; ".join(met) + "." + unet
     return ("Below the aims of the issue (these are early-stage weights, registered as the current model until "
-            "better ones pass): missed " + "; ".join(missed) + (f"; met {'; '.join(met)}" if met else "")
+            "better ones pass). Not met: " + "; ".join(missed) + (f". Met: {'; '.join(met)}" if met else "")
             + ". Treat the compartments as a draft to check over the image, not as measurements." + unet)
 
 
