@@ -284,6 +284,15 @@ def test_confusion_f1_and_point_shares_on_constructed_maps():
     f2 = f1_from_confusion(cm2)
     assert f2["necrosis"] == {"precision": 0.0, "recall": None, "f1": None, "support": 0, "predicted": 1}
     assert f2["tumour"]["precision"] is None and macro_f1(f2) == f2["background"]["f1"] == round(2 / 3, 4)
+    from core.evaluation.compartments import _where_stromal_lymphocytes_go
+
+    truth3 = np.full((10, 10), 2, np.uint8)
+    truth3[:, 8:] = 1
+    pred3 = truth3.copy()
+    pred3[:, :3] = 1  # stroma on the left predicted as tumour
+    lym = np.array([[1.0, 1], [1.2, 5], [5, 5], [6, 2], [9, 9]])  # two in the left strip, two in stroma, one in tumour
+    assert _where_stromal_lymphocytes_go(truth3, pred3, lym) == {"background": 0.0, "tumour": 0.5, "stroma": 0.5, "necrosis": 0.0}
+    assert _where_stromal_lymphocytes_go(truth3, pred3, lym[4:]) is None
     lab = np.zeros((20, 20), np.uint8)
     lab[:, :10] = 1
     lab[:, 10:] = 2

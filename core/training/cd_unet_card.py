@@ -34,6 +34,18 @@ def _command(t: dict, out: str, init: str | None) -> str:
     return cmd + (f" --init {init}" if init else "") + f" --out {out}"
 
 
+def _til_bias(til: dict) -> list[str]:
+    """A limitation on the direction of the stromal TIL % error, when the evaluation measured it."""
+    moved = til.get("stromal_lymphocytes_predicted_as_mean")
+    bias = til.get("mean_signed_diff_points")
+    if moved is None or bias is None:
+        return []
+    return [f"Stromal TIL % from predicted compartments is {'lower' if bias < 0 else 'higher'} than from the true ones by "
+            f"{abs(bias):.1f} points on average (synthetic held-out sections): {100 * moved['tumour']:.0f} % of the "
+            "lymphocytes lying in true stroma fall in predicted tumour (lymphocyte-rich stroma taken for tumour), which "
+            "lowers the stromal TIL % and raises intratumoral immune densities."]
+
+
 def comparison(cd: dict, unet: dict) -> dict:
     """CD-UNET vs U-Net on the same held-out data: per class overall, per stain, and on the U-Net's hardest stains.
 
@@ -142,6 +154,7 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
             "labels, so IHC accuracy on real slides is unknown.",
             "Normal epithelium is labelled tumour by the weak labels (\"epithelial\" nuclei) and will be predicted so.",
             "Trained at 1.0 µm/px: give the true mpp so the image is resampled; whole slides need the slide tiler.",
+            *_til_bias(syn.get("stromal_til") or {}),
         ],
         "metrics": {
             "synthetic_heldout": {
