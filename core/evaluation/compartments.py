@@ -103,6 +103,15 @@ def macro_f1(per_class: dict) -> float | None:
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def labels_at(label_map: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
+    """(N,) labels of ``label_map`` (H, W) at points (N, 2) float x, y pixels (pixel centres at integers; clipped to the map)."""
+    xy = np.asarray(points_xy, np.float64).reshape(-1, 2)
+    h, w = label_map.shape
+    ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
+    iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
+    return label_map[iy, ix]
+
+
 def point_shares(pred: np.ndarray, points_xy: np.ndarray, roles: np.ndarray) -> dict:
     """The issue's judged figures on one field or many: annotated cells inside their predicted compartment.
 
@@ -116,12 +125,8 @@ def point_shares(pred: np.ndarray, points_xy: np.ndarray, roles: np.ndarray) -> 
     -------
     dict: ``n_tumour``, ``tumour_in_tumour`` (count), ``n_stroma``, ``stroma_in_stroma`` (count)
     """
-    xy = np.asarray(points_xy, np.float64).reshape(-1, 2)
     roles = np.asarray(roles).astype(str)
-    h, w = pred.shape
-    ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
-    iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
-    lab = pred[iy, ix]
+    lab = labels_at(pred, points_xy)
     t, s = roles == "tumour", roles == "stroma"
     return {"n_tumour": int(t.sum()), "tumour_in_tumour": int((lab[t] == 1).sum()),
             "n_stroma": int(s.sum()), "stroma_in_stroma": int((lab[s] == 2).sum())}
@@ -181,15 +186,10 @@ def _where_stromal_lymphocytes_go(truth: np.ndarray, pred: np.ndarray, lym_xy: n
     lies in true stroma. Stromal lymphocytes predicted as tumour make the stromal TIL % too low
     and the intratumoral density too high.
     """
-    if len(lym_xy) == 0:
-        return None
-    h, w = truth.shape
-    col = np.clip(np.round(lym_xy[:, 0]).astype(np.int64), 0, w - 1)
-    row = np.clip(np.round(lym_xy[:, 1]).astype(np.int64), 0, h - 1)
-    in_stroma = truth[row, col] == 2
+    in_stroma = labels_at(truth, lym_xy) == 2
     if not in_stroma.any():
         return None
-    dest = np.bincount(pred[row, col][in_stroma].astype(np.int64), minlength=256)[: len(COMPARTMENT_NAMES)]
+    dest = np.bincount(labels_at(pred, lym_xy)[in_stroma], minlength=len(COMPARTMENT_NAMES))
     return {c: round(float(v) / int(in_stroma.sum()), 4) for c, v in zip(COMPARTMENT_NAMES, dest)}
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from core.evaluation.datasets_he import HE_CLASSES
 from core.evaluation.he_sources import mosaic_tiles, read_source_split
 from core.evaluation.metrics import match_points, precision_recall_f1
-from core.training.sdrdin import CropSampler
+from core.training.sdrdin import CropSampler, pixel_weighted_mean
 
 #: Match radius of the per-source tune scores (the issue's "within 3 µm").
 TUNE_RADIUS_UM = 3.0
@@ -206,6 +206,31 @@ def score_sources(runner, tune: dict[str, list], thresholds, maps: dict | None =
     return rows
 
 
+def sdrdin_metadata(weights: str) -> dict:
+    """What training wrote beside S-DRDIN weights: ``variant``, ``base`` (int), input ``mean`` and ``std``
+    ((3,) float32 arrays, RGB in [0, 1]) and ``class_window_um`` (float, or None when not recorded)."""
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as fh:
+        meta = fh.metadata()
+    return {"variant": meta["variant"], "base": int(meta["base_features"]),
+            "mean": np.asarray(json.loads(meta["normalization_mean"]), np.float32),
+            "std": np.asarray(json.loads(meta["normalization_std"]), np.float32),
+            "class_window_um": float(meta["class_window_um"]) if "class_window_um" in meta else None}
+
+
+def load_sdrdin(weights: str) -> tuple[torch.nn.Module, dict]:
+    """An S-DRDIN in eval mode with its weights (strict) and :func:`sdrdin_metadata`."""
+    from safetensors.torch import load_file
+
+    from core.nets.sdrdin import SDRDIN
+
+    info = sdrdin_metadata(weights)
+    net = SDRDIN(len(HE_CLASSES), info["variant"], info["base"])
+    net.load_state_dict(load_file(weights), strict=True)
+    return net.eval(), info
+
+
 def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
     """Best-threshold :func:`score_sources` row of a weights file, with its own normalisation and class window.
 
@@ -219,21 +244,10 @@ def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
     -------
     dict, as one row of :func:`score_sources`
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from core.nets.sdrdin import SDRDIN
     from core.training.sdrdin import make_runner
 
-    with safe_open(weights, framework="pt") as fh:
-        meta = fh.metadata()
-    net = SDRDIN(len(HE_CLASSES), meta["variant"], int(meta["base_features"]))
-    net.load_state_dict(load_file(weights), strict=True)
-    net.eval()
-    window = float(meta["class_window_um"]) if "class_window_um" in meta else None
-    runner = make_runner(net, np.asarray(json.loads(meta["normalization_mean"]), np.float32),
-                         np.asarray(json.loads(meta["normalization_std"]), np.float32), 0.5, meta["variant"],
-                         int(meta["base_features"]), window)
+    net, info = load_sdrdin(weights)
+    runner = make_runner(net, info["mean"], info["std"], 0.5, info["variant"], info["base"], info["class_window_um"])
     return max(score_sources(runner, tune, thresholds), key=lambda r: r["score"])
 
 
@@ -276,18 +290,10 @@ class Teacher:
     """
 
     def __init__(self, weights: str):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        from core.nets.sdrdin import SDRDIN
-
-        with safe_open(weights, framework="pt") as fh:
-            meta = fh.metadata()
-        self.net = SDRDIN(len(HE_CLASSES), meta["variant"], int(meta["base_features"]))
-        self.net.load_state_dict(load_file(weights), strict=True)
-        self.net.eval().requires_grad_(False)
-        self.mean = torch.as_tensor(json.loads(meta["normalization_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.as_tensor(json.loads(meta["normalization_std"]), dtype=torch.float32).view(1, 3, 1, 1)
+        self.net, info = load_sdrdin(weights)
+        self.net.requires_grad_(False)
+        self.mean = torch.as_tensor(info["mean"]).view(1, 3, 1, 1)
+        self.std = torch.as_tensor(info["std"]).view(1, 3, 1, 1)
 
     def __call__(self, x: torch.Tensor) -> dict:
         with torch.no_grad():
@@ -312,21 +318,16 @@ def distillation_loss(student: dict, teacher: dict) -> dict:
     dict of scalar tensors ``distil_class`` and ``distil_detection`` (those present); zero when
     the teacher's and the student's outputs are equal.
     """
-    from core.training.sdrdin import class_weights
-
     terms = {}
     s_cls, t_cls = student.get("class_logits"), teacher.get("class_logits")
     if s_cls is not None and t_cls is not None:
         t_logp = F.log_softmax(t_cls.float(), 1)
         kl = (t_logp.exp() * (t_logp - F.log_softmax(s_cls, 1))).sum(1)  # (B, H, W)
-        hard = t_cls.argmax(1)
-        b, nc = s_cls.shape[:2]
-        w = class_weights(hard, nc).to(kl.dtype)
-        n = hard[0].numel()
-        terms["distil_class"] = (w[hard] * kl).sum() / (nc * n * b)
+        terms["distil_class"] = pixel_weighted_mean(kl, t_cls.argmax(1), s_cls.shape[1])
     s_det, t_det = student.get("detection_logits"), teacher.get("detection_logits")
-    if s_det is not None and t_det is not None:
-        target = torch.sigmoid(t_det.float())
+    if s_det is not None and t_det is not None:  # Bernoulli KL: BCE less the teacher's own entropy
+        t_det = t_det.float()
+        target = torch.sigmoid(t_det)
         terms["distil_detection"] = (F.binary_cross_entropy_with_logits(s_det, target)
-                                     - F.binary_cross_entropy_with_logits(torch.logit(target.clamp(1e-6, 1 - 1e-6)), target))
+                                     - F.binary_cross_entropy_with_logits(t_det, target))
     return terms

@@ -78,13 +78,29 @@ def pixel_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> 
     -------
     scalar tensor
     """
-    b, nc = logits.shape[:2]
-    w = class_weights(target, nc).to(logits.dtype)
     nll = F.cross_entropy(logits, target.clamp(min=0), reduction="none")  # (B, H, W)
+    return pixel_weighted_mean(nll, target, logits.shape[1])
+
+
+def pixel_weighted_mean(loss_px: torch.Tensor, target: torch.Tensor, n_channels: int) -> torch.Tensor:
+    """Eq. 2's normalisation of a per-pixel loss: weighted by w_c of eq. 1 (:func:`class_weights`) of each pixel's class.
+
+    Parameters
+    ----------
+    loss_px : (B, H, W) float per-pixel loss
+    target : (B, H, W) int64 class of each pixel in [0, n_channels), or :data:`IGNORE_LABEL` (left out)
+    n_channels : N_c
+
+    Returns
+    -------
+    scalar tensor: Σ w_c(pixel) · loss / (N_c · N · B), N the valid pixels per image
+    """
+    b = target.shape[0]
+    w = class_weights(target, n_channels).to(loss_px.dtype)
     valid = target != IGNORE_LABEL
     n = valid.sum() / b
     pix_w = w[target.clamp(min=0)] * valid
-    return (pix_w * nll).sum() / (nc * n * b)
+    return (pix_w * loss_px).sum() / (n_channels * n * b)
 
 
 def sdrdin_loss(out: dict, class_target: torch.Tensor, detection_target: torch.Tensor, det_weight: float = 1.0) -> dict:
@@ -296,13 +312,8 @@ def train(args: argparse.Namespace) -> dict:
         focus = HE_CLASSES.index(args.focus_class) if args.focus_class else None
         sampler = CropSampler(fit, radius_px, args.crop, gen, args.jitter, args.stain_jitter, focus, args.focus_share)
     if multi and args.init:  # a warm start keeps the input normalisation its weights were trained with
-        from safetensors import safe_open
-
-        with safe_open(args.init, framework="pt") as fh:
-            meta = fh.metadata()
-        mean = np.asarray(json.loads(meta["normalization_mean"]), np.float32)
-        std = np.asarray(json.loads(meta["normalization_std"]), np.float32)
-        window = float(meta["class_window_um"]) if "class_window_um" in meta else None
+        info = hs.sdrdin_metadata(args.init)
+        mean, std, window = info["mean"], info["std"], info["class_window_um"]
     else:
         window = None
         allpix = torch.cat([p.reshape(3, -1) for p in sampler.pixels], 1)  # images may differ in size
@@ -342,6 +353,7 @@ def train(args: argparse.Namespace) -> dict:
         if unknown:
             raise SystemExit(f"--distill-sources {sorted(unknown)} are not among --sources {args.sources}")
     guard_select = bool(args.guard_select and multi and args.guard_sources)
+    select_guards = args.guard_sources if guard_select else None  # guards that choose checkpoint and threshold
     stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
     history, running = [], []
     while not stage.finished():
@@ -378,12 +390,8 @@ def train(args: argparse.Namespace) -> dict:
             runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
             if multi:
                 rows = hs.score_sources(runner, tune_by, args.eval_thresholds)
-                if guard_select:  # checkpoints whose guarded sources hold come first
-                    top, held = hs.guarded_best(rows, references, args.guard_sources)
-                    score = top["score"] if held else top["score"] - 10.0
-                else:
-                    top = max(rows, key=lambda r: r["score"])
-                    score = top["score"]
+                top, held = hs.guarded_best(rows, references, select_guards)
+                score = top["score"] if held else top["score"] - 10.0  # checkpoints whose guards hold come first
             else:
                 rows = tune_scores(runner, tune, args.eval_thresholds, match_px)
                 top = max(rows, key=lambda r: r["detection_f1"])
@@ -405,10 +413,7 @@ def train(args: argparse.Namespace) -> dict:
     runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
     if multi:
         sweep = hs.score_sources(runner, tune_by, sweep_thresholds)
-        if guard_select:
-            chosen = hs.guarded_best(sweep, references, args.guard_sources)[0]
-        else:
-            chosen = max(sweep, key=lambda r: (r["score"], -abs(r["threshold"] - 0.5)))
+        chosen = hs.guarded_best(sweep, references, select_guards)[0]
     else:
         sweep = tune_scores(runner, tune, sweep_thresholds, match_px)
         chosen = max(sweep, key=lambda r: (r["detection_f1"], -abs(r["threshold"] - 0.5)))
