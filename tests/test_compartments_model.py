@@ -416,6 +416,27 @@ def test_outputs_labels_png_geojson_and_areas():
         CompartmentMap.from_probabilities(np.zeros((4, 4, 3)), 1.0)
 
 
+def test_traced_outlines_are_valid_and_follow_the_mask():
+    """Simplified outlines of a ragged mask with holes: valid polygons whose inside is the mask away from its edges."""
+    import shapely
+    from scipy import ndimage
+
+    from core.spatial.predicted_compartments import mask_polygons
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.random((160, 200)), 3) > 0.5  # many parts, holes, one-pixel necks
+    polygons = mask_polygons(mask, min_area_px=1, simplify_px=0.5)
+    geoms = [shapely.Polygon(outer, holes) for outer, holes in polygons]
+    assert geoms and all(g.is_valid and g.area > 0 for g in geoms)
+    union = shapely.union_all(geoms)
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    outer = ndimage.binary_dilation(mask, iterations=2)
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
+    inside = shapely.contains_xy(union, xx.ravel(), yy.ravel()).reshape(mask.shape)
+    assert inside[inner].all() and not inside[~outer].any()  # pixel centres agree beyond the outline's 2 px
+    assert abs(union.area - mask.sum()) < 0.5 * (mask ^ ndimage.binary_erosion(mask)).sum() + 1
+
+
 def test_registry_entry_follows_the_registry_rules():
     from core.cells import ROLES
     from core.evaluation import EVALUATIONS
