@@ -265,6 +265,39 @@ def test_training_smoke_mixes_synthetic_real_and_necrosis_and_warm_starts(tmp_pa
         train(args3, real_fields={}, necrosis=[], tune_fields={})
 
 
+def _record(variant, per_stain, seed=1, minutes=45.0):
+    """A training record of core.training.cd_unet with what the card's comparison reads."""
+    return {"variant": variant, "minutes": minutes, "seed": seed, "lr": 1e-3, "optimizer": "adam", "crop_px": 160,
+            "batch": 8, "sources": ["crc"], "init": None, "steps": 100, "seconds_per_step": 2.0, "parameters": 10,
+            "config": {"base": 16, "depth": 4}, "tune_sets": {"synthetic_per_stain": 2},
+            "data": {"pool": 240, "pool_size_px": 320, "pool_seeds": [100000, 100239]},
+            "best_tune": {"synthetic_macro_f1": float(np.mean(list(per_stain.values()))),
+                          "synthetic_per_stain_macro_f1": per_stain,
+                          "synthetic_per_class_f1": {"background": 0.9, "tumour": 0.5, "stroma": 0.8, "necrosis": 0.7},
+                          "real": {"crc": {"tumour_cells_in_tumour": 0.5}}}}
+
+
+def test_equal_budget_comparison_reads_the_unets_hardest_stains_and_refuses_unequal_budgets():
+    from core.training.cd_unet_card import _unet_sentence, equal_budget_record, tune_comparison
+
+    cd = _record("cd-unet", {"he": 0.70, "cea": 0.60, "pd1": 0.80, "foxp3": 0.75})
+    unet = _record("unet", {"he": 0.72, "cea": 0.50, "pd1": 0.60, "foxp3": 0.65})
+    t = tune_comparison(cd, unet)
+    assert t["unet_hardest_stains"] == ["cea", "pd1", "foxp3"] and t["cd_unet_better_on_all_hardest"]
+    assert t["per_stain_macro_f1"]["he"] == {"cd-unet": 0.70, "unet": 0.72}
+    assert "better on the three stains the U-Net finds hardest (cea 0.60 vs 0.50" in _unet_sentence(t, False)
+    worse = tune_comparison(_record("cd-unet", {"he": 0.70, "cea": 0.40, "pd1": 0.80, "foxp3": 0.75}), unet)
+    assert not worse["cd_unet_better_on_all_hardest"] and "not better" in _unet_sentence(worse, False)
+    # a later stage (warm start, other seed) is not the U-Net's equal; the first stage is found among the stages
+    later = dict(_record("cd-unet", {"he": 0.9}, seed=2), init="runs/stage1.safetensors")
+    assert equal_budget_record([cd, later], unet) is cd and equal_budget_record([later], unet) is None
+    with pytest.raises(ValueError, match="seed, init differ"):
+        tune_comparison(later, unet)
+    with pytest.raises(ValueError, match="cd-unet and a unet"):
+        tune_comparison(unet, cd)
+    assert "has not been run" in _unet_sentence(None, False) and _unet_sentence(None, True) == ""
+
+
 # ---------------------------------------------------------------------------------------------- evaluation metrics
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from core.evaluation.compartments import JUDGED_SHARES, PAPER_TABLE2
 from core.generator.compartments import STAINS
 from core.model_card import write_card
+from core.scenarios.registry import get_scenario
 from core.scenarios.weights import sha256_file
 
 
@@ -76,18 +77,114 @@ def comparison(cd: dict, unet: dict) -> dict:
     }
 
 
+#: What two training records must share for their tune scores to compare the networks at an equal budget.
+EQUAL_BUDGET_KEYS = ("minutes", "seed", "lr", "optimizer", "crop_px", "batch", "sources", "init")
+
+
+def _budget_differences(a: dict, b: dict) -> list[str]:
+    """What differs between two training records' budget and data (empty when they compare at an equal budget)."""
+    diff = [k for k in EQUAL_BUDGET_KEYS if a.get(k) != b.get(k)]
+    diff += [f"data.{k}" for k in ("pool", "pool_size_px", "pool_seeds") if a["data"].get(k) != b["data"].get(k)]
+    diff += ["config.base" if a["config"]["base"] != b["config"]["base"] else None,
+             "config.depth" if a["config"]["depth"] != b["config"]["depth"] else None,
+             "tune_sets" if a.get("tune_sets") != b.get("tune_sets") else None]
+    return [d for d in diff if d]
+
+
+def equal_budget_record(stages: list[dict], unet_train: dict) -> dict | None:
+    """The CD-UNET stage record trained with the U-Net's budget and data (same minutes from scratch, seed, pools...).
+
+    Parameters
+    ----------
+    stages : CD-UNET training records of :mod:`core.training.cd_unet`, in stage order
+    unet_train : the plain U-Net's training record
+
+    Returns
+    -------
+    the first stage record with no :func:`_budget_differences` to ``unet_train``, or None
+    """
+    return next((t for t in stages if t["variant"] == "cd-unet" and not _budget_differences(t, unet_train)), None)
+
+
+def tune_comparison(cd_train: dict, unet_train: dict) -> dict:
+    """CD-UNET vs U-Net at an equal training budget, on the tune sets both were selected on (paper §3.3's comparison).
+
+    Both records' ``best_tune`` are read: synthetic macro F1 per stain (2 sections per stain at
+    the seeds of ``tune_sets``), per class, and each real source's judged shares. The issue's
+    criterion is read on it: the three stains with the lowest U-Net macro F1, and whether the
+    CD-UNET's macro F1 is higher on all three. Tune sets are small and were used to choose each
+    network's checkpoint, so this is the equal-budget comparison, not a held-out figure.
+
+    Parameters
+    ----------
+    cd_train, unet_train : training records of :mod:`core.training.cd_unet` (``variant`` "cd-unet" and "unet")
+
+    Returns
+    -------
+    dict: ``per_stain_macro_f1`` {stain: {"cd-unet", "unet"}}, ``per_class_f1``, ``macro_f1``, ``real``
+    {source: {"cd-unet": {...}, "unet": {...}}}, ``unet_hardest_stains``, ``cd_unet_better_on_all_hardest``,
+    ``budget`` (minutes, steps, seconds per step of each), ``data``
+
+    Raises
+    ------
+    ValueError
+        If the variants are not cd-unet and unet, or the budgets or data differ (the message lists what differs).
+    """
+    if cd_train["variant"] != "cd-unet" or unet_train["variant"] != "unet":
+        raise ValueError(f"tune_comparison takes a cd-unet and a unet record, got {cd_train['variant']} and "
+                         f"{unet_train['variant']}")
+    diff = _budget_differences(cd_train, unet_train)
+    if diff:
+        raise ValueError("the two trainings do not share a budget and data, so their scores do not compare the "
+                         f"networks: {', '.join(diff)} differ")
+    c, u = cd_train["best_tune"], unet_train["best_tune"]
+    per_stain = {s: {"cd-unet": c["synthetic_per_stain_macro_f1"][s], "unet": u["synthetic_per_stain_macro_f1"][s]}
+                 for s in c["synthetic_per_stain_macro_f1"] if s in u["synthetic_per_stain_macro_f1"]}
+    hardest = sorted(per_stain, key=lambda s: per_stain[s]["unet"] or 0.0)[:3]
+    return {
+        "per_stain_macro_f1": per_stain,
+        "per_class_f1": {k: {"cd-unet": c["synthetic_per_class_f1"][k], "unet": u["synthetic_per_class_f1"][k]}
+                         for k in c["synthetic_per_class_f1"]},
+        "macro_f1": {"cd-unet": c["synthetic_macro_f1"], "unet": u["synthetic_macro_f1"]},
+        "real": {src: {"cd-unet": c["real"][src], "unet": u["real"].get(src)} for src in c.get("real", {})},
+        "unet_hardest_stains": hardest,
+        "cd_unet_better_on_all_hardest": all((per_stain[s]["cd-unet"] or 0) > (per_stain[s]["unet"] or 0) for s in hardest),
+        "budget": {v: {"minutes": t["minutes"], "steps": t["steps"], "seconds_per_step": t["seconds_per_step"],
+                       "parameters": t["parameters"]} for v, t in (("cd-unet", cd_train), ("unet", unet_train))},
+        "data": {"tune_sets": cd_train.get("tune_sets"), "pool_seeds": cd_train["data"]["pool_seeds"],
+                 "seed": cd_train["seed"]},
+        "note": "equal budget from scratch, scored on the tune sets each checkpoint was chosen on (small: 2 synthetic "
+                "sections per stain); the held-out comparison needs both networks evaluated at this budget",
+    }
+
+
+def _unet_sentence(tune: dict | None, heldout_equal: bool | None) -> str:
+    """The card's sentence on the CD-UNET vs U-Net comparison (empty when a held-out equal-budget one is in the card)."""
+    if tune is None:
+        return "" if heldout_equal else " The CD-UNET vs U-Net comparison has not been run for these weights."
+    hard = ", ".join(f"{s} {v['cd-unet']:.2f} vs {v['unet']:.2f}" for s, v in
+                     ((s, tune["per_stain_macro_f1"][s]) for s in tune["unet_hardest_stains"]))
+    verdict = "better" if tune["cd_unet_better_on_all_hardest"] else "not better"
+    minutes = tune["budget"]["cd-unet"]["minutes"]
+    return (f" CD-UNET vs plain U-Net at an equal budget ({minutes:g} CPU minutes each from scratch, same data and seed; "
+            f"tune sets, macro F1): {verdict} on the three stains the U-Net finds hardest ({hard}); overall "
+            f"{tune['macro_f1']['cd-unet']:.2f} vs {tune['macro_f1']['unet']:.2f}. Not yet compared on held-out sections "
+            "at that budget.")
+
+
 #: The issue's aims on held-out synthetic sections: per-class F1 (necrosis lower), stromal TIL % agreement (points).
 F1_AIMS = {"background": 0.85, "tumour": 0.85, "stroma": 0.85, "necrosis": 0.75}
 STROMAL_TIL_AIM_POINTS = 5.0
 
 
-def aims_statement(evaluation: dict, compared_with_unet: bool) -> str:
+def aims_statement(evaluation: dict, compared_with_unet: bool | str) -> str:
     """One plain limitation saying which of the issue's aims the weights meet and which they miss, with the figures.
 
     Parameters
     ----------
     evaluation : :func:`core.evaluation.compartments.evaluate_weights` output
-    compared_with_unet : bool, whether the plain U-Net was evaluated on the same data
+    compared_with_unet : bool, whether the plain U-Net was evaluated on the same data at an equal budget, or
+        the sentence saying what comparison there is (:func:`_unet_sentence`)
 
     Returns
     -------
@@ -111,7 +208,7 @@ def aims_statement(evaluation: dict, compared_with_unet: bool) -> str:
                 f"{100 * til['share_within_5_points']:.0f} % of synthetic sections (mean difference "
                 f"{til.get('mean_abs_diff_points', float('nan')):.1f} points; aim: all)")
         (met if til["share_within_5_points"] >= 1.0 else missed).append(text)
-    unet = "" if compared_with_unet else " The CD-UNET vs U-Net comparison has not been run for these weights."
+    unet = compared_with_unet if isinstance(compared_with_unet, str) else _unet_sentence(None, compared_with_unet)
     if not missed:
         return "Meets the aims of the issue on the project's validation data: " + "; ".join(met) + "." + unet
     return ("Below the aims of the issue (these are early-stage weights, registered as the current model until "
@@ -124,6 +221,10 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
     """The card's dict (see the module docstring)."""
     earlier = earlier or []
     stages = earlier + [train]
+    same_budget = equal_budget_record(stages, unet_train) if unet_train is not None else None
+    tune = tune_comparison(same_budget, unet_train) if same_budget is not None else None
+    heldout_equal = unet_evaluation is not None and same_budget is train
+    tiling = get_scenario("tissue-compartments").tiling
     cfg = train["config"]
     syn = evaluation["synthetic"]
     real = evaluation["real_weak_labels"]
@@ -144,7 +245,7 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
                          "intratumoral vs stromal densities, invasive margin) and for excluding necrosis and glass; "
                          "results must be reviewed by a pathologist."),
         "limitations": [
-            aims_statement(evaluation, unet_evaluation is not None),
+            aims_statement(evaluation, _unet_sentence(tune, heldout_equal)),
             "No real image with compartment masks exists in the project: tumour and stroma were learned from synthetic "
             "sections and weak labels derived from annotated cell points (borders known to about 20 µm), necrosis from "
             "20 overlapping crops of one TCGA slide. The real figures below are on those weak labels, not on a "
@@ -226,7 +327,9 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
                          "description": "two 1 x 1 convolutions (6 then 3 filters, BN + ReLU) in front of a U-Net "
                                         f"(widths {[cfg['base'] * 2 ** k for k in range(cfg['depth'] + 1)]}, zero padding, "
                                         "BN after every convolution), 4 classes (§3.2)"},
-        "input": {"dtype": "uint8 RGB → float32 in [0, 1]", "mpp": train["mpp"], "tile_px": 512, "tile_overlap_px": 64,
+        "input": {"dtype": "uint8 RGB → float32 in [0, 1]", "mpp": train["mpp"],
+                  "tile_px": int(round(tiling.tile_um / train["mpp"])),
+                  "tile_overlap_px": int(round(tiling.overlap_um / train["mpp"])),
                   "size_multiple_px": 2 ** cfg["depth"]},
         "output": {"labels": {"background": 0, "tumour": 1, "stroma": 2, "necrosis": 3},
                    "compartments.png": "8-bit label image of the input's size", "regions.geojson":
@@ -241,9 +344,14 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
     }
     if unet_evaluation is not None:
         card["metrics"]["cd_unet_vs_unet"] = comparison(evaluation, unet_evaluation)
+        card["metrics"]["cd_unet_vs_unet"]["equal_budget"] = heldout_equal
+        card["metrics"]["cd_unet_vs_unet"]["cd_unet_minutes"] = sum(t["minutes"] for t in stages)
         if unet_train is not None:
             card["metrics"]["cd_unet_vs_unet"]["unet_training"] = {
-                "steps": unet_train["steps"], "train_time_s": unet_train["train_time_s"], "config": unet_train["config"]}
+                "steps": unet_train["steps"], "train_time_s": unet_train["train_time_s"], "config": unet_train["config"],
+                "minutes": unet_train["minutes"]}
+    if tune is not None:
+        card["metrics"]["cd_unet_vs_unet_equal_budget_tune"] = tune
     if benchmark:
         card["benchmark_cpu"] = benchmark
     return card
@@ -257,7 +365,8 @@ def main(argv=None) -> int:
     p.add_argument("--earlier", nargs="*", default=[], help="training records of the earlier stages, in order")
     p.add_argument("--evaluation", required=True, help="python -m core.evaluation.compartments output for --weights")
     p.add_argument("--unet-evaluation", help="the same for the plain U-Net trained on the same data")
-    p.add_argument("--unet-train", help="the U-Net's last training record")
+    p.add_argument("--unet-train", help="the U-Net's training record; a CD-UNET stage record (--earlier or --train) "
+                   "with the same budget and data gives the equal-budget comparison on the tune sets")
     p.add_argument("--benchmark", help="JSON of a speed benchmark (seconds per megapixel)")
     args = p.parse_args(argv)
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
