@@ -115,6 +115,10 @@ def browser():
         b.close()
 
 
+#: How long a browser action (click, fill, ...) waits for its element, ms.
+BROWSER_ACTION_TIMEOUT_MS = 90_000
+
+
 def open_page(browser, app_url: str, title: str, viewport=(1400, 1800)):
     """Open the app at its root (the router) and go to the page called ``title`` in the sidebar.
 
@@ -122,6 +126,9 @@ def open_page(browser, app_url: str, title: str, viewport=(1400, 1800)):
     are tested on their own, in tests/test_browser_deeplink.py).
     """
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    # Clicks and fills wait for their element up to 90 s (Playwright's default is 30 s): on a CI
+    # machine busy with the rest of the suite a rerun can take longer than that to redraw a page.
+    page.set_default_timeout(BROWSER_ACTION_TIMEOUT_MS)
     page.goto(app_url, wait_until="networkidle")
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
     return page
