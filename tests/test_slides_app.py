@@ -46,6 +46,22 @@ def test_tissue_area_per_bin_counts_mask_pixels_into_the_bin_of_their_centre():
     assert (area[:, 1:] == 0).all()
 
 
+def test_tissue_area_per_bin_in_row_blocks_equals_counting_every_pixel(monkeypatch):
+    import core.spatial.heatmaps as hm
+
+    rng = np.random.default_rng(5)
+    mask = rng.random((53, 71)) < 0.4
+    monkeypatch.setattr(hm, "TISSUE_AREA_BLOCK_ROWS", 7)  # several blocks, the last one short
+    area = tissue_area_per_bin(mask, 2.0, bin_um=15.0, shape=(6, 8), origin_um=(9.0, 11.0))
+    yy, xx = np.nonzero(mask)  # every tissue pixel into the bin of its centre, grid corner at (9, 11) µm
+    by, bx = np.floor(((yy + 0.5) * 2 - 11) / 15).astype(int), np.floor(((xx + 0.5) * 2 - 9) / 15).astype(int)
+    inside = (by >= 0) & (by < 6) & (bx >= 0) & (bx < 8)
+    expected = np.zeros((6, 8))
+    np.add.at(expected, (by[inside], bx[inside]), 4.0 / 1e6)
+    np.testing.assert_allclose(area, expected)
+    assert (~inside).any() and tissue_area_per_bin(mask, 2.0, bin_um=15.0, shape=(2, 2), origin_um=(500.0, 0.0)).sum() == 0
+
+
 def test_a_half_covered_bin_is_not_halved_and_a_sliver_is_left_out():
     xy = np.array([[10.0, 10.0], [20.0, 20.0], [150.0, 50.0]])
     area = np.array([[0.005, 0.001]])  # 50 % and 10 % of a 0.01 mm² bin

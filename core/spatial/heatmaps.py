@@ -232,6 +232,10 @@ def _bin_sum(a: np.ndarray, index: np.ndarray, n: int, axis: int) -> np.ndarray:
     return out
 
 
+#: Mask rows counted at a time by :func:`tissue_area_per_bin` (bounds its working memory).
+TISSUE_AREA_BLOCK_ROWS = 512
+
+
 def tissue_area_per_bin(mask: np.ndarray, mask_mpp: float, *, bin_um: float, shape: tuple[int, int],
                         origin_um: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Tissue area inside each bin of a grid, mm², from a tissue mask.
@@ -239,7 +243,8 @@ def tissue_area_per_bin(mask: np.ndarray, mask_mpp: float, *, bin_um: float, sha
     Mask pixel (i, j) covers ``[j m, (j + 1) m) x [i m, (i + 1) m)`` µm (``m = mask_mpp``,
     origin at the mask's top-left corner, as :func:`core.slides.tissue.detect_tissue` makes
     it) and is given whole to the bin holding its centre. O(mask pixels): one
-    ``numpy.add.reduceat`` per axis.
+    ``numpy.add.reduceat`` per axis, over blocks of :data:`TISSUE_AREA_BLOCK_ROWS` rows
+    (working memory about 4 bytes per pixel of one block).
 
     Parameters
     ----------
@@ -274,9 +279,17 @@ def tissue_area_per_bin(mask: np.ndarray, mask_mpp: float, *, bin_um: float, sha
     x0, y0 = (float(v) for v in origin_um)
     rows = np.floor(((np.arange(m.shape[0]) + 0.5) * mask_mpp - y0) / bin_um).astype(np.int64)
     cols = np.floor(((np.arange(m.shape[1]) + 0.5) * mask_mpp - x0) / bin_um).astype(np.int64)
-    keep_r, keep_c = (rows >= 0) & (rows < ny), (cols >= 0) & (cols < nx)
-    sub = m[np.ix_(keep_r, keep_c)].astype(np.int64)
-    px = _bin_sum(_bin_sum(sub, cols[keep_c], nx, axis=1), rows[keep_r], ny, axis=0)
+    keep_r, keep_c = np.nonzero((rows >= 0) & (rows < ny))[0], np.nonzero((cols >= 0) & (cols < nx))[0]
+    px = np.zeros((ny, nx), np.int64)
+    if not len(keep_r) or not len(keep_c):
+        return px.astype(np.float64)
+    c0, c1 = keep_c[0], keep_c[-1] + 1  # the kept rows and columns are contiguous (bin indices grow)
+    # Row blocks: the counts of a block's pixels, never an integer copy of the whole mask (a field's
+    # full-resolution mask of 36 MP would otherwise cost 288 MB of int64 on top of itself).
+    for start in range(0, len(keep_r), TISSUE_AREA_BLOCK_ROWS):
+        r = keep_r[start: start + TISSUE_AREA_BLOCK_ROWS]
+        block = m[r[0]: r[-1] + 1, c0:c1]
+        px += _bin_sum(_bin_sum(block.astype(np.int32), cols[keep_c], nx, axis=1), rows[r], ny, axis=0)
     return px * (float(mask_mpp) ** 2 / 1e6)
 
 
