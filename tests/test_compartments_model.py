@@ -296,6 +296,9 @@ def test_equal_budget_comparison_reads_the_unets_hardest_stains_and_refuses_uneq
     with pytest.raises(ValueError, match="cd-unet and a unet"):
         tune_comparison(unet, cd)
     assert "has not been run" in _unet_sentence(None, False) and _unet_sentence(None, True) == ""
+    slow = dict(cd, steps=25)  # the same minutes on a loaded machine: a quarter of the steps
+    with pytest.raises(ValueError, match=r"steps \(25 vs 100\) differ"):
+        tune_comparison(slow, unet)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation metrics

@@ -84,6 +84,9 @@ EQUAL_BUDGET_KEYS = ("minutes", "seed", "lr", "optimizer", "crop_px", "batch", "
 def _budget_differences(a: dict, b: dict) -> list[str]:
     """What differs between two training records' budget and data (empty when they compare at an equal budget)."""
     diff = [k for k in EQUAL_BUDGET_KEYS if a.get(k) != b.get(k)]
+    # equal minutes on a machine loaded differently are not equal compute: the steps must agree within 10 %
+    if abs(a["steps"] - b["steps"]) > 0.1 * max(a["steps"], b["steps"]):
+        diff.append(f"steps ({a['steps']} vs {b['steps']})")
     diff += [f"data.{k}" for k in ("pool", "pool_size_px", "pool_seeds") if a["data"].get(k) != b["data"].get(k)]
     diff += ["config.base" if a["config"]["base"] != b["config"]["base"] else None,
              "config.depth" if a["config"]["depth"] != b["config"]["depth"] else None,
