@@ -279,17 +279,16 @@ def tissue_area_per_bin(mask: np.ndarray, mask_mpp: float, *, bin_um: float, sha
     x0, y0 = (float(v) for v in origin_um)
     rows = np.floor(((np.arange(m.shape[0]) + 0.5) * mask_mpp - y0) / bin_um).astype(np.int64)
     cols = np.floor(((np.arange(m.shape[1]) + 0.5) * mask_mpp - x0) / bin_um).astype(np.int64)
-    keep_r, keep_c = np.nonzero((rows >= 0) & (rows < ny))[0], np.nonzero((cols >= 0) & (cols < nx))[0]
+    # bin indices grow with the pixel index, so the pixels inside the grid are one range per axis
+    r0, r1 = np.searchsorted(rows, 0), np.searchsorted(rows, ny)
+    c0, c1 = np.searchsorted(cols, 0), np.searchsorted(cols, nx)
     px = np.zeros((ny, nx), np.int64)
-    if not len(keep_r) or not len(keep_c):
-        return px.astype(np.float64)
-    c0, c1 = keep_c[0], keep_c[-1] + 1  # the kept rows and columns are contiguous (bin indices grow)
     # Row blocks: the counts of a block's pixels, never an integer copy of the whole mask (a field's
     # full-resolution mask of 36 MP would otherwise cost 288 MB of int64 on top of itself).
-    for start in range(0, len(keep_r), TISSUE_AREA_BLOCK_ROWS):
-        r = keep_r[start: start + TISSUE_AREA_BLOCK_ROWS]
-        block = m[r[0]: r[-1] + 1, c0:c1]
-        px += _bin_sum(_bin_sum(block.astype(np.int32), cols[keep_c], nx, axis=1), rows[r], ny, axis=0)
+    for start in range(r0, r1, TISSUE_AREA_BLOCK_ROWS) if c1 > c0 else ():
+        stop = min(start + TISSUE_AREA_BLOCK_ROWS, r1)
+        block = m[start:stop, c0:c1].astype(np.int32)
+        px += _bin_sum(_bin_sum(block, cols[c0:c1], nx, axis=1), rows[start:stop], ny, axis=0)
     return px * (float(mask_mpp) ** 2 / 1e6)
 
 

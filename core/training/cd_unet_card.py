@@ -47,6 +47,15 @@ def _til_bias(til: dict) -> list[str]:
             "lowers the stromal TIL % and raises intratumoral immune densities."]
 
 
+def _hardest_stains(per_stain: dict) -> dict:
+    """The issue's criterion on per-stain macro F1 {stain: {"cd-unet", "unet"}}: ``unet_hardest_stains`` (the three
+    lowest for the U-Net) and ``cd_unet_better_on_all_hardest`` (CD-UNET higher on each of them)."""
+    hardest = sorted(per_stain, key=lambda s: per_stain[s]["unet"] or 0.0)[:3]
+    return {"unet_hardest_stains": hardest,
+            "cd_unet_better_on_all_hardest": all((per_stain[s]["cd-unet"] or 0) > (per_stain[s]["unet"] or 0)
+                                                 for s in hardest)}
+
+
 def comparison(cd: dict, unet: dict) -> dict:
     """CD-UNET vs U-Net on the same held-out data: per class overall, per stain, and on the U-Net's hardest stains.
 
@@ -65,12 +74,10 @@ def comparison(cd: dict, unet: dict) -> dict:
                  for k in cs["overall"]["per_class"]}
     per_stain = {s: {"cd-unet": cs["per_stain"][s]["macro_f1"], "unet": us["per_stain"][s]["macro_f1"]}
                  for s in cs["per_stain"] if s in us["per_stain"]}
-    hardest = sorted(per_stain, key=lambda s: per_stain[s]["unet"] or 0.0)[:3]
     real = {src: {"cd-unet": cd["real_weak_labels"][src]["judged"], "unet": unet["real_weak_labels"][src]["judged"]}
             for src in cd["real_weak_labels"] if src != "mean_judged" and src in unet["real_weak_labels"]}
     return {
-        "per_class_f1": per_class, "per_stain_macro_f1": per_stain, "unet_hardest_stains": hardest,
-        "cd_unet_better_on_all_hardest": all((per_stain[s]["cd-unet"] or 0) > (per_stain[s]["unet"] or 0) for s in hardest),
+        "per_class_f1": per_class, "per_stain_macro_f1": per_stain, **_hardest_stains(per_stain),
         "real_judged": real,
         "necrosis_f1": {"cd-unet": cd["real_necrosis"]["necrosis"]["f1"], "unet": unet["real_necrosis"]["necrosis"]["f1"]},
         "paper_table2": PAPER_TABLE2,
@@ -83,15 +90,14 @@ EQUAL_BUDGET_KEYS = ("minutes", "seed", "lr", "optimizer", "crop_px", "batch", "
 
 def _budget_differences(a: dict, b: dict) -> list[str]:
     """What differs between two training records' budget and data (empty when they compare at an equal budget)."""
-    diff = [k for k in EQUAL_BUDGET_KEYS if a.get(k) != b.get(k)]
+    pairs = ([(k, a.get(k), b.get(k)) for k in (*EQUAL_BUDGET_KEYS, "tune_sets")]
+             + [(f"data.{k}", a["data"].get(k), b["data"].get(k)) for k in ("pool", "pool_size_px", "pool_seeds")]
+             + [(f"config.{k}", a["config"][k], b["config"][k]) for k in ("base", "depth")])
+    diff = [name for name, x, y in pairs if x != y]
     # equal minutes on a machine loaded differently are not equal compute: the steps must agree within 10 %
     if abs(a["steps"] - b["steps"]) > 0.1 * max(a["steps"], b["steps"]):
         diff.append(f"steps ({a['steps']} vs {b['steps']})")
-    diff += [f"data.{k}" for k in ("pool", "pool_size_px", "pool_seeds") if a["data"].get(k) != b["data"].get(k)]
-    diff += ["config.base" if a["config"]["base"] != b["config"]["base"] else None,
-             "config.depth" if a["config"]["depth"] != b["config"]["depth"] else None,
-             "tune_sets" if a.get("tune_sets") != b.get("tune_sets") else None]
-    return [d for d in diff if d]
+    return diff
 
 
 def equal_budget_record(stages: list[dict], unet_train: dict) -> dict | None:
@@ -143,15 +149,13 @@ def tune_comparison(cd_train: dict, unet_train: dict) -> dict:
     c, u = cd_train["best_tune"], unet_train["best_tune"]
     per_stain = {s: {"cd-unet": c["synthetic_per_stain_macro_f1"][s], "unet": u["synthetic_per_stain_macro_f1"][s]}
                  for s in c["synthetic_per_stain_macro_f1"] if s in u["synthetic_per_stain_macro_f1"]}
-    hardest = sorted(per_stain, key=lambda s: per_stain[s]["unet"] or 0.0)[:3]
     return {
         "per_stain_macro_f1": per_stain,
         "per_class_f1": {k: {"cd-unet": c["synthetic_per_class_f1"][k], "unet": u["synthetic_per_class_f1"][k]}
                          for k in c["synthetic_per_class_f1"]},
         "macro_f1": {"cd-unet": c["synthetic_macro_f1"], "unet": u["synthetic_macro_f1"]},
         "real": {src: {"cd-unet": c["real"][src], "unet": u["real"].get(src)} for src in c.get("real", {})},
-        "unet_hardest_stains": hardest,
-        "cd_unet_better_on_all_hardest": all((per_stain[s]["cd-unet"] or 0) > (per_stain[s]["unet"] or 0) for s in hardest),
+        **_hardest_stains(per_stain),
         "budget": {v: {"minutes": t["minutes"], "steps": t["steps"], "seconds_per_step": t["seconds_per_step"],
                        "parameters": t["parameters"]} for v, t in (("cd-unet", cd_train), ("unet", unet_train))},
         "data": {"tune_sets": cd_train.get("tune_sets"), "pool_seeds": cd_train["data"]["pool_seeds"],
@@ -161,7 +165,7 @@ def tune_comparison(cd_train: dict, unet_train: dict) -> dict:
     }
 
 
-def _unet_sentence(tune: dict | None, heldout_equal: bool | None) -> str:
+def _unet_sentence(tune: dict | None, heldout_equal: bool) -> str:
     """The card's sentence on the CD-UNET vs U-Net comparison (empty when a held-out equal-budget one is in the card)."""
     if tune is None:
         return "" if heldout_equal else " The CD-UNET vs U-Net comparison has not been run for these weights."
@@ -180,14 +184,13 @@ F1_AIMS = {"background": 0.85, "tumour": 0.85, "stroma": 0.85, "necrosis": 0.75}
 STROMAL_TIL_AIM_POINTS = 5.0
 
 
-def aims_statement(evaluation: dict, compared_with_unet: bool | str) -> str:
+def aims_statement(evaluation: dict, unet_sentence: str) -> str:
     """One plain limitation saying which of the issue's aims the weights meet and which they miss, with the figures.
 
     Parameters
     ----------
     evaluation : :func:`core.evaluation.compartments.evaluate_weights` output
-    compared_with_unet : bool, whether the plain U-Net was evaluated on the same data at an equal budget, or
-        the sentence saying what comparison there is (:func:`_unet_sentence`)
+    unet_sentence : what CD-UNET vs U-Net comparison there is (:func:`_unet_sentence`), appended
 
     Returns
     -------
@@ -211,12 +214,11 @@ def aims_statement(evaluation: dict, compared_with_unet: bool | str) -> str:
                 f"{100 * til['share_within_5_points']:.0f} % of synthetic sections (mean difference "
                 f"{til.get('mean_abs_diff_points', float('nan')):.1f} points; aim: all)")
         (met if til["share_within_5_points"] >= 1.0 else missed).append(text)
-    unet = compared_with_unet if isinstance(compared_with_unet, str) else _unet_sentence(None, compared_with_unet)
     if not missed:
-        return "Meets the aims of the issue on the project's validation data: " + "; ".join(met) + "." + unet
+        return "Meets the aims of the issue on the project's validation data: " + "; ".join(met) + "." + unet_sentence
     return ("Below the aims of the issue (these are early-stage weights, registered as the current model until "
             "better ones pass). Not met: " + "; ".join(missed) + (f". Met: {'; '.join(met)}" if met else "")
-            + ". Treat the compartments as a draft to check over the image, not as measurements." + unet)
+            + ". Treat the compartments as a draft to check over the image, not as measurements." + unet_sentence)
 
 
 def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict] | None = None,
