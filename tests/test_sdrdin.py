@@ -674,6 +674,55 @@ def test_guarded_selection_prefers_rows_that_keep_the_guarded_source():
     assert not held and best["threshold"] == 0.25  # none holds: the best score, flagged
 
 
+def test_guard_margin_lets_a_small_shortfall_pass_and_records_it():
+    from core.training.he_sources import guarded_best, guards_hold
+
+    def row(thr, score, crc):
+        return {"threshold": thr, "score": score, "by_source": {"crc": {"detection_f1": crc, "immune_f1": 0.6}}}
+
+    ref = row(0.3, 1.0, 0.80)
+    assert not guards_hold(row(0.25, 1.4, 0.76), [ref], ["crc"])
+    assert guards_hold(row(0.25, 1.4, 0.76), [ref], ["crc"], {"crc": 0.05})  # 0.04 short, margin 0.05
+    assert not guards_hold(row(0.25, 1.4, 0.74), [ref], ["crc"], {"crc": 0.05})  # 0.06 short
+    best, held = guarded_best([row(0.25, 1.4, 0.76), row(0.3, 1.2, 0.81)], [ref], ["crc"], {"crc": 0.05})
+    assert held and best["threshold"] == 0.25
+
+
+def test_bootstrap_se_of_pooled_f1_follows_the_spread_over_images():
+    from core.training.he_sources import _f1_sum, bootstrap_se
+
+    same = np.tile([[40, 10, 10, 20, 5, 5]], (10, 1))
+    assert bootstrap_se(same) == pytest.approx(0.0, abs=1e-12)  # identical images: no spread
+    assert _f1_sum(same.sum(axis=0)) == pytest.approx(0.8 + 0.8)
+    mixed = np.array([[40, 10, 10, 20, 5, 5], [10, 40, 40, 2, 20, 20]] * 5)
+    se = bootstrap_se(mixed)
+    assert 0.05 < se < 0.5
+    assert bootstrap_se(mixed, seed=0) == se  # reproducible
+    assert bootstrap_se(mixed[:1]) == 0.0
+
+
+def test_image_counts_pool_to_score_sources():
+    from core.scenarios.he_til import PostprocessParams
+    from core.training.he_sources import image_counts, score_sources
+
+    runner = type("Runner", (), {"scenario": type("S", (), {"input_mpp": 0.5})(), "params": PostprocessParams()})()
+    det = np.zeros((40, 40), np.float32)
+    for x, y in [(10, 10), (30, 10), (20, 30)]:
+        det[y - 3 : y + 4, x - 3 : x + 4] = 0.9  # 7 x 7 px blobs at 0.5 µm/px: above the minimum area
+    cls = np.zeros((5, 40, 40), np.float32)
+    cls[1] = 1.0  # inflammatory everywhere
+    im = type("Im", (), {"points_xy": np.array([[10.0, 10.0], [30.0, 10.0], [5.0, 35.0]]),
+                         "labels": np.array([1, 0, 1])})()
+    maps = {"crc": [(det, cls), (det, cls)]}
+    counts = image_counts(runner, {"crc": [im, im]}, [0.5], maps)[0.5]["crc"]
+    assert counts.shape == (2, 6)
+    assert counts[0].tolist() == [2, 1, 1, 1, 2, 1]  # two of three nuclei found; one of two lymphocytes
+    row = score_sources(runner, {"crc": [im, im]}, [0.5], maps)[0]
+    assert row["by_source"]["crc"]["detection_f1"] == pytest.approx(2 / 3)
+    assert row["by_source"]["crc"]["immune_f1"] == pytest.approx(0.4)
+    assert row["score"] == pytest.approx(2 / 3 + 0.4, abs=1e-4)
+
+
 def test_distillation_needs_the_sources_it_distils(tmp_path):
     from core.training.sdrdin import main as train_main
 

@@ -354,6 +354,13 @@ def train(args: argparse.Namespace) -> dict:
             raise SystemExit(f"--distill-sources {sorted(unknown)} are not among --sources {args.sources}")
     guard_select = bool(args.guard_select and multi and args.guard_sources)
     select_guards = args.guard_sources if guard_select else None  # guards that choose checkpoint and threshold
+    margins = None
+    if args.guard_margin:
+        if not (multi and args.guard_sources and args.baseline):
+            raise SystemExit("--guard-margin needs --sources, --guard-sources and --baseline (the weights it protects)")
+        margins = hs.guard_margins(args.baseline, tune_by, args.guard_sources, sweep_thresholds, args.guard_margin)
+        print(json.dumps({"guard_margins": margins}), flush=True)
+    margin_of = {g: m["margin"] for g, m in margins.items()} if margins else None
     stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
     history, running = [], []
     while not stage.finished():
@@ -390,7 +397,7 @@ def train(args: argparse.Namespace) -> dict:
             runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
             if multi:
                 rows = hs.score_sources(runner, tune_by, args.eval_thresholds)
-                top, held = hs.guarded_best(rows, references, select_guards)
+                top, held = hs.guarded_best(rows, references, select_guards, margin_of)
                 score = top["score"] if held else top["score"] - 10.0  # checkpoints whose guards hold come first
             else:
                 rows = tune_scores(runner, tune, args.eval_thresholds, match_px)
@@ -413,7 +420,7 @@ def train(args: argparse.Namespace) -> dict:
     runner = make_runner(net, mean, std, 0.5, args.variant, args.base, window)
     if multi:
         sweep = hs.score_sources(runner, tune_by, sweep_thresholds)
-        chosen = hs.guarded_best(sweep, references, select_guards)[0]
+        chosen = hs.guarded_best(sweep, references, select_guards, margin_of)[0]
     else:
         sweep = tune_scores(runner, tune, sweep_thresholds, match_px)
         chosen = max(sweep, key=lambda r: (r["detection_f1"], -abs(r["threshold"] - 0.5)))
@@ -445,11 +452,12 @@ def train(args: argparse.Namespace) -> dict:
                                 "tune splits, at the best threshold, beats that of the --init weights and of the "
                                 "--baseline weights (each scored with its own class window)"),
             "guard_sources": args.guard_sources, "init_tune": init_score, "guard_select": guard_select,
+            "guard_margins": margins,
             "distill": args.distill, "distill_sources": sorted(distill_sources) or None,
             "distill_weight": args.distill_weight if args.distill else None,
             # guards: not below the --init's nor the --baseline's on each guarded source (each its own best threshold)
             "accepted": bool(init_score is None or (chosen["score"] > init_score["score"]
-                                                    and hs.guards_hold(chosen, references, args.guard_sources)))}
+                                                    and hs.guards_hold(chosen, references, args.guard_sources, margin_of)))}
            if multi else {}),
         "n_fit_nuclei": int(sum(len(im.points_xy) for im in fit)),
         "threshold": chosen["threshold"], "tune_at_threshold": chosen, "tune_sweep": sweep,
@@ -550,6 +558,10 @@ def main(argv=None) -> int:
     t.add_argument("--guard-select", action="store_true",
                    help="with --guard-sources: choose the checkpoint and threshold among those that keep every guarded "
                         "source at its references (best score otherwise)")
+    t.add_argument("--guard-margin", type=float, default=None,
+                   help="with --guard-sources and --baseline: a guarded source's detection F1 + immune F1 may fall this "
+                        "much below the references (non-inferiority margin; the bootstrap SE of the baseline's figure "
+                        "is recorded beside it; default none)")
     t.add_argument("--distill", default=None,
                    help="with --sources: an earlier S-DRDIN .safetensors whose outputs are soft targets on the crops of "
                         "--distill-sources (learning without forgetting)")
