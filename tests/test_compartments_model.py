@@ -255,6 +255,16 @@ def test_training_smoke_mixes_synthetic_real_and_necrosis_and_warm_starts(tmp_pa
     assert "not a diagnostic device" in card["intended_use"] and card["trained_on_synthetic"] is False
     assert card["metrics"]["paper_table2_testing_f1"]["cd-unet"]["necrosis"] == 0.80
     assert set(card["metrics"]["cd_unet_vs_unet"]["per_stain_macro_f1"]) == {"he", "pd1"}
+    assert card["metrics"]["cd_unet_vs_unet"]["cd_unet_weights"] == "the shipped weights"
+    # a separate from-scratch CD-UNET re-run at the U-Net's budget is what the held-out comparison then reads
+    unet_rec = dict(rec, variant="unet")
+    rerun = build_card(tmp_path / "tc.safetensors", dict(rec, init="runs/stage1.safetensors"), ev,
+                       unet_evaluation=ev, unet_train=unet_rec, equal_cd_train=rec, equal_cd_evaluation=ev)
+    vs = rerun["metrics"]["cd_unet_vs_unet"]
+    assert vs["equal_budget"] and vs["cd_unet_weights"].startswith("a from-scratch re-run")
+    assert "held-out synthetic sections, both trained" in rerun["limitations"][0]
+    with pytest.raises(ValueError, match="needs the U-Net's training record"):
+        build_card(tmp_path / "tc.safetensors", rec, ev, equal_cd_train=rec)
     # warm start: same configuration works, another one is refused
     args2 = _args(tmp_path, sources=["crc"], init=str(tmp_path / "tc.safetensors"), out=str(tmp_path / "tc2.safetensors"),
                   max_steps=1)
@@ -285,9 +295,9 @@ def test_equal_budget_comparison_reads_the_unets_hardest_stains_and_refuses_uneq
     t = tune_comparison(cd, unet)
     assert t["unet_hardest_stains"] == ["cea", "pd1", "foxp3"] and t["cd_unet_better_on_all_hardest"]
     assert t["per_stain_macro_f1"]["he"] == {"cd-unet": 0.70, "unet": 0.72}
-    assert "better on the three stains the U-Net finds hardest (cea 0.60 vs 0.50" in _unet_sentence(t, False)
+    assert "better on the three stains the U-Net finds hardest (cea 0.60 vs 0.50" in _unet_sentence(t)
     worse = tune_comparison(_record("cd-unet", {"he": 0.70, "cea": 0.40, "pd1": 0.80, "foxp3": 0.75}), unet)
-    assert not worse["cd_unet_better_on_all_hardest"] and "not better" in _unet_sentence(worse, False)
+    assert not worse["cd_unet_better_on_all_hardest"] and "not better" in _unet_sentence(worse)
     # a later stage (warm start, other seed) is not the U-Net's equal; the first stage is found among the stages
     later = dict(_record("cd-unet", {"he": 0.9}, seed=2), init="runs/stage1.safetensors")
     assert equal_budget_record([cd, later], unet) is cd and equal_budget_record([later], unet) is None
@@ -295,7 +305,12 @@ def test_equal_budget_comparison_reads_the_unets_hardest_stains_and_refuses_uneq
         tune_comparison(later, unet)
     with pytest.raises(ValueError, match="cd-unet and a unet"):
         tune_comparison(unet, cd)
-    assert "has not been run" in _unet_sentence(None, False) and _unet_sentence(None, True) == ""
+    assert "has not been run" in _unet_sentence(None)
+    heldout = {"cd_unet_better_on_all_hardest": False, "minutes": 45.0, "unet_hardest_stains": ["cea"],
+               "per_stain_macro_f1": {"cea": {"cd-unet": 0.41, "unet": 0.52}},
+               "per_class_f1": {"tumour": {"cd-unet": 0.7, "unet": 0.75}}}
+    text = _unet_sentence(t, heldout)  # the held-out comparison wins over the tune-set one
+    assert "held-out" in text and "not better" in text and "cea 0.41 vs 0.52" in text and "tumour 0.70 vs 0.75" in text
     slow = dict(cd, steps=25)  # the same minutes on a loaded machine: a quarter of the steps
     with pytest.raises(ValueError, match=r"steps \(25 vs 100\) differ"):
         tune_comparison(slow, unet)

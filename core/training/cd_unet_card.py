@@ -4,7 +4,8 @@ Usage::
 
     python -m core.training.cd_unet_card --weights weights/tissue-compartments-cdunet-v1.safetensors \
         --train runs/tc-s2.train.json --earlier runs/tc-s1.train.json --evaluation runs/tc-eval.json \
-        --unet-evaluation runs/tc-unet-eval.json --unet-train runs/tc-unet-s2.train.json [--benchmark runs/tc-bench.json]
+        --unet-evaluation runs/tc-unet-eval.json --unet-train runs/tc-unet-s2.train.json [--benchmark runs/tc-bench.json] \
+        [--equal-cd-train runs/tc-cd-s1.train.json --equal-cd-evaluation runs/tc-cd-s1-eval.json]
 
 Every number comes from those files (training records of :mod:`core.training.cd_unet`,
 evaluations of :mod:`core.evaluation.compartments`); the SHA-256 is computed from the weights.
@@ -147,12 +148,12 @@ def tune_comparison(cd_train: dict, unet_train: dict) -> dict:
         raise ValueError("the two trainings do not share a budget and data, so their scores do not compare the "
                          f"networks: {', '.join(diff)} differ")
     c, u = cd_train["best_tune"], unet_train["best_tune"]
-    per_stain = {s: {"cd-unet": c["synthetic_per_stain_macro_f1"][s], "unet": u["synthetic_per_stain_macro_f1"][s]}
-                 for s in c["synthetic_per_stain_macro_f1"] if s in u["synthetic_per_stain_macro_f1"]}
+    c_stain, u_stain = c.get("synthetic_per_stain_macro_f1") or {}, u.get("synthetic_per_stain_macro_f1") or {}
+    c_class, u_class = c.get("synthetic_per_class_f1") or {}, u.get("synthetic_per_class_f1") or {}
+    per_stain = {s: {"cd-unet": c_stain[s], "unet": u_stain[s]} for s in c_stain if s in u_stain}
     return {
         "per_stain_macro_f1": per_stain,
-        "per_class_f1": {k: {"cd-unet": c["synthetic_per_class_f1"][k], "unet": u["synthetic_per_class_f1"][k]}
-                         for k in c["synthetic_per_class_f1"]},
+        "per_class_f1": {k: {"cd-unet": c_class[k], "unet": u_class.get(k)} for k in c_class},
         "macro_f1": {"cd-unet": c["synthetic_macro_f1"], "unet": u["synthetic_macro_f1"]},
         "real": {src: {"cd-unet": c["real"][src], "unet": u["real"].get(src)} for src in c.get("real", {})},
         **_hardest_stains(per_stain),
@@ -165,16 +166,38 @@ def tune_comparison(cd_train: dict, unet_train: dict) -> dict:
     }
 
 
-def _unet_sentence(tune: dict | None, heldout_equal: bool) -> str:
-    """The card's sentence on the CD-UNET vs U-Net comparison (empty when a held-out equal-budget one is in the card)."""
+def _hard_list(per_stain: dict, hardest: list[str]) -> str:
+    return ", ".join(f"{s} {per_stain[s]['cd-unet']:.2f} vs {per_stain[s]['unet']:.2f}" for s in hardest)
+
+
+def _unet_sentence(tune: dict | None, heldout: dict | None = None) -> str:
+    """The card's sentence on the CD-UNET vs U-Net comparison.
+
+    Parameters
+    ----------
+    tune : :func:`tune_comparison` at an equal budget, or None
+    heldout : :func:`comparison` on held-out sections of two networks trained at an equal budget
+        (``minutes`` added), or None
+
+    Returns
+    -------
+    str starting with a space (appended to the aims statement); the held-out comparison when there
+    is one, else the tune-set one, else a plain "not run"
+    """
+    if heldout is not None:
+        verdict = "better" if heldout["cd_unet_better_on_all_hardest"] else "not better"
+        f1 = heldout["per_class_f1"]
+        classes = "; ".join(f"{k} {v['cd-unet']:.2f} vs {v['unet']:.2f}" for k, v in f1.items())
+        return (f" CD-UNET vs plain U-Net on held-out synthetic sections, both trained {heldout['minutes']:g} CPU minutes "
+                f"from scratch on the same data and seed: {verdict} on the three stains the U-Net finds hardest "
+                f"({_hard_list(heldout['per_stain_macro_f1'], heldout['unet_hardest_stains'])}); per-class F1 {classes}.")
     if tune is None:
-        return "" if heldout_equal else " The CD-UNET vs U-Net comparison has not been run for these weights."
-    hard = ", ".join(f"{s} {v['cd-unet']:.2f} vs {v['unet']:.2f}" for s, v in
-                     ((s, tune["per_stain_macro_f1"][s]) for s in tune["unet_hardest_stains"]))
+        return " The CD-UNET vs U-Net comparison has not been run for these weights."
     verdict = "better" if tune["cd_unet_better_on_all_hardest"] else "not better"
     minutes = tune["budget"]["cd-unet"]["minutes"]
     return (f" CD-UNET vs plain U-Net at an equal budget ({minutes:g} CPU minutes each from scratch, same data and seed; "
-            f"tune sets, macro F1): {verdict} on the three stains the U-Net finds hardest ({hard}); overall "
+            f"tune sets, macro F1): {verdict} on the three stains the U-Net finds hardest "
+            f"({_hard_list(tune['per_stain_macro_f1'], tune['unet_hardest_stains'])}); overall "
             f"{tune['macro_f1']['cd-unet']:.2f} vs {tune['macro_f1']['unet']:.2f}. Not yet compared on held-out sections "
             "at that budget.")
 
@@ -222,13 +245,33 @@ def aims_statement(evaluation: dict, unet_sentence: str) -> str:
 
 
 def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict] | None = None,
-               unet_evaluation: dict | None = None, unet_train: dict | None = None, benchmark: dict | None = None) -> dict:
-    """The card's dict (see the module docstring)."""
+               unet_evaluation: dict | None = None, unet_train: dict | None = None, benchmark: dict | None = None,
+               equal_cd_train: dict | None = None, equal_cd_evaluation: dict | None = None) -> dict:
+    """The card's dict (see the module docstring).
+
+    The CD-UNET vs U-Net comparison (paper §3.3) is at an equal budget when the CD-UNET record
+    matches the U-Net's (:func:`_budget_differences`): either one of the shipped stages or a
+    separate from-scratch re-run (``equal_cd_train``, with its held-out ``equal_cd_evaluation``)
+    trained only for the comparison, since the shipped weights had several warm-started stages.
+
+    Raises
+    ------
+    ValueError
+        If ``equal_cd_train`` is given without ``unet_train``, or their budgets or data differ.
+    """
     earlier = earlier or []
     stages = earlier + [train]
-    same_budget = equal_budget_record(stages, unet_train) if unet_train is not None else None
+    if equal_cd_train is not None and unet_train is None:
+        raise ValueError("an equal-budget CD-UNET re-run needs the U-Net's training record to compare with")
+    same_budget = equal_cd_train if equal_cd_train is not None else (
+        equal_budget_record(stages, unet_train) if unet_train is not None else None)
     tune = tune_comparison(same_budget, unet_train) if same_budget is not None else None
-    heldout_equal = unet_evaluation is not None and same_budget is train
+    rerun = equal_cd_train is not None and equal_cd_evaluation is not None  # held-out figures of the re-run
+    heldout_equal = unet_evaluation is not None and (same_budget is train or rerun)
+    cd_heldout = equal_cd_evaluation if rerun else evaluation
+    heldout = None
+    if heldout_equal:
+        heldout = dict(comparison(cd_heldout, unet_evaluation), minutes=same_budget["minutes"])
     tiling = get_scenario("tissue-compartments").tiling
     cfg = train["config"]
     syn = evaluation["synthetic"]
@@ -250,7 +293,7 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
                          "intratumoral vs stromal densities, invasive margin) and for excluding necrosis and glass; "
                          "results must be reviewed by a pathologist."),
         "limitations": [
-            aims_statement(evaluation, _unet_sentence(tune, heldout_equal)),
+            aims_statement(evaluation, _unet_sentence(tune, heldout)),
             "No real image with compartment masks exists in the project: tumour and stroma were learned from synthetic "
             "sections and weak labels derived from annotated cell points (borders known to about 20 µm), necrosis from "
             "20 overlapping crops of one TCGA slide. The real figures below are on those weak labels, not on a "
@@ -348,9 +391,12 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
         "stains": list(STAINS),
     }
     if unet_evaluation is not None:
-        card["metrics"]["cd_unet_vs_unet"] = comparison(evaluation, unet_evaluation)
+        card["metrics"]["cd_unet_vs_unet"] = comparison(cd_heldout, unet_evaluation)
         card["metrics"]["cd_unet_vs_unet"]["equal_budget"] = heldout_equal
-        card["metrics"]["cd_unet_vs_unet"]["cd_unet_minutes"] = sum(t["minutes"] for t in stages)
+        card["metrics"]["cd_unet_vs_unet"]["cd_unet_weights"] = (
+            "a from-scratch re-run at the U-Net's budget, not the shipped weights" if rerun else "the shipped weights")
+        card["metrics"]["cd_unet_vs_unet"]["cd_unet_minutes"] = (
+            same_budget["minutes"] if rerun else sum(t["minutes"] for t in stages))
         if unet_train is not None:
             card["metrics"]["cd_unet_vs_unet"]["unet_training"] = {
                 "steps": unet_train["steps"], "train_time_s": unet_train["train_time_s"], "config": unet_train["config"],
@@ -372,11 +418,15 @@ def main(argv=None) -> int:
     p.add_argument("--unet-evaluation", help="the same for the plain U-Net trained on the same data")
     p.add_argument("--unet-train", help="the U-Net's training record; a CD-UNET stage record (--earlier or --train) "
                    "with the same budget and data gives the equal-budget comparison on the tune sets")
+    p.add_argument("--equal-cd-train", help="training record of a CD-UNET re-run from scratch with the U-Net's budget "
+                   "and data (when no shipped stage matches it)")
+    p.add_argument("--equal-cd-evaluation", help="python -m core.evaluation.compartments output for that re-run")
     p.add_argument("--benchmark", help="JSON of a speed benchmark (seconds per megapixel)")
     args = p.parse_args(argv)
     load = lambda f: json.loads(Path(f).read_text()) if f else None  # noqa: E731
     card = build_card(Path(args.weights), load(args.train), load(args.evaluation), [load(f) for f in args.earlier],
-                      load(args.unet_evaluation), load(args.unet_train), load(args.benchmark))
+                      load(args.unet_evaluation), load(args.unet_train), load(args.benchmark),
+                      load(args.equal_cd_train), load(args.equal_cd_evaluation))
     js, md = write_card(Path(args.weights), card)
     print(f"wrote {js} and {md}")
     return 0
