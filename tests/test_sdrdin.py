@@ -739,10 +739,10 @@ def test_the_card_gives_the_multi_source_and_distillation_options_of_a_stage():
               "source_weights": [3.0, 1.0, 1.5], "scale_jitter": 0.15, "blur_share": 0.25, "jpeg_share": 0.25,
               "class_window_um": 6.6, "baseline": "weights/he-til-sdrdin-v3.safetensors", "guard_sources": ["crc"],
               "guard_select": True, "distill": "weights/he-til-sdrdin-v3.safetensors", "distill_sources": ["crc"],
-              "distill_weight": 1.0}
+              "distill_weight": 1.0, "guard_margins": {"crc": {"se": 0.12, "margin": 0.05, "threshold": 0.25}}}
     command = sdrdin_card._train_command(record, "he-til-sdrdin-v4.safetensors", "<stage 7 weights>")
     for part in ("--sources crc brca-m2c consep", "--source-weights 3 1 1.5", "--class-window-um 6.6", "--guard-sources crc",
-                 "--guard-select", "--distill weights/he-til-sdrdin-v3.safetensors --distill-sources crc --distill-weight 1",
+                 "--guard-select", "--guard-margin 0.05", "--distill weights/he-til-sdrdin-v3.safetensors --distill-sources crc --distill-weight 1",
                  "--init <stage 7 weights>"):
         assert part in command
     assert "--sources" not in sdrdin_card._train_command({k: v for k, v in record.items() if k != "sources"}, "w.safetensors")

@@ -44,6 +44,7 @@ def _multi_source_options(train: dict) -> str:
             + (f" --baseline {train['baseline']}" if train.get("baseline") else "")
             + (f" --guard-sources {' '.join(train['guard_sources'])}" if train.get("guard_sources") else "")
             + (" --guard-select" if train.get("guard_select") else "")
+            + (f" --guard-margin {next(iter(train['guard_margins'].values()))['margin']:g}" if train.get("guard_margins") else "")
             + (f" --distill {train['distill']} --distill-sources {' '.join(train['distill_sources'])}"
                f" --distill-weight {train['distill_weight']:g}" if train.get("distill") else ""))
 
@@ -311,6 +312,14 @@ def _multi_source_sections(card: dict, train: dict, stages: list[dict], by_sourc
         card["departures_from_paper"].append(
             f"In stage(s) {', '.join(guarded)} the checkpoint and the detection threshold are chosen among those that keep every "
             "guarded source's tune detection F1 + immune F1 at least at the shipped version's (the best score otherwise).")
+    for n, t in ((i + 1, t) for i, t in enumerate(stages) if t.get("guard_margins")):
+        card["departures_from_paper"].append(
+            f"Stage {n}'s guard is a non-inferiority margin, set before the run: "
+            + "; ".join(f"{g} may fall {m['margin']:g} below the shipped version's detection F1 + immune F1 on its tune split "
+                        f"(whose bootstrap standard error over the tune images is {m['se']:.3f})"
+                        for g, m in t["guard_margins"].items())
+            + ". The shipped version was itself selected on those images, so a strict 'not below' bar rejects equal models by "
+              "chance.")
     card["intended_use"] = (
         "Research use, not a diagnostic device: locating and counting tumour (epithelial), immune (inflammatory) and stromal "
         "(fibroblast) nuclei in H&E fields of colorectal and breast cancer at 20x or 40x for research and teaching, with results "
