@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="he-til: score one H&E source within 3 µm (crc, brca-m2c, consep) or all; default: the CRC model-card evaluation")
     e.add_argument("--cv-record", help="hoechst-lymphocytes: the cross-validation record (cv.json of python -m "
                    "core.training.hoechst cv) scored out of fold (--split validation)")
-    e.add_argument("--weights", help="hoechst-lymphocytes --split all: weights file to score on every tile of --data "
+    e.add_argument("--weights", help="he-til: a training stage's .safetensors to score before it is registered "
+                   "(its SHA-256 goes into the output); hoechst-lymphocytes --split all: weights file to score on every tile of --data "
                    "(default the registered weights); mihc-tcell-phenotypes: the S-DRDIN weights (ablation variants: "
                    "the other mihc-tcell-phenotypes-*.safetensors beside them)")
     e.set_defaults(func=_cmd_evaluate)

@@ -55,6 +55,42 @@ def load_model(key: str, device: str | None = None, precision: str = "float32") 
     return runner_class(scenario).from_registry(scenario, pick_device(device), precision)
 
 
+def load_candidate(key: str, weights: str | Path, device: str | None = None, precision: str = "float32") -> ScenarioModel:
+    """Load unregistered weights of a scenario (a training stage's candidate) to evaluate them before registration.
+
+    The file is read as the registered one would be (safetensors, ``strict=True``) but is checked
+    against its own SHA-256, computed here, since no registry entry names it yet; the evaluation
+    that uses it records that hash so its figures stay tied to the file. Only the command line's
+    ``evaluate --weights`` reaches this; the app and batch load registered weights only.
+
+    Parameters
+    ----------
+    key : registered scenario key whose network and post-processing the weights are for
+    weights : path of a ``.safetensors`` file written by that scenario's training
+    device, precision : as :func:`load_model`
+
+    Returns
+    -------
+    ScenarioModel, with ``weights_sha256`` set to the file's hash
+
+    Raises
+    ------
+    UnknownScenarioError, WeightsError (missing or not safetensors, tensors that do not fit), InputError
+    """
+    from core.scenarios.weights import load_verified_state_dict, sha256_file
+
+    scenario = get_scenario(key)
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist: give the path of a .safetensors file written by training")
+    digest = sha256_file(path)
+    state, metadata = load_verified_state_dict(path, digest)
+    tune_allocator()
+    model = runner_class(scenario)(scenario, pick_device(device), state, metadata, precision)
+    model.weights_sha256 = digest
+    return model
+
+
 def compartment_scenarios(for_cells=None) -> list:
     """The registered scenarios whose output is tissue regions (kind ``regions``), e.g. ``tissue-compartments``.
 

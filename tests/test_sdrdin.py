@@ -746,3 +746,29 @@ def test_the_card_gives_the_multi_source_and_distillation_options_of_a_stage():
                  "--init <stage 7 weights>"):
         assert part in command
     assert "--sources" not in sdrdin_card._train_command({k: v for k, v in record.items() if k != "sources"}, "w.safetensors")
+
+
+def test_a_candidate_is_loaded_strictly_and_tied_to_its_own_hash(tmp_path):
+    from safetensors.torch import save_file
+
+    from core.errors import InputError, WeightsError
+    from core.pipeline import load_candidate
+    from core.scenarios.weights import sha256_file
+    from core.training.sdrdin import metadata
+
+    net = SDRDIN(4, "s-drdin", 8).eval()
+    mean, std = np.array([0.8, 0.7, 0.85], np.float32), np.array([0.15, 0.2, 0.1], np.float32)
+    path = tmp_path / "stage.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=metadata(mean, std, 0.3, "s-drdin", 8))
+    model = load_candidate("he-til", path, "cpu")
+    assert model.weights_sha256 == sha256_file(path) and model.params.threshold == pytest.approx(0.3)
+    maps = model.infer_window(np.full((48, 48, 3), 200, np.uint8))
+    assert maps.shape[:2] == (48, 48) and np.isfinite(maps).all()  # one detection + K + 1 class maps per pixel
+    state = net.state_dict()
+    state.pop(next(k for k in state if k.endswith("weight")))  # a tensor missing: strict loading refuses it
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"),
+              metadata=metadata(mean, std, 0.3, "s-drdin", 8))
+    with pytest.raises(WeightsError):
+        load_candidate("he-til", tmp_path / "bad.safetensors", "cpu")
+    with pytest.raises(InputError, match="does not exist"):
+        load_candidate("he-til", tmp_path / "none.safetensors", "cpu")

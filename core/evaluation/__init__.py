@@ -21,6 +21,7 @@ Modules
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable
 
 from core.errors import InputError
@@ -71,13 +72,23 @@ def _he_points(key: str, args: argparse.Namespace) -> dict:
     precision = getattr(args, "precision", "float32") or "float32"
     restained = bool(getattr(args, "restained", False))
     dataset = getattr(args, "dataset", None)
+    model, weights = None, getattr(args, "weights", None)
+    if weights:  # a training stage's candidate, before it is registered
+        from core.pipeline import load_candidate
+
+        model = load_candidate("he-til", weights, getattr(args, "device", None), precision)
     if dataset:  # per-source evaluation; without --dataset the CRC output of the model card, unchanged
         from core.evaluation.he_sources_eval import evaluate_he_dataset
 
         if restained:
             raise InputError("--restained is defined on the CRC evaluation only: leave out --dataset or --restained")
-        return evaluate_he_dataset(dataset, args.split, args.data, getattr(args, "device", None), precision=precision)
-    return evaluate_he(args.split, args.data, getattr(args, "device", None), precision=precision, restained=restained)
+        out = evaluate_he_dataset(dataset, args.split, args.data, getattr(args, "device", None), model, precision=precision)
+    else:
+        out = evaluate_he(args.split, args.data, getattr(args, "device", None), model, precision=precision,
+                          restained=restained)
+    if model is not None:
+        out["weights"] = {"file": Path(weights).name, "sha256": model.weights_sha256}
+    return out
 
 
 def _tnrd_synthetic(key: str, args: argparse.Namespace) -> dict:
