@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.scenarios.registry import get_scenario
+
 REPO = Path(__file__).resolve().parent.parent
 PAGES = sorted(p.name for p in (REPO / "pages").glob("*.py") if not p.name.startswith("_"))
 
@@ -65,7 +67,7 @@ def test_analyze_fast_mode_is_offered_for_he_til_only_and_recorded():
     at.radio[0].set_value("Bundled sample").run()
     assert not [t for t in at.toggle if "bfloat16" in t.label]  # cd3-ihc: float32 only
     at.selectbox[0].set_value("he-til").run()
-    assert any("other laboratories' slides" in w.value for w in at.warning)  # the scenario's caution is shown
+    assert any(get_scenario("he-til").caution in w.value for w in at.warning)  # the scenario's caution is shown
     fast = next(t for t in at.toggle if "bfloat16" in t.label)
     assert fast.value is False  # float32 unless asked
     if not bfloat16_supported(torch.device("cpu")):

@@ -119,7 +119,8 @@ SCENARIOS: dict[str, Scenario] = {
             description=(
                 "S-DRDIN (§2.3): one network detects nuclei and classifies them as epithelial, inflammatory, "
                 "fibroblast or other; cells from the detection map by threshold, distance transform and local "
-                "maxima, class by eq. 3 (§2.5). Trained on real colorectal H&E (CRCHistoPhenotypes)."
+                "maxima, class by eq. 3 (§2.5). Trained on real H&E of three sources: colorectal 20x "
+                "(CRCHistoPhenotypes), TCGA breast (BRCA-M2C) and another lab's colorectal 40x (CoNSeP)."
             ),
             input=_BRIGHTFIELD,
             input_mpp=0.55,
@@ -136,10 +137,10 @@ SCENARIOS: dict[str, Scenario] = {
                 OutputSpec("dense", "probability", "Detection probability of a nucleus at each pixel (§2.3)",
                            meaning="probability", color="#1f77b4"),
             ),
-            weights="he-til-sdrdin-v3.safetensors",
-            sha256="553e098d62b34d023e7680a219e0d59bdbadcb0c15e2fb7a7963e9ab2367acb5",
-            model_card="he-til-sdrdin-v3.json",
-            card_sha256="f535cb7e5dbf95a63b1771eb394ac6583ff94924bfe3c3e6bc37e2002db47245",
+            weights="he-til-sdrdin-v4.safetensors",
+            sha256="e96ee2ed555d536a317feb2e0edc919e513f5d9309516cbaafe516040ce3ad48",
+            model_card="he-til-sdrdin-v4.json",
+            card_sha256="8564b9251cca7825aa88e9cdcc2f7ba5f99969c706be7395017abe6fdafa19c1",
             runner="core.scenarios.he_til:HETILModel",
             evaluation="he-points",
             trained_on_synthetic=False,
@@ -147,10 +148,11 @@ SCENARIOS: dict[str, Scenario] = {
             use=Use(stain="he", mpp_range=(0.2, 0.6), min_focus=0.003),
             caution=(
                 "Checked on three labelled H&E sources (model card, within 3 µm): of the annotated immune cells it "
-                "finds and calls immune 60 % on colorectal 20x (the training lab), 66 % on another lab's colorectal "
-                "40x, and only 32 % on TCGA breast, where half the lymphocytes are found but called another class; on "
-                "the 40x colorectal slides it misses more than half of all nuclei. Immune counts on other laboratories' "
-                "slides are underestimates: check the immune calls by eye, and give the true microns per pixel."
+                "finds and calls immune 66 % on colorectal 20x, 69 % on another lab's colorectal 40x and 84 % on TCGA "
+                "breast; about a third of its immune calls on colorectal are other cells. On the 40x colorectal slides "
+                "it misses more than half of all nuclei, mostly tumour and stromal ones, so densities per mm² there are "
+                "too low. Other organs and centres are unchecked: check the immune calls by eye, and give the true "
+                "microns per pixel."
             ),
         ),
         _tnrd_scenario(

@@ -394,6 +394,44 @@ def add_stain_study(card: dict, study: dict) -> dict:
     return card
 
 
+def add_previous_comparison(card: dict, previous: dict) -> dict:
+    """Set this version's per-source validation beside the previous version's (from its card), both on the same splits.
+
+    Puts ``metrics["validation_by_source_vs_previous"]`` {source: {metric: {"previous", "this"}}}
+    (detection, immune, tumour and stroma F1 within 3 µm, and the share of immune nuclei found
+    and called immune) and one limitation that states the changes, so a user of the previous
+    version sees what moved. Returns ``card``.
+
+    Raises
+    ------
+    ValueError
+        If either card has no per-source validation (``--evaluation-sources``).
+    """
+    this, prev = card["metrics"].get("validation_by_source"), previous.get("metrics", {}).get("validation_by_source")
+    if not this or not prev:
+        raise ValueError("both cards need their per-source validation (card --evaluation-sources) to be compared")
+
+    def figures(v):
+        return {"detection_f1": v["detection"]["f1"], "immune_f1": v["roles"]["immune"]["f1"],
+                "tumour_f1": v["roles"]["tumour"]["f1"], "stroma_f1": v["roles"]["stroma"]["f1"],
+                "immune_found_and_called_immune": v["immune_recall"]}
+
+    table = {}
+    for src in this:
+        if src in prev:
+            a, b = figures(prev[src]), figures(this[src])
+            table[src] = {k: {"previous": round(a[k], 4), "this": round(b[k], 4)} for k in a}
+    name = f"{previous.get('weights_file', 'the previous weights')} (version {previous.get('version', '?')})"
+    card["metrics"]["validation_by_source_vs_previous"] = {"previous": name, "by_source": table}
+    changes = "; ".join(
+        f"{src}: detection F1 {t['detection_f1']['previous']:.2f} → {t['detection_f1']['this']:.2f}, immune F1 "
+        f"{t['immune_f1']['previous']:.2f} → {t['immune_f1']['this']:.2f}, immune nuclei found and called immune "
+        f"{t['immune_found_and_called_immune']['previous']:.0%} → {t['immune_found_and_called_immune']['this']:.0%}"
+        for src, t in table.items())
+    card["limitations"].insert(1, f"Against {name} on the same validation splits (within 3 µm): {changes}.")
+    return card
+
+
 def _ci(pair) -> str:
     return "n/a" if not pair else f"{pair[0]:.3f}-{pair[1]:.3f}"
 
@@ -412,6 +450,8 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--evaluation-bf16", help="the validation evaluation at --precision bfloat16")
     c.add_argument("--evaluation-sources", help="the per-source validation (evaluate --dataset all), for --sources stages")
     c.add_argument("--stain-study", help="the Macenko study (python -m core.evaluation.he_stain_normalisation --out FILE)")
+    c.add_argument("--previous-card", help="the JSON card of the version these weights replace: its per-source validation "
+                   "is set beside theirs")
     c.add_argument("--limitation", action="append", default=[],
                    help="a limitation seen outside the evaluation (e.g. a look at another centre's slides); repeatable")
 
@@ -439,6 +479,8 @@ def run(args: argparse.Namespace) -> int:
                       load(args.evaluation_bf16), load(getattr(args, "evaluation_sources", None)))
     if getattr(args, "stain_study", None):
         card = add_stain_study(card, load(args.stain_study))
+    if getattr(args, "previous_card", None):
+        card = add_previous_comparison(card, load(args.previous_card))
     card["limitations"].extend(args.limitation)
     js, md = write_card(weights, card)
     print(f"wrote {js} and {md}")
