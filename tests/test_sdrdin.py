@@ -772,3 +772,26 @@ def test_a_candidate_is_loaded_strictly_and_tied_to_its_own_hash(tmp_path):
         load_candidate("he-til", tmp_path / "bad.safetensors", "cpu")
     with pytest.raises(InputError, match="does not exist"):
         load_candidate("he-til", tmp_path / "none.safetensors", "cpu")
+
+
+def test_the_card_sets_the_per_source_validation_beside_the_previous_versions():
+    from core.training.sdrdin_card import add_previous_comparison
+
+    def source(det, imm, recall):
+        return {"detection": {"f1": det}, "roles": {"immune": {"f1": imm}, "tumour": {"f1": 0.5}, "stroma": {"f1": 0.4}},
+                "immune_recall": recall}
+
+    previous = {"weights_file": "he-til-sdrdin-v3.safetensors", "version": "3.0.0",
+                "metrics": {"validation_by_source": {"crc": source(0.76, 0.66, 0.60), "brca-m2c": source(0.83, 0.44, 0.32)}}}
+    card = {"limitations": ["per source ...", "mpp"],
+            "metrics": {"validation_by_source": {"crc": source(0.756, 0.667, 0.66), "brca-m2c": source(0.868, 0.782, 0.84),
+                                                 "consep": source(0.6, 0.68, 0.69)}}}
+    add_previous_comparison(card, previous)
+    table = card["metrics"]["validation_by_source_vs_previous"]["by_source"]
+    assert set(table) == {"crc", "brca-m2c"}  # only sources both versions were scored on
+    assert table["brca-m2c"]["immune_f1"] == {"previous": 0.44, "this": 0.782}
+    assert card["limitations"][1].startswith("Against he-til-sdrdin-v3.safetensors (version 3.0.0)")
+    assert "brca-m2c: detection F1 0.83 → 0.87, immune F1 0.44 → 0.78, immune nuclei found and called immune 32% → 84%" \
+        in card["limitations"][1]
+    with pytest.raises(ValueError, match="per-source validation"):
+        add_previous_comparison(card, {"metrics": {}})
