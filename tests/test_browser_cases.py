@@ -37,12 +37,21 @@ def _run_sample(page, sample_title: str, case_label: str, previous: int | None =
 
 
 def _confirm_what_the_page_asks(page) -> None:
-    """Tick the antibody confirmation and, for a sample outside the validated use, the override."""
-    for text in ("This section is stained for", "Run outside the validated use"):
-        box = page.get_by_test_id("stCheckbox").filter(has_text=text)
-        if box.count() and not box.first.locator("input[type=checkbox]").is_checked():
-            box.first.get_by_text(text).click()
-            wait_idle(page)
+    """Tick the antibody confirmation and, for a sample outside the validated use, the override.
+
+    On a loaded machine a box can be drawn after the first look or a click can be lost in a
+    redraw, so the boxes are looked at again until the Run button is enabled (up to a minute).
+    """
+    run = page.get_by_role("button", name="Run", exact=True)
+    for _ in range(30):
+        for text in ("This section is stained for", "Run outside the validated use"):
+            box = page.get_by_test_id("stCheckbox").filter(has_text=text)
+            if box.count() and not box.first.locator("input[type=checkbox]").is_checked():
+                box.first.get_by_text(text).click()
+                wait_idle(page)
+        if run.count() and run.first.is_enabled():
+            return
+        page.wait_for_timeout(2000)
 
 
 def test_analyse_reload_find_under_cases_and_compare(app_url, browser, tmp_path):
