@@ -77,16 +77,15 @@ def load_candidate(key: str, weights: str | Path, device: str | None = None, pre
     ------
     UnknownScenarioError, WeightsError (missing or not safetensors, tensors that do not fit), InputError
     """
-    from core.scenarios.weights import load_verified_state_dict, sha256_file
+    from core.scenarios.weights import sha256_file
 
     scenario = get_scenario(key)
     path = Path(weights)
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist: give the path of a .safetensors file written by training")
     digest = sha256_file(path)
-    state, metadata = load_verified_state_dict(path, digest)
     tune_allocator()
-    model = runner_class(scenario)(scenario, pick_device(device), state, metadata, precision)
+    model = runner_class(scenario).from_file(scenario, path, digest, pick_device(device), precision)
     model.weights_sha256 = digest
     return model
 

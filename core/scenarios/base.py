@@ -200,7 +200,18 @@ class ScenarioModel(ABC):
         ------
         WeightsError, InputError (precision, see :func:`check_precision`)
         """
-        state, metadata = load_verified_state_dict(scenario.weights_path, scenario.sha256)
+        return cls.from_file(scenario, scenario.weights_path, scenario.sha256, device, precision)
+
+    @classmethod
+    def from_file(cls, scenario: Scenario, path, sha256: str, device: torch.device,
+                  precision: str = "float32") -> "ScenarioModel":
+        """Load the weights at ``path`` for ``scenario`` after checking they hash to ``sha256`` (``strict=True``).
+
+        Raises
+        ------
+        WeightsError, InputError (precision, see :func:`check_precision`)
+        """
+        state, metadata = load_verified_state_dict(path, sha256)
         return cls(scenario, device, state, metadata, precision)
 
     def autocast(self):

@@ -268,10 +268,8 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
     tune = tune_comparison(same_budget, unet_train) if same_budget is not None else None
     rerun = equal_cd_train is not None and equal_cd_evaluation is not None  # held-out figures of the re-run
     heldout_equal = unet_evaluation is not None and (same_budget is train or rerun)
-    cd_heldout = equal_cd_evaluation if rerun else evaluation
-    heldout = None
-    if heldout_equal:
-        heldout = dict(comparison(cd_heldout, unet_evaluation), minutes=same_budget["minutes"])
+    held_out = comparison(equal_cd_evaluation if rerun else evaluation, unet_evaluation) if unet_evaluation else None
+    heldout = dict(held_out, minutes=same_budget["minutes"]) if heldout_equal else None
     tiling = get_scenario("tissue-compartments").tiling
     cfg = train["config"]
     syn = evaluation["synthetic"]
@@ -391,7 +389,7 @@ def build_card(weights: Path, train: dict, evaluation: dict, earlier: list[dict]
         "stains": list(STAINS),
     }
     if unet_evaluation is not None:
-        card["metrics"]["cd_unet_vs_unet"] = comparison(cd_heldout, unet_evaluation)
+        card["metrics"]["cd_unet_vs_unet"] = held_out
         card["metrics"]["cd_unet_vs_unet"]["equal_budget"] = heldout_equal
         card["metrics"]["cd_unet_vs_unet"]["cd_unet_weights"] = (
             "a from-scratch re-run at the U-Net's budget, not the shipped weights" if rerun else "the shipped weights")

@@ -198,10 +198,16 @@ def image_counts(runner, tune: dict[str, list], thresholds, maps: dict | None = 
     return out
 
 
-def _f1_sum(counts: np.ndarray) -> float:
-    """Detection F1 + immune F1 of summed (6,) counts (as :func:`image_counts` orders them)."""
+def _source_f1(counts: np.ndarray) -> dict:
+    """Detection F1 and immune F1 of pooled (6,) counts (as :func:`image_counts` orders them)."""
     tp, fp, fn, itp, ifp, ifn = (int(v) for v in counts)
-    return precision_recall_f1(tp=tp, fp=fp, fn=fn)["f1"] + precision_recall_f1(tp=itp, fp=ifp, fn=ifn)["f1"]
+    return {"detection_f1": precision_recall_f1(tp=tp, fp=fp, fn=fn)["f1"],
+            "immune_f1": precision_recall_f1(tp=itp, fp=ifp, fn=ifn)["f1"]}
+
+
+def _f1_sum(counts: np.ndarray) -> float:
+    """Detection F1 + immune F1 of pooled (6,) counts."""
+    return sum(_source_f1(counts).values())
 
 
 def score_sources(runner, tune: dict[str, list], thresholds, maps: dict | None = None) -> list[dict]:
@@ -211,16 +217,22 @@ def score_sources(runner, tune: dict[str, list], thresholds, maps: dict | None =
 
     Returns
     -------
+    list of dict per threshold (:func:`rows_from_counts`)
+    """
+    return rows_from_counts(image_counts(runner, tune, thresholds, maps))
+
+
+def rows_from_counts(counts: dict) -> list[dict]:
+    """The per-threshold rows of :func:`score_sources` from :func:`image_counts` output.
+
+    Returns
+    -------
     list of dict per threshold: ``threshold``, ``score`` (mean over sources of detection F1 +
     immune F1), ``by_source`` {source: {detection_f1, immune_f1}}
     """
     rows = []
-    for thr, per_source in image_counts(runner, tune, thresholds, maps).items():
-        by_source = {}
-        for s, c in per_source.items():
-            tp, fp, fn, itp, ifp, ifn = (int(v) for v in c.sum(axis=0))
-            by_source[s] = {"detection_f1": precision_recall_f1(tp=tp, fp=fp, fn=fn)["f1"],
-                            "immune_f1": precision_recall_f1(tp=itp, fp=ifp, fn=ifn)["f1"]}
+    for thr, per_source in counts.items():
+        by_source = {s: _source_f1(c.sum(axis=0)) for s, c in per_source.items()}
         score = float(np.mean([v["detection_f1"] + v["immune_f1"] for v in by_source.values()]))
         rows.append({"threshold": thr, "score": round(score, 4), "by_source": by_source})
     return rows
@@ -246,26 +258,27 @@ def bootstrap_se(counts: np.ndarray, n_boot: int = 1000, seed: int = 0) -> float
     return float(np.std(sums, ddof=1))
 
 
-def guard_margins(weights: str, tune: dict[str, list], guard_sources: list[str], thresholds, margin: float) -> dict:
+def guard_margins(counts: dict, guard_sources: list[str], margin: float) -> dict:
     """Non-inferiority margin of each guarded source, beside the bootstrap SE of the reference's own figure.
 
-    The reference (e.g. the shipped he-til) is scored at its best threshold on the tune splits,
-    and each guarded source's detection F1 + immune F1 is resampled over that source's tune
-    images (:func:`bootstrap_se`). A candidate may fall ``margin`` below the reference on a
-    guarded source and still pass the guard. Ours, not the S-DRDIN paper's: a guard measured on
-    a dozen images, with the reference selected on those same images, cannot ask for strict
+    The reference (e.g. the shipped he-til) is taken at its best threshold for each guarded
+    source, and that source's detection F1 + immune F1 is resampled over its tune images
+    (:func:`bootstrap_se`). A candidate may fall ``margin`` below the reference on a guarded
+    source and still pass the guard. Ours, not the S-DRDIN paper's: a guard measured on a dozen
+    images, with the reference selected on those same images, cannot ask for strict
     non-inferiority without rejecting ties by chance; the SE is recorded so that a reader sees
     how small the margin is beside the noise of the figure it protects.
+
+    Parameters
+    ----------
+    counts : the reference's :func:`image_counts` on the tune splits (:func:`reference_counts`)
+    guard_sources : sources guarded (each must be in ``counts``)
+    margin : allowed shortfall of detection F1 + immune F1
 
     Returns
     -------
     dict source → {"se": float, "margin": float, "threshold": float (the reference's best)}
     """
-    from core.training.sdrdin import make_runner
-
-    net, info = load_sdrdin(weights)
-    runner = make_runner(net, info["mean"], info["std"], 0.5, info["variant"], info["base"], info["class_window_um"])
-    counts = image_counts(runner, {g: tune[g] for g in guard_sources}, thresholds)
     out = {}
     for g in guard_sources:
         thr = max(counts, key=lambda t: _f1_sum(counts[t][g].sum(axis=0)))
@@ -298,8 +311,8 @@ def load_sdrdin(weights: str) -> tuple[torch.nn.Module, dict]:
     return net.eval(), info
 
 
-def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
-    """Best-threshold :func:`score_sources` row of a weights file, with its own normalisation and class window.
+def reference_counts(weights: str, tune: dict[str, list], thresholds) -> dict:
+    """:func:`image_counts` of a weights file (e.g. the shipped version), with its own normalisation and class window.
 
     Parameters
     ----------
@@ -309,13 +322,13 @@ def baseline_score(weights: str, tune: dict[str, list], thresholds) -> dict:
 
     Returns
     -------
-    dict, as one row of :func:`score_sources`
+    dict, as :func:`image_counts` (its best row: ``max(rows_from_counts(...), key=score)``)
     """
     from core.training.sdrdin import make_runner
 
     net, info = load_sdrdin(weights)
     runner = make_runner(net, info["mean"], info["std"], 0.5, info["variant"], info["base"], info["class_window_um"])
-    return max(score_sources(runner, tune, thresholds), key=lambda r: r["score"])
+    return image_counts(runner, tune, thresholds)
 
 
 def guards_hold(row: dict, references: list[dict], guard_sources: list[str] | None,

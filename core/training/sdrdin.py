@@ -340,7 +340,8 @@ def train(args: argparse.Namespace) -> dict:
         print(json.dumps({"init_tune": init_score}), flush=True)
         references = [init_score]
         if args.baseline:  # the stage must beat these weights (e.g. the shipped version), scored with their own window
-            baseline_tune = hs.baseline_score(args.baseline, tune_by, sweep_thresholds)
+            baseline_counts = hs.reference_counts(args.baseline, tune_by, sweep_thresholds)
+            baseline_tune = max(hs.rows_from_counts(baseline_counts), key=lambda r: r["score"])
             print(json.dumps({"baseline_tune": baseline_tune}), flush=True)
             references.append(baseline_tune)
             init_score = max(init_score, baseline_tune, key=lambda r: r["score"])
@@ -358,7 +359,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.guard_margin:
         if not (multi and args.guard_sources and args.baseline):
             raise SystemExit("--guard-margin needs --sources, --guard-sources and --baseline (the weights it protects)")
-        margins = hs.guard_margins(args.baseline, tune_by, args.guard_sources, sweep_thresholds, args.guard_margin)
+        margins = hs.guard_margins(baseline_counts, args.guard_sources, args.guard_margin)
         print(json.dumps({"guard_margins": margins}), flush=True)
     margin_of = {g: m["margin"] for g, m in margins.items()} if margins else None
     stage = TimedStage(args.minutes, args.max_steps, args.eval_minutes, warmup_steps=50)
